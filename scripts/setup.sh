@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything diskvault's demo and tests need on a fresh Debian machine:
+# system tools (apt-get, as root) and a virtual environment with the package and test deps.
+# Idempotent: re-running installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+have mke2fs   || need+=(e2fsprogs)
+have debugfs  || need+=(e2fsprogs)
+have sgdisk   || need+=(gdisk)
+have sfdisk   || need+=(fdisk)
+have qemu-img || need+=(qemu-utils)
+have nbdinfo  || need+=(libnbd-bin)
+have nbdcopy  || need+=(libnbd-bin)
+have fusermount3 || need+=(fuse3)
+have mkntfs   || need+=(ntfs-3g)
+have /usr/bin/time || need+=(time)
+[ -e /usr/include/fuse3/fuse.h ] || need+=(libfuse3-dev pkg-config)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${need[*]}" >&2; exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import diskvault, hypothesis, pytest, importlinter" 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e ".[test]"
+  touch .venv/.installed
+fi

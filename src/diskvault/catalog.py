@@ -1,0 +1,236 @@
+"""The SQLite catalog (``catalog.sqlite``): an index over what the storage holds.
+
+Tables (see docs/design.md): ``meta``, ``packs``, ``blobs`` (content id -> pack, offset,
+lengths) and ``snapshots`` (one row per snapshot; its chunk list is a tree of blobs, so a
+snapshot costs one row plus the tree nodes that changed). Everything here can be rebuilt
+from the packs and snapshot records (``repair``). WAL mode, synchronous=FULL: a commit that
+returned is durable. Raises sqlite3 errors only for a broken file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import sqlite_utils
+
+from .pack import Entry
+
+SCHEMA_VERSION = 1
+LOOKUP_BATCH = 500
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS packs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    entries INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    id BLOB PRIMARY KEY,
+    type INTEGER NOT NULL,
+    pack INTEGER NOT NULL REFERENCES packs(id),
+    offset INTEGER NOT NULL,
+    stored_len INTEGER NOT NULL,
+    raw_len INTEGER NOT NULL,
+    flags INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    time TEXT NOT NULL,
+    host TEXT NOT NULL,
+    source TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    tree TEXT NOT NULL,
+    data_bytes INTEGER NOT NULL,
+    zero_bytes INTEGER NOT NULL,
+    chunks INTEGER NOT NULL,
+    new_chunks INTEGER NOT NULL,
+    new_bytes INTEGER NOT NULL,
+    stored_bytes INTEGER NOT NULL,
+    duration REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(time);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    id: bytes
+    type: int
+    pack: str  # pack file name in storage
+    offset: int
+    stored_len: int
+    raw_len: int
+    flags: int
+
+
+@dataclass
+class SnapshotRecord:
+    id: str
+    time: str  # ISO 8601, UTC
+    host: str
+    source: str
+    size: int
+    tags: list[str]
+    tree: str  # hex id of the root tree node
+    data_bytes: int = 0
+    zero_bytes: int = 0
+    chunks: int = 0
+    new_chunks: int = 0
+    new_bytes: int = 0
+    stored_bytes: int = 0
+    duration: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_row(self) -> dict:
+        row = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
+        row["tags"] = json.dumps(self.tags)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict) -> SnapshotRecord:
+        row = dict(row)
+        row["tags"] = json.loads(row["tags"])
+        return cls(**row)
+
+    def to_json(self) -> dict:
+        d = self.to_row()
+        d["tags"] = list(self.tags)
+        return d
+
+
+def connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class Catalog:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn = connect(path)
+        self.db = sqlite_utils.Database(self.conn)
+        self._pack_names: dict[int, str] = {}
+        self._lookup_lock = threading.Lock()
+        self._lookup_conn: sqlite3.Connection | None = None
+
+    # --- schema ---------------------------------------------------------------
+    def create(self, meta: dict[str, str]) -> None:
+        with self.transaction():
+            for stmt in SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    self.conn.execute(stmt)
+            rows = [*meta.items(), ("schema_version", str(SCHEMA_VERSION))]
+            self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", rows)
+
+    def meta(self) -> dict[str, str]:
+        return {r["key"]: r["value"] for r in self.db["meta"].rows}
+
+    def transaction(self):
+        return _Transaction(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+        if self._lookup_conn is not None:
+            self._lookup_conn.close()
+
+    # --- packs and blobs --------------------------------------------------------
+    def add_pack(self, name: str, size: int, entries: list[Entry]) -> None:
+        """Record a sealed (durable) pack and its entries in one transaction."""
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
+            )
+            pid = cur.lastrowid
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO blobs VALUES (?,?,?,?,?,?,?)",
+                [(e.id, e.type, pid, e.offset, e.stored_len, e.raw_len, e.flags) for e in entries],
+            )
+
+    def pack_name(self, pid: int) -> str:
+        name = self._pack_names.get(pid)
+        if name is None:
+            row = self.conn.execute("SELECT name FROM packs WHERE id=?", (pid,)).fetchone()
+            name = row[0]
+            self._pack_names[pid] = name
+        return name
+
+    def packs(self) -> list[dict]:
+        return list(self.db.query("SELECT id, name, size, entries FROM packs ORDER BY id"))
+
+    def known(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Which of ``ids`` the catalog has; safe to call from any thread (own connection)."""
+        ids = list(ids)
+        found: set[bytes] = set()
+        with self._lookup_lock:
+            if self._lookup_conn is None:
+                self._lookup_conn = connect(self.path)
+            c = self._lookup_conn
+            for i in range(0, len(ids), LOOKUP_BATCH):
+                part = ids[i : i + LOOKUP_BATCH]
+                q = f"SELECT id FROM blobs WHERE id IN ({','.join('?' * len(part))})"
+                found.update(r[0] for r in c.execute(q, part))
+        return found
+
+    def locate(self, ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
+        ids = list(dict.fromkeys(ids))
+        out: dict[bytes, BlobLocation] = {}
+        for i in range(0, len(ids), LOOKUP_BATCH):
+            part = ids[i : i + LOOKUP_BATCH]
+            q = (
+                "SELECT id, type, pack, offset, stored_len, raw_len, flags FROM blobs "
+                f"WHERE id IN ({','.join('?' * len(part))})"
+            )
+            for bid, kind, pid, off, stored, raw, flags in self.conn.execute(q, part):
+                out[bid] = BlobLocation(bid, kind, self.pack_name(pid), off, stored, raw, flags)
+        return out
+
+    def blob_totals(self) -> dict[str, int]:
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(sum(raw_len),0), coalesce(sum(stored_len),0) FROM blobs WHERE type=1"
+        ).fetchone()
+        packs = self.conn.execute("SELECT count(*), coalesce(sum(size),0) FROM packs").fetchone()
+        return {"chunks": row[0], "raw_bytes": row[1], "stored_bytes": row[2],
+                "packs": packs[0], "pack_bytes": packs[1]}
+
+    # --- snapshots ---------------------------------------------------------------
+    def add_snapshot(self, snap: SnapshotRecord) -> None:
+        self.db["snapshots"].insert(snap.to_row())  # one statement: atomic
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        return [SnapshotRecord.from_row(r) for r in self.db.query("SELECT * FROM snapshots ORDER BY time, id")]
+
+    def snapshot_ids_with_prefix(self, prefix: str) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT id FROM snapshots WHERE id >= ? AND id < ? ORDER BY id", (prefix, prefix + "g"))]
+
+    def get_snapshot(self, sid: str) -> SnapshotRecord | None:
+        rows = list(self.db.query("SELECT * FROM snapshots WHERE id=?", [sid]))
+        return SnapshotRecord.from_row(rows[0]) if rows else None
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+

@@ -1,0 +1,100 @@
+"""Content-defined chunking with FastCDC (pyfastcdc), fixed per repository.
+
+``Chunker.cut`` cuts one buffer; ``Chunker.stream`` cuts a stream of buffers, carrying the
+unfinished tail of each buffer into the next, so boundaries never depend on buffer sizes
+(a property test checks that). Boundaries are part of the repository format: a test pins them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pyfastcdc
+
+DEFAULT_AVG = 64 * 1024  # chosen by measurement, see docs/design.md "Chunk size"
+MIN_AVG = 4 * 1024
+MAX_AVG = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChunkerParams:
+    min_size: int
+    avg_size: int
+    max_size: int
+
+    @classmethod
+    def for_average(cls, avg: int) -> ChunkerParams:
+        if avg & (avg - 1) or not MIN_AVG <= avg <= MAX_AVG:
+            raise ValueError(
+                f"chunk size {avg} must be a power of two between {MIN_AVG} and {MAX_AVG} bytes"
+            )
+        return cls(min_size=avg // 4, avg_size=avg, max_size=avg * 4)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"min_size": self.min_size, "avg_size": self.avg_size, "max_size": self.max_size}
+
+
+class Chunker:
+    """Cuts bytes into (offset, length) pieces; safe to share between threads (stateless)."""
+
+    def __init__(self, params: ChunkerParams) -> None:
+        self.params = params
+        self._params = dict(
+            avg_size=params.avg_size,
+            min_size=params.min_size,
+            max_size=params.max_size,
+            normalized_chunking=1,
+        )
+
+    def cut(self, buf: bytes | bytearray | memoryview) -> list[tuple[int, int]]:
+        """Boundaries of ``buf`` taken as a whole stream (the last piece ends at its end)."""
+        if not len(buf):
+            return []
+        cdc = pyfastcdc.FastCDC(**self._params)
+        return [(c.offset, c.length) for c in cdc.cut_buf(buf)]
+
+    def stream(
+        self, fill: Callable[[memoryview], int], bufsize: int = 8 << 20
+    ) -> Iterator[tuple[bytearray, list[tuple[int, int]]]]:
+        """Cut the stream that ``fill`` produces into pieces, buffer by buffer.
+
+        ``fill(view)`` fills ``view`` as far as it can and returns the byte count; fewer
+        than ``len(view)`` means the stream ended. Yields ``(buffer, cuts)``: each buffer
+        starts with the carried unfinished tail of the previous one, and ``cuts`` cover it
+        exactly. Data is read straight into the buffer; only the tail (< max_size) is copied.
+        A fresh bytearray is yielded every time, so consumers may keep it.
+        """
+        bufsize = max(bufsize, 2 * self.params.max_size)
+        carry = b""
+        while True:
+            buf = bytearray(len(carry) + bufsize)
+            buf[: len(carry)] = carry
+            got = fill(memoryview(buf)[len(carry):])
+            eof = got < bufsize
+            if eof:
+                del buf[len(carry) + got:]
+            cuts = self.cut(buf)
+            if not eof and cuts:
+                start, _ = cuts.pop()
+                carry = bytes(memoryview(buf)[start:])
+                del buf[start:]
+            if cuts:
+                yield buf, cuts
+            if eof:
+                return
+
+
+def parse_size(text: str) -> int:
+    """'64K', '1M', '65536' -> bytes (binary units)."""
+    units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B") if text.strip() else ""
+    num = t.rstrip("KMGT")
+    unit = t[len(num):]
+    try:
+        value = int(num)
+    except ValueError:
+        raise ValueError(f"cannot read size {text!r}: use e.g. 64K, 1M or 65536") from None
+    if unit not in units:
+        raise ValueError(f"cannot read size {text!r}: use e.g. 64K, 1M or 65536")
+    return value * units[unit]

@@ -1,0 +1,81 @@
+"""Shared CLI pieces: the repository option, JSON output, human sizes, the progress bar."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress as RichProgress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from ..repository import Repository
+
+RepoOpt = Annotated[
+    str,
+    typer.Option(
+        "--repo", "-r", envvar="DISKVAULT_REPO", show_envvar=True,
+        help="Repository directory.", metavar="PATH",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+err = Console(stderr=True)
+
+
+def open_repo(path: str) -> Repository:
+    return Repository.open(path)
+
+
+def print_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def rate(n: int, seconds: float) -> str:
+    return f"{n / seconds / 1e6:.0f} MB/s" if seconds > 0 else "-"
+
+
+class Bar:
+    """A rich progress bar on stderr (bytes, MB/s, ETA); silent when stderr is no terminal."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and err.is_terminal
+        self._p: RichProgress | None = None
+        self._task = None
+
+    def start(self, total: int | None, what: str) -> None:
+        if not self.enabled:
+            return
+        self._p = RichProgress(
+            TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+            TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True,
+        )
+        self._p.start()
+        self._task = self._p.add_task(what, total=total)
+
+    def advance(self, n: int) -> None:
+        if self._p is not None:
+            self._p.advance(self._task, n)
+
+    def __enter__(self) -> Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.stop()

@@ -1,0 +1,29 @@
+"""diskvault info: repository or snapshot figures."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..ops.info import repository_info, snapshot_info
+from .common import JsonOpt, RepoOpt, human, open_repo, print_json
+
+
+def info(
+    repo: RepoOpt,
+    snapshot: Annotated[str | None, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sizes, deduplication ratio and unique bytes, of the repository or one snapshot."""
+    with open_repo(repo) as r:
+        data = snapshot_info(r, r.resolve(snapshot)) if snapshot else repository_info(r)
+    if json_out:
+        print_json(data)
+        return
+    for key, value in data.items():
+        if isinstance(value, int) and key.endswith("bytes"):
+            value = f"{human(value)} ({value})"
+        elif isinstance(value, list):
+            value = ",".join(value)
+        typer.echo(f"{key.replace('_', ' '):<20} {value}")

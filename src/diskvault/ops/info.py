@@ -1,0 +1,66 @@
+"""Describe a repository or one snapshot: sizes, deduplication, unique bytes."""
+
+from __future__ import annotations
+
+from ..catalog import SnapshotRecord
+from ..hashing import ZERO_ID
+from ..repository import Repository
+
+
+def _ratio(a: int, b: int) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+def repository_info(repo: Repository) -> dict:
+    snaps = repo.snapshots()
+    totals = repo.catalog.blob_totals()
+    logical = sum(s.size for s in snaps)
+    data = sum(s.data_bytes for s in snaps)
+    return {
+        "repository": repo.path,
+        "id": repo.config["id"],
+        "format_version": repo.config["version"],
+        "chunker": repo.params.to_dict(),
+        "snapshots": len(snaps),
+        "logical_bytes": logical,
+        "data_bytes": data,
+        "unique_bytes": totals["raw_bytes"],
+        "stored_bytes": totals["pack_bytes"],
+        "chunks": totals["chunks"],
+        "packs": totals["packs"],
+        "dedup_ratio": _ratio(data, totals["raw_bytes"]),
+        "compression_ratio": _ratio(totals["raw_bytes"], totals["stored_bytes"]),
+        "total_ratio": _ratio(logical, totals["pack_bytes"]),
+    }
+
+
+def _chunk_sizes(repo: Repository, snap: SnapshotRecord) -> dict[bytes, int]:
+    out: dict[bytes, int] = {}
+    for leaf in repo.tree().leaves(bytes.fromhex(snap.tree)):
+        if leaf.id != ZERO_ID:
+            out[leaf.id] = leaf.length
+    return out
+
+
+def snapshot_info(repo: Repository, snap: SnapshotRecord) -> dict:
+    """Per-snapshot figures; ``unique_bytes`` are bytes no other snapshot references (what
+    forgetting this snapshot alone would free, before compression)."""
+    mine = _chunk_sizes(repo, snap)
+    distinct = len(mine)
+    tree = repo.tree()
+    seen: set[bytes] = set()
+    for other in repo.snapshots():
+        if other.id == snap.id:
+            continue
+        for _nid, level, items in tree.nodes(bytes.fromhex(other.tree), seen):
+            if level == 0:
+                for ident, _ in items:
+                    mine.pop(ident, None)
+    d = snap.to_json()
+    d.update(
+        distinct_chunks=distinct,
+        unique_chunks=len(mine),
+        unique_bytes=sum(mine.values()),
+        dedup_ratio=_ratio(snap.data_bytes, snap.new_bytes),
+    )
+    return d

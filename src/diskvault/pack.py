@@ -1,0 +1,116 @@
+"""Pack files: many compressed entries in one file, self-describing through a trailer.
+
+Layout (all integers little-endian; see docs/design.md):
+
+    header   16 B   magic "DVPACK", u16 format version, u64 flags (0; reserved for encryption)
+    entries         payloads back to back (lz4 block or raw)
+    table    52 B × n   per entry: id[32] type u8 flags u8 reserved u16 offset u64 stored u32 raw u32
+    footer   48 B   u32 n, u32 reserved, blake3(table)[32], magic "DVTRAIL1"
+
+A pack can be read without the catalog: ``read_table`` parses and checks the trailer. Any
+mismatch (magic, checksum, entry outside the data area) raises DamagedData naming the pack.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from dataclasses import dataclass
+
+from .errors import DamagedData
+from .hashing import content_id
+from .storage import FileWriter, Storage
+
+MAGIC = b"DVPACK"
+TRAILER_MAGIC = b"DVTRAIL1"
+VERSION = 1
+HEADER = struct.Struct("<6sHQ")
+ENTRY = struct.Struct("<32sBBHQII")
+FOOTER = struct.Struct("<II32s8s")
+
+TYPE_CHUNK = 1  # a piece of a source image
+TYPE_TREE = 2  # a node of a snapshot's chunk list (see tree.py)
+
+TARGET_PACK_SIZE = 32 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: bytes
+    type: int
+    flags: int
+    offset: int
+    stored_len: int
+    raw_len: int
+
+
+def new_pack_name() -> str:
+    pid = secrets.token_hex(16)
+    return f"packs/{pid[:2]}/{pid}.pack"
+
+
+def pack_id(name: str) -> str:
+    return name.rsplit("/", 1)[-1].removesuffix(".pack")
+
+
+class PackWriter:
+    """Appends entries to one new pack; ``seal`` writes the trailer and makes it durable."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.name = new_pack_name()
+        self._w: FileWriter = storage.create(self.name)
+        self._w.write(HEADER.pack(MAGIC, VERSION, 0))
+        self.entries: list[Entry] = []
+
+    @property
+    def size(self) -> int:
+        return self._w.tell()
+
+    def add(self, ident: bytes, kind: int, flags: int, payload: bytes | memoryview, raw_len: int) -> Entry:
+        e = Entry(ident, kind, flags, self._w.tell(), len(payload), raw_len)
+        self._w.write(payload)
+        self.entries.append(e)
+        return e
+
+    def seal(self) -> int:
+        """Write the trailer, fsync, rename into place. Returns the pack's size."""
+        table = b"".join(
+            ENTRY.pack(e.id, e.type, e.flags, 0, e.offset, e.stored_len, e.raw_len)
+            for e in self.entries
+        )
+        self._w.write(table)
+        self._w.write(FOOTER.pack(len(self.entries), 0, content_id(table), TRAILER_MAGIC))
+        size = self._w.tell()
+        self._w.commit()
+        return size
+
+    def abort(self) -> None:
+        self._w.abort()
+
+
+def read_table(storage: Storage, name: str) -> list[Entry]:
+    """Parse and check a pack's trailer; raises DamagedData, FileNotFoundError."""
+    size = storage.size(name)
+    if size < HEADER.size + FOOTER.size:
+        raise DamagedData(f"pack {pack_id(name)} is truncated ({size} bytes)")
+    magic, version, _flags = HEADER.unpack(storage.read_range(name, 0, HEADER.size))
+    if magic != MAGIC:
+        raise DamagedData(f"pack {pack_id(name)} has no pack header")
+    if version != VERSION:
+        raise DamagedData(f"pack {pack_id(name)} has format version {version}, expected {VERSION}")
+    count, _r, digest, tmagic = FOOTER.unpack(storage.read_range(name, size - FOOTER.size, FOOTER.size))
+    if tmagic != TRAILER_MAGIC:
+        raise DamagedData(f"pack {pack_id(name)} has no trailer (truncated or overwritten)")
+    table_len = count * ENTRY.size
+    table_start = size - FOOTER.size - table_len
+    if table_start < HEADER.size:
+        raise DamagedData(f"pack {pack_id(name)} trailer claims {count} entries, more than fit")
+    table = storage.read_range(name, table_start, table_len)
+    if content_id(table) != digest:
+        raise DamagedData(f"pack {pack_id(name)} trailer checksum does not match")
+    entries = []
+    for ident, kind, flags, _r2, off, stored, raw in ENTRY.iter_unpack(table):
+        if off < HEADER.size or off + stored > table_start:
+            raise DamagedData(f"pack {pack_id(name)} entry {ident.hex()[:12]} lies outside the data area")
+        entries.append(Entry(ident, kind, flags, off, stored, raw))
+    return entries

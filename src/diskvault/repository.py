@@ -1,0 +1,280 @@
+"""The repository facade: configuration, write order, deduplication and verified reads.
+
+On disk (docs/design.md): ``config.json`` (format version, chunker parameters), ``catalog.sqlite``,
+``packs/xx/<id>.pack`` and ``snapshots/<id>.json``. Write order, which makes every crash safe:
+a pack is sealed and durable before the catalog records it; a snapshot's record file and
+catalog row are written only after every pack it needs is recorded. Reads re-hash every
+blob and raise DamagedData naming it when the bytes are wrong or missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+from collections import OrderedDict, deque
+from datetime import datetime, timezone
+
+from . import compression
+from .catalog import BlobLocation, Catalog, SnapshotRecord
+from .chunking import Chunker, ChunkerParams
+from .errors import DamagedData, FormatVersionError, RepositoryExists, RepositoryNotFound, SnapshotError
+from .hashing import content_id, short
+from .pack import TARGET_PACK_SIZE, TYPE_CHUNK, TYPE_TREE, PackWriter, pack_id
+from .storage.local import LocalStorage
+from .tree import TreeReader
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+CATALOG = "catalog.sqlite"
+
+
+class Repository:
+    def __init__(self, path: str, config: dict) -> None:
+        self.path = path
+        self.config = config
+        self.params = ChunkerParams(**config["chunker"])
+        self.chunker = Chunker(self.params)
+        self.storage = LocalStorage(path)
+        try:
+            self.catalog = Catalog(os.path.join(path, CATALOG))
+            self.catalog.meta()
+        except sqlite3.DatabaseError as exc:
+            raise RepositoryNotFound(
+                f"the catalog of {path} cannot be read ({exc}): rebuild it with diskvault repair -r {path}"
+            ) from None
+        self._nodes: OrderedDict[bytes, bytes] = OrderedDict()
+        self._nodes_lock = threading.Lock()
+
+    # --- life cycle --------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str, params: ChunkerParams, now: datetime | None = None) -> Repository:
+        """Create a repository: built in a temporary sibling directory, then renamed into
+        place, so an interrupted init leaves nothing behind."""
+        path = os.path.abspath(path)
+        if os.path.exists(os.path.join(path, CONFIG)):
+            raise RepositoryExists(f"{path} is already a diskvault repository: use it, or choose another path")
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            raise RepositoryExists(f"{path} exists and is not empty: give a new or empty directory")
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            raise RepositoryNotFound(f"parent directory {parent} does not exist: create it first")
+        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+        os.mkdir(tmp)
+        try:
+            now = now or datetime.now(timezone.utc)
+            config = {
+                "format": "diskvault",
+                "version": FORMAT_VERSION,
+                "id": secrets.token_hex(16),
+                "created": now.isoformat().replace("+00:00", "Z"),
+                "chunker": params.to_dict(),
+            }
+            for sub in ("packs", "snapshots", "locks"):
+                os.mkdir(os.path.join(tmp, sub))
+            cat = Catalog(os.path.join(tmp, CATALOG))
+            cat.create({"repository_id": config["id"]})
+            cat.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cat.close()
+            LocalStorage(tmp).write_atomic(CONFIG, json.dumps(config, indent=2).encode() + b"\n")
+            os.rename(tmp, path)  # replaces an empty directory atomically
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(fd)
+            os.close(fd)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(path, config)
+
+    @classmethod
+    def open(cls, path: str) -> Repository:
+        path = os.path.abspath(path)
+        if not os.path.isdir(path):
+            raise RepositoryNotFound(f"repository {path} does not exist: create it with diskvault init -r {path}")
+        try:
+            with open(os.path.join(path, CONFIG), "rb") as f:
+                config = json.load(f)
+        except FileNotFoundError:
+            raise RepositoryNotFound(
+                f"{path} is not a diskvault repository (no {CONFIG}): create one with diskvault init -r {path}"
+            ) from None
+        except PermissionError:
+            raise RepositoryNotFound(f"permission denied reading {path}: run as its owner") from None
+        except (ValueError, OSError) as exc:
+            raise RepositoryNotFound(f"{path}/{CONFIG} is unreadable ({exc})") from None
+        if not isinstance(config, dict) or config.get("format") != "diskvault":
+            raise RepositoryNotFound(f"{path}/{CONFIG} is not a diskvault configuration")
+        if config.get("version") != FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{path} has repository format version {config.get('version')}, this diskvault reads "
+                f"version {FORMAT_VERSION}: use a matching diskvault release"
+            )
+        return cls(path, config)
+
+    def close(self) -> None:
+        self.catalog.close()
+        self.storage.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing -----------------------------------------------------------------
+    def blob_writer(self) -> BlobWriter:
+        return BlobWriter(self)
+
+    def save_snapshot(self, record: SnapshotRecord) -> None:
+        """Record a snapshot whose blobs are all durable and catalogued: the record file
+        first (so ``repair`` can find it), then the catalog row that makes it visible."""
+        body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+        self.storage.write_atomic(f"snapshots/{record.id}.json", body)
+        self.catalog.add_snapshot(record)
+
+    # --- reading -----------------------------------------------------------------
+    def read_blob(self, loc: BlobLocation) -> bytes | memoryview:
+        payload = self._read_range(loc.pack, loc.offset, loc.stored_len, loc.id)
+        return self.decode(loc, payload)
+
+    def _read_range(self, pack: str, offset: int, length: int, ident: bytes | None = None) -> bytes:
+        try:
+            data = self.storage.read_range(pack, offset, length)
+        except FileNotFoundError:
+            what = f"chunk {short(ident)}" if ident else "data"
+            raise DamagedData(f"{what} is in pack {pack_id(pack)}, which is missing") from None
+        if len(data) != length:
+            what = f"chunk {short(ident)}" if ident else "data"
+            raise DamagedData(f"{what} lies past the end of pack {pack_id(pack)} (truncated)")
+        return data
+
+    def decode(self, loc: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
+        """Decompress and verify one blob's stored bytes."""
+        try:
+            raw = compression.decompress(payload, loc.flags, loc.raw_len)
+        except DamagedData as exc:
+            raise DamagedData(f"chunk {short(loc.id)} in pack {pack_id(loc.pack)} is damaged: {exc}") from None
+        if content_id(raw) != loc.id:
+            raise DamagedData(f"chunk {short(loc.id)} in pack {pack_id(loc.pack)} is damaged (hash mismatch)")
+        return raw
+
+    def read_ranges(self, locs: list[BlobLocation], gap: int = 256 << 10):
+        """Yield ``(loc, raw bytes)`` for ``locs``, reading neighbouring blobs of a pack in
+        one request (order: by pack, then offset). Each blob is verified."""
+        order = sorted(locs, key=lambda l: (l.pack, l.offset))
+        i = 0
+        while i < len(order):
+            first = order[i]
+            j = i + 1
+            end = first.offset + first.stored_len
+            while j < len(order) and order[j].pack == first.pack and order[j].offset - end <= gap:
+                end = max(end, order[j].offset + order[j].stored_len)
+                j += 1
+            data = memoryview(self._read_range(first.pack, first.offset, end - first.offset, first.id))
+            for loc in order[i:j]:
+                start = loc.offset - first.offset
+                yield loc, self.decode(loc, data[start : start + loc.stored_len])
+            i = j
+
+    def locate(self, ids) -> dict[bytes, BlobLocation]:
+        return self.catalog.locate(ids)
+
+    def load_tree_node(self, nid: bytes) -> bytes:
+        with self._nodes_lock:
+            node = self._nodes.get(nid)
+            if node is not None:
+                self._nodes.move_to_end(nid)
+                return node
+        loc = self.catalog.locate([nid]).get(nid)
+        if loc is None:
+            raise DamagedData(f"tree node {short(nid)} is not in the catalog")
+        node = bytes(self.read_blob(loc))
+        with self._nodes_lock:
+            self._nodes[nid] = node
+            while len(self._nodes) > 1024:
+                self._nodes.popitem(last=False)
+        return node
+
+    def tree(self) -> TreeReader:
+        return TreeReader(self.load_tree_node)
+
+    # --- snapshots -----------------------------------------------------------------
+    def snapshots(self) -> list[SnapshotRecord]:
+        return self.catalog.snapshots()
+
+    def resolve(self, name: str) -> SnapshotRecord:
+        """A snapshot by id, unique id prefix, ``latest`` or ``latest:TAG``."""
+        if name == "latest" or name.startswith("latest:"):
+            tag = name.partition(":")[2]
+            snaps = [s for s in self.snapshots() if not tag or tag in s.tags]
+            if not snaps:
+                what = f"with tag {tag!r} " if tag else ""
+                raise SnapshotError(f"no snapshot {what}in {self.path}: take one with diskvault snapshot")
+            return snaps[-1]
+        ident = name.lower()
+        if not ident or any(c not in "0123456789abcdef" for c in ident):
+            raise SnapshotError(f"{name!r} is not a snapshot id: use an id (or a prefix), latest or latest:TAG")
+        found = self.catalog.snapshot_ids_with_prefix(ident)
+        if not found:
+            raise SnapshotError(f"no snapshot {name} in {self.path}: list them with diskvault snapshots")
+        if len(found) > 1:
+            raise SnapshotError(f"snapshot prefix {name} is ambiguous ({len(found)} match): give more characters")
+        rec = self.catalog.get_snapshot(found[0])
+        assert rec is not None
+        return rec
+
+
+class BlobWriter:
+    """Writes new blobs into packs. A pack is sealed (durable) at TARGET_PACK_SIZE and then
+    recorded in the catalog, so every catalogued blob is on disk. ``has`` tells whether a
+    blob was written in this session but may not be visible to catalog lookups yet."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.pack: PackWriter | None = None
+        self.open_ids: set[bytes] = set()
+        self.recent: deque[set[bytes]] = deque(maxlen=2)
+        self.packs_written = 0
+
+    def has(self, ident: bytes) -> bool:
+        return ident in self.open_ids or any(ident in s for s in self.recent)
+
+    def add(self, ident: bytes, kind: int, payload: bytes | memoryview, flags: int, raw_len: int) -> int:
+        if self.pack is None:
+            self.pack = PackWriter(self.repo.storage)
+        self.pack.add(ident, kind, flags, payload, raw_len)
+        self.open_ids.add(ident)
+        if self.pack.size >= TARGET_PACK_SIZE:
+            self.seal()
+        return len(payload)
+
+    def add_raw(self, ident: bytes, kind: int, data: bytes) -> int:
+        """Compress and add ``data`` unless this session or the catalog has it already."""
+        if self.has(ident) or self.repo.catalog.known([ident]):
+            return 0
+        payload, flags = compression.compress(data)
+        return self.add(ident, kind, payload, flags, len(data))
+
+    def add_tree_node(self, ident: bytes, node: bytes) -> None:
+        self.add_raw(ident, TYPE_TREE, node)
+
+    def seal(self) -> None:
+        if self.pack is None:
+            return
+        pack, self.pack = self.pack, None
+        size = pack.seal()
+        self.repo.catalog.add_pack(pack.name, size, pack.entries)
+        self.recent.append(self.open_ids)
+        self.open_ids = set()
+        self.packs_written += 1
+
+    def abort(self) -> None:
+        if self.pack is not None:
+            self.pack.abort()
+            self.pack = None
+
+
+__all__ = ["Repository", "BlobWriter", "TYPE_CHUNK", "TYPE_TREE", "FORMAT_VERSION"]
