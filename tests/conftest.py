@@ -1,0 +1,40 @@
+"""Fixtures: a fresh repository per test, checked for consistency when the test ends."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from consistency import assert_consistent  # noqa: E402
+
+from diskvault.chunking import ChunkerParams  # noqa: E402
+from diskvault.repository import Repository  # noqa: E402
+
+settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def repo_path(tmp_path: Path):
+    """Path of a new repository (16 KiB average chunks: small tests, many chunks);
+    checked for consistency after the test."""
+    path = tmp_path / "repo"
+    Repository.init(str(path), ChunkerParams.for_average(16 << 10)).close()
+    yield path
+    if (path / "config.json").exists():
+        assert_consistent(path)
+
+
+@pytest.fixture
+def repo(repo_path: Path):
+    with Repository.open(str(repo_path)) as r:
+        yield r
