@@ -139,6 +139,12 @@ class Catalog:
         return _Transaction(self.conn)
 
     def close(self) -> None:
+        """Close; folds the WAL back into the database file first (best effort: another
+        process reading the catalog may keep part of it)."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
         self.conn.close()
         if self._lookup_conn is not None:
             self._lookup_conn.close()

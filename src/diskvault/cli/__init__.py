@@ -12,10 +12,9 @@ import signal
 import sys
 import traceback
 
-import click
 import typer
 
-from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiskvaultError
+from ..errors import EXIT_INTERNAL, DiskvaultError, Interrupted
 from .info_cmd import info
 from .init_cmd import init
 from .restore_cmd import restore
@@ -34,30 +33,25 @@ for command in (init, snapshot, snapshots, info, restore):
     app.command()(command)
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _interrupt(signum: int, frame: object) -> None:
+    # Raised instead of KeyboardInterrupt so that click does not swallow it: operations
+    # clean up (abort the open pack, remove a half-written target) and main exits 130.
+    raise Interrupted("interrupted; the repository holds everything up to the last completed step")
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        code = app(standalone_mode=False)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        print("diskvault: interrupted; the repository is unchanged since the last completed step", file=sys.stderr)
-        code = EXIT_INTERRUPTED
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
+        app()  # click handles usage errors itself (exit 2) and exits through SystemExit
     except DiskvaultError as exc:
         print(f"diskvault: error: {exc}", file=sys.stderr)
-        code = exc.exit_code
+        sys.exit(exc.exit_code)
     except BrokenPipeError:
-        code = 0
+        sys.exit(0)
     except Exception as exc:  # a bug: still one line unless asked for more
         if os.environ.get("DISKVAULT_DEBUG"):
             traceback.print_exc()
-        print(f"diskvault: internal error: {type(exc).__name__}: {exc} (set DISKVAULT_DEBUG=1 for a traceback)", file=sys.stderr)
-        code = EXIT_INTERNAL
-    sys.exit(code if isinstance(code, int) else 0)
+        print(f"diskvault: internal error: {type(exc).__name__}: {exc} (set DISKVAULT_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)

@@ -1,0 +1,80 @@
+"""Pack format: round trip, trailer parsing, and damage detection."""
+
+import pytest
+
+from diskvault import compression
+from diskvault.errors import DamagedData
+from diskvault.hashing import content_id
+from diskvault.pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK, TYPE_TREE, PackWriter, read_table
+from diskvault.storage.local import LocalStorage
+from helpers import random_bytes
+
+
+def write_pack(tmp_path, blobs):
+    storage = LocalStorage(str(tmp_path))
+    w = PackWriter(storage)
+    for data, kind in blobs:
+        payload, flags = compression.compress(data)
+        w.add(content_id(data), kind, flags, payload, len(data))
+    size = w.seal()
+    return storage, w.name, size
+
+
+def test_round_trip(tmp_path):
+    blobs = [(random_bytes(5000, 1), TYPE_CHUNK), (b"abc" * 3000, TYPE_CHUNK), (b"tree", TYPE_TREE)]
+    storage, name, size = write_pack(tmp_path, blobs)
+    assert storage.size(name) == size
+    entries = read_table(storage, name)
+    assert [e.id for e in entries] == [content_id(d) for d, _ in blobs]
+    assert [e.type for e in entries] == [TYPE_CHUNK, TYPE_CHUNK, TYPE_TREE]
+    assert entries[1].flags & compression.FLAG_LZ4 and entries[1].stored_len < entries[1].raw_len
+    assert not entries[0].flags & compression.FLAG_LZ4  # random data is kept raw
+    for e, (data, _) in zip(entries, blobs):
+        payload = storage.read_range(name, e.offset, e.stored_len)
+        assert bytes(compression.decompress(payload, e.flags, e.raw_len)) == data
+    assert size == HEADER.size + sum(e.stored_len for e in entries) + len(entries) * ENTRY.size + FOOTER.size
+
+
+def test_empty_pack_is_valid(tmp_path):
+    storage, name, _ = write_pack(tmp_path, [])
+    assert read_table(storage, name) == []
+
+
+def test_unsealed_pack_is_invisible(tmp_path):
+    storage = LocalStorage(str(tmp_path))
+    w = PackWriter(storage)
+    w.add(b"x" * 32, TYPE_CHUNK, 0, b"data", 4)
+    assert list(storage.list("packs")) == []
+    w.abort()
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero_trailer", "flip_table", "bad_magic"])
+def test_damaged_trailer_is_detected(tmp_path, damage):
+    storage, name, size = write_pack(tmp_path, [(random_bytes(3000, i), TYPE_CHUNK) for i in range(3)])
+    path = tmp_path / name
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: size - 10]
+    elif damage == "zero_trailer":
+        data[-FOOTER.size:] = bytes(FOOTER.size)
+    elif damage == "flip_table":
+        data[size - FOOTER.size - 5] ^= 0xFF
+    else:
+        data[0:6] = b"NOTPAK"
+    path.write_bytes(bytes(data))
+    storage.close()
+    with pytest.raises(DamagedData, match="pack"):
+        read_table(LocalStorage(str(tmp_path)), name)
+
+
+def test_compression_falls_back_to_raw_and_detects_bad_payloads():
+    raw = random_bytes(4096, 3)
+    payload, flags = compression.compress(raw)
+    assert flags == 0 and bytes(payload) == raw
+    packed, flags = compression.compress(b"a" * 4096)
+    assert flags == compression.FLAG_LZ4
+    with pytest.raises(DamagedData):
+        compression.decompress(packed[:-3], flags, 4096)
+    with pytest.raises(DamagedData):
+        compression.decompress(b"short", 0, 4096)
