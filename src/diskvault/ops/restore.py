@@ -79,7 +79,8 @@ class _Target:
         if st is not None and st.st_size > 0 and not force:
             raise TargetError(f"{path} exists and is not empty: add --force to replace it")
         self.kind = "file"
-        folder = os.path.dirname(os.path.abspath(path))
+        path = os.path.realpath(path)  # a symlink's target is replaced, not the link
+        folder = os.path.dirname(path)
         if not os.path.isdir(folder):
             raise TargetError(f"directory {folder} does not exist")
         self.final = path
@@ -101,7 +102,7 @@ class _Target:
         self.fd = -1
         if self.final is not None:
             os.rename(self.path, self.final)
-            dfd = os.open(os.path.dirname(os.path.abspath(self.final)), os.O_RDONLY | os.O_DIRECTORY)
+            dfd = os.open(os.path.dirname(self.final), os.O_RDONLY | os.O_DIRECTORY)
             os.fsync(dfd)
             os.close(dfd)
 
