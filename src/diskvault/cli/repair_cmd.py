@@ -41,7 +41,7 @@ def repair(
         for u in res.unrecoverable:
             typer.echo(f"  snapshot {u['id'][:12]} cannot be fully recovered: {human(u['bytes'])} lost in "
                        f"{len(u['ranges'])} ranges ({u['reason']}); restore --skip-damaged saves the rest")
-        typer.echo(f"repository is {res.status_after} after repair" +
-                   ("" if res.status_after == "sound" else ": see diskvault check"))
+        typer.echo(f"structure is {res.status_after} after repair" +
+                   (" (check --read-data verifies the data itself)" if res.status_after == "sound" else ": see diskvault check"))
     if res.status_after != "sound":
         raise typer.Exit(EXIT_DAMAGED)

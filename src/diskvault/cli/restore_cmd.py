@@ -21,7 +21,7 @@ from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
 def ddrescue_map(size: int, lost: list[dict]) -> str:
     """A GNU ddrescue mapfile: ``+`` restored, ``-`` not restored."""
     lines = ["# Mapfile. Created by diskvault restore --skip-damaged", "# current_pos  current_status  current_pass",
-             f"0x{size:08X}     +               1", "#      pos        size  status"]
+             "0x00000000     +               1", "#      pos        size  status"]
     pos = 0
     for off, n in merge((u["offset"], u["length"]) for u in lost):
         if off > pos:

@@ -251,14 +251,15 @@ def _check_trees(repo: Repository, snaps: list[SnapshotRecord], report: CheckRep
 
 
 def _verify_pack(repo: Repository, name: str, rows: list[BlobLocation], advance: Callable[[int], None]) -> tuple[list[tuple[BlobLocation, str]], int]:
-    """Read a pack's data area sequentially and verify each catalogued blob."""
+    """Read a pack's data area sequentially and verify each catalogued blob; returns
+    ``[(row, message)]`` of the bad ones and the bytes read."""
     bad: list[tuple[BlobLocation, str]] = []
     done = 0
     i = 0
     try:
         size = repo.storage.size(name)
     except FileNotFoundError:
-        return [(r, "its pack is missing") for r in rows], 0
+        return [(r, f"blob {short(r.id)}: pack {pack_id(name)} is missing") for r in rows], 0
     while i < len(rows):
         start = rows[i].offset
         j, end = i, start
@@ -271,7 +272,7 @@ def _verify_pack(repo: Repository, name: str, rows: list[BlobLocation], advance:
             a = r.offset - start
             piece = data[a : a + r.stored_len]
             if len(piece) != r.stored_len:
-                bad.append((r, "lies past the end of its pack (truncated)"))
+                bad.append((r, f"blob {short(r.id)} lies past the end of pack {pack_id(name)} (truncated)"))
                 continue
             try:
                 repo.decode(r, piece)
@@ -302,8 +303,9 @@ def _read_data(repo: Repository, packs: list[tuple[dict, list[BlobLocation]]], p
         bytes_read += done
         blobs += len(rows)
         for r, reason in bad:
-            what = "tree node" if r.type == TYPE_TREE else "chunk"
-            report.errors.append(Finding("blob-damaged", f"{what} {short(r.id)} in pack {pack_id(p['name'])}: {reason}",
+            if r.type == TYPE_TREE:
+                reason = f"{reason} (a tree node)"
+            report.errors.append(Finding("blob-damaged", reason,
                                          pack=pack_id(p["name"]), blob=r.id.hex(), ids={r.id}))
     report.read_data = {
         "subset": subset.spec if subset else "all",
