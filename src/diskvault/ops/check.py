@@ -158,13 +158,17 @@ def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[tuple[dict
             report.errors.append(Finding("pack-missing", f"pack {pid} is missing ({len(rows)} blobs catalogued in it)",
                                          pack=pid, ids={r.id for r in rows}))
             continue
+        except OSError as exc:
+            report.errors.append(Finding("pack-missing", f"pack {pid} cannot be read: {exc.strerror}",
+                                         pack=pid, ids={r.id for r in rows}))
+            continue
         present.add(name)
         if size != p["size"]:
             report.errors.append(Finding("pack-size", f"pack {pid} is {size} bytes, the catalog recorded {p['size']}",
                                          pack=pid))
         try:
             table = read_table(repo.storage, name)
-        except DamagedData as exc:
+        except (DamagedData, OSError) as exc:
             beyond = {r.id for r in rows if r.offset + r.stored_len > size}
             extra = f"; {len(beyond)} catalogued blobs lie past its end" if beyond else ""
             report.errors.append(Finding("pack-trailer", f"{exc}{extra}", pack=pid, ids={r.id for r in rows}))
@@ -190,7 +194,7 @@ def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[tuple[dict
             try:
                 n = len(read_table(repo.storage, name))
                 what = f"{n} entries, not in the catalog (left by an interrupted command; repair indexes it)"
-            except DamagedData as exc:
+            except (DamagedData, OSError) as exc:
                 what = f"not in the catalog and unreadable: {exc}"
             report.warnings.append(Finding("orphan-pack", f"pack {pack_id(name)}: {what}", pack=pack_id(name)))
     return out, present
