@@ -31,7 +31,7 @@ from ..hashing import ZERO_ID, content_id, short
 from ..pack import TYPE_TREE, pack_id, read_table
 from ..repository import Repository
 from ..tree import parse
-from .damage import merge
+from .damage import merge, node_problem
 from .progress import NoProgress, Progress
 
 SEGMENT = 8 << 20  # read-data reads packs in pieces of this size
@@ -235,7 +235,7 @@ def _check_trees(repo: Repository, snaps: list[SnapshotRecord], report: CheckRep
                 level, items = parse(repo.load_tree_node(nid))
             except DamagedData as exc:
                 if nid not in bad:
-                    report.errors.append(Finding("tree-node", f"tree node {short(nid)}: {exc}", blob=nid.hex(), ids={nid}))
+                    report.errors.append(Finding("tree-node", node_problem(nid, exc), blob=nid.hex(), ids={nid}))
                 continue
             if level == 0:
                 referenced.update(i for i, _ in items if i != ZERO_ID)
@@ -270,7 +270,11 @@ def _verify_pack(repo: Repository, name: str, rows: list[BlobLocation], advance:
         while j < len(rows) and (j == i or rows[j].offset + rows[j].stored_len - start <= SEGMENT):
             end = max(end, rows[j].offset + rows[j].stored_len)
             j += 1
-        data = memoryview(repo.storage.read_range(name, start, min(end, size) - start if size > start else 0))
+        try:
+            data = memoryview(repo.storage.read_range(name, start, min(end, size) - start if size > start else 0))
+        except OSError as exc:
+            bad.extend((r, f"blob {short(r.id)}: pack {pack_id(name)} cannot be read: {exc.strerror}") for r in rows[i:])
+            break
         done += len(data)
         for r in rows[i:j]:
             a = r.offset - start

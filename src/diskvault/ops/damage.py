@@ -33,7 +33,7 @@ def _walk(load: Callable[[bytes], bytes], nid: bytes, offset: int, covered: int)
     try:
         level, items = parse(load(nid))
     except DamagedData as exc:
-        yield Lost(offset, covered, nid, f"tree node {short(nid)}: {exc}")
+        yield Lost(offset, covered, nid, node_problem(nid, exc))
         return
     for ident, length in items:
         if level == 0:
@@ -41,6 +41,12 @@ def _walk(load: Callable[[bytes], bytes], nid: bytes, offset: int, covered: int)
         else:
             yield from _walk(load, ident, offset, length)
         offset += length
+
+
+def node_problem(nid: bytes, exc: Exception) -> str:
+    """A message about tree node ``nid`` that names it once."""
+    text = str(exc)
+    return text if short(nid) in text else f"tree node {short(nid)}: {text}"
 
 
 def merge(ranges: Iterable[tuple[int, int]]) -> list[list[int]]:
