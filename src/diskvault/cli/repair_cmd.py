@@ -31,7 +31,8 @@ def repair(
         for d in res.damaged_packs:
             typer.echo(f"  damaged pack {d['pack']}: {d['reason']}")
         if res.salvaged_blobs:
-            typer.echo(f"  salvaged {res.salvaged_blobs} intact blobs from damaged packs into pack {res.salvage_pack}")
+            typer.echo(f"  salvaged {res.salvaged_blobs} intact blobs from damaged packs into new pack(s) "
+                       f"{', '.join(res.salvage_packs)}")
         if res.lost_blobs:
             typer.echo(f"  {res.lost_blobs} catalogued blobs could not be recovered")
         if res.changed_rows:

@@ -35,11 +35,12 @@ from .. import compression
 from ..catalog import BlobLocation, Catalog, SnapshotRecord
 from ..errors import DamagedData, RepositoryNotFound
 from ..hashing import ZERO_ID, content_id, short
-from ..pack import Entry, PackWriter, pack_id, read_table
+from ..pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_table
 from ..repository import CATALOG, CONFIG, FORMAT_VERSION, Repository
 from ..storage.local import TMP_MARK, LocalStorage
+from ..tree import parse
 from .check import check
-from .damage import Lost, merge, walk
+from .damage import merge, node_problem
 
 CATALOG_TABLES = ("meta", "packs", "blobs", "snapshots")
 
@@ -53,7 +54,7 @@ class RepairResult:
     snapshots: int = 0
     damaged_packs: list[dict] = field(default_factory=list)  # {pack, reason}
     salvaged_blobs: int = 0
-    salvage_pack: str | None = None
+    salvage_packs: list[str] = field(default_factory=list)  # new packs holding salvaged blobs
     lost_blobs: int = 0  # located by the old catalog, unreadable now
     changed_rows: int = 0  # old blob rows now pointing elsewhere (fixed, salvaged) or dropped
     records_written: int = 0
@@ -105,6 +106,10 @@ def _read(storage: LocalStorage, loc: BlobLocation) -> bytes | memoryview:
         payload = storage.read_range(loc.pack, loc.offset, loc.stored_len)
     except FileNotFoundError:
         raise DamagedData(f"pack {pack_id(loc.pack)} is missing") from None
+    return _check(loc, payload)
+
+
+def _check(loc: BlobLocation, payload: bytes) -> bytes | memoryview:
     if len(payload) != loc.stored_len:
         raise DamagedData(f"blob {short(loc.id)} lies past the end of pack {pack_id(loc.pack)}")
     raw = compression.decompress(payload, loc.flags, loc.raw_len)
@@ -185,27 +190,41 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
         for e in tables.get(name, ()):
             index.setdefault(e.id, (name, e))
 
-    # salvage blobs the old catalog locates in packs whose trailer is gone
+    # salvage blobs the old catalog locates in packs whose trailer is gone: verified, then
+    # copied (stored bytes as they are) into new packs, sealed before the catalog uses them
     writer: PackWriter | None = None
-    for row in old_rows:
-        if row.id in index or row.pack in tables:
-            continue
-        try:
-            _read(storage, row)
-        except (DamagedData, OSError):
-            res.lost_blobs += 1
-            continue
-        if writer is None:
-            writer = PackWriter(storage)
-        payload = storage.read_range(row.pack, row.offset, row.stored_len)
-        e = writer.add(row.id, row.type, row.flags, payload, row.raw_len)
-        index[row.id] = (writer.name, e)
-        res.salvaged_blobs += 1
-    if writer is not None:
-        writer.seal()
-        tables[writer.name] = writer.entries
-        ordered.append(writer.name)
-        res.salvage_pack = pack_id(writer.name)
+
+    def seal() -> None:
+        nonlocal writer
+        if writer is not None:
+            writer.seal()
+            tables[writer.name] = writer.entries
+            ordered.append(writer.name)
+            res.salvage_packs.append(pack_id(writer.name))
+            writer = None
+
+    try:
+        for row in old_rows:
+            if row.id in index or row.pack in tables:
+                continue
+            try:
+                payload = storage.read_range(row.pack, row.offset, row.stored_len)
+                _check(row, payload)
+            except (DamagedData, OSError):
+                res.lost_blobs += 1
+                continue
+            if writer is None:
+                writer = PackWriter(storage)
+            e = writer.add(row.id, row.type, row.flags, payload, row.raw_len)
+            index[row.id] = (writer.name, e)
+            res.salvaged_blobs += 1
+            if writer.size >= TARGET_PACK_SIZE:
+                seal()
+        seal()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     for row in old_rows:  # rows that now point elsewhere, or nowhere
         hit = index.get(row.id)
         if hit is None or hit[0] != row.pack or (hit[1].offset, hit[1].stored_len) != (row.offset, row.stored_len):
@@ -221,23 +240,39 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
                 res.records_written += 1
                 snaps[s.id] = s
 
-    def load(nid: bytes) -> bytes:
+    complete: set[bytes] = set()  # tree nodes whose whole subtree is present
+
+    def visit(nid: bytes, off: int, covered: int, lost: list[tuple[int, int]], why: list[str]) -> bool:
+        if nid in complete:
+            return True
         hit = index.get(nid)
-        if hit is None:
-            raise DamagedData("not found in any pack")
-        name, e = hit
-        return bytes(_read(storage, BlobLocation(nid, e.type, name, e.offset, e.stored_len, e.raw_len, e.flags)))
+        try:
+            if hit is None:
+                raise DamagedData("not found in any pack")
+            name, e = hit
+            level, items = parse(bytes(_read(storage, BlobLocation(nid, e.type, name, e.offset, e.stored_len, e.raw_len, e.flags))))
+        except DamagedData as exc:
+            lost.append((off, covered))
+            why.append(node_problem(nid, exc))
+            return False
+        whole = True
+        for ident, length in items:
+            if level > 0:
+                whole = visit(ident, off, length, lost, why) and whole
+            elif ident != ZERO_ID and ident not in index:
+                lost.append((off, length))
+                why.append(f"chunk {short(ident)} is not in any pack")
+                whole = False
+            off += length
+        if whole:
+            complete.add(nid)
+        return whole
 
     for s in sorted(snaps.values(), key=lambda s: (s.time, s.id)):
         lost: list[tuple[int, int]] = []
-        reason = ""
-        for item in walk(load, bytes.fromhex(s.tree), s.size):
-            if isinstance(item, Lost):
-                lost.append((item.offset, item.length))
-                reason = reason or item.reason
-            elif item.id != ZERO_ID and item.id not in index:
-                lost.append((item.offset, item.length))
-                reason = reason or f"chunk {short(item.id)} is not in any pack"
+        why: list[str] = []
+        visit(bytes.fromhex(s.tree), 0, s.size, lost, why)
+        reason = why[0] if why else ""
         if lost:
             ranges = merge(lost)
             res.unrecoverable.append({"id": s.id, "ranges": ranges, "bytes": sum(n for _, n in ranges), "reason": reason})
