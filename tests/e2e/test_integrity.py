@@ -271,3 +271,11 @@ def test_check_api_on_repo_fixture(repo):
     # the structural check also backs tests/consistency.py; an empty repository is sound
     assert check(repo).sound
     assert ZERO_ID == bytes(32)
+
+
+def test_read_data_subset_cli(world):
+    w = world
+    reads = [cli_json("check", "-r", w.repo, "--read-data-subset", f"{k}/3")["read_data"] for k in (1, 2, 3)]
+    assert sum(r["packs"] for r in reads) == 2 and {r["subset"] for r in reads} == {"1/3", "2/3", "3/3"}
+    proc = run_cli("check", "-r", w.repo, "--read-data-subset", "7/3", check=False)
+    assert proc.returncode == 2 and "n/N" in proc.stderr.decode()

@@ -338,6 +338,7 @@ def _attribute(repo: Repository, snaps: list[SnapshotRecord], report: CheckRepor
     if not bad:
         return
     load = repo.load_tree_node
+    clean: set[bytes] = set()  # tree nodes whose subtree needs no unavailable blob
 
     for snap in snaps:
         hits: dict[int, list[tuple[int, int]]] = {}  # id(finding) -> ranges
@@ -348,21 +349,29 @@ def _attribute(repo: Repository, snaps: list[SnapshotRecord], report: CheckRepor
                 by_id[id(f)] = f
                 hits.setdefault(id(f), []).append((off, n))
 
-        def visit(nid: bytes, off: int, covered: int) -> None:
+        def visit(nid: bytes, off: int, covered: int) -> bool:
+            """Attribute the damage under ``nid``; True when there is none."""
+            if nid in clean:
+                return True
             if nid in bad:
                 hit(nid, off, covered)
-                return
+                return False
             try:
                 level, items = parse(load(nid))
             except DamagedData:
-                return  # reported (and attributed) as a tree-node finding
+                return False  # reported (and attributed) as a tree-node finding
+            ok = True
             for ident, length in items:
                 if level == 0:
                     if ident in bad:
                         hit(ident, off, length)
+                        ok = False
                 else:
-                    visit(ident, off, length)
+                    ok = visit(ident, off, length) and ok
                 off += length
+            if ok:
+                clean.add(nid)
+            return ok
 
         visit(bytes.fromhex(snap.tree), 0, snap.size)
         every: list[tuple[int, int]] = []
