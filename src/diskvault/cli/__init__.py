@@ -45,7 +45,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         print("diskvault: interrupted; the repository is unchanged since the last completed step", file=sys.stderr)
         code = EXIT_INTERRUPTED
     except click.exceptions.Exit as exc:
@@ -53,6 +53,11 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
+    except typer.TyperException as exc:  # typer vendors click: its usage errors are not click's
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        code = getattr(exc, "exit_code", 2)
     except DiskvaultError as exc:
         print(f"diskvault: error: {exc}", file=sys.stderr)
         code = exc.exit_code
