@@ -144,6 +144,10 @@ def repair(path: str, rebuild: bool = False) -> RepairResult:
     cat_path = os.path.join(path, CATALOG)
     state = _probe(cat_path)
     use_old = state == "used" and not rebuild
+    if state == "used":  # fold its WAL into the file: the swap below removes a stale WAL
+        conn = sqlite3.connect(cat_path)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
     res = RepairResult(path, "ignored (--rebuild-catalog)" if rebuild and state == "used" else state)
     old: Catalog | None = Catalog(cat_path) if use_old else None
     try:
