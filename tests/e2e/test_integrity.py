@@ -279,3 +279,27 @@ def test_read_data_subset_cli(world):
     assert sum(r["packs"] for r in reads) == 2 and {r["subset"] for r in reads} == {"1/3", "2/3", "3/3"}
     proc = run_cli("check", "-r", w.repo, "--read-data-subset", "7/3", check=False)
     assert proc.returncode == 2 and "n/N" in proc.stderr.decode()
+
+
+def test_interrupted_repair_leaves_the_old_catalog(world, monkeypatch):
+    import diskvault.ops.repair as repair_mod
+
+    w = world
+    e = first_chunk(w.pack1, w.repo)
+    conn = sqlite3.connect(w.repo / "catalog.sqlite")
+    conn.execute("UPDATE blobs SET offset = offset + 7 WHERE id = ?", (e.id,))
+    conn.commit()
+    conn.close()
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(repair_mod.os, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        repair_mod.repair(str(w.repo))
+    monkeypatch.undo()
+    with Repository.open(str(w.repo)) as r:  # the old (still wrong) catalog, readable as before
+        assert [f.kind for f in check(r).errors] == ["catalog-row"]
+        assert r.storage.clean_temporary() == 1  # the unfinished new catalog
+    assert repair_mod.repair(str(w.repo)).status_after == "sound"
+    restores_identically(w, w.A, w.a, "a.out")
