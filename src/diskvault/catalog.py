@@ -135,6 +135,9 @@ class Catalog:
     def meta(self) -> dict[str, str]:
         return {r["key"]: r["value"] for r in self.db["meta"].rows}
 
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
+
     def transaction(self):
         return _Transaction(self.conn)
 
@@ -161,6 +164,12 @@ class Catalog:
                 "INSERT OR IGNORE INTO blobs VALUES (?,?,?,?,?,?,?)",
                 [(e.id, e.type, pid, e.offset, e.stored_len, e.raw_len, e.flags) for e in entries],
             )
+
+    def pack_blobs(self, pid: int) -> list[BlobLocation]:
+        """The blob rows that point into pack ``pid``, by offset (used by check)."""
+        name = self.pack_name(pid)
+        q = "SELECT id, type, offset, stored_len, raw_len, flags FROM blobs WHERE pack=? ORDER BY offset"
+        return [BlobLocation(b, t, name, o, s, r, f) for b, t, o, s, r, f in self.conn.execute(q, (pid,))]
 
     def pack_name(self, pid: int) -> str:
         name = self._pack_names.get(pid)

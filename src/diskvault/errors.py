@@ -15,6 +15,7 @@ EXIT_SOURCE_TARGET = 5  # source or target missing, unreadable, refused
 EXIT_NO_SPACE = 6  # out of space
 EXIT_LOCKED = 7  # repository locked by another process
 EXIT_DAMAGED = 8  # data damage found (bad chunk, missing pack)
+EXIT_DIFFERS = 9  # verify: snapshot and source differ
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
 
 

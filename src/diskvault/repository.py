@@ -39,9 +39,13 @@ class Repository:
         self.params = ChunkerParams(**config["chunker"])
         self.chunker = Chunker(self.params)
         self.storage = LocalStorage(path)
+        if not os.path.exists(os.path.join(path, CATALOG)):
+            raise RepositoryNotFound(f"the catalog of {path} is missing: rebuild it with diskvault repair -r {path}")
         try:
             self.catalog = Catalog(os.path.join(path, CATALOG))
-            self.catalog.meta()
+            if "schema_version" not in self.catalog.meta():
+                self.catalog.close()
+                raise sqlite3.DatabaseError("it is empty")
         except sqlite3.DatabaseError as exc:
             raise RepositoryNotFound(
                 f"the catalog of {path} cannot be read ({exc}): rebuild it with diskvault repair -r {path}"

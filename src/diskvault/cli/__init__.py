@@ -15,11 +15,14 @@ import traceback
 import typer
 
 from ..errors import EXIT_INTERNAL, DiskvaultError, Interrupted
+from .check_cmd import check
 from .info_cmd import info
 from .init_cmd import init
+from .repair_cmd import repair
 from .restore_cmd import restore
 from .snapshot_cmd import snapshot
 from .snapshots_cmd import snapshots
+from .verify_cmd import verify
 
 app = typer.Typer(
     name="diskvault",
@@ -29,7 +32,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (init, snapshot, snapshots, info, restore):
+for command in (init, snapshot, snapshots, info, restore, check, verify, repair):
     app.command()(command)
 
 

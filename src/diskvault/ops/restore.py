@@ -9,7 +9,10 @@ file. Zero extents become holes in a file and are zeroed (BLKZEROOUT) on a devic
 Speed: the calling thread walks the snapshot's chunk list and locates chunks in batches of
 BATCH bytes; worker threads read neighbouring chunks of a pack in one request, decompress,
 verify blake3 and pwrite at the chunk's offset. A chunk that fails verification stops the
-restore with DamagedData naming the chunk and its offset in the image.
+restore with DamagedData naming the chunk and its offset in the image. With ``skip_damaged``
+a damaged or missing chunk (or tree node) is left as zeros instead, the restore goes on,
+and every range not restored is listed in ``RestoreResult.unrestored`` (a ddrescue-like
+map). ``/dev/null`` is accepted as a target: a restore there verifies without writing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import secrets
 import stat
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..catalog import BlobLocation, SnapshotRecord
 from ..errors import DamagedData, OutOfSpace, TargetError
@@ -28,6 +31,7 @@ from ..hashing import ZERO_ID, short
 from ..images.device import mount_holder, zero_range
 from ..repository import Repository
 from ..tree import Leaf
+from .damage import Lost, merge, walk
 from .progress import NoProgress, Progress
 
 BATCH = 16 << 20
@@ -44,6 +48,8 @@ class RestoreResult:
     data_bytes: int
     zero_bytes: int
     duration: float
+    unrestored: list[dict] = field(default_factory=list)  # {offset, length, reason}, by offset
+    unrestored_bytes: int = 0
 
 
 class _Target:
@@ -74,6 +80,10 @@ class _Target:
                 os.close(self.fd)
                 raise TargetError(f"{path} holds {dev_size} bytes, the snapshot needs {size}: use a larger device")
             return
+        if st is not None and stat.S_ISCHR(st.st_mode) and os.path.realpath(path) == os.devnull:
+            self.kind = "null"  # verify only: nothing is kept
+            self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            return
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise TargetError(f"{path} is neither a regular file nor a block device")
         if st is not None and st.st_size > 0 and not force:
@@ -97,7 +107,8 @@ class _Target:
             zero_range(self.fd, offset, length)
 
     def commit(self) -> None:
-        os.fsync(self.fd)
+        if self.kind != "null":
+            os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
         if self.final is not None:
@@ -123,18 +134,41 @@ def _os_error(exc: OSError, path: str) -> Exception:
     return TargetError(f"cannot write {path}: {exc.strerror}")
 
 
-def _write_batch(repo: Repository, fd: int, leaves: list[Leaf], locs: dict[bytes, BlobLocation]) -> int:
+def _write_batch(repo: Repository, fd: int, leaves: list[Leaf], locs: dict[bytes, BlobLocation],
+                 skip_damaged: bool = False) -> dict[bytes, str]:
+    """Write the batch's chunks; returns ``{chunk id: reason}`` of damaged chunks (left
+    unwritten) when ``skip_damaged``, else raises DamagedData naming the first one's offset."""
     by_id: dict[bytes, list[int]] = {}
     for leaf in leaves:
         by_id.setdefault(leaf.id, []).append(leaf.offset)
-    written = 0
-    for loc, raw in repo.read_ranges([locs[i] for i in by_id]):
+    done: set[bytes] = set()
+
+    def put(loc: BlobLocation, raw) -> None:
         for offset in by_id[loc.id]:
             view = memoryview(raw)
             while view:
                 n = os.pwrite(fd, view, offset)
-                view, offset, written = view[n:], offset + n, written + n
-    return written
+                view, offset = view[n:], offset + n
+        done.add(loc.id)
+
+    try:
+        for loc, raw in repo.read_ranges([locs[i] for i in by_id]):
+            put(loc, raw)
+        return {}
+    except DamagedData:
+        pass
+    bad: dict[bytes, str] = {}
+    for ident in by_id:  # find which chunks are damaged, one by one
+        if ident in done:
+            continue
+        try:
+            put(locs[ident], repo.read_blob(locs[ident]))
+        except DamagedData as exc:
+            bad[ident] = str(exc)
+    if not skip_damaged and bad:
+        first = min(bad, key=lambda i: by_id[i][0])
+        raise DamagedData(f"byte {by_id[first][0]} of the image (chunk {short(first)}): {bad[first]}")
+    return bad
 
 
 def restore(
@@ -143,42 +177,64 @@ def restore(
     target_path: str,
     force: bool = False,
     progress: Progress | None = None,
+    skip_damaged: bool = False,
 ) -> RestoreResult:
     import time
 
     progress = progress or NoProgress()
     started = time.monotonic()
     target = _Target(target_path, snap.size, force)
-    pending: deque[tuple[Future, int]] = deque()
+    pending: deque[tuple[Future, list[Leaf], int]] = deque()
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="diskvault-restore")
     data = zeros = 0
+    lost: list[tuple[int, int, str]] = []
+
+    def unrestored(offset: int, length: int, reason: str) -> None:
+        lost.append((offset, length, reason))
+        target.zero(offset, length)
 
     def submit(batch: list[Leaf]) -> None:
         locs = repo.locate({leaf.id for leaf in batch})
-        for leaf in batch:
-            if leaf.id not in locs:
-                raise DamagedData(
-                    f"chunk {short(leaf.id)} at byte {leaf.offset} of snapshot {snap.id[:12]} is missing from the catalog"
-                )
-        pending.append((pool.submit(_write_batch, repo, target.fd, batch, locs), sum(l.length for l in batch)))
+        missing = [leaf for leaf in batch if leaf.id not in locs]
+        if missing and not skip_damaged:
+            leaf = missing[0]
+            raise DamagedData(
+                f"chunk {short(leaf.id)} at byte {leaf.offset} of snapshot {snap.id[:12]} is missing from the catalog"
+            )
+        for leaf in missing:
+            unrestored(leaf.offset, leaf.length, f"chunk {short(leaf.id)} is missing from the catalog")
+        batch = [leaf for leaf in batch if leaf.id in locs]
+        fut = pool.submit(_write_batch, repo, target.fd, batch, locs, skip_damaged)
+        pending.append((fut, batch, sum(l.length for l in batch) + sum(l.length for l in missing)))
         while len(pending) > DEPTH:
             drain_one()
 
     def drain_one() -> None:
-        fut, n = pending.popleft()
+        fut, batch, n = pending.popleft()
         try:
-            fut.result()
+            bad = fut.result()
         except DamagedData as exc:
-            raise DamagedData(f"restore of snapshot {snap.id[:12]} stopped: {exc}") from None
+            raise DamagedData(f"restore of snapshot {snap.id[:12]} stopped at {exc}") from None
         except OSError as exc:
             raise _os_error(exc, target_path) from None
+        for leaf in batch:
+            if leaf.id in bad:
+                unrestored(leaf.offset, leaf.length, bad[leaf.id])
         progress.advance(n)
 
     try:
         progress.start(snap.size, "restore")
         batch: list[Leaf] = []
         batch_bytes = 0
-        for leaf in repo.tree().leaves(bytes.fromhex(snap.tree)):
+        root = bytes.fromhex(snap.tree)
+        for leaf in walk(repo.load_tree_node, root, snap.size):
+            if isinstance(leaf, Lost):
+                if not skip_damaged:
+                    raise DamagedData(f"restore of snapshot {snap.id[:12]} stopped at byte {leaf.offset} of the image: "
+                                      f"{leaf.reason} ({leaf.length} bytes from there cannot be restored)")
+                unrestored(leaf.offset, leaf.length, leaf.reason)
+                progress.advance(leaf.length)
+                continue
             if leaf.id == ZERO_ID:
                 target.zero(leaf.offset, leaf.length)
                 zeros += leaf.length
@@ -196,10 +252,13 @@ def restore(
             drain_one()
         target.commit()
     except BaseException:
-        for fut, _ in pending:
+        for fut, _, _ in pending:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
         target.abort()
         raise
     pool.shutdown()
-    return RestoreResult(snap.id, target_path, target.kind, snap.size, data, zeros, round(time.monotonic() - started, 3))
+    lost.sort()
+    spans = merge((o, n) for o, n, _ in lost)
+    return RestoreResult(snap.id, target_path, target.kind, snap.size, data, zeros, round(time.monotonic() - started, 3),
+                         [{"offset": o, "length": n, "reason": r} for o, n, r in lost], sum(n for _, n in spans))

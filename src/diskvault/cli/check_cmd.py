@@ -1,0 +1,71 @@
+"""diskvault check: structure check, optionally reading and re-hashing the data.
+
+Exit codes: 0 sound, 8 damaged (errors listed), 3 the repository cannot be opened
+(e.g. its catalog is unreadable: run ``repair``), 1 internal error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..errors import EXIT_DAMAGED
+from ..ops.check import check as check_op
+from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json
+
+SHOW = 20  # findings printed per kind before "... and N more"
+
+
+def _ranges(ranges: list[list[int]], limit: int = 4) -> str:
+    parts = [f"{o}+{n}" for o, n in ranges[:limit]]
+    if len(ranges) > limit:
+        parts.append(f"… {len(ranges) - limit} more")
+    return ", ".join(parts)
+
+
+def check(
+    repo: RepoOpt,
+    read_data: Annotated[bool, typer.Option("--read-data", help="Also read, decompress and re-hash every chunk.")] = False,
+    subset: Annotated[str | None, typer.Option(
+        "--read-data-subset", metavar="N%|n/N",
+        help="Read only a slice of the packs: N% (rotates on each run) or the n-th of N fixed slices.")] = None,
+    json_out: JsonOpt = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
+) -> None:
+    """Check the repository: catalog, packs and snapshots agree; with --read-data, every chunk re-hashes."""
+    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
+        try:
+            report = check_op(r, read_data=read_data, subset=subset, progress=bar)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--read-data-subset") from None
+    if json_out:
+        print_json(report.to_json())
+    else:
+        typer.echo(f"checked {report.packs} packs, {report.blobs} blobs, {report.snapshots} snapshots "
+                   f"({report.referenced_chunks} distinct chunks referenced) in {report.duration:.1f} s")
+        if report.read_data:
+            d = report.read_data
+            typer.echo(f"read data ({d['subset']}): {d['packs']} of {d['packs_total']} packs, {d['blobs']} blobs, "
+                       f"{human(d['bytes'])} in {d['seconds']:.1f} s ({d['mb_per_s'] or '-'} MB/s)")
+        for w in report.warnings:
+            typer.echo(f"warning: {w.message}")
+        shown: dict[str, int] = {}
+        for f in report.errors:
+            shown[f.kind] = shown.get(f.kind, 0) + 1
+            if shown[f.kind] > SHOW:
+                continue
+            typer.echo(f"error: {f.message}")
+            for sid, ranges in f.snapshots.items():
+                typer.echo(f"  affects snapshot {sid[:12]}: bytes {_ranges(ranges)}")
+        for kind, n in shown.items():
+            if n > SHOW:
+                typer.echo(f"error: … and {n - SHOW} more {kind} errors (see --json)")
+        if report.sound:
+            typer.echo("repository is sound")
+        else:
+            typer.echo(f"repository is DAMAGED: {len(report.errors)} errors; {len(report.affected)} snapshots affected:")
+            for sid, ranges in report.affected.items():
+                typer.echo(f"  {sid[:12]}  {human(sum(n for _, n in ranges))} in {len(ranges)} ranges")
+    if not report.sound:
+        raise typer.Exit(EXIT_DAMAGED)

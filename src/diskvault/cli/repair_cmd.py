@@ -1,0 +1,48 @@
+"""diskvault repair: rebuild the catalog's index from pack trailers and snapshot records.
+
+Exit codes: 0 the repository is sound afterwards, 8 damage remains (unrecoverable
+snapshots are listed), 3 not a repository.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..errors import EXIT_DAMAGED
+from ..ops.repair import repair as repair_op
+from .common import JsonOpt, RepoOpt, human, print_json
+
+
+def repair(
+    repo: RepoOpt,
+    rebuild_catalog: Annotated[bool, typer.Option(
+        "--rebuild-catalog", help="Ignore the old catalog entirely and build a new one from the packs and records.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild the pack/chunk index from the packs themselves (after a lost or damaged catalog)."""
+    res = repair_op(repo, rebuild=rebuild_catalog)
+    if json_out:
+        print_json(res.to_json())
+    else:
+        typer.echo(f"old catalog: {res.old_catalog}")
+        typer.echo(f"indexed {res.packs} packs, {res.blobs} blobs, {res.snapshots} snapshots in {res.duration:.1f} s")
+        for d in res.damaged_packs:
+            typer.echo(f"  damaged pack {d['pack']}: {d['reason']}")
+        if res.salvaged_blobs:
+            typer.echo(f"  salvaged {res.salvaged_blobs} intact blobs from damaged packs into new pack(s) "
+                       f"{', '.join(res.salvage_packs)}")
+        if res.lost_blobs:
+            typer.echo(f"  {res.lost_blobs} catalogued blobs could not be recovered")
+        if res.changed_rows:
+            typer.echo(f"  {res.changed_rows} catalog rows corrected or dropped")
+        if res.records_written:
+            typer.echo(f"  rewrote {res.records_written} missing snapshot records")
+        for u in res.unrecoverable:
+            typer.echo(f"  snapshot {u['id'][:12]} cannot be fully recovered: {human(u['bytes'])} lost in "
+                       f"{len(u['ranges'])} ranges ({u['reason']}); restore --skip-damaged saves the rest")
+        typer.echo(f"structure is {res.status_after} after repair" +
+                   (" (check --read-data verifies the data itself)" if res.status_after == "sound" else ": see diskvault check"))
+    if res.status_after != "sound":
+        raise typer.Exit(EXIT_DAMAGED)

@@ -1,0 +1,51 @@
+"""diskvault verify: compare a snapshot with a device, image file or stdin.
+
+Exit codes: 0 identical, 9 the contents differ (ranges listed), 8 parts of the snapshot
+are unreadable (damaged), 3/4/5 repository, snapshot or source problems.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..errors import EXIT_DAMAGED, EXIT_DIFFERS
+from ..ops.verify import verify as verify_op
+from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
+
+SHOW = 50
+
+
+def verify(
+    repo: RepoOpt,
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")],
+    source: Annotated[str, typer.Argument(help="Device, image file, or - for stdin, to compare with.")],
+    json_out: JsonOpt = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
+) -> None:
+    """Compare a snapshot with a device or image and report the byte ranges that differ."""
+    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
+        res = verify_op(r, r.resolve(snapshot), source, progress=bar)
+    if json_out:
+        print_json(res.to_json())
+    else:
+        head = f"snapshot {res.snapshot[:12]} vs {res.source}"
+        if res.identical:
+            typer.echo(f"{head}: identical ({human(res.snapshot_size)} compared in {res.duration:.1f} s, "
+                       f"{rate(res.snapshot_size, res.duration)})")
+        else:
+            if res.source_size != res.snapshot_size:
+                typer.echo(f"{head}: sizes differ: snapshot {res.snapshot_size} bytes, source {res.source_size} bytes")
+            if res.differing:
+                typer.echo(f"{head}: {human(res.differing_bytes)} differ in {len(res.differing)} ranges:")
+                for o, n in res.differing[:SHOW]:
+                    typer.echo(f"  bytes {o}..{o + n - 1} ({n} bytes)")
+                if len(res.differing) > SHOW:
+                    typer.echo(f"  … and {len(res.differing) - SHOW} more (see --json)")
+            for u in res.unreadable[:SHOW]:
+                typer.echo(f"  not compared: bytes {u['offset']}..{u['offset'] + u['length'] - 1}: {u['reason']}")
+    if res.unreadable:
+        raise typer.Exit(EXIT_DAMAGED)
+    if not res.identical:
+        raise typer.Exit(EXIT_DIFFERS)

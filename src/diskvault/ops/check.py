@@ -1,0 +1,412 @@
+"""Check a repository: structure (catalog <-> packs <-> snapshots) and, optionally, all data.
+
+Structure: every catalogued pack exists with the recorded size and a valid trailer
+(``pack.read_table``) whose entries match the catalog's rows; no row points outside its
+pack; every tree node and chunk reachable from every snapshot is catalogued; every snapshot
+row has its record file (``snapshots/<id>.json``, which ``repair`` rebuilds from). Pack
+files the catalog does not know (orphans) and records without a catalog row are warnings.
+
+Data (``read_data``): the selected packs are read sequentially in large reads by two
+threads; every catalogued blob is decompressed and re-hashed (blake3). ``subset`` picks a
+deterministic slice of packs by a hash of the pack id (see ``parse_subset``).
+
+Every problem becomes a ``Finding``; the blobs it makes unavailable are traced to each
+snapshot and byte range that needs them. Nothing is raised for damage (the report says
+it); errors opening the repository propagate from Repository.open.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..catalog import BlobLocation, SnapshotRecord
+from ..errors import DamagedData
+from ..hashing import ZERO_ID, content_id, short
+from ..pack import TYPE_TREE, pack_id, read_table
+from ..repository import Repository
+from ..tree import parse
+from .damage import merge, node_problem
+from .progress import NoProgress, Progress
+
+SEGMENT = 8 << 20  # read-data reads packs in pieces of this size
+WORKERS = 2
+PPM = 1_000_000  # subset windows are measured in parts per million of the pack-id hash space
+SUBSET_META = "read_data_subset_next"
+
+
+@dataclass
+class Finding:
+    kind: str
+    message: str
+    pack: str | None = None  # pack id (file name without .pack)
+    blob: str | None = None  # hex id of the one blob concerned, if one
+    ids: set[bytes] = field(default_factory=set)  # blobs this problem makes unavailable
+    snapshots: dict[str, list[list[int]]] = field(default_factory=dict)  # id -> [[offset, length]]
+
+    def to_json(self) -> dict:
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "pack": self.pack,
+            "blob": self.blob,
+            "blobs": len(self.ids),
+            "snapshots": [{"id": sid, "ranges": r} for sid, r in self.snapshots.items()],
+        }
+
+
+@dataclass
+class Subset:
+    start: int  # ppm
+    end: int  # ppm, may be < start (wraps)
+    spec: str
+
+    def contains(self, name: str) -> bool:
+        pos = int.from_bytes(content_id(pack_id(name).encode())[:8], "little") % PPM
+        if self.start <= self.end:
+            return self.start <= pos < self.end
+        return pos >= self.start or pos < self.end
+
+
+@dataclass
+class CheckReport:
+    repository: str
+    packs: int = 0
+    blobs: int = 0
+    snapshots: int = 0
+    referenced_chunks: int = 0
+    errors: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+    affected: dict[str, list[list[int]]] = field(default_factory=dict)
+    read_data: dict | None = None
+    duration: float = 0.0
+
+    @property
+    def sound(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict:
+        return {
+            "repository": self.repository,
+            "status": "sound" if self.sound else "damaged",
+            "packs": self.packs,
+            "blobs": self.blobs,
+            "snapshots": self.snapshots,
+            "referenced_chunks": self.referenced_chunks,
+            "errors": [f.to_json() for f in self.errors],
+            "warnings": [f.to_json() for f in self.warnings],
+            "affected_snapshots": [
+                {"id": sid, "ranges": r, "bytes": sum(n for _, n in r)} for sid, r in self.affected.items()
+            ],
+            "read_data": self.read_data,
+            "duration": self.duration,
+        }
+
+
+_PCT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+_FRAC = re.compile(r"^(\d+)/(\d+)$")
+
+
+def parse_subset(spec: str, next_start: int = 0) -> Subset:
+    """``"N%"``: a window of N% of packs starting where the previous run stopped
+    (``next_start``, kept in the catalog), so runs rotate over all data; ``"n/N"``: the
+    n-th of N fixed slices (1-based), so running 1/N .. N/N reads every pack once.
+    Raises ValueError on a malformed spec."""
+    s = spec.strip()
+    m = _PCT.match(s)
+    if m:
+        pct = float(m.group(1))
+        if not 0 < pct <= 100:
+            raise ValueError(f"subset {spec!r}: the percentage must be above 0 and at most 100")
+        width = round(pct * PPM / 100)
+        if width >= PPM:
+            return Subset(0, PPM, s)
+        start = next_start % PPM
+        return Subset(start, (start + width) % PPM, s)
+    m = _FRAC.match(s)
+    if m:
+        n, total = int(m.group(1)), int(m.group(2))
+        if not 1 <= n <= total:
+            raise ValueError(f"subset {spec!r}: use n/N with 1 <= n <= N, e.g. 3/10")
+        return Subset((n - 1) * PPM // total, n * PPM // total if n < total else PPM, s)
+    raise ValueError(f"cannot read subset {spec!r}: use a percentage (10%) or a slice (3/10)")
+
+
+# --- structure -----------------------------------------------------------------------
+
+
+def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[tuple[dict, list[BlobLocation]]], set[str]]:
+    """Pack rows vs pack files and trailers. Returns the packs with their rows and the
+    names of packs that exist (for read-data)."""
+    packs = repo.catalog.packs()
+    report.packs = len(packs)
+    out = []
+    present: set[str] = set()
+    for p in packs:
+        name, pid = p["name"], pack_id(p["name"])
+        rows = repo.catalog.pack_blobs(p["id"])
+        report.blobs += len(rows)
+        out.append((p, rows))
+        try:
+            size = repo.storage.size(name)
+        except FileNotFoundError:
+            report.errors.append(Finding("pack-missing", f"pack {pid} is missing ({len(rows)} blobs catalogued in it)",
+                                         pack=pid, ids={r.id for r in rows}))
+            continue
+        except OSError as exc:
+            report.errors.append(Finding("pack-missing", f"pack {pid} cannot be read: {exc.strerror}",
+                                         pack=pid, ids={r.id for r in rows}))
+            continue
+        present.add(name)
+        if size != p["size"]:
+            report.errors.append(Finding("pack-size", f"pack {pid} is {size} bytes, the catalog recorded {p['size']}",
+                                         pack=pid))
+        try:
+            table = read_table(repo.storage, name)
+        except (DamagedData, OSError) as exc:
+            beyond = {r.id for r in rows if r.offset + r.stored_len > size}
+            extra = f"; {len(beyond)} catalogued blobs lie past its end" if beyond else ""
+            report.errors.append(Finding("pack-trailer", f"{exc}{extra}", pack=pid, ids={r.id for r in rows}))
+            continue
+        if len(table) != p["entries"]:
+            report.errors.append(Finding(
+                "pack-entries", f"pack {pid} holds {len(table)} entries, the catalog recorded {p['entries']}", pack=pid))
+        entries = {e.id: e for e in table}
+        for r in rows:
+            e = entries.get(r.id)
+            if e is None:
+                report.errors.append(Finding("catalog-row", f"catalog row of blob {short(r.id)} points into pack {pid}, "
+                                             "whose trailer does not list it", pack=pid, blob=r.id.hex(), ids={r.id}))
+            elif (e.type, e.flags, e.offset, e.stored_len, e.raw_len) != (r.type, r.flags, r.offset, r.stored_len, r.raw_len):
+                report.errors.append(Finding(
+                    "catalog-row",
+                    f"catalog row of blob {short(r.id)} (offset {r.offset}, {r.stored_len} bytes) disagrees with "
+                    f"pack {pid}'s trailer (offset {e.offset}, {e.stored_len} bytes)",
+                    pack=pid, blob=r.id.hex(), ids={r.id}))
+    known = {p["name"] for p in packs}
+    for name in repo.storage.list("packs"):
+        if name.endswith(".pack") and name not in known:
+            try:
+                n = len(read_table(repo.storage, name))
+                what = f"{n} entries, not in the catalog (left by an interrupted command; repair indexes it)"
+            except (DamagedData, OSError) as exc:
+                what = f"not in the catalog and unreadable: {exc}"
+            report.warnings.append(Finding("orphan-pack", f"pack {pack_id(name)}: {what}", pack=pack_id(name)))
+    return out, present
+
+
+def _check_records(repo: Repository, snaps: list[SnapshotRecord], report: CheckReport) -> None:
+    rows = {s.id: s for s in snaps}
+    files = {n.rsplit("/", 1)[-1].removesuffix(".json") for n in repo.storage.list("snapshots") if n.endswith(".json")}
+    for sid, s in rows.items():
+        if sid not in files:
+            report.errors.append(Finding("record-missing", f"snapshot {sid[:12]} has no record file snapshots/{sid}.json "
+                                         "(repair rewrites it; a rebuilt catalog would lose this snapshot)"))
+            continue
+        try:
+            rec = json.loads(repo.storage.read(f"snapshots/{sid}.json"))
+            same = rec.get("tree") == s.tree and rec.get("size") == s.size
+        except (ValueError, OSError, AttributeError):
+            same = False
+        if not same:
+            report.errors.append(Finding("record-mismatch", f"snapshot {sid[:12]}: record file snapshots/{sid}.json does "
+                                         "not match the catalog (repair rewrites it)"))
+    for sid in sorted(files - rows.keys()):
+        report.warnings.append(Finding("record-without-row", f"snapshot record {sid[:12]} is not in the catalog "
+                                       "(an interrupted snapshot or forget; repair adds it back)"))
+
+
+def _check_trees(repo: Repository, snaps: list[SnapshotRecord], report: CheckReport, bad: set[bytes]) -> None:
+    seen: set[bytes] = set()
+    referenced: set[bytes] = set()
+    for snap in snaps:
+        stack = [bytes.fromhex(snap.tree)]
+        while stack:
+            nid = stack.pop()
+            if nid in seen:
+                continue
+            seen.add(nid)
+            try:
+                level, items = parse(repo.load_tree_node(nid))
+            except DamagedData as exc:
+                if nid not in bad:
+                    report.errors.append(Finding("tree-node", node_problem(nid, exc), blob=nid.hex(), ids={nid}))
+                continue
+            if level == 0:
+                referenced.update(i for i, _ in items if i != ZERO_ID)
+            else:
+                stack.extend(i for i, _ in items)
+    report.referenced_chunks = len(referenced)
+    found = repo.catalog.known(referenced)
+    missing = referenced - found
+    if missing:
+        first = min(missing)
+        report.errors.append(Finding(
+            "chunk-missing", f"{len(missing)} chunks referenced by snapshots are not in the catalog (first {short(first)})",
+            blob=first.hex() if len(missing) == 1 else None, ids=missing))
+
+
+# --- data ----------------------------------------------------------------------------
+
+
+def _verify_pack(repo: Repository, name: str, rows: list[BlobLocation], advance: Callable[[int], None]) -> tuple[list[tuple[BlobLocation, str]], int]:
+    """Read a pack's data area sequentially and verify each catalogued blob; returns
+    ``[(row, message)]`` of the bad ones and the bytes read."""
+    bad: list[tuple[BlobLocation, str]] = []
+    done = 0
+    i = 0
+    try:
+        size = repo.storage.size(name)
+    except FileNotFoundError:
+        return [(r, f"blob {short(r.id)}: pack {pack_id(name)} is missing") for r in rows], 0
+    while i < len(rows):
+        start = rows[i].offset
+        j, end = i, start
+        while j < len(rows) and (j == i or rows[j].offset + rows[j].stored_len - start <= SEGMENT):
+            end = max(end, rows[j].offset + rows[j].stored_len)
+            j += 1
+        try:
+            data = memoryview(repo.storage.read_range(name, start, min(end, size) - start if size > start else 0))
+        except OSError as exc:
+            bad.extend((r, f"blob {short(r.id)}: pack {pack_id(name)} cannot be read: {exc.strerror}") for r in rows[i:])
+            break
+        done += len(data)
+        for r in rows[i:j]:
+            a = r.offset - start
+            piece = data[a : a + r.stored_len]
+            if len(piece) != r.stored_len:
+                bad.append((r, f"blob {short(r.id)} lies past the end of pack {pack_id(name)} (truncated)"))
+                continue
+            try:
+                repo.decode(r, piece)
+            except DamagedData as exc:
+                bad.append((r, str(exc)))
+        advance(len(data))
+        i = j
+    return bad, done
+
+
+def _read_data(repo: Repository, packs: list[tuple[dict, list[BlobLocation]]], present: set[str],
+               subset: Subset | None, report: CheckReport, progress: Progress) -> None:
+    chosen = [(p, rows) for p, rows in packs if p["name"] in present and (subset is None or subset.contains(p["name"]))]
+    total = sum(p["size"] for p, _ in chosen)
+    lock = threading.Lock()
+
+    def advance(n: int) -> None:
+        with lock:
+            progress.advance(n)
+
+    started = time.monotonic()
+    progress.start(total, "read data")
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="diskvault-check") as pool:
+        results = list(pool.map(lambda pr: _verify_pack(repo, pr[0]["name"], pr[1], advance), chosen))
+    seconds = time.monotonic() - started
+    bytes_read = blobs = 0
+    for (p, rows), (bad, done) in zip(chosen, results):
+        bytes_read += done
+        blobs += len(rows)
+        for r, reason in bad:
+            if r.type == TYPE_TREE:
+                reason = f"{reason} (a tree node)"
+            report.errors.append(Finding("blob-damaged", reason,
+                                         pack=pack_id(p["name"]), blob=r.id.hex(), ids={r.id}))
+    report.read_data = {
+        "subset": subset.spec if subset else "all",
+        "packs": len(chosen),
+        "packs_total": len(packs),
+        "blobs": blobs,
+        "bytes": bytes_read,
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(bytes_read / seconds / 1e6, 1) if seconds > 0 else None,
+    }
+
+
+# --- attribution -----------------------------------------------------------------------
+
+
+def _attribute(repo: Repository, snaps: list[SnapshotRecord], report: CheckReport) -> None:
+    """Trace every unavailable blob to the snapshots and byte ranges that need it."""
+    bad: dict[bytes, list[Finding]] = {}
+    for f in report.errors:
+        for i in f.ids:
+            bad.setdefault(i, []).append(f)
+    if not bad:
+        return
+    load = repo.load_tree_node
+    clean: set[bytes] = set()  # tree nodes whose subtree needs no unavailable blob
+
+    for snap in snaps:
+        hits: dict[int, list[tuple[int, int]]] = {}  # id(finding) -> ranges
+        by_id: dict[int, Finding] = {}
+
+        def hit(ident: bytes, off: int, n: int) -> None:
+            for f in bad[ident]:
+                by_id[id(f)] = f
+                hits.setdefault(id(f), []).append((off, n))
+
+        def visit(nid: bytes, off: int, covered: int) -> bool:
+            """Attribute the damage under ``nid``; True when there is none."""
+            if nid in clean:
+                return True
+            if nid in bad:
+                hit(nid, off, covered)
+                return False
+            try:
+                level, items = parse(load(nid))
+            except DamagedData:
+                return False  # reported (and attributed) as a tree-node finding
+            ok = True
+            for ident, length in items:
+                if level == 0:
+                    if ident in bad:
+                        hit(ident, off, length)
+                        ok = False
+                else:
+                    ok = visit(ident, off, length) and ok
+                off += length
+            if ok:
+                clean.add(nid)
+            return ok
+
+        visit(bytes.fromhex(snap.tree), 0, snap.size)
+        every: list[tuple[int, int]] = []
+        for key, ranges in hits.items():
+            by_id[key].snapshots[snap.id] = merge(ranges)
+            every.extend(ranges)
+        if every:
+            report.affected[snap.id] = merge(every)
+
+
+def check(
+    repo: Repository,
+    read_data: bool = False,
+    subset: str | None = None,
+    progress: Progress | None = None,
+) -> CheckReport:
+    """Check ``repo``; ``subset`` (implies read_data) is parsed by ``parse_subset``
+    (ValueError when malformed)."""
+    started = time.monotonic()
+    progress = progress or NoProgress()
+    sub = None
+    if subset is not None:
+        sub = parse_subset(subset, int(repo.catalog.meta().get(SUBSET_META, "0")))
+        read_data = True
+    report = CheckReport(repository=repo.path)
+    snaps = repo.snapshots()
+    report.snapshots = len(snaps)
+    packs, present = _check_packs(repo, report)
+    _check_records(repo, snaps, report)
+    unavailable = set().union(*(f.ids for f in report.errors)) if report.errors else set()
+    _check_trees(repo, snaps, report, unavailable)
+    if read_data:
+        _read_data(repo, packs, present, sub, report, progress)
+        if sub is not None and sub.spec.endswith("%"):
+            repo.catalog.set_meta(SUBSET_META, str(sub.end % PPM))
+    _attribute(repo, snaps, report)
+    report.duration = round(time.monotonic() - started, 3)
+    return report
