@@ -16,11 +16,14 @@ import click
 import typer
 
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiskvaultError
+from .forget_cmd import forget
 from .info_cmd import info
 from .init_cmd import init
+from .prune_cmd import prune
 from .restore_cmd import restore
 from .snapshot_cmd import snapshot
 from .snapshots_cmd import snapshots
+from .unlock_cmd import unlock
 
 app = typer.Typer(
     name="diskvault",
@@ -30,8 +33,15 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (init, snapshot, snapshots, info, restore):
+for command in (init, snapshot, snapshots, info, restore, forget, prune, unlock):
     app.command()(command)
+
+
+# typer >= 0.16 vendors click: its usage errors are not click's own classes, so catch both
+_CLICK_ERRORS = (click.ClickException,
+                 *[c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"])
+_EXITS = (click.exceptions.Exit, typer.Exit)
+_ABORTS = (KeyboardInterrupt, click.exceptions.Abort, typer.Abort)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -42,12 +52,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except _ABORTS:
         print("diskvault: interrupted; the repository is unchanged since the last completed step", file=sys.stderr)
         code = EXIT_INTERRUPTED
-    except click.exceptions.Exit as exc:
+    except _EXITS as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
+    except _CLICK_ERRORS as exc:
         exc.show()
         code = exc.exit_code
     except DiskvaultError as exc:
