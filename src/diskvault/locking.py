@@ -201,7 +201,7 @@ def acquire(repo_path: str, kind: str, command: str, wait: float | None = None) 
                 _write(folder, info)
                 return RepositoryLock(repo_path, info)
         if time.monotonic() >= deadline:
-            holder = blocking[0]
+            holder = min(blocking, key=lambda lock: lock.time)
             more = f" and {len(blocking) - 1} more" if len(blocking) > 1 else ""
             raise RepositoryLocked(
                 f"repository {repo_path} is locked by a {holder.describe()}{more}: wait for it to finish; "
