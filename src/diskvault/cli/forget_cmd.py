@@ -9,7 +9,7 @@ import typer
 from ..ops.forget import ForgetResult, forget_by_policy, forget_snapshots
 from ..policy import Policy, parse_duration, parse_tag_sets
 from .common import JsonOpt, RepoOpt, open_repo, print_json
-from .prune_cmd import MaxUnusedOpt, RepackSmallOpt, check_max_unused, print_prune, run_prune
+from .prune_cmd import DEFAULT_MAX_UNUSED, MaxUnusedOpt, RepackSmallOpt, check_max_unused, print_prune, run_prune
 
 
 def _count(name: str):
@@ -37,7 +37,7 @@ def forget(
     host: Annotated[str | None, typer.Option("--host", help="Only consider snapshots of this host.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Show what would be kept and removed; change nothing.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Run prune afterwards.")] = False,
-    max_unused: MaxUnusedOpt = "5%",
+    max_unused: MaxUnusedOpt = DEFAULT_MAX_UNUSED,
     repack_small: RepackSmallOpt = False,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal (prune).")] = True,

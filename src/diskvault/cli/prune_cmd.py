@@ -6,14 +6,14 @@ from typing import Annotated
 
 import typer
 
-from ..ops.prune import PruneResult, parse_max_unused
+from ..ops.prune import DEFAULT_MAX_UNUSED, PruneResult, parse_max_unused
 from ..ops.prune import prune as prune_op
 from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json
 
 MaxUnusedOpt = Annotated[
     str,
     typer.Option("--max-unused", metavar="LIMIT",
-                 help="Unused space to tolerate instead of repacking: a percentage of the used bytes (5%), a size (200M) or unlimited."),
+                 help="Unused space to tolerate instead of repacking: a percentage of the pack bytes (2%), a size (200M), 0 or unlimited."),
 ]
 RepackSmallOpt = Annotated[bool, typer.Option("--repack-small", help="Also merge packs smaller than 80% of the target pack size.")]
 
@@ -45,7 +45,7 @@ def print_prune(res: PruneResult) -> None:
 def prune(
     repo: RepoOpt,
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Only show what would be removed and repacked.")] = False,
-    max_unused: MaxUnusedOpt = "5%",
+    max_unused: MaxUnusedOpt = DEFAULT_MAX_UNUSED,
     repack_small: RepackSmallOpt = False,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,

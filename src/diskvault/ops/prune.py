@@ -34,6 +34,7 @@ from ..pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK
 from ..repository import Repository, pack_target_size
 from .progress import NoProgress, Progress
 
+DEFAULT_MAX_UNUSED = "2%"  # restic says 5 %; 2 % keeps a pruned series within 5 % of a fresh repository
 SMALL_FRACTION = 0.8  # --repack-small: packs under this share of the target size
 
 
@@ -126,7 +127,7 @@ def mark(repo: Repository, progress: Progress) -> set[bytes]:
 
 def prune(
     repo: Repository,
-    max_unused: str = "5%",
+    max_unused: str = DEFAULT_MAX_UNUSED,
     repack_small: bool = False,
     dry_run: bool = False,
     progress: Progress | None = None,
@@ -210,7 +211,9 @@ def _prune(repo: Repository, limit: tuple[str, float], repack_small: bool, dry_r
     gone_ids = {st.id for st in dead + repack}
     if dry_run:
         kept = [st for st in stats.values() if st.id not in gone_ids]
-        new_bytes = result.bytes_repacked + sum(HEADER.size + FOOTER.size + ENTRY.size * len(st.live) for st in repack)
+        new_packs = -(-result.bytes_repacked // pack_target_size()) if repack else 0
+        new_bytes = (result.bytes_repacked + new_packs * (HEADER.size + FOOTER.size)
+                     + sum(ENTRY.size * len(st.live) for st in repack))
         result.bytes_after = sum(st.size for st in kept) + new_bytes
         result.unused_after = sum(st.unused for st in kept)
     else:
