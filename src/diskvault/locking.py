@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from .errors import RepositoryLocked
+from .errors import RepositoryError, RepositoryLocked
 
 LOCKS = "locks"
 GUARD = ".guard"
@@ -78,10 +78,12 @@ def _pid_alive(pid: int, start: int) -> bool:
 
 
 def stale_reason(lock: LockInfo, now: float | None = None) -> str | None:
-    """Why ``lock`` is stale, or None when its holder may still run."""
+    """Why ``lock`` is stale, or None when its holder may still run. On this host the
+    process table decides (a stopped but living holder keeps its lock); for another host,
+    the age of the last refresh."""
     now = time.time() if now is None else now
-    if lock.host == socket.gethostname() and not _pid_alive(lock.pid, lock.start):
-        return f"process {lock.pid} is gone"
+    if lock.host == socket.gethostname() and lock.pid:
+        return None if _pid_alive(lock.pid, lock.start) else f"process {lock.pid} is gone"
     if now - lock.time > STALE_AFTER:
         return f"not refreshed for {int(now - lock.time)} s"
     return None
@@ -170,6 +172,7 @@ class RepositoryLock:
 
     def release(self) -> None:
         self._stop.set()
+        self._thread.join()  # no refresh may re-create the file after it is removed
         with _guard(self.folder):
             _remove(self.folder, self.info.name)
 
@@ -182,6 +185,15 @@ def acquire(repo_path: str, kind: str, command: str, wait: float | None = None) 
             wait = float(os.environ.get("DISKVAULT_LOCK_WAIT", "0"))
         except ValueError:
             wait = 0.0
+    try:
+        return _acquire(repo_path, kind, command, wait)
+    except PermissionError as exc:
+        raise RepositoryError(
+            f"cannot lock repository {repo_path}: {exc.strerror} writing {exc.filename}: run as its owner"
+        ) from None
+
+
+def _acquire(repo_path: str, kind: str, command: str, wait: float) -> RepositoryLock:
     folder = _dir(repo_path)
     deadline = time.monotonic() + wait
     pid = os.getpid()

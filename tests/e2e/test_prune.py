@@ -143,3 +143,14 @@ def test_prune_never_copies_damaged_data_and_deletes_nothing(tmp_path, repo_path
     proc = run_cli("prune", "-r", damaged, check=False)
     assert proc.returncode == EXIT_DAMAGED and b"not in the catalog" in proc.stderr
     assert files == sorted(str(p) for p in damaged.rglob("*.pack"))
+
+
+def test_forget_everything_then_prune_leaves_no_data(tmp_path, repo_path):
+    series = snapshot_series(repo_path, tmp_path / "a.img", count=3, size=200_000, changes=2)
+    run_cli("forget", "-r", repo_path, *[sid for sid, _ in series])
+    res = json.loads(run_cli("prune", "-r", repo_path, "--json").stdout)
+    assert res["snapshots"] == 0 and res["live_blobs"] == 0 and res["bytes_after"] == 0
+    assert list((repo_path / "packs").rglob("*.pack")) == [] and os.listdir(repo_path / "snapshots") == []
+    assert run_cli("restore", "-r", repo_path, series[0][0], tmp_path / "x.img", check=False).returncode == EXIT_SNAPSHOT
+    with Repository.open(str(repo_path)) as r:
+        assert r.catalog.blob_totals()["chunks"] == 0

@@ -24,6 +24,7 @@ anywhere leaves every snapshot restorable, and the next prune removes what was l
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -267,8 +268,11 @@ def _copy_live(repo: Repository, st: PackStat, writer, progress: Progress) -> No
 def _compact_catalog(repo: Repository) -> None:
     """Fold the WAL into the database, and VACUUM when a quarter of it is free pages."""
     conn = repo.catalog.conn
-    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    if pages and free * 4 > pages:
-        conn.execute("VACUUM")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    try:
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        if pages and free * 4 > pages:
+            conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.OperationalError:  # a reader (e.g. diskvault snapshots) has it open: next time
+        pass
