@@ -1,8 +1,8 @@
 """Repository locks: shared (snapshot, restore, info) and exclusive (forget, prune).
 
 A lock is a file ``locks/<random>.json`` holding ``{kind, command, pid, host, start, time}``.
-Taking a lock runs under ``flock`` on ``locks/.guard`` (released by the kernel even when the
-process is killed), so "look at the other locks, then write mine" is atomic between
+Taking a lock runs under ``flock`` on the ``locks`` directory (released by the kernel even when
+the process is killed), so "look at the other locks, then write mine" is atomic between
 processes: two commands can never both believe they hold conflicting locks. Shared locks
 coexist; an exclusive lock conflicts with every other lock.
 
@@ -31,7 +31,6 @@ from datetime import datetime, timezone
 from .errors import RepositoryError, RepositoryLocked
 
 LOCKS = "locks"
-GUARD = ".guard"
 STALE_AFTER = 30 * 60  # seconds without refresh
 REFRESH = 5 * 60
 POLL = 0.2
@@ -140,7 +139,8 @@ def _remove(folder: str, name: str) -> bool:
 
 @contextmanager
 def _guard(folder: str) -> Iterator[None]:
-    fd = os.open(os.path.join(folder, GUARD), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """flock on the ``locks`` directory itself: serialises lock changes between processes."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
