@@ -12,8 +12,19 @@ from .common import JsonOpt, RepoOpt, open_repo, print_json
 from .prune_cmd import DEFAULT_MAX_UNUSED, MaxUnusedOpt, RepackSmallOpt, check_max_unused, print_prune, run_prune
 
 
+_HELP = {
+    "last": "Keep the N newest snapshots.",
+    "hourly": "Keep the newest snapshot of each of the last N hours that have one.",
+    "daily": "Keep the newest snapshot of each of the last N days that have one.",
+    "weekly": "Keep the newest snapshot of each of the last N ISO weeks that have one.",
+    "monthly": "Keep the newest snapshot of each of the last N months that have one.",
+    "yearly": "Keep the newest snapshot of each of the last N years that have one.",
+}
+
+
 def _count(name: str):
-    return Annotated[int, typer.Option(name, metavar="N", help=f"{name[7:].capitalize()}: see docs/retention.md (-1 = unlimited).")]
+    rule = name.removeprefix("--keep-")
+    return Annotated[int, typer.Option(name, metavar="N", help=f"{_HELP[rule]} -1: unlimited.", show_default=False)]
 
 
 def _check(value: int, name: str) -> int:
@@ -24,7 +35,7 @@ def _check(value: int, name: str) -> int:
 
 def forget(
     repo: RepoOpt,
-    snapshots: Annotated[list[str] | None, typer.Argument(metavar="[SNAPSHOT]...", help="Snapshots to forget (id, prefix, latest, latest:TAG); or give keep rules.")] = None,
+    snapshots: Annotated[list[str] | None, typer.Argument(metavar="SNAPSHOT", show_default=False, help="Snapshots to forget (id, prefix, latest, latest:TAG); or give keep rules.")] = None,
     keep_last: _count("--keep-last") = 0,
     keep_hourly: _count("--keep-hourly") = 0,
     keep_daily: _count("--keep-daily") = 0,
@@ -63,17 +74,19 @@ def forget(
                     "no keep rule given: say what to keep (e.g. --keep-last 7) or name the snapshots to forget",
                     param_hint="--keep-*")
             res = forget_by_policy(r, policy, tag, host, dry_run)
-    pruned = run_prune(repo, max_unused, repack_small, False, progress and not json_out) if prune and not dry_run else None
+    if not json_out:
+        _print(res)
+    pruned = None
+    if prune and not dry_run:
+        pruned = run_prune(repo, max_unused, repack_small, False, progress and not json_out)
+    elif prune and not json_out:
+        typer.echo("prune skipped: this is a dry run (run diskvault prune --dry-run to see what it would do)")
     if json_out:
         out = res.to_json()
         out["prune"] = pruned.to_json() if pruned else None
         print_json(out)
-        return
-    _print(res)
-    if pruned:
+    elif pruned:
         print_prune(pruned)
-    elif prune:
-        typer.echo("prune skipped: this is a dry run (run diskvault prune --dry-run to see what it would do)")
 
 
 def _print(res: ForgetResult) -> None:
