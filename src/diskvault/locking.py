@@ -216,8 +216,8 @@ def _acquire(repo_path: str, kind: str, command: str, wait: float) -> Repository
             holder = min(blocking, key=lambda lock: lock.time)
             more = f" and {len(blocking) - 1} more" if len(blocking) > 1 else ""
             raise RepositoryLocked(
-                f"repository {repo_path} is locked by a {holder.describe()}{more}: wait for it to finish; "
-                f"if that process is gone, run diskvault unlock -r {repo_path}"
+                f"repository {repo_path} is locked: {holder.describe()}{more}; wait for it to finish, or "
+                f"if that process is gone run diskvault unlock -r {repo_path}"
             )
         time.sleep(POLL)
 
