@@ -171,6 +171,48 @@ class Catalog:
         q = "SELECT id, type, offset, stored_len, raw_len, flags FROM blobs WHERE pack=? ORDER BY offset"
         return [BlobLocation(b, t, name, o, s, r, f) for b, t, o, s, r, f in self.conn.execute(q, (pid,))]
 
+    def switch_pack(self, name: str, size: int, entries: list[Entry]) -> None:
+        """Record a sealed (durable) pack written by repacking and point every one of its
+        blobs at it, in one transaction: rows that pointed at an older copy are re-pointed
+        (the older copy is deleted only afterwards, see ops/prune.py)."""
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
+            )
+            pid = cur.lastrowid
+            self.conn.executemany(
+                "INSERT INTO blobs VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                "type=excluded.type, pack=excluded.pack, offset=excluded.offset, "
+                "stored_len=excluded.stored_len, raw_len=excluded.raw_len, flags=excluded.flags",
+                [(e.id, e.type, pid, e.offset, e.stored_len, e.raw_len, e.flags) for e in entries],
+            )
+
+    def delete_packs(self, pack_ids: Iterable[int], keep_ids: set[bytes] | None = None) -> int:
+        """Forget packs and every blob row pointing at them, in one transaction; returns the
+        number of blob rows removed. With ``keep_ids``, refuses (ValueError, nothing changed)
+        when a row to remove has one of those ids: a safety net against deleting live data."""
+        pack_ids = list(pack_ids)
+        removed = 0
+        with self.transaction():
+            for pid in pack_ids:
+                if keep_ids is not None:
+                    for (bid,) in self.conn.execute("SELECT id FROM blobs WHERE pack=?", (pid,)):
+                        if bid in keep_ids:
+                            raise ValueError(f"pack {pid} still holds live blob {bid.hex()[:12]}")
+                removed += self.conn.execute("DELETE FROM blobs WHERE pack=?", (pid,)).rowcount
+                self.conn.execute("DELETE FROM packs WHERE id=?", (pid,))
+        self._pack_names.clear()  # ids of deleted packs may be reused
+        return removed
+
+    def blob_rows(self) -> Iterable[tuple[bytes, int, int, int, int, int, int]]:
+        """Every blob row ``(id, type, pack id, offset, stored_len, raw_len, flags)``."""
+        return self.conn.execute("SELECT id, type, pack, offset, stored_len, raw_len, flags FROM blobs")
+
+    def remove_snapshots(self, ids: Iterable[str]) -> None:
+        """Delete snapshot rows in one transaction (the record files go afterwards)."""
+        with self.transaction():
+            self.conn.executemany("DELETE FROM snapshots WHERE id=?", [(i,) for i in ids])
+
     def pack_name(self, pid: int) -> str:
         name = self._pack_names.get(pid)
         if name is None:

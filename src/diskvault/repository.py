@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict, deque
 from datetime import datetime, timezone
 
-from . import compression
+from . import compression, locking
 from .catalog import BlobLocation, Catalog, SnapshotRecord
 from .chunking import Chunker, ChunkerParams
 from .errors import DamagedData, FormatVersionError, RepositoryExists, RepositoryNotFound, SnapshotError
@@ -129,8 +129,15 @@ class Repository:
         self.close()
 
     # --- writing -----------------------------------------------------------------
-    def blob_writer(self) -> BlobWriter:
-        return BlobWriter(self)
+    def blob_writer(self, repoint: bool = False) -> BlobWriter:
+        """A writer of new packs; with ``repoint`` (repacking) each sealed pack takes over
+        the catalog rows of the blobs it holds (Catalog.switch_pack)."""
+        return BlobWriter(self, repoint=repoint)
+
+    def lock(self, kind: str, command: str, wait: float | None = None):
+        """Context manager holding a shared or exclusive repository lock (locking.py);
+        raises RepositoryLocked naming the holder."""
+        return locking.locked(self.path, kind, command, wait)
 
     def save_snapshot(self, record: SnapshotRecord) -> None:
         """Record a snapshot whose blobs are all durable and catalogued: the record file
@@ -231,13 +238,23 @@ class Repository:
         return rec
 
 
+def pack_target_size() -> int:
+    """TARGET_PACK_SIZE, or ``DISKVAULT_PACK_SIZE`` bytes (min 4 KiB) for tests and tuning."""
+    try:
+        return max(4096, int(os.environ["DISKVAULT_PACK_SIZE"]))
+    except (KeyError, ValueError):
+        return TARGET_PACK_SIZE
+
+
 class BlobWriter:
     """Writes new blobs into packs. A pack is sealed (durable) at TARGET_PACK_SIZE and then
     recorded in the catalog, so every catalogued blob is on disk. ``has`` tells whether a
     blob was written in this session but may not be visible to catalog lookups yet."""
 
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, repoint: bool = False) -> None:
         self.repo = repo
+        self.repoint = repoint
+        self.target_size = pack_target_size()
         self.pack: PackWriter | None = None
         self.open_ids: set[bytes] = set()
         self.recent: deque[set[bytes]] = deque(maxlen=2)
@@ -251,7 +268,7 @@ class BlobWriter:
             self.pack = PackWriter(self.repo.storage)
         self.pack.add(ident, kind, flags, payload, raw_len)
         self.open_ids.add(ident)
-        if self.pack.size >= TARGET_PACK_SIZE:
+        if self.pack.size >= self.target_size:
             self.seal()
         return len(payload)
 
@@ -270,7 +287,8 @@ class BlobWriter:
             return
         pack, self.pack = self.pack, None
         size = pack.seal()
-        self.repo.catalog.add_pack(pack.name, size, pack.entries)
+        record = self.repo.catalog.switch_pack if self.repoint else self.repo.catalog.add_pack
+        record(pack.name, size, pack.entries)
         self.recent.append(self.open_ids)
         self.open_ids = set()
         self.packs_written += 1

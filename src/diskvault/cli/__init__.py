@@ -16,12 +16,15 @@ import typer
 
 from ..errors import EXIT_INTERNAL, DiskvaultError, Interrupted
 from .check_cmd import check
+from .forget_cmd import forget
 from .info_cmd import info
 from .init_cmd import init
+from .prune_cmd import prune
 from .repair_cmd import repair
 from .restore_cmd import restore
 from .snapshot_cmd import snapshot
 from .snapshots_cmd import snapshots
+from .unlock_cmd import unlock
 from .verify_cmd import verify
 
 app = typer.Typer(
@@ -32,7 +35,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (init, snapshot, snapshots, info, restore, check, verify, repair):
+for command in (init, snapshot, snapshots, info, restore, forget, prune, unlock, check, verify, repair):
     app.command()(command)
 
 

@@ -12,6 +12,16 @@ def _ratio(a: int, b: int) -> float:
 
 
 def repository_info(repo: Repository) -> dict:
+    with repo.lock("shared", "info"):
+        return _repository_info(repo)
+
+
+def snapshot_info(repo: Repository, snap: SnapshotRecord) -> dict:
+    with repo.lock("shared", "info"):
+        return _snapshot_info(repo, snap)
+
+
+def _repository_info(repo: Repository) -> dict:
     snaps = repo.snapshots()
     totals = repo.catalog.blob_totals()
     logical = sum(s.size for s in snaps)
@@ -42,7 +52,7 @@ def _chunk_sizes(repo: Repository, snap: SnapshotRecord) -> dict[bytes, int]:
     return out
 
 
-def snapshot_info(repo: Repository, snap: SnapshotRecord) -> dict:
+def _snapshot_info(repo: Repository, snap: SnapshotRecord) -> dict:
     """Per-snapshot figures; ``unique_bytes`` are bytes no other snapshot references (what
     forgetting this snapshot alone would free, before compression)."""
     mine = _chunk_sizes(repo, snap)

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..catalog import BlobLocation, SnapshotRecord
-from ..errors import DamagedData, OutOfSpace, TargetError
+from ..errors import DamagedData, OutOfSpace, SnapshotError, TargetError
 from ..hashing import ZERO_ID, short
 from ..images.device import mount_holder, zero_range
 from ..repository import Repository
@@ -171,7 +171,15 @@ def _write_batch(repo: Repository, fd: int, leaves: list[Leaf], locs: dict[bytes
     return bad
 
 
-def restore(
+def restore(repo: Repository, snap: SnapshotRecord, target_path: str, *args, **kwargs) -> RestoreResult:
+    """Restore while holding a shared repository lock (prune cannot move chunks meanwhile)."""
+    with repo.lock("shared", "restore"):
+        if repo.catalog.get_snapshot(snap.id) is None:  # forgotten before the lock was taken
+            raise SnapshotError(f"snapshot {snap.id[:12]} was forgotten meanwhile: list them with diskvault snapshots")
+        return _restore(repo, snap, target_path, *args, **kwargs)
+
+
+def _restore(
     repo: Repository,
     snap: SnapshotRecord,
     target_path: str,

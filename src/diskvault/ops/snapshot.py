@@ -65,7 +65,13 @@ def _process(repo: Repository, buf: bytearray, cuts: list[tuple[int, int]], zero
     return items
 
 
-def take_snapshot(
+def take_snapshot(repo: Repository, source_path: str, *args, **kwargs) -> SnapshotRecord:
+    """Take a snapshot while holding a shared repository lock (prune waits or fails)."""
+    with repo.lock("shared", "snapshot"):
+        return _take_snapshot(repo, source_path, *args, **kwargs)
+
+
+def _take_snapshot(
     repo: Repository,
     source_path: str,
     tags: list[str] | None = None,

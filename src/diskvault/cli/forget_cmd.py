@@ -1,0 +1,104 @@
+"""diskvault forget: drop snapshots by retention policy or by name (optionally prune)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..ops.forget import ForgetResult, forget_by_policy, forget_snapshots
+from ..policy import Policy, parse_duration, parse_tag_sets
+from .common import JsonOpt, RepoOpt, open_repo, print_json
+from .prune_cmd import DEFAULT_MAX_UNUSED, MaxUnusedOpt, RepackSmallOpt, check_max_unused, print_prune, run_prune
+
+
+_HELP = {
+    "last": "Keep the N newest snapshots.",
+    "hourly": "Keep the newest snapshot of each of the last N hours that have one.",
+    "daily": "Keep the newest snapshot of each of the last N days that have one.",
+    "weekly": "Keep the newest snapshot of each of the last N ISO weeks that have one.",
+    "monthly": "Keep the newest snapshot of each of the last N months that have one.",
+    "yearly": "Keep the newest snapshot of each of the last N years that have one.",
+}
+
+
+def _count(name: str):
+    rule = name.removeprefix("--keep-")
+    return Annotated[int, typer.Option(name, metavar="N", help=f"{_HELP[rule]} -1: unlimited.", show_default=False)]
+
+
+def _check(value: int, name: str) -> int:
+    if value < -1:
+        raise typer.BadParameter("give a count >= 0, or -1 for unlimited", param_hint=name)
+    return value
+
+
+def forget(
+    repo: RepoOpt,
+    snapshots: Annotated[list[str] | None, typer.Argument(metavar="SNAPSHOT", show_default=False, help="Snapshots to forget (id, prefix, latest, latest:TAG); or give keep rules.")] = None,
+    keep_last: _count("--keep-last") = 0,
+    keep_hourly: _count("--keep-hourly") = 0,
+    keep_daily: _count("--keep-daily") = 0,
+    keep_weekly: _count("--keep-weekly") = 0,
+    keep_monthly: _count("--keep-monthly") = 0,
+    keep_yearly: _count("--keep-yearly") = 0,
+    keep_within: Annotated[str | None, typer.Option("--keep-within", metavar="DURATION", help="Keep snapshots within DURATION (1y2m3d4h, 2w) of the newest.")] = None,
+    keep_tag: Annotated[list[str], typer.Option("--keep-tag", metavar="TAG[,TAG]", help="Keep snapshots with these tags (repeatable).")] = [],  # noqa: B006
+    tag: Annotated[list[str], typer.Option("--tag", help="Only consider snapshots with this tag (repeatable: all of them).")] = [],  # noqa: B006
+    host: Annotated[str | None, typer.Option("--host", help="Only consider snapshots of this host.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Show what would be kept and removed; change nothing.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Run prune afterwards.")] = False,
+    max_unused: MaxUnusedOpt = DEFAULT_MAX_UNUSED,
+    repack_small: RepackSmallOpt = False,
+    json_out: JsonOpt = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal (prune).")] = True,
+) -> None:
+    """Forget snapshots by retention policy (restic semantics) or by name; data goes with prune."""
+    counts = {name: _check(v, name) for name, v in (
+        ("--keep-last", keep_last), ("--keep-hourly", keep_hourly), ("--keep-daily", keep_daily),
+        ("--keep-weekly", keep_weekly), ("--keep-monthly", keep_monthly), ("--keep-yearly", keep_yearly))}
+    try:
+        within = parse_duration(keep_within) if keep_within is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--keep-within") from None
+    check_max_unused(max_unused)
+    policy = Policy(*counts.values(), within=within, tags=parse_tag_sets(keep_tag))
+    with open_repo(repo) as r:
+        if snapshots:
+            if not policy.empty() or tag or host:
+                raise typer.BadParameter("give snapshots or keep rules, not both", param_hint="SNAPSHOT")
+            res = forget_snapshots(r, snapshots, dry_run)
+        else:
+            if policy.empty():
+                raise typer.BadParameter(
+                    "no keep rule given: say what to keep (e.g. --keep-last 7) or name the snapshots to forget",
+                    param_hint="--keep-*")
+            res = forget_by_policy(r, policy, tag, host, dry_run)
+    if not json_out:
+        _print(res)
+    pruned = None
+    if prune and not dry_run:
+        pruned = run_prune(repo, max_unused, repack_small, False, progress and not json_out)
+    elif prune and not json_out:
+        typer.echo("prune skipped: this is a dry run (run diskvault prune --dry-run to see what it would do)")
+    if json_out:
+        out = res.to_json()
+        out["prune"] = pruned.to_json() if pruned else None
+        print_json(out)
+    elif pruned:
+        print_prune(pruned)
+
+
+def _print(res: ForgetResult) -> None:
+    would = "would " if res.dry_run else ""
+    for g in res.groups:
+        typer.echo(f"host {g['host']}, source {g['source']}: keep {len(g['keep'])}, {would}remove {len(g['remove'])}")
+        for s in g["keep"]:
+            typer.echo(f"  keep    {s['id'][:12]}  {s['time'][:19].replace('T', ' ')}  {', '.join(s['reasons'])}")
+        for s in g["remove"]:
+            typer.echo(f"  remove  {s['id'][:12]}  {s['time'][:19].replace('T', ' ')}")
+    if not res.groups:
+        for sid in res.removed:
+            typer.echo(f"  remove  {sid[:12]}")
+    typer.echo(f"{'would forget' if res.dry_run else 'forgot'} {len(res.removed)} snapshots, {res.kept} kept"
+               + ("" if res.dry_run or not res.removed else "; run diskvault prune to reclaim their space"))

@@ -1,0 +1,59 @@
+"""diskvault prune: delete unreferenced data, repack partly used packs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..ops.prune import DEFAULT_MAX_UNUSED, PruneResult, parse_max_unused
+from ..ops.prune import prune as prune_op
+from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json
+
+MaxUnusedOpt = Annotated[
+    str,
+    typer.Option("--max-unused", metavar="LIMIT",
+                 help="Unused space to tolerate instead of repacking: a percentage of the pack bytes (2%), a size (200M), 0 or unlimited."),
+]
+RepackSmallOpt = Annotated[bool, typer.Option("--repack-small", help="Also merge packs smaller than 80% of the target pack size.")]
+
+
+def check_max_unused(value: str) -> None:
+    try:
+        parse_max_unused(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--max-unused") from None
+
+
+def run_prune(path: str, max_unused: str, repack_small: bool, dry_run: bool, progress: bool) -> PruneResult:
+    with open_repo(path) as r, Bar(progress) as bar:
+        return prune_op(r, max_unused=max_unused, repack_small=repack_small, dry_run=dry_run, progress=bar)
+
+
+def print_prune(res: PruneResult) -> None:
+    would = "would " if res.dry_run else ""
+    typer.echo(f"prune{' (dry run)' if res.dry_run else ''}: {res.snapshots} snapshots kept, {res.live_blobs} blobs in use")
+    typer.echo(f"  {would}remove {res.chunks_removed} chunks and {res.tree_nodes_removed} tree nodes nobody references")
+    typer.echo(f"  {would}delete {res.packs_deleted} packs ({res.packs_repacked} after repacking "
+               f"{human(res.bytes_repacked)} of live data), {res.orphan_packs_removed} unknown packs, "
+               f"{res.orphan_records_removed} orphan snapshot records")
+    typer.echo(f"  {would}reclaim {human(res.bytes_reclaimed)}: {human(res.bytes_before)} -> {human(res.bytes_after)} in packs, "
+               f"unused {human(res.unused_before)} -> {human(res.unused_after)}")
+    typer.echo(f"  time {res.duration:.1f} s")
+
+
+def prune(
+    repo: RepoOpt,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Only show what would be removed and repacked.")] = False,
+    max_unused: MaxUnusedOpt = DEFAULT_MAX_UNUSED,
+    repack_small: RepackSmallOpt = False,
+    json_out: JsonOpt = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
+) -> None:
+    """Remove data no snapshot references and repack packs that are mostly unused (exclusive lock)."""
+    check_max_unused(max_unused)
+    res = run_prune(repo, max_unused, repack_small, dry_run, progress and not json_out)
+    if json_out:
+        print_json(res.to_json())
+    else:
+        print_prune(res)
