@@ -102,7 +102,7 @@ def test_cli_snapshot_fails_cleanly_naming_the_holder_then_waits(tmp_path, repo_
     err = proc.stderr.decode()
     assert err.count("\n") == 1 and f"exclusive lock of 'prune' (pid {os.getpid()} on {socket.gethostname()}" in err
     assert json.loads(run_cli("snapshots", "-r", repo_path, "--json").stdout) == []
-    for cmd in (["info", "-r", repo_path],
+    for cmd in (["info", "-r", repo_path], ["check", "-r", repo_path], ["repair", "-r", repo_path],
                 ["prune", "-r", repo_path], ["forget", "-r", repo_path, "--keep-last", "1"]):
         assert run_cli(*cmd, check=False).returncode == EXIT_LOCKED
     threading.Timer(1.0, held.release).start()
@@ -110,6 +110,7 @@ def test_cli_snapshot_fails_cleanly_naming_the_holder_then_waits(tmp_path, repo_
     run_cli("snapshot", "-r", repo_path, img, env=cli_env(DISKVAULT_LOCK_WAIT="20"))
     with locking.locked(str(repo_path), "exclusive", "prune", wait=0):
         assert run_cli("restore", "-r", repo_path, "latest", tmp_path / "x.img", check=False).returncode == EXIT_LOCKED
+        assert run_cli("verify", "-r", repo_path, "latest", img, check=False).returncode == EXIT_LOCKED
     assert not (tmp_path / "x.img").exists()
     run_cli("restore", "-r", repo_path, "latest", tmp_path / "out.img")
     assert (tmp_path / "out.img").read_bytes() == img.read_bytes()

@@ -388,8 +388,19 @@ def check(
     subset: str | None = None,
     progress: Progress | None = None,
 ) -> CheckReport:
-    """Check ``repo``; ``subset`` (implies read_data) is parsed by ``parse_subset``
-    (ValueError when malformed)."""
+    """Check ``repo`` under a shared lock (prune cannot move data meanwhile); ``subset``
+    (implies read_data) is parsed by ``parse_subset`` (ValueError when malformed)."""
+    with repo.lock("shared", "check"):
+        return check_unlocked(repo, read_data, subset, progress)
+
+
+def check_unlocked(
+    repo: Repository,
+    read_data: bool = False,
+    subset: str | None = None,
+    progress: Progress | None = None,
+) -> CheckReport:
+    """``check`` for a caller that already holds a repository lock."""
     started = time.monotonic()
     progress = progress or NoProgress()
     sub = None

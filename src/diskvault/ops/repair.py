@@ -31,7 +31,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
-from .. import compression
+from .. import compression, locking
 from ..catalog import BlobLocation, Catalog, SnapshotRecord
 from ..errors import DamagedData, RepositoryNotFound
 from ..hashing import ZERO_ID, content_id, short
@@ -39,7 +39,7 @@ from ..pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_table
 from ..repository import CATALOG, CONFIG, FORMAT_VERSION, Repository
 from ..storage.local import TMP_MARK, LocalStorage
 from ..tree import parse
-from .check import check
+from .check import check_unlocked
 from .damage import merge, node_problem
 
 CATALOG_TABLES = ("meta", "packs", "blobs", "snapshots")
@@ -135,10 +135,16 @@ def _read_records(storage: LocalStorage) -> dict[str, SnapshotRecord]:
 
 
 def repair(path: str, rebuild: bool = False) -> RepairResult:
-    started = time.monotonic()
+    """Rebuild the catalog under the exclusive repository lock: no other command runs."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise RepositoryNotFound(f"repository {path} does not exist")
+    with locking.locked(path, "exclusive", "repair"):
+        return _repair_locked(path, rebuild)
+
+
+def _repair_locked(path: str, rebuild: bool) -> RepairResult:
+    started = time.monotonic()
     config = _load_config(path)
     storage = LocalStorage(path)
     cat_path = os.path.join(path, CATALOG)
@@ -158,7 +164,7 @@ def repair(path: str, rebuild: bool = False) -> RepairResult:
         storage.close()
     _swap(cat_path, res)
     with Repository.open(path) as r:
-        report = check(r)
+        report = check_unlocked(r)
     res.status_after = "sound" if report.sound else "damaged"
     res.duration = round(time.monotonic() - started, 3)
     return res

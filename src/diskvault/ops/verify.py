@@ -106,6 +106,12 @@ def _diff(a: memoryview, b: memoryview, base: int, out: list[tuple[int, int]]) -
 
 
 def verify(repo: Repository, snap: SnapshotRecord, source_path: str, progress: Progress | None = None) -> VerifyResult:
+    """Compare under a shared lock (prune cannot move the snapshot's chunks meanwhile)."""
+    with repo.lock("shared", "verify"):
+        return _verify(repo, snap, source_path, progress)
+
+
+def _verify(repo: Repository, snap: SnapshotRecord, source_path: str, progress: Progress | None) -> VerifyResult:
     progress = progress or NoProgress()
     started = time.monotonic()
     source = open_source(source_path)
