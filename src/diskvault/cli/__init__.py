@@ -18,7 +18,10 @@ import typer
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiskvaultError
 from .info_cmd import info
 from .init_cmd import init
+from .mount_cmd import mount
+from .partitions_cmd import partitions
 from .restore_cmd import restore
+from .serve_cmd import serve
 from .snapshot_cmd import snapshot
 from .snapshots_cmd import snapshots
 
@@ -30,7 +33,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (init, snapshot, snapshots, info, restore):
+for command in (init, snapshot, snapshots, info, restore, partitions, serve, mount):
     app.command()(command)
 
 

@@ -16,19 +16,21 @@ def restore(
     snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")],
     target: Annotated[str, typer.Argument(help="Image file to create, or block device to overwrite.")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite a block device or a non-empty file.")] = False,
+    partition: Annotated[int | None, typer.Option("--partition", min=1, metavar="N",
+                                                  help="Restore only partition N (see diskvault partitions).")] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
 ) -> None:
     """Restore a snapshot, verifying every chunk's blake3 on the way."""
     with open_repo(repo) as r, Bar(progress and not json_out) as bar:
-        res = restore_op(r, r.resolve(snapshot), target, force=force, progress=bar)
+        res = restore_op(r, r.resolve(snapshot), target, force=force, progress=bar, partition=partition)
     if json_out:
         print_json(asdict(res))
         return
     typer.echo(
-        f"restored snapshot {res.snapshot[:12]} to {res.target} ({res.kind}): {human(res.size)} in "
+        f"restored {'partition %d of ' % res.partition if res.partition else ''}snapshot {res.snapshot[:12]} to {res.target} ({res.kind}): {human(res.size)} in "
         f"{res.duration:.1f} s ({rate(res.size, res.duration)}), {human(res.zero_bytes)} of zeros left as holes"
         if res.kind == "file" else
-        f"restored snapshot {res.snapshot[:12]} to {res.target} ({res.kind}): {human(res.size)} in "
+        f"restored {'partition %d of ' % res.partition if res.partition else ''}snapshot {res.snapshot[:12]} to {res.target} ({res.kind}): {human(res.size)} in "
         f"{res.duration:.1f} s ({rate(res.size, res.duration)})"
     )
