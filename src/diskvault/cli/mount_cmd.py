@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..ops.fuse_mount import mount_repository
+from ..ops.fuse_mount import check_mountpoint, mount_repository
 from .common import JsonOpt, RepoOpt, open_repo
 
 
@@ -28,6 +28,7 @@ def mount(
             typer.echo(f"mounting snapshots read-only on {path}: Ctrl-C or 'fusermount3 -u {path}' unmounts")
         sys.stdout.flush()
 
+    check_mountpoint(mountpoint)  # before the repository: permission problems first, in one line
     with open_repo(repo) as r:
         mount_repository(r, mountpoint, allow_other=allow_other, on_ready=ready)
     if json_out:

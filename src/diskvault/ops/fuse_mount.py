@@ -56,7 +56,13 @@ def _load_fuse():
 
 def check_mountpoint(path: str) -> None:
     """Refuse early, with a one-line reason, what libfuse would refuse obscurely."""
-    if not os.path.isdir(path):
+    try:
+        st = os.stat(path)
+    except PermissionError:
+        raise TargetError(f"permission denied for mount point {path}: choose a directory you can reach") from None
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISDIR(st.st_mode):
         raise TargetError(f"mount point {path} is not a directory: create it first (mkdir -p {path})")
     if os.path.ismount(path):
         raise TargetError(f"{path} is already a mount point: unmount it first or choose another directory")
