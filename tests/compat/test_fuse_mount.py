@@ -84,3 +84,16 @@ def test_non_root_without_permission_is_one_clear_line(tmp_path, repo_path):
     err = out.stderr.decode()
     assert out.returncode == 5, err
     assert err.count("\n") == 1 and ("/dev/fuse" in err or "directory you own" in err or "fusermount3" in err), err
+
+
+def test_ctrl_c_unmounts_and_exits_zero(tmp_path, repo_path, gpt):
+    import signal
+
+    mnt = tmp_path / "mnt"
+    with fuse_mount(repo_path, mnt) as proc:
+        assert (mnt / "latest" / "disk.img").stat().st_size == 40 << 20
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+        assert not os.path.ismount(mnt)
+        err = proc.stderr.read().decode()
+        assert "Traceback" not in err and "unmounted" in err

@@ -156,3 +156,19 @@ def test_ctrl_c_stops_cleanly(repo_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_partition_export(tmp_path, repo_path):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from gpt_image import make_gpt_disk
+
+    disk, _, offset, length = make_gpt_disk(tmp_path)
+    run_cli("snapshot", "-r", repo_path, disk)
+    with nbd_server(repo_path) as (_, port):
+        out = tmp_path / "p2.img"
+        subprocess.run([tool("nbdcopy"), f"nbd://127.0.0.1:{port}/latest/p2", str(out)], check=True, capture_output=True)
+        with open(disk, "rb") as f:
+            f.seek(offset)
+            assert out.read_bytes() == f.read(length)
+        bad = subprocess.run([tool("nbdinfo"), f"nbd://127.0.0.1:{port}/latest/p9"], capture_output=True, text=True)
+        assert bad.returncode != 0

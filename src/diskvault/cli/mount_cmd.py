@@ -30,7 +30,10 @@ def mount(
 
     check_mountpoint(mountpoint)  # before the repository: permission problems first, in one line
     with open_repo(repo) as r:
-        mount_repository(r, mountpoint, allow_other=allow_other, on_ready=ready)
+        try:
+            mount_repository(r, mountpoint, allow_other=allow_other, on_ready=ready)
+        except KeyboardInterrupt:  # Ctrl-C before libfuse took over its signals: nothing stays mounted
+            pass
     if json_out:
         sys.stdout.write(json.dumps({"mountpoint": mountpoint, "mounted": False}) + "\n")
     else:

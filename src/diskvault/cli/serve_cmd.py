@@ -22,17 +22,17 @@ def serve(
     host, port = parse_bind(bind)
     with open_repo(repo) as r:
         server = NbdServer(r, host, port)
-        names = server.export_names()
-        if json_out:
-            sys.stdout.write(json.dumps({"url": server.url, "host": server.host, "port": server.port,
-                                         "exports": names}) + "\n")
-        else:
-            typer.echo(f"serving {max(len(names) - 1, 0)} snapshots read-only on {server.url} "
-                       f"(exports: id, id prefix, latest, latest:TAG, NAME/pN); Ctrl-C stops")
-        sys.stdout.flush()
         try:
+            names = server.export_names()
+            if json_out:
+                sys.stdout.write(json.dumps({"url": server.url, "host": server.host, "port": server.port,
+                                             "exports": names}) + "\n")
+            else:
+                typer.echo(f"serving {max(len(names) - 1, 0)} snapshots read-only on {server.url} "
+                           f"(exports: id, id prefix, latest, latest:TAG, NAME/pN); Ctrl-C stops")
+            sys.stdout.flush()
             server.serve_forever()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to stop a server
             pass
         finally:
             server.stop()

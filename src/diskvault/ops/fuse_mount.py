@@ -264,7 +264,7 @@ def mount_repository(repo: Repository, mountpoint: str, allow_other: bool = Fals
         on_ready(mountpoint)
     try:
         options = dict(foreground=True, ro=True, fsname="diskvault", subtype="diskvault", kernel_cache=True,
-                       max_threads=16)
+                       max_threads=16, max_idle_threads=8)
         if allow_other:
             options["allow_other"] = True
         mfusepy.FUSE(ops, mountpoint, **options)
