@@ -37,6 +37,7 @@ CACHE_BYTES = 256 << 20
 PREFETCH_BYTES = 32 << 20  # how far ahead of a sequential stream chunks are fetched
 PREFETCH_STEP = 8 << 20  # size of one prefetch job
 PREFETCH_WORKERS = 2
+SEQ_SLACK = 1 << 20  # a read starting this close to the stream's last end is sequential
 NODE_CACHE = 4096
 ZEROS = memoryview(bytes(1 << 20))
 
@@ -296,8 +297,10 @@ class SnapshotReader:
         self.ctx.submit(self._prefetch_range, offset, min(offset + length, self.size))
 
     def _sequential(self, stream: Stream, start: int, end: int) -> None:
-        sequential = start == stream.next
-        stream.next = end
+        # Reads of one stream may arrive slightly out of order (the kernel's readahead through
+        # several FUSE threads, several NBD requests in flight): near the last end counts too.
+        sequential = stream.next >= 0 and abs(start - stream.next) <= SEQ_SLACK
+        stream.next = max(end, stream.next) if sequential else end
         if not sequential or not self.ctx.prefetch_enabled:
             stream.ahead = end
             return
