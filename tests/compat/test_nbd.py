@@ -82,17 +82,26 @@ def test_list_info_and_description(served, repo_path):
     assert "base:allocation" in e["contexts"]
 
 
+def _recvall(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        part = sock.recv(n - len(buf))
+        assert part, "server hung up"
+        buf += part
+    return bytes(buf)
+
+
 def _raw_client(port: int, name: bytes) -> socket.socket:
     """Fixed newstyle handshake + NBD_OPT_GO by hand; returns the socket in transmission."""
     c = socket.create_connection(("127.0.0.1", port), timeout=10)
-    hello = c.recv(18, socket.MSG_WAITALL)
+    hello = _recvall(c, 18)
     assert hello[:16] == b"NBDMAGICIHAVEOPT"
     c.sendall(struct.pack(">I", 3))
     data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
     c.sendall(struct.pack(">QII", 0x49484156454F5054, 7, len(data)) + data)
     while True:
-        _, _, kind, n = struct.unpack(">QIII", c.recv(20, socket.MSG_WAITALL))
-        payload = c.recv(n, socket.MSG_WAITALL) if n else b""
+        _, _, kind, n = struct.unpack(">QIII", _recvall(c, 20))
+        payload = _recvall(c, n) if n else b""
         if kind == 1:
             return c
         assert kind == 3, hex(kind)
@@ -104,12 +113,12 @@ def test_writes_are_refused_with_eperm(served):
     img, _, port, _ = served
     c = _raw_client(port, b"latest")
     c.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 1, 77, 0, 4096) + bytes(4096))  # NBD_CMD_WRITE
-    magic, err, cookie = struct.unpack(">IIQ", c.recv(16, socket.MSG_WAITALL))
+    magic, err, cookie = struct.unpack(">IIQ", _recvall(c, 16))
     assert (magic, err, cookie) == (0x67446698, 1, 77)  # simple reply, EPERM
     c.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 78, 3 * MiB - 10, 20))  # the connection still reads
-    magic, err, cookie = struct.unpack(">IIQ", c.recv(16, socket.MSG_WAITALL))
+    magic, err, cookie = struct.unpack(">IIQ", _recvall(c, 16))
     assert (err, cookie) == (0, 78)
-    assert c.recv(20, socket.MSG_WAITALL) == img.read_bytes()[3 * MiB - 10 : 3 * MiB + 10]
+    assert _recvall(c, 20) == img.read_bytes()[3 * MiB - 10 : 3 * MiB + 10]
     c.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 79, 0, 0))  # NBD_CMD_DISC
     c.close()
     # qemu opens the export read-only-aware: a write is refused on the client side too
