@@ -223,7 +223,7 @@ def make_operations(repo: Repository, ctx: ReadContext):
                 return b""
             try:
                 return h.reader.read(h.base + offset, n, h.stream)
-            except DiskvaultError as exc:
+            except (DiskvaultError, OSError) as exc:
                 print(f"diskvault mount: read of {path} at byte {offset} failed: {exc}", file=sys.stderr)
                 raise mfusepy.FuseOSError(errno.EIO) from None
 

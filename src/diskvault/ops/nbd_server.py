@@ -432,7 +432,7 @@ class _Connection:
                 continue
             try:
                 segs = ex.reader.segments(ex.base + offset, length, self.stream)
-            except DiskvaultError as exc:
+            except (DiskvaultError, OSError) as exc:  # damaged or unreadable data: EIO, keep serving
                 self.server.log(f"read of {length} bytes at {offset} of export {ex.name!r} failed: {exc}")
                 self.error(cookie, errno.EIO, str(exc)[:512])
                 continue
@@ -500,7 +500,7 @@ class _Connection:
             return
         try:
             extents = ex.reader.extents(ex.base + offset, ex.base + offset + length)
-        except DiskvaultError as exc:
+        except (DiskvaultError, OSError) as exc:
             self.error(cookie, errno.EIO, str(exc)[:512])
             return
         limit = 1 if flags & CMD_FLAG_REQ_ONE else MAX_EXTENTS
