@@ -20,7 +20,7 @@ def test_restore_one_partition(tmp_path, repo_path):
     run_cli("snapshot", "-r", repo_path, disk)
     out = tmp_path / "p2.img"
     res = json.loads(run_cli("restore", "-r", repo_path, "latest", "--partition", "2", out, "--json").stdout)
-    assert res["partition"] == 2 and res["size"] == length
+    assert res["partition"] == 2 and res["size"] == length and res["offset"] == offset
     with open(disk, "rb") as f:
         f.seek(offset)
         assert out.read_bytes() == f.read(length)

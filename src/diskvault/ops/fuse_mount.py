@@ -40,7 +40,7 @@ from ..catalog import SnapshotRecord
 from ..errors import DiskvaultError, TargetError
 from ..images.partitions import PartitionError, read_table
 from ..repository import Repository
-from .snapshot_reader import ReadContext, SnapshotReader, Stream
+from .snapshot_reader import ReadContext, SnapshotReader, Stream, shared_lock
 
 LIST_TTL = 2.0
 
@@ -267,7 +267,8 @@ def mount_repository(repo: Repository, mountpoint: str, allow_other: bool = Fals
                        max_threads=16, max_idle_threads=8)
         if allow_other:
             options["allow_other"] = True
-        mfusepy.FUSE(ops, mountpoint, **options)
+        with shared_lock(repo, "mount"):  # prune cannot remove packs while they are mounted
+            mfusepy.FUSE(ops, mountpoint, **options)
     except RuntimeError as exc:
         # fuse_main: 1-7 = could not set up or mount; 8 = the loop ended by a signal (a normal stop)
         if str(exc) != "8":

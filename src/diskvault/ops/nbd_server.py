@@ -33,7 +33,7 @@ from ..catalog import SnapshotRecord
 from ..errors import DiskvaultError, SourceError, TargetError
 from ..images.partitions import read_table
 from ..repository import Repository
-from .snapshot_reader import ZEROS, ReadContext, SnapshotReader, Stream
+from .snapshot_reader import ZEROS, ReadContext, SnapshotReader, Stream, shared_lock
 
 DEFAULT_PORT = 10809
 NBDMAGIC = 0x4E42444D41474943
@@ -176,25 +176,31 @@ class NbdServer:
 
     # --- life cycle -------------------------------------------------------------------------
     def serve_forever(self) -> None:
+        """Accept clients until ``stop`` (or KeyboardInterrupt), holding the repository's
+        shared lock all along: prune cannot remove packs while they are served."""
         self.sock.settimeout(0.5)
         try:
-            while not self._stopping.is_set():
-                try:
-                    conn, peer = self.sock.accept()
-                except TimeoutError:
-                    continue
-                except OSError:
-                    if self._stopping.is_set():
-                        break
-                    raise
-                conn.settimeout(None)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                with self._lock:
-                    self._conns.add(conn)
-                threading.Thread(target=self._client, args=(conn, peer), daemon=True,
-                                 name=f"nbd-{peer[0]}:{peer[1]}").start()
+            with shared_lock(self.repo, "serve"):
+                self._accept_loop()
         finally:
             self.stop()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    break
+                raise
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(target=self._client, args=(conn, peer), daemon=True,
+                             name=f"nbd-{peer[0]}:{peer[1]}").start()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -14,14 +14,15 @@ from ..catalog import SnapshotRecord
 from ..errors import SourceError
 from ..images.partitions import PartitionTable, read_table
 from ..repository import Repository
-from .snapshot_reader import ReadContext, SnapshotReader
+from .snapshot_reader import ReadContext, SnapshotReader, shared_lock
 
 
 def snapshot_partitions(repo: Repository, snap: SnapshotRecord) -> PartitionTable:
     ctx = ReadContext(repo, cache_bytes=16 << 20, prefetch=False)
     try:
-        reader = SnapshotReader(ctx, snap)
-        return read_table(reader.read, reader.size)
+        with shared_lock(repo, "partitions"):
+            reader = SnapshotReader(ctx, snap)
+            return read_table(reader.read, reader.size)
     finally:
         ctx.close()
 

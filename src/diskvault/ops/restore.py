@@ -44,7 +44,6 @@ class RestoreResult:
     data_bytes: int
     zero_bytes: int
     duration: float
-    partition: int | None = None  # restore of one partition: its number
 
 
 class _Target:
@@ -123,10 +122,7 @@ def _os_error(exc: OSError, path: str) -> Exception:
     return TargetError(f"cannot write {path}: {exc.strerror}")
 
 
-def _write_batch(repo: Repository, fd: int, leaves: list[Leaf], locs: dict[bytes, BlobLocation],
-                 lo: int = 0, hi: int | None = None) -> int:
-    """Write the chunks of ``leaves``; with a window ``[lo, hi)`` of the image (restore of one
-    partition) only the bytes inside it are written, at their offset minus ``lo``."""
+def _write_batch(repo: Repository, fd: int, leaves: list[Leaf], locs: dict[bytes, BlobLocation]) -> int:
     by_id: dict[bytes, list[int]] = {}
     for leaf in leaves:
         by_id.setdefault(leaf.id, []).append(leaf.offset)
@@ -134,10 +130,6 @@ def _write_batch(repo: Repository, fd: int, leaves: list[Leaf], locs: dict[bytes
     for loc, raw in repo.read_ranges([locs[i] for i in by_id]):
         for offset in by_id[loc.id]:
             view = memoryview(raw)
-            if lo or hi is not None:
-                end = offset + len(view) if hi is None else min(offset + len(view), hi)
-                view = view[max(lo - offset, 0) : max(end - offset, 0)]
-                offset = max(offset, lo) - lo
             while view:
                 n = os.pwrite(fd, view, offset)
                 view, offset, written = view[n:], offset + n, written + n
@@ -150,24 +142,12 @@ def restore(
     target_path: str,
     force: bool = False,
     progress: Progress | None = None,
-    partition: int | None = None,
 ) -> RestoreResult:
-    """Restore ``snap``; with ``partition`` only that partition's bytes (numbered as
-    ``diskvault partitions`` shows), so the target holds the partition's file system."""
     import time
 
     progress = progress or NoProgress()
     started = time.monotonic()
-    lo, hi = 0, snap.size
-    if partition is not None:
-        from .partitions import snapshot_partitions
-
-        part = snapshot_partitions(repo, snap).get(partition)
-        lo, hi = part.offset, min(part.offset + part.length, snap.size)
-        if lo >= hi:
-            raise TargetError(f"partition {partition} lies past the end of the {snap.size}-byte image")
-    size = hi - lo
-    target = _Target(target_path, size, force)
+    target = _Target(target_path, snap.size, force)
     pending: deque[tuple[Future, int]] = deque()
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="diskvault-restore")
     data = zeros = 0
@@ -179,9 +159,7 @@ def restore(
                 raise DamagedData(
                     f"chunk {short(leaf.id)} at byte {leaf.offset} of snapshot {snap.id[:12]} is missing from the catalog"
                 )
-        window = (lo, hi) if partition is not None else ()
-        pending.append((pool.submit(_write_batch, repo, target.fd, batch, locs, *window),
-                        sum(min(l.offset + l.length, hi) - max(l.offset, lo) for l in batch)))
+        pending.append((pool.submit(_write_batch, repo, target.fd, batch, locs), sum(l.length for l in batch)))
         while len(pending) > DEPTH:
             drain_one()
 
@@ -196,27 +174,18 @@ def restore(
         progress.advance(n)
 
     try:
-        progress.start(size, "restore")
+        progress.start(snap.size, "restore")
         batch: list[Leaf] = []
         batch_bytes = 0
-        if partition is None:
-            leaves = repo.tree().leaves(bytes.fromhex(snap.tree))
-        else:
-            from .snapshot_reader import ReadContext, SnapshotReader
-
-            ctx = ReadContext(repo, cache_bytes=0, prefetch=False)
-            ctx.close()  # only the tree walk is used: no chunk cache, no prefetch threads
-            leaves = (Leaf(p.offset, p.id, p.length) for p in SnapshotReader(ctx, snap).pieces(lo, hi))
-        for leaf in leaves:
+        for leaf in repo.tree().leaves(bytes.fromhex(snap.tree)):
             if leaf.id == ZERO_ID:
-                zlo, zhi = max(leaf.offset, lo), min(leaf.offset + leaf.length, hi)
-                target.zero(zlo - lo, zhi - zlo)
-                zeros += zhi - zlo
-                progress.advance(zhi - zlo)
+                target.zero(leaf.offset, leaf.length)
+                zeros += leaf.length
+                progress.advance(leaf.length)
                 continue
             batch.append(leaf)
             batch_bytes += leaf.length
-            data += min(leaf.offset + leaf.length, hi) - max(leaf.offset, lo)
+            data += leaf.length
             if batch_bytes >= BATCH:
                 submit(batch)
                 batch, batch_bytes = [], 0
@@ -232,5 +201,4 @@ def restore(
         target.abort()
         raise
     pool.shutdown()
-    return RestoreResult(snap.id, target_path, target.kind, size, data, zeros, round(time.monotonic() - started, 3),
-                         partition)
+    return RestoreResult(snap.id, target_path, target.kind, snap.size, data, zeros, round(time.monotonic() - started, 3))

@@ -19,6 +19,7 @@ DamagedData naming the chunk and its offset in the image. All methods are thread
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
@@ -40,6 +41,13 @@ PREFETCH_WORKERS = 2
 SEQ_SLACK = 1 << 20  # a read starting this close to the stream's last end is sequential
 NODE_CACHE = 4096
 ZEROS = memoryview(bytes(1 << 20))
+
+
+def shared_lock(repo: Repository, command: str):
+    """Hold the repository's shared lock (so prune cannot remove packs being read) where this
+    version of the repository has locks (``Repository.lock``); a no-op where it has none."""
+    lock = getattr(repo, "lock", None)
+    return lock("shared", command) if callable(lock) else contextlib.nullcontext()
 
 
 @dataclass
