@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import Interrupted
 from ..ops.fuse_mount import check_mountpoint, mount_repository
 from .common import JsonOpt, RepoOpt, open_repo
 
@@ -32,7 +33,7 @@ def mount(
     with open_repo(repo) as r:
         try:
             mount_repository(r, mountpoint, allow_other=allow_other, on_ready=ready)
-        except KeyboardInterrupt:  # Ctrl-C before libfuse took over its signals: nothing stays mounted
+        except (KeyboardInterrupt, Interrupted):  # Ctrl-C before libfuse took over its signals: nothing mounted
             pass
     if json_out:
         sys.stdout.write(json.dumps({"mountpoint": mountpoint, "mounted": False}) + "\n")

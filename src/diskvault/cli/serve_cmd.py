@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import Interrupted
 from ..ops.nbd_server import NbdServer, parse_bind
 from .common import JsonOpt, RepoOpt, open_repo
 
@@ -32,7 +33,7 @@ def serve(
                            f"(exports: id, id prefix, latest, latest:TAG, NAME/pN); Ctrl-C stops")
             sys.stdout.flush()
             server.serve_forever()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to stop a server
+        except (KeyboardInterrupt, Interrupted):  # Ctrl-C or SIGTERM: the normal way to stop a server
             pass
         finally:
             server.stop()
