@@ -197,6 +197,7 @@ class NbdServer:
                 raise
             conn.settimeout(None)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
             with self._lock:
                 self._conns.add(conn)
             threading.Thread(target=self._client, args=(conn, peer), daemon=True,

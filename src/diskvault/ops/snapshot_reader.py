@@ -172,7 +172,7 @@ class ReadContext:
                     raise DamagedData(f"chunk {short(p.id)} at byte {p.offset} of the image is missing from the catalog")
             by_id = {p.loc.id: p for p in pieces}
             for loc, raw in self.repo.read_ranges([p.loc for p in pieces]):
-                data = raw if isinstance(raw, bytes) else bytes(raw)
+                data = raw  # a raw chunk is a view into its pack read (no copy; kept while cached)
                 out[loc.id] = data
                 self._store(loc.id, data)
                 by_id.pop(loc.id, None)
