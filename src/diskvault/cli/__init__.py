@@ -19,9 +19,12 @@ from .check_cmd import check
 from .forget_cmd import forget
 from .info_cmd import info
 from .init_cmd import init
+from .mount_cmd import mount
+from .partitions_cmd import partitions
 from .prune_cmd import prune
 from .repair_cmd import repair
 from .restore_cmd import restore
+from .serve_cmd import serve
 from .snapshot_cmd import snapshot
 from .snapshots_cmd import snapshots
 from .unlock_cmd import unlock
@@ -35,7 +38,8 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for command in (init, snapshot, snapshots, info, restore, forget, prune, unlock, check, verify, repair):
+for command in (init, snapshot, snapshots, info, restore, forget, prune, unlock, check, verify, repair,
+                partitions, serve, mount):
     app.command()(command)
 
 

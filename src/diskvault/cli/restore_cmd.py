@@ -15,6 +15,7 @@ import typer
 from ..errors import EXIT_DAMAGED
 from ..ops.damage import merge
 from ..ops.restore import restore as restore_op
+from ..ops.restore_partition import restore_partition
 from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
 
 
@@ -42,10 +43,15 @@ def restore(
         "--skip-damaged", help="Write zeros for damaged or missing chunks, go on, and list what was not restored.")] = False,
     map_file: Annotated[str | None, typer.Option(
         "--map", metavar="FILE", help="With --skip-damaged: write a ddrescue mapfile of restored (+) and lost (-) ranges.")] = None,
+    partition: Annotated[int | None, typer.Option("--partition", min=1, metavar="N",
+                                                  help="Restore only partition N (see diskvault partitions).")] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
 ) -> None:
     """Restore a snapshot, verifying every chunk's blake3 on the way."""
+    if partition is not None:
+        _restore_partition(repo, snapshot, target, partition, force, json_out, progress)
+        return
     with open_repo(repo) as r, Bar(progress and not json_out) as bar:
         res = restore_op(r, r.resolve(snapshot), target, force=force, progress=bar, skip_damaged=skip_damaged)
     if map_file:
@@ -68,3 +74,17 @@ def restore(
                 typer.echo(f"0x{u['offset']:08X}  0x{u['length']:08X}  -       {u['reason']}")
     if res.unrestored:
         raise typer.Exit(EXIT_DAMAGED)
+
+
+def _restore_partition(repo: str, snapshot: str, target: str, number: int, force: bool, json_out: bool,
+                       progress: bool) -> None:
+    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
+        res = restore_partition(r, r.resolve(snapshot), number, target, force=force, progress=bar)
+    if json_out:
+        print_json(asdict(res))
+        return
+    holes = f", {human(res.zero_bytes)} of zeros left as holes" if res.kind == "file" else ""
+    typer.echo(
+        f"restored partition {res.partition} (at byte {res.offset}) of snapshot {res.snapshot[:12]} to {res.target} "
+        f"({res.kind}): {human(res.size)} in {res.duration:.1f} s ({rate(res.size, res.duration)}){holes}"
+    )

@@ -107,24 +107,28 @@ class LocalStorage:
             return f.read()
 
     def _fd(self, name: str) -> int:
+        """A private duplicate of the cached descriptor of ``name``: the caller closes it, so
+        evicting the cache entry meanwhile (another thread) never closes a file in use."""
         with self._lock:
             fd = self._fds.get(name)
             if fd is not None:
                 self._fds.move_to_end(name)
-                return fd
-            fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
-            self._fds[name] = fd
-            while len(self._fds) > self.MAX_OPEN:
-                _, old = self._fds.popitem(last=False)
-                os.close(old)
-            return fd
+            else:
+                fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+                self._fds[name] = fd
+                while len(self._fds) > self.MAX_OPEN:
+                    _, old = self._fds.popitem(last=False)
+                    os.close(old)
+            return os.dup(fd)
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         fd = self._fd(name)
-        data = os.pread(fd, length, offset)
-        if len(data) < length:  # short read: the file is shorter than expected
-            more = os.pread(fd, length - len(data), offset + len(data))
-            data += more
+        try:
+            data = os.pread(fd, length, offset)
+            if len(data) < length:  # short read: the file is shorter than expected
+                data += os.pread(fd, length - len(data), offset + len(data))
+        finally:
+            os.close(fd)
         return data
 
     def size(self, name: str) -> int:

@@ -1,0 +1,47 @@
+"""diskvault partitions: the GPT/MBR partition table of a snapshot (or of an image/device)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..ops.partitions import snapshot_partitions, source_partitions
+from .common import JsonOpt, human, open_repo, print_json
+
+
+def partitions(
+    snapshot: Annotated[str | None, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")] = None,
+    repo: Annotated[str | None, typer.Option("--repo", "-r", envvar="DISKVAULT_REPO", show_envvar=True,
+                                             help="Repository directory.", metavar="PATH")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Read an image file or block device instead of a snapshot.",
+                                               metavar="PATH")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List a snapshot's partitions: number, start, size, type, name (as sfdisk --dump counts them)."""
+    if source is not None:
+        if snapshot is not None:
+            raise typer.BadParameter("give either a SNAPSHOT or --source, not both")
+        table = source_partitions(source)
+        what = source
+    else:
+        if repo is None:
+            raise typer.BadParameter("give the repository with -r/--repo (or DISKVAULT_REPO), or --source PATH")
+        with open_repo(repo) as r:
+            snap = r.resolve(snapshot or "latest")
+            table = snapshot_partitions(r, snap)
+        what = f"snapshot {snap.id[:12]}"
+    if json_out:
+        print_json(table.to_json())
+        return
+    for w in table.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    if table.label == "none":
+        typer.echo(f"{what}: no partition table (a bare filesystem or an empty disk)")
+        return
+    typer.echo(f"{what}: {table.label} partition table, id {table.id}, sector size {table.sector_size}")
+    typer.echo(f"{'#':>3} {'start':>12} {'size':>12} {'bytes':>11}  {'type':<28} name")
+    for p in table.partitions:
+        extra = p.name or ("bootable" if p.bootable else "")
+        typer.echo(f"{p.number:>3} {p.start:>12} {p.size:>12} {human(p.length):>11}  "
+                   f"{p.type[:28]:<28} {extra}".rstrip())

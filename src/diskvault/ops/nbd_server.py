@@ -1,0 +1,526 @@
+"""A read-only NBD server: every snapshot of a repository is an export.
+
+Protocol (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md): fixed newstyle
+handshake; options NBD_OPT_GO, INFO, LIST, EXPORT_NAME, ABORT, STRUCTURED_REPLY,
+LIST_META_CONTEXT and SET_META_CONTEXT (the one context is ``base:allocation``; anything
+else, e.g. STARTTLS, is answered NBD_REP_ERR_UNSUP); commands READ, DISC, CACHE,
+BLOCK_STATUS and FLUSH (a no-op); WRITE, TRIM and WRITE_ZEROES are refused with EPERM
+(exports are flagged read-only). With structured replies, zero extents of a read are sent
+as holes and block status reports them as ``NBD_STATE_HOLE|NBD_STATE_ZERO``.
+
+Export names: a snapshot id, a unique id prefix, ``latest`` or ``latest:TAG`` (the empty
+name means ``latest``); ``NAME/pN`` is partition N of that snapshot. Names are resolved
+when a client asks, so snapshots taken while serving are exported too.
+
+One thread per client connection, all sharing one ReadContext (chunk cache, prefetch);
+each connection is a Stream, so sequential readers get prefetch. A failing read (damaged
+chunk) is answered EIO and logged on stderr; the connection stays up. ``serve`` binds
+loopback by default, reports a busy port as TargetError, and stops on KeyboardInterrupt by
+closing the listening socket and every connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..catalog import SnapshotRecord
+from ..errors import DiskvaultError, SourceError, TargetError
+from ..images.partitions import read_table
+from ..repository import Repository
+from .snapshot_reader import ZEROS, ReadContext, SnapshotReader, Stream
+
+DEFAULT_PORT = 10809
+NBDMAGIC = 0x4E42444D41474943
+IHAVEOPT = 0x49484156454F5054
+REPLY_MAGIC = 0x3E889045565A9
+REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+STRUCTURED_REPLY_MAGIC = 0x668E33EF
+
+FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
+C_FIXED_NEWSTYLE, C_NO_ZEROES = 1, 2
+
+OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS = 1, 2, 3, 5
+OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY = 6, 7, 8
+OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT = 9, 10
+
+REP_ACK, REP_SERVER, REP_INFO, REP_META_CONTEXT = 1, 2, 3, 4
+REP_ERR_UNSUP = (1 << 31) + 1
+REP_ERR_POLICY = (1 << 31) + 2
+REP_ERR_INVALID = (1 << 31) + 3
+REP_ERR_UNKNOWN = (1 << 31) + 6
+REP_ERR_TOO_BIG = (1 << 31) + 9
+
+INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
+
+TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH = 1 << 0, 1 << 1, 1 << 2
+TF_SEND_DF, TF_CAN_MULTI_CONN, TF_SEND_CACHE = 1 << 7, 1 << 8, 1 << 10
+
+CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE = 0, 1, 2, 3, 4, 5
+CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = 6, 7
+CMD_FLAG_DF, CMD_FLAG_REQ_ONE = 1 << 2, 1 << 3
+
+REPLY_FLAG_DONE = 1
+REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE = 0, 1, 2
+REPLY_TYPE_BLOCK_STATUS, REPLY_TYPE_ERROR = 5, (1 << 15) + 1
+STATE_HOLE, STATE_ZERO = 1, 2
+
+ALLOCATION = "base:allocation"
+ALLOCATION_ID = 1
+MAX_OPTION = 64 << 10
+MAX_REQUEST = 32 << 20  # largest read served (advertised as the maximum block size)
+PREFERRED_BLOCK = 64 << 10
+MAX_EXTENTS = 4096  # block status descriptors per reply
+MIN_HOLE = 4096  # zero runs in a read shorter than this are sent as data
+IOV_BATCH = 512
+
+
+class _Closed(Exception):
+    """The peer went away or broke the protocol: drop the connection."""
+
+
+@dataclass
+class Export:
+    name: str  # as asked
+    snap: SnapshotRecord
+    reader: SnapshotReader
+    base: int  # offset of the export in the image (partitions)
+    size: int
+    description: str
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``HOST``, ``:PORT``, ``PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
+    text = text.strip()
+    host, port = text, str(DEFAULT_PORT)
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif text.isdigit():
+        host, port = "127.0.0.1", text
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    host = host or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SourceError(f"--bind {text!r}: the port must be a number from 0 to 65535")
+    return host, int(port)
+
+
+class NbdServer:
+    """Serves a repository's snapshots; ``serve_forever`` until KeyboardInterrupt or ``stop``."""
+
+    def __init__(self, repo: Repository, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.repo = repo
+        self.ctx = ReadContext(repo)
+        self.log = log or (lambda msg: print(f"diskvault serve: {msg}", file=sys.stderr, flush=True))
+        self._readers: dict[str, SnapshotReader] = {}
+        self._tables: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._stopping = threading.Event()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise SourceError(f"cannot bind to {host}:{port}: {exc.strerror}") from None
+        self.sock = socket.socket(infos[0][0], socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind(infos[0][4])
+        except OSError as exc:
+            self.sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise TargetError(
+                    f"address {host}:{port} is already in use (another NBD server?): stop it or choose --bind HOST:PORT"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise TargetError(f"permission denied binding {host}:{port}: use a port above 1023 or run as root") from None
+            raise TargetError(f"cannot bind to {host}:{port}: {exc.strerror}") from None
+        self.sock.listen(64)
+        self.host, self.port = self.sock.getsockname()[:2]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"nbd://{host}:{self.port}"
+
+    # --- exports ------------------------------------------------------------------------
+    def export(self, name: str) -> Export:
+        """Resolve an export name; raises DiskvaultError (SnapshotError, PartitionError)."""
+        snap_name, _, part = name.partition("/")
+        snap = self.ctx.resolve(snap_name or "latest")
+        with self._lock:
+            reader = self._readers.get(snap.id)
+            if reader is None:
+                reader = self._readers[snap.id] = SnapshotReader(self.ctx, snap)
+        if not part:
+            return Export(name, snap, reader, 0, snap.size, f"diskvault snapshot {snap.id} of {snap.source} ({snap.time})")
+        if not (part.startswith("p") and part[1:].isdigit()):
+            raise SourceError(f"export {name!r}: a partition is named pN, e.g. {snap_name or 'latest'}/p1")
+        table = read_table(reader.read, reader.size)
+        p = table.get(int(part[1:]))
+        size = max(0, min(p.length, reader.size - p.offset))
+        return Export(name, snap, reader, p.offset, size, f"partition {p.number} ({p.type}) of diskvault snapshot {snap.id}")
+
+    def export_names(self) -> list[str]:
+        snaps = self.ctx.snapshots()
+        return (["latest"] if snaps else []) + [s.id for s in snaps]
+
+    # --- life cycle -------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        """Accept clients until ``stop`` (or KeyboardInterrupt), holding the repository's
+        shared lock all along: prune cannot remove packs while they are served."""
+        self.sock.settimeout(0.5)
+        try:
+            with self.repo.lock("shared", "serve"):
+                self._accept_loop()
+        finally:
+            self.stop()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    break
+                raise
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(target=self._client, args=(conn, peer), daemon=True,
+                             name=f"nbd-{peer[0]}:{peer[1]}").start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.ctx.close()
+
+    def _client(self, conn: socket.socket, peer) -> None:
+        try:
+            _Connection(self, conn).run()
+        except (_Closed, ConnectionError, OSError):
+            pass
+        except Exception as exc:  # a bug: keep serving the other clients
+            self.log(f"connection from {peer[0]} ended by an internal error: {type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+
+class _Connection:
+    def __init__(self, server: NbdServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.structured = False
+        self.meta = False  # base:allocation selected
+        self.no_zeroes = False
+        self.stream = Stream()
+        self.send_lock = threading.Lock()
+
+    # --- socket helpers -------------------------------------------------------------------
+    def recv(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            part = self.sock.recv(min(n - len(buf), 1 << 20))
+            if not part:
+                raise _Closed
+            buf += part
+        return bytes(buf)
+
+    def drain(self, n: int) -> None:
+        while n:
+            part = self.sock.recv(min(n, 1 << 20))
+            if not part:
+                raise _Closed
+            n -= len(part)
+
+    def send(self, bufs: list) -> None:
+        bufs = [memoryview(b).cast("B") for b in bufs if len(b)]
+        while bufs:
+            batch = bufs[:IOV_BATCH]
+            sent = self.sock.sendmsg(batch)
+            done = 0
+            while done < len(batch) and sent >= len(batch[done]):
+                sent -= len(batch[done])
+                done += 1
+            bufs = bufs[done:]
+            if sent:
+                bufs[0] = bufs[0][sent:]
+
+    def reply_opt(self, opt: int, kind: int, data: bytes = b"") -> None:
+        self.send([struct.pack(">QIII", REPLY_MAGIC, opt, kind, len(data)), data])
+
+    # --- handshake ---------------------------------------------------------------------------
+    def run(self) -> None:
+        self.send([struct.pack(">QQH", NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)])
+        (cflags,) = struct.unpack(">I", self.recv(4))
+        if not cflags & C_FIXED_NEWSTYLE:
+            raise _Closed  # oldstyle-only or non-fixed clients are not served
+        self.no_zeroes = bool(cflags & C_NO_ZEROES)
+        export = None
+        while export is None:
+            export = self.option()
+        self.transmission(export)
+
+    def tflags(self) -> int:
+        flags = TF_HAS_FLAGS | TF_READ_ONLY | TF_SEND_FLUSH | TF_CAN_MULTI_CONN | TF_SEND_CACHE
+        return flags | (TF_SEND_DF if self.structured else 0)
+
+    def option(self) -> Export | None:
+        magic, opt, length = struct.unpack(">QII", self.recv(16))
+        if magic != IHAVEOPT:
+            raise _Closed
+        if length > MAX_OPTION:
+            if opt == OPT_EXPORT_NAME:
+                raise _Closed
+            self.drain(length)
+            self.reply_opt(opt, REP_ERR_TOO_BIG)
+            return None
+        data = self.recv(length)
+        if opt == OPT_EXPORT_NAME:
+            try:
+                export = self.server.export(data.decode("utf-8", "replace"))
+            except DiskvaultError as exc:
+                self.server.log(f"refused export {data.decode('utf-8', 'replace')!r}: {exc}")
+                raise _Closed from None
+            tail = b"" if self.no_zeroes else bytes(124)
+            self.send([struct.pack(">QH", export.size, self.tflags()), tail])
+            return export
+        if opt == OPT_ABORT:
+            self.reply_opt(opt, REP_ACK)
+            raise _Closed
+        if opt == OPT_LIST:
+            if length:
+                self.reply_opt(opt, REP_ERR_INVALID)
+                return None
+            for name in self.server.export_names():
+                raw = name.encode()
+                self.reply_opt(opt, REP_SERVER, struct.pack(">I", len(raw)) + raw)
+            self.reply_opt(opt, REP_ACK)
+            return None
+        if opt in (OPT_INFO, OPT_GO):
+            return self.info_go(opt, data)
+        if opt == OPT_STRUCTURED_REPLY:
+            if length:
+                self.reply_opt(opt, REP_ERR_INVALID)
+                return None
+            self.structured = True
+            self.reply_opt(opt, REP_ACK)
+            return None
+        if opt in (OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT):
+            self.meta_context(opt, data)
+            return None
+        self.reply_opt(opt, REP_ERR_UNSUP)
+        return None
+
+    def _name(self, data: bytes, pos: int = 0) -> tuple[str, int]:
+        if len(data) < pos + 4:
+            raise ValueError
+        (n,) = struct.unpack_from(">I", data, pos)
+        if len(data) < pos + 4 + n:
+            raise ValueError
+        return data[pos + 4 : pos + 4 + n].decode("utf-8", "replace"), pos + 4 + n
+
+    def info_go(self, opt: int, data: bytes) -> Export | None:
+        try:
+            name, pos = self._name(data)
+            (nreq,) = struct.unpack_from(">H", data, pos)
+            if len(data) != pos + 2 + 2 * nreq:
+                raise ValueError
+            reqs = set(struct.unpack_from(f">{nreq}H", data, pos + 2))
+        except (ValueError, struct.error):
+            self.reply_opt(opt, REP_ERR_INVALID, b"malformed NBD_OPT_INFO/GO request")
+            return None
+        try:
+            export = self.server.export(name)
+        except DiskvaultError as exc:
+            self.server.log(f"refused export {name!r}: {exc}")
+            self.reply_opt(opt, REP_ERR_UNKNOWN, f"unknown export {name!r}: {exc}".encode())
+            return None
+        self.reply_opt(opt, REP_INFO, struct.pack(">HQH", INFO_EXPORT, export.size, self.tflags()))
+        if INFO_NAME in reqs:
+            self.reply_opt(opt, REP_INFO, struct.pack(">H", INFO_NAME) + export.snap.id.encode())
+        if INFO_DESCRIPTION in reqs:
+            self.reply_opt(opt, REP_INFO, struct.pack(">H", INFO_DESCRIPTION) + export.description.encode())
+        if INFO_BLOCK_SIZE in reqs:
+            self.reply_opt(opt, REP_INFO, struct.pack(">HIII", INFO_BLOCK_SIZE, 1, PREFERRED_BLOCK, MAX_REQUEST))
+        self.reply_opt(opt, REP_ACK)
+        return export if opt == OPT_GO else None
+
+    def meta_context(self, opt: int, data: bytes) -> None:
+        try:
+            name, pos = self._name(data)
+            (count,) = struct.unpack_from(">I", data, pos)
+            pos += 4
+            queries = []
+            for _ in range(count):
+                q, pos = self._name(data, pos)
+                queries.append(q)
+            if pos != len(data):
+                raise ValueError
+        except (ValueError, struct.error):
+            self.reply_opt(opt, REP_ERR_INVALID, b"malformed meta context request")
+            return
+        if opt == OPT_SET_META_CONTEXT and not self.structured:
+            self.reply_opt(opt, REP_ERR_INVALID, b"negotiate NBD_OPT_STRUCTURED_REPLY first")
+            return
+        try:
+            self.server.export(name)
+        except DiskvaultError as exc:
+            self.reply_opt(opt, REP_ERR_UNKNOWN, f"unknown export {name!r}: {exc}".encode())
+            return
+        if opt == OPT_LIST_META_CONTEXT and not queries:
+            hit = True
+        else:
+            hit = any(q == ALLOCATION or (opt == OPT_LIST_META_CONTEXT and q == "base:") for q in queries)
+        if opt == OPT_SET_META_CONTEXT:
+            self.meta = hit
+        if hit:
+            self.reply_opt(opt, REP_META_CONTEXT, struct.pack(">I", ALLOCATION_ID) + ALLOCATION.encode())
+        self.reply_opt(opt, REP_ACK)
+
+    # --- transmission ---------------------------------------------------------------------------
+    def transmission(self, ex: Export) -> None:
+        while True:
+            magic, flags, cmd, cookie, offset, length = struct.unpack(">IHHQQI", self.recv(28))
+            if magic != REQUEST_MAGIC:
+                raise _Closed
+            if cmd == CMD_DISC:
+                return
+            if cmd == CMD_WRITE:
+                self.drain(length)
+                self.error(cookie, errno.EPERM, "the export is read-only")
+                continue
+            if cmd in (CMD_TRIM, CMD_WRITE_ZEROES):
+                self.error(cookie, errno.EPERM, "the export is read-only")
+                continue
+            if cmd == CMD_FLUSH:
+                self.done(cookie)
+                continue
+            if cmd not in (CMD_READ, CMD_CACHE, CMD_BLOCK_STATUS):
+                self.error(cookie, errno.EINVAL, f"unknown command {cmd}")
+                continue
+            if offset + length > ex.size:
+                self.error(cookie, errno.EINVAL, "request past the end of the export")
+                continue
+            if cmd == CMD_CACHE:
+                ex.reader.prefetch(ex.base + offset, length)
+                self.done(cookie)
+                continue
+            if cmd == CMD_BLOCK_STATUS:
+                self.block_status(ex, cookie, flags, offset, length)
+                continue
+            if length > MAX_REQUEST:
+                self.error(cookie, errno.EOVERFLOW if self.structured else errno.EINVAL, "read larger than 32 MiB")
+                continue
+            try:
+                segs = ex.reader.segments(ex.base + offset, length, self.stream)
+            except (DiskvaultError, OSError) as exc:  # damaged or unreadable data: EIO, keep serving
+                self.server.log(f"read of {length} bytes at {offset} of export {ex.name!r} failed: {exc}")
+                self.error(cookie, errno.EIO, str(exc)[:512])
+                continue
+            self.read_reply(ex, cookie, flags, segs)
+
+    def done(self, cookie: int) -> None:
+        if self.structured:
+            self.send([struct.pack(">IHHQI", STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0)])
+        else:
+            self.send([struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, 0, cookie)])
+
+    def error(self, cookie: int, code: int, message: str) -> None:
+        if self.structured:
+            msg = message.encode()[:4096]
+            payload = struct.pack(">IH", code, len(msg)) + msg
+            self.send([struct.pack(">IHHQI", STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, cookie,
+                                   len(payload)), payload])
+        else:
+            self.send([struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, code, cookie)])
+
+    def read_reply(self, ex: Export, cookie: int, flags: int, segs: list) -> None:
+        if not self.structured or flags & CMD_FLAG_DF:
+            bufs: list = []
+            for _, n, data in segs:
+                bufs.extend(_zeros(n) if data is None else [data])
+            if not self.structured:
+                self.send([struct.pack(">IIQ", SIMPLE_REPLY_MAGIC, 0, cookie), *bufs])
+                return
+            size = sum(n for _, n, _ in segs)
+            self.send([struct.pack(">IHHQIQ", STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA,
+                                   cookie, 8 + size, segs[0][0] - ex.base if segs else 0), *bufs])
+            return
+        # Structured: runs of data as OFFSET_DATA chunks, long zero runs as OFFSET_HOLE chunks.
+        groups: list[tuple[int, int, list | None]] = []  # (offset, length, bufs or None=hole)
+        for off, n, data in segs:
+            if data is None and n >= MIN_HOLE:
+                groups.append((off, n, None))
+                continue
+            bufs = _zeros(n) if data is None else [data]
+            if groups and groups[-1][2] is not None:
+                o, m, b = groups[-1]
+                groups[-1] = (o, m + n, b + bufs)
+            else:
+                groups.append((off, n, bufs))
+        if not groups:
+            self.done(cookie)
+            return
+        out: list = []
+        for i, (off, n, bufs) in enumerate(groups):
+            fl = REPLY_FLAG_DONE if i == len(groups) - 1 else 0
+            rel = off - ex.base
+            if bufs is None:
+                out.append(struct.pack(">IHHQIQI", STRUCTURED_REPLY_MAGIC, fl, REPLY_TYPE_OFFSET_HOLE, cookie, 12, rel, n))
+            else:
+                out.append(struct.pack(">IHHQIQ", STRUCTURED_REPLY_MAGIC, fl, REPLY_TYPE_OFFSET_DATA, cookie, 8 + n, rel))
+                out.extend(bufs)
+        self.send(out)
+
+    def block_status(self, ex: Export, cookie: int, flags: int, offset: int, length: int) -> None:
+        if not self.meta:
+            self.error(cookie, errno.EINVAL, "no meta context negotiated (base:allocation)")
+            return
+        if length == 0:
+            self.error(cookie, errno.EINVAL, "zero-length block status request")
+            return
+        try:
+            extents = ex.reader.extents(ex.base + offset, ex.base + offset + length)
+        except (DiskvaultError, OSError) as exc:
+            self.error(cookie, errno.EIO, str(exc)[:512])
+            return
+        limit = 1 if flags & CMD_FLAG_REQ_ONE else MAX_EXTENTS
+        desc = b"".join(struct.pack(">II", n, STATE_HOLE | STATE_ZERO if zero else 0) for _, n, zero in extents[:limit])
+        payload = struct.pack(">I", ALLOCATION_ID) + desc
+        self.send([struct.pack(">IHHQI", STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, cookie,
+                               len(payload)), payload])
+
+
+def _zeros(n: int) -> list:
+    out = []
+    while n > 0:
+        k = min(n, len(ZEROS))
+        out.append(ZEROS[:k])
+        n -= k
+    return out

@@ -1,0 +1,53 @@
+"""The partition table (GPT or MBR) of a snapshot or of a source image/device.
+
+A snapshot's table is read through a SnapshotReader (only the sectors the table needs are
+fetched); a source is read with pread. Raises SnapshotError/DamagedData for the snapshot,
+SourceError for an unreadable source, PartitionError for a damaged table.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ..catalog import SnapshotRecord
+from ..errors import SourceError
+from ..images.partitions import PartitionTable, read_table
+from ..repository import Repository
+from .snapshot_reader import ReadContext, SnapshotReader
+
+
+def snapshot_partitions(repo: Repository, snap: SnapshotRecord) -> PartitionTable:
+    ctx = ReadContext(repo, cache_bytes=16 << 20, prefetch=False)
+    try:
+        with repo.lock("shared", "partitions"):
+            reader = SnapshotReader(ctx, snap)
+            return read_table(reader.read, reader.size)
+    finally:
+        ctx.close()
+
+
+def source_partitions(path: str) -> PartitionTable:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SourceError(f"{path} does not exist") from None
+    except PermissionError:
+        raise SourceError(f"permission denied reading {path}: run as a user who can read it") from None
+    except OSError as exc:
+        raise SourceError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise SourceError(f"{path} is neither an image file nor a block device")
+        size = os.lseek(fd, 0, os.SEEK_END)
+
+        def read(offset: int, length: int) -> bytes:
+            try:
+                return os.pread(fd, length, offset)
+            except OSError as exc:
+                raise SourceError(f"cannot read {path} at byte {offset}: {exc.strerror}") from None
+
+        return read_table(read, size)
+    finally:
+        os.close(fd)
