@@ -19,7 +19,6 @@ have qemu-io  || need+=(qemu-utils)                          # access tests: NBD
 ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || need+=(libfuse3-3)   # diskvault mount (mfusepy loads it)
 have mkntfs   || need+=(ntfs-3g)
 have /usr/bin/time || need+=(time)
-[ -e /usr/include/fuse3/fuse.h ] || need+=(libfuse3-dev pkg-config)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need[*]}" >&2; exit 1
