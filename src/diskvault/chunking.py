@@ -55,53 +55,34 @@ class Chunker:
         return [(c.offset, c.length) for c in cdc.cut_buf(buf)]
 
     def stream(
-        self,
-        fill: Callable[[memoryview], int],
-        bufsize: int = 8 << 20,
-        acquire: Callable[[int], bytearray] | None = None,
-    ) -> Iterator[tuple[bytearray | memoryview, list[tuple[int, int]]]]:
+        self, fill: Callable[[memoryview], int], bufsize: int = 8 << 20
+    ) -> Iterator[tuple[bytearray, list[tuple[int, int]]]]:
         """Cut the stream that ``fill`` produces into pieces, buffer by buffer.
 
         ``fill(view)`` fills ``view`` as far as it can and returns the byte count; fewer
         than ``len(view)`` means the stream ended. Yields ``(buffer, cuts)``: each buffer
         starts with the carried unfinished tail of the previous one, and ``cuts`` cover it
         exactly. Data is read straight into the buffer; only the tail (< max_size) is copied.
-        Without ``acquire`` a fresh bytearray is yielded every time, so consumers may keep it.
-        With ``acquire(capacity)`` (returns a bytearray of at least ``capacity`` bytes, e.g.
-        from a pool of recycled buffers) a memoryview of the used part of that buffer is
-        yielded; ``view.obj`` is the buffer to give back once the consumer is done with it.
+        A fresh bytearray is yielded every time, so consumers may keep it.
         """
         bufsize = max(bufsize, 2 * self.params.max_size)
         carry = b""
         while True:
-            size = len(carry) + bufsize
-            if acquire is None:
-                buf: bytearray | memoryview = bytearray(size)
-            else:
-                buf = memoryview(acquire(bufsize + self.params.max_size))[:size]
+            buf = bytearray(len(carry) + bufsize)
             buf[: len(carry)] = carry
-            got = fill(memoryview(buf)[len(carry):size])
+            got = fill(memoryview(buf)[len(carry):])
             eof = got < bufsize
             if eof:
-                buf = _trim(buf, len(carry) + got)
+                del buf[len(carry) + got:]
             cuts = self.cut(buf)
             if not eof and cuts:
                 start, _ = cuts.pop()
                 carry = bytes(memoryview(buf)[start:])
-                buf = _trim(buf, start)
+                del buf[start:]
             if cuts:
                 yield buf, cuts
-            elif acquire is not None and isinstance(buf, memoryview):
-                yield buf, cuts  # empty: handed out so the consumer can give the buffer back
             if eof:
                 return
-
-
-def _trim(buf: bytearray | memoryview, n: int) -> bytearray | memoryview:
-    if isinstance(buf, memoryview):
-        return buf[:n]
-    del buf[n:]
-    return buf
 
 
 def parse_size(text: str) -> int:

@@ -1,17 +1,24 @@
 """Take a snapshot of an image file, block device or stdin.
 
-Pipeline (three stages, each on its own thread(s)):
+Pipeline, with cutting, hashing and compressing spread over the worker threads:
 
-1. the calling thread reads the source into 8 MiB buffers (holes are skipped) and cuts
-   chunks (FastCDC releases the GIL);
-2. two worker threads hash each buffer's chunks (blake3), spot all-zero chunks by their
-   hash, ask the catalog in one query which chunks are new and lz4-compress those;
-3. one writer thread takes the buffers' results in source order, appends new chunks to
-   packs in large sequential writes and builds the snapshot's chunk-list tree.
+1. the calling thread reads each data extent of the source (holes are skipped) into
+   consecutive 8 MiB windows from a fixed pool of recycled buffers;
+2. two worker threads each take a window and *speculatively* cut it with FastCDC as if a
+   chunk started at the window's first byte, then hash (blake3) its chunks, spot all-zero
+   chunks by their hash, ask the catalog in one query which are new and lz4-compress those;
+3. one writer thread takes the windows in source order and *stitches* them: it carries the
+   unfinished last chunk of the previous window and cuts on from its true start until a cut
+   lands on one of the window's speculative chunk starts. FastCDC's state after a cut is
+   only its position, so from that point on the speculative cuts are the true ones (a few
+   chunks per window are re-cut and re-hashed here; if no cut ever coincides, the whole
+   window is cut here). Boundaries are therefore exactly those of ``Chunker.stream``
+   over the extent. The writer appends new chunks to packs in source order and builds the
+   snapshot's chunk-list tree, then gives the buffer back to the pool.
 
-Buffers come from a fixed pool of BUFFERS recycled bytearrays: the reader blocks when all
-are in flight, so memory is bounded by buffer sizes, never by image size, and no buffer is
-re-allocated (fresh 8 MiB allocations cost page faults on every use).
+The reader blocks when all BUFFERS buffers are in flight, so memory is bounded by buffer
+sizes, never by image size, and no buffer is re-allocated (fresh 8 MiB allocations cost a
+page fault per 4 KiB on every use).
 
 The snapshot is recorded only after all its packs are durable (repository write order):
 the writer thread seals each pack (fsync, rename) before the catalog records it.
@@ -41,7 +48,7 @@ from ..tree import TreeBuilder
 from .progress import NoProgress, Progress
 
 BUFFER = 8 << 20
-BUFFERS = 6  # recycled read buffers: at most this many are in flight
+BUFFERS = 6  # recycled read buffers: at most this many windows are in flight
 WORKERS = 2
 
 
@@ -58,19 +65,16 @@ class _ZeroIds:
 
     def __init__(self) -> None:
         self._ids: dict[int, bytes] = {}
-        self._lock = threading.Lock()
 
     def get(self, n: int) -> bytes:
         zid = self._ids.get(n)
         if zid is None:
-            zid = content_id(bytes(n))
-            with self._lock:
-                self._ids[n] = zid
+            zid = self._ids[n] = content_id(bytes(n))
         return zid
 
 
 def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], zero_ids: _ZeroIds) -> list[_Item]:
-    """Hash, zero-detect, look up and compress one buffer's chunks (runs in a worker)."""
+    """Hash, zero-detect, look up and compress the chunks ``cuts`` of ``view``."""
     items: list[_Item] = []
     for off, n in cuts:
         ident = content_id(view[off : off + n])
@@ -83,6 +87,53 @@ def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], ze
         seen.add(it.id)
         it.payload, it.flags = compression.compress(view[off : off + n])
     return items
+
+
+@dataclass
+class _Window:
+    """A window cut as if a chunk started at its first byte (stage 2's result)."""
+
+    view: memoryview
+    final: bool  # the extent ends with this window
+    items: list[_Item]  # its chunks, up to the unfinished last piece
+    starts: dict[int, int]  # chunk start offset -> index in items (tail -> len(items))
+    tail: int  # start of the unfinished last piece; len(view) when final
+
+
+def _speculate(repo: Repository, view: memoryview, final: bool, zero_ids: _ZeroIds) -> _Window:
+    cuts = repo.chunker.cut(view)
+    tail = len(view)
+    if not final and cuts:
+        tail = cuts.pop()[0]
+    starts = {off: i for i, (off, _) in enumerate(cuts)}
+    starts[tail] = len(cuts)
+    return _Window(view, final, _process(repo, view, cuts, zero_ids), starts, tail)
+
+
+def _stitch(repo: Repository, w: _Window, head: bytes | None, zero_ids: _ZeroIds) -> tuple[list[_Item], bytes]:
+    """The true chunks of window ``w`` given ``head``, the unfinished last chunk of the
+    previous window of the same extent (None for an extent's first window); returns them
+    and the new unfinished chunk (bytes) to carry into the next window."""
+    if head is None:  # an extent's first window: the speculation is the truth
+        return w.items, bytes(w.view[w.tail :])
+    h = len(head)
+    probe = 2 * repo.params.max_size
+    while True:
+        m = min(probe, len(w.view))
+        covers = m == len(w.view)
+        data = memoryview(head + bytes(w.view[:m]))
+        cuts = repo.chunker.cut(data)
+        if not (covers and w.final):
+            cuts.pop()  # its end is only where this data ends
+        for i, (off, n) in enumerate(cuts):
+            end = off + n - h
+            if end >= 0 and end in w.starts:  # the true and the speculative chain meet
+                fixed = _process(repo, data, cuts[: i + 1], zero_ids)
+                return fixed + w.items[w.starts[end] :], bytes(w.view[w.tail :])
+        if covers:  # they never met: this window is cut here as a whole
+            rest = (cuts[-1][0] + cuts[-1][1]) if cuts else 0
+            return _process(repo, data, cuts, zero_ids), bytes(data[rest:])
+        probe *= 4
 
 
 def take_snapshot(
@@ -104,13 +155,13 @@ def take_snapshot(
     zero_ids = _ZeroIds()
     free: queue.Queue[bytearray] = queue.Queue()
     made = [0]  # buffers allocated so far (at most BUFFERS)
-    ordered: queue.Queue[tuple[Future, memoryview] | int | None] = queue.Queue()
+    ordered: queue.Queue[tuple[Future, bool] | int | None] = queue.Queue()
     failure: list[BaseException] = []
 
-    def acquire(capacity: int) -> bytearray:
+    def acquire() -> bytearray:
         if made[0] < BUFFERS:
             made[0] += 1
-            return bytearray(capacity)
+            return bytearray(BUFFER)
         while True:
             if failure:
                 raise failure[0]
@@ -119,15 +170,9 @@ def take_snapshot(
             except queue.Empty:
                 continue
 
-    def consume(entry: tuple[Future, memoryview] | int) -> None:
-        if isinstance(entry, int):
-            builder.add_zero(entry)
-            stats["zero_bytes"] += entry
-            stats["size"] += entry
-            progress.advance(entry)
-            return
+    def consume(items: list[_Item]) -> None:
         done = 0
-        for it in entry[0].result():
+        for it in items:
             done += it.length
             if it.id == ZERO_ID:
                 builder.add_zero(it.length)
@@ -144,20 +189,28 @@ def take_snapshot(
         progress.advance(done)
 
     def write_loop() -> None:
-        """Stage 3: results in source order into packs and the tree; buffers back to the pool."""
+        """Stage 3: stitch windows in source order, write packs and the tree, recycle buffers."""
+        head: bytes | None = None
         while True:
             entry = ordered.get()
             if entry is None:
                 return
+            if isinstance(entry, int):  # a hole
+                if not failure:
+                    builder.add_zero(entry)
+                    stats["zero_bytes"] += entry
+                    stats["size"] += entry
+                    progress.advance(entry)
+                continue
+            fut, first = entry
             try:
                 if not failure:
-                    consume(entry)
+                    w: _Window = fut.result()
+                    items, head = _stitch(repo, w, None if first else head, zero_ids)
+                    consume(items)
+                    free.put(w.view.obj)
             except BaseException as exc:  # handed to the reading thread, which re-raises it
                 failure.append(exc)
-            finally:
-                if not isinstance(entry, int):
-                    entry[0].cancel()
-                    free.put(entry[1].obj)
 
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="diskvault-chunk")
     write_thread = threading.Thread(target=write_loop, name="diskvault-write", daemon=True)
@@ -168,8 +221,18 @@ def take_snapshot(
             if not is_data:
                 ordered.put(length)
                 continue
-            for view, cuts in repo.chunker.stream(source.filler(offset, length), BUFFER, acquire):
-                ordered.put((pool.submit(_process, repo, view, cuts, zero_ids), view))
+            fill = source.filler(offset, length)
+            first, done = True, 0
+            while True:
+                buf = acquire()
+                got = fill(memoryview(buf))
+                done += got
+                final = got < BUFFER or done == length
+                view = memoryview(buf)[:got]
+                ordered.put((pool.submit(_speculate, repo, view, final, zero_ids), first))
+                first = False
+                if final:
+                    break
         ordered.put(None)
         write_thread.join()
         if failure:
