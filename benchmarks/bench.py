@@ -94,14 +94,17 @@ class Tool:
 class Diskvault(Tool):
     name = "diskvault"
 
-    def __init__(self, chunk: str | None = None) -> None:
+    def __init__(self, chunk: str | None = None, check_src: str | None = None) -> None:
         self.chunk = chunk
+        self.check_env = dict(ENV, PYTHONPATH=check_src) if check_src else ENV
         self.has_check = b"--read-data" in subprocess.run(
-            [PY, "-m", "diskvault", "check", "--help"], env=ENV, capture_output=True).stdout
+            [PY, "-m", "diskvault", "check", "--help"], env=self.check_env, capture_output=True).stdout
         self.settings = "defaults (lz4, 64 KiB average chunks)"
         self.check_label = ("`check --read-data`" if self.has_check else
                             "stand-in: benchmarks/verify_packs.py (sequential read + lz4 + blake3 of every pack "
                             "entry, 2 threads) because `check --read-data` is not on this branch")
+        if check_src and self.has_check:
+            self.check_label += f" from {check_src} (same repository format)"
 
     def cli(self, *args: str) -> list[str]:
         return [PY, "-m", "diskvault", *args]
@@ -119,7 +122,7 @@ class Diskvault(Tool):
 
     def check(self, repo):
         if self.has_check:
-            return self.cli("check", "-r", str(repo), "--read-data")
+            return ["env", f"PYTHONPATH={self.check_env['PYTHONPATH']}", *self.cli("check", "-r", str(repo), "--read-data")]
         return [PY, str(HERE / "verify_packs.py"), str(repo)]
 
     def version(self):
@@ -253,26 +256,31 @@ def add(rec: dict, key: str, value: float) -> None:
 
 
 # --- chunk-size study ----------------------------------------------------------------------
-def chunk_study(work: Path, base: Path, changed: Path, sizes: list[str]) -> list[dict]:
+def chunk_study(work: Path, base: Path, changed: Path, sizes: list[str], reps: int) -> list[dict]:
+    """Per average size: full snapshot of base, incremental of changed (median of reps)."""
     rows = []
     for size in sizes:
         tool = Diskvault(size)
-        repo = work / "repo-chunks"
-        shutil.rmtree(repo, ignore_errors=True)
-        tool.init(repo)
-        warm(base)
-        full_s, full_rss, _ = run(tool.backup(repo, base, "full"))
-        after_full = tree_bytes(repo)
-        warm(changed)
-        incr_s, _, out = run(tool.backup(repo, changed, "incr"))
-        rec = json.loads(out)
-        added = tree_bytes(repo) - after_full
-        cat = sum(os.path.getsize(p) for p in repo.glob("catalog.sqlite*"))
-        rows.append(dict(avg=size, full_s=full_s, incr_s=incr_s, repo_full=after_full, incr_added=added,
-                         catalog=cat, chunks=rec["chunks"], rss=full_rss))
-        shutil.rmtree(repo)
-        print(f"  chunks {size}: full {full_s:.2f}s incr {incr_s:.2f}s added {added / MB:.1f} MB "
-              f"catalog {cat / MB:.1f} MB", flush=True)
+        rec: dict = {}
+        for _ in range(reps):
+            repo = work / "repo-chunks"
+            shutil.rmtree(repo, ignore_errors=True)
+            tool.init(repo)
+            warm(base)
+            full_s, full_rss, _ = run(tool.backup(repo, base, "full"))
+            after_full = tree_bytes(repo)
+            warm(changed)
+            incr_s, _, out = run(tool.backup(repo, changed, "incr"))
+            for k, v in dict(full_s=full_s, incr_s=incr_s, repo_full=after_full,
+                             incr_added=tree_bytes(repo) - after_full, rss=full_rss,
+                             catalog=sum(os.path.getsize(p) for p in repo.glob("catalog.sqlite*")),
+                             chunks=json.loads(out)["chunks"]).items():
+                add(rec, k, v)
+            shutil.rmtree(repo)
+        row = dict(avg=size, **{k: statistics.median(v) for k, v in rec.items()})
+        rows.append(row)
+        print(f"  chunks {size}: full {row['full_s']:.2f}s incr {row['incr_s']:.2f}s added "
+              f"{row['incr_added'] / MB:.1f} MB catalog {row['catalog'] / MB:.1f} MB", flush=True)
     return rows
 
 
@@ -292,6 +300,12 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem} MiB RAM, {platform.system()} {platform.release()}"
 
 
+def render(docs: Path) -> None:
+    """report.py needs matplotlib, which lives in its own venv (see run.sh)."""
+    py = os.environ.get("REPORT_PYTHON", PY)
+    subprocess.run([py, str(HERE / "report.py"), str(docs)], check=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/diskvault-bench"))
@@ -299,10 +313,15 @@ def main() -> int:
     ap.add_argument("--ext4-size", type=int, default=2 << 30)
     ap.add_argument("--ext4-used", type=int, default=1 << 30)
     ap.add_argument("--ntfs-size", type=int, default=1 << 30)
-    ap.add_argument("--vm-size", type=int, default=16 << 30)
+    ap.add_argument("--vm-size", type=int, default=8 << 30)
+    ap.add_argument("--huge-size", type=int, default=64 << 30,
+                    help="a sparse image only diskvault snapshots, for its peak RSS")
+    ap.add_argument("--study-reps", type=int, default=2)
     ap.add_argument("--tools", default="diskvault,restic,borg,casync")
     ap.add_argument("--chunk-sizes", default="16K,32K,64K,128K,256K")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
+    ap.add_argument("--check-src", help="src/ directory of a diskvault that has `check --read-data` "
+                    "(when this one does not)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -317,12 +336,13 @@ def main() -> int:
         ntfs = None
         notes.append(f"NTFS image skipped: {exc}")
     vm = images.build_vm(work, args.vm_size, ntfs)
+    huge = images.build_vm(work, args.huge_size, ntfs, name="huge.img")
     imgs = {"ext4": base, "ext4 changed": changed, "vm": vm}
     if ntfs is not None:
         imgs["ntfs"] = ntfs
     verify = {p: digest(p) for p in imgs.values()}
 
-    all_tools: dict[str, Tool] = {"diskvault": Diskvault(), "restic": Restic(), "borg": Borg(), "casync": Casync()}
+    all_tools: dict[str, Tool] = {"diskvault": Diskvault(check_src=args.check_src), "restic": Restic(), "borg": Borg(), "casync": Casync()}
     tools = [all_tools[t] for t in args.tools.split(",")]
     for t in tools:
         if t.name != "diskvault" and not shutil.which(t.name):
@@ -344,19 +364,29 @@ def main() -> int:
         add(ceil, "incr_s", ceiling_mod.ceiling(str(changed), compress=False))
         print(f"  ceiling full {ceil['full_s'][-1]:.2f}s incr {ceil['incr_s'][-1]:.2f}s", flush=True)
 
+    print("huge sparse image (diskvault only, peak RSS) ...", flush=True)
+    huge_rec: dict = {}
+    for _ in range(args.reps):
+        repo = work / "repo-huge"
+        shutil.rmtree(repo, ignore_errors=True)
+        all_tools["diskvault"].init(repo)
+        dt, rss, _ = run(all_tools["diskvault"].backup(repo, huge, "full"))
+        add(huge_rec, "full_s", dt), add(huge_rec, "full_rss", rss)
+        shutil.rmtree(repo)
     print("chunk-size study ...", flush=True)
-    study = chunk_study(work, base, changed, args.chunk_sizes.split(",")) if args.chunk_sizes else []
+    study = (chunk_study(work, base, changed, args.chunk_sizes.split(","), args.study_reps)
+             if args.chunk_sizes else [])
 
     versions = {t.name: t.version() for t in tools}
     raw = dict(date=started.isoformat(timespec="seconds"), machine=machine(), versions=versions,
                reps=args.reps, images={k: dict(path=str(p), size=p.stat().st_size,
                                                allocated=p.stat().st_blocks * 512) for k, p in imgs.items()},
                change=change_desc, notes=notes, results=results, ceiling=ceil, chunk_study=study,
+               huge=dict(size=huge.stat().st_size, allocated=huge.stat().st_blocks * 512, **huge_rec),
                settings={t.name: t.settings for t in tools},
                check_label=all_tools["diskvault"].check_label)
     (HERE / "results.json").write_text(json.dumps(raw, indent=1) + "\n")
-    import report
-    report.write(raw, Path(args.docs))
+    render(Path(args.docs))
     print(f"wrote {args.docs}/benchmarks.md, benchmarks.png and benchmarks/results.json "
           f"({(datetime.datetime.now(datetime.timezone.utc) - started).seconds // 60} min)")
     return 0

@@ -134,10 +134,10 @@ def build_ntfs(work: Path, size: int, used: int) -> Path:
     return img
 
 
-def build_vm(work: Path, size: int, ntfs: Path | None) -> Path:
+def build_vm(work: Path, size: int, ntfs: Path | None, name: str = "vm.img") -> Path:
     """A sparse raw disk: the NTFS image at 1 MiB, real file data at 40% and 75% of it."""
-    img = work / "vm.img"
-    stamp = work / f"vm-{size}.done"
+    img = work / name
+    stamp = work / f"{name}-{size}.done"
     if stamp.exists():
         return img
     img.unlink(missing_ok=True)
