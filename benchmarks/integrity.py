@@ -1,12 +1,13 @@
 """Measure `check --read-data` against `restore` to /dev/null on the same repository.
 
-Usage: python benchmarks/integrity.py [WORKDIR] [SIZE_MIB] [RUNS]
+Usage: python benchmarks/integrity.py [WORKDIR] [SIZE_MIB] [RUNS] [OUT_JSON]
 Builds WORKDIR/repo from a SIZE_MIB image (half random, half compressible, 1/16 zeros) unless it exists, then times both commands RUNS times, alternating, and prints
 the best time of each and their ratio (acceptance: check >= 80% of restore's speed).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,10 @@ def main() -> None:
     print(f"restore to /dev/null: {best_r:.2f} s ({mib / best_r:.0f} MiB/s logical)")
     print(f"check --read-data:    {best_c:.2f} s ({mib / best_c:.0f} MiB/s logical)")
     print(f"check speed / restore speed: {best_r / best_c:.0%}")
+    if len(sys.argv) > 4:
+        with open(sys.argv[4], "w") as f:
+            json.dump({"size_mib": mib, "runs": runs, "restore_devnull_s": round(best_r, 3),
+                       "check_read_data_s": round(best_c, 3), "check_vs_restore": round(best_r / best_c, 2)}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workdir", default="/var/tmp/dvaccess")
+    ap.add_argument("--out", help="also write the JSON figures to this file (make bench: benchmarks/nbd.json)")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -86,13 +87,16 @@ def main() -> None:
             target.unlink(missing_ok=True)
     mb = size / 1e6
     r_own, r_wall, n = (statistics.median(x) for x in (restore_own, restore_wall, nbd_wall))
-    print(json.dumps({
+    figures = {
         "size_bytes": size, "runs": args.runs, "restore_target": str(target),
         "restore_s": round(r_own, 3), "restore_MBps": round(mb / r_own),
         "restore_wall_s": round(r_wall, 3), "restore_wall_MBps": round(mb / r_wall),
         "nbdcopy_s": round(n, 3), "nbdcopy_MBps": round(mb / n),
         "nbd_vs_restore": round(r_own / n, 2), "nbd_vs_restore_wall": round(r_wall / n, 2),
-    }, indent=2))
+    }
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

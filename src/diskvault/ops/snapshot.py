@@ -1,12 +1,27 @@
 """Take a snapshot of an image file, block device or stdin.
 
-Pipeline: the calling thread reads the source in 8 MiB buffers (holes are skipped) and cuts
-chunks; two worker threads hash each buffer's chunks (blake3), spot all-zero chunks, ask the
-catalog in one query which chunks are new and lz4-compress those; the calling thread then
-writes new chunks to packs in source order and builds the snapshot's chunk-list tree. At
-most DEPTH buffers are in flight, so memory is bounded by buffer size, not image size.
+Pipeline, with cutting, hashing and compressing spread over the worker threads:
 
-The snapshot is recorded only after all its packs are durable (repository write order).
+1. the calling thread reads each data extent of the source (holes are skipped) into
+   consecutive 8 MiB windows from a fixed pool of recycled buffers;
+2. two worker threads each take a window and *speculatively* cut it with FastCDC as if a
+   chunk started at the window's first byte, then hash (blake3) its chunks, spot all-zero
+   chunks (see _Zeros), ask the catalog in one query which are new and lz4-compress those;
+3. one writer thread takes the windows in source order and *stitches* them: it carries the
+   unfinished last chunk of the previous window and cuts on from its true start until a cut
+   lands on one of the window's speculative chunk starts. FastCDC's state after a cut is
+   only its position, so from that point on the speculative cuts are the true ones (a few
+   chunks per window are re-cut and re-hashed here; if no cut ever coincides, the whole
+   window is cut here). Boundaries are therefore exactly those of ``Chunker.stream``
+   over the extent. The writer appends new chunks to packs in source order and builds the
+   snapshot's chunk-list tree, then gives the buffer back to the pool.
+
+The reader blocks when all BUFFERS buffers are in flight, so memory is bounded by buffer
+sizes, never by image size, and no buffer is re-allocated (fresh 8 MiB allocations cost a
+page fault per 4 KiB on every use).
+
+The snapshot is recorded only after all its packs are durable (repository write order):
+the writer thread seals each pack (fsync, rename) before the catalog records it.
 Ctrl-C or any error aborts the open pack; sealed packs stay as reusable, unreferenced data.
 """
 
@@ -14,9 +29,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
+import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +48,7 @@ from ..tree import TreeBuilder
 from .progress import NoProgress, Progress
 
 BUFFER = 8 << 20
-DEPTH = 4
+BUFFERS = 6  # recycled read buffers: at most this many windows are in flight
 WORKERS = 2
 
 
@@ -44,18 +60,29 @@ class _Item:
     flags: int = 0
 
 
-def _process(repo: Repository, buf: bytearray, cuts: list[tuple[int, int]], zeros: bytes) -> list[_Item]:
-    """Hash, zero-detect, look up and compress one buffer's chunks (runs in a worker)."""
-    view = memoryview(buf)
+class _Zeros:
+    """Tells all-zero chunks. FastCDC cuts a zero run into max-size chunks, whose id is
+    computed once; a chunk of another size is compared byte by byte, and only when its first
+    and last bytes are zero, so data chunks almost never pay for the test. Memory: one
+    max-size buffer."""
+
+    def __init__(self, max_size: int) -> None:
+        self.zeros = bytes(max_size)
+        self.max_id = content_id(self.zeros)
+
+    def test(self, view: memoryview, off: int, n: int, ident: bytes) -> bool:
+        if n == len(self.zeros):
+            return ident == self.max_id
+        return view[off] == 0 and view[off + n - 1] == 0 and view[off : off + n].tobytes() == self.zeros[:n]
+
+
+def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], zeros: _Zeros) -> list[_Item]:
+    """Hash, zero-detect, look up and compress the chunks ``cuts`` of ``view``."""
     items: list[_Item] = []
     for off, n in cuts:
-        piece = view[off : off + n]
-        if piece[0] == 0 and piece[n - 1] == 0 and buf[off : off + n] == zeros[:n]:
-            items.append(_Item(ZERO_ID, n))
-        else:
-            items.append(_Item(content_id(piece), n))
-    data_items = [it for it in items if it.id != ZERO_ID]
-    known = repo.catalog.known({it.id for it in data_items})
+        ident = content_id(view[off : off + n])
+        items.append(_Item(ZERO_ID if zeros.test(view, off, n, ident) else ident, n))
+    known = repo.catalog.known({it.id for it in items if it.id != ZERO_ID})
     seen: set[bytes] = set()
     for it, (off, n) in zip(items, cuts):
         if it.id == ZERO_ID or it.id in known or it.id in seen:
@@ -63,6 +90,53 @@ def _process(repo: Repository, buf: bytearray, cuts: list[tuple[int, int]], zero
         seen.add(it.id)
         it.payload, it.flags = compression.compress(view[off : off + n])
     return items
+
+
+@dataclass
+class _Window:
+    """A window cut as if a chunk started at its first byte (stage 2's result)."""
+
+    view: memoryview
+    final: bool  # the extent ends with this window
+    items: list[_Item]  # its chunks, up to the unfinished last piece
+    starts: dict[int, int]  # chunk start offset -> index in items (tail -> len(items))
+    tail: int  # start of the unfinished last piece; len(view) when final
+
+
+def _speculate(repo: Repository, view: memoryview, final: bool, zeros: _Zeros) -> _Window:
+    cuts = repo.chunker.cut(view)
+    tail = len(view)
+    if not final and cuts:
+        tail = cuts.pop()[0]
+    starts = {off: i for i, (off, _) in enumerate(cuts)}
+    starts[tail] = len(cuts)
+    return _Window(view, final, _process(repo, view, cuts, zeros), starts, tail)
+
+
+def _stitch(repo: Repository, w: _Window, head: bytes | None, zeros: _Zeros) -> tuple[list[_Item], bytes]:
+    """The true chunks of window ``w`` given ``head``, the unfinished last chunk of the
+    previous window of the same extent (None for an extent's first window); returns them
+    and the new unfinished chunk (bytes) to carry into the next window."""
+    if head is None:  # an extent's first window: the speculation is the truth
+        return w.items, bytes(w.view[w.tail :])
+    h = len(head)
+    probe = 2 * repo.params.max_size
+    while True:
+        m = min(probe, len(w.view))
+        covers = m == len(w.view)
+        data = memoryview(head + bytes(w.view[:m]))
+        cuts = repo.chunker.cut(data)
+        if not (covers and w.final):
+            cuts.pop()  # its end is only where this data ends
+        for i, (off, n) in enumerate(cuts):
+            end = off + n - h
+            if end >= 0 and end in w.starts:  # the true and the speculative chain meet
+                fixed = _process(repo, data, cuts[: i + 1], zeros)
+                return fixed + w.items[w.starts[end] :], bytes(w.view[w.tail :])
+        if covers:  # they never met: this window is cut here as a whole
+            rest = (cuts[-1][0] + cuts[-1][1]) if cuts else 0
+            return _process(repo, data, cuts, zeros), bytes(data[rest:])
+        probe *= 4
 
 
 def take_snapshot(repo: Repository, source_path: str, *args, **kwargs) -> SnapshotRecord:
@@ -87,18 +161,27 @@ def _take_snapshot(
     writer = repo.blob_writer()
     builder = TreeBuilder(writer.add_tree_node)
     stats = dict(size=0, data_bytes=0, zero_bytes=0, chunks=0, new_chunks=0, new_bytes=0, stored_bytes=0)
-    zeros = bytes(repo.params.max_size)
-    pending: deque[Future | int] = deque()  # futures of buffers, ints are holes
+    zeros = _Zeros(repo.params.max_size)
+    free: queue.Queue[bytearray] = queue.Queue()
+    made = [0]  # buffers allocated so far (at most BUFFERS)
+    ordered: queue.Queue[tuple[Future, bool] | int | None] = queue.Queue()
+    failure: list[BaseException] = []
 
-    def consume(entry: Future | int) -> None:
-        if isinstance(entry, int):
-            builder.add_zero(entry)
-            stats["zero_bytes"] += entry
-            stats["size"] += entry
-            progress.advance(entry)
-            return
+    def acquire() -> bytearray:
+        if made[0] < BUFFERS:
+            made[0] += 1
+            return bytearray(BUFFER)
+        while True:
+            if failure:
+                raise failure[0]
+            try:
+                return free.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    def consume(items: list[_Item]) -> None:
         done = 0
-        for it in entry.result():
+        for it in items:
             done += it.length
             if it.id == ZERO_ID:
                 builder.add_zero(it.length)
@@ -114,25 +197,62 @@ def _take_snapshot(
         stats["size"] += done
         progress.advance(done)
 
+    def write_loop() -> None:
+        """Stage 3: stitch windows in source order, write packs and the tree, recycle buffers."""
+        head: bytes | None = None
+        while True:
+            entry = ordered.get()
+            if entry is None:
+                return
+            if isinstance(entry, int):  # a hole
+                if not failure:
+                    builder.add_zero(entry)
+                    stats["zero_bytes"] += entry
+                    stats["size"] += entry
+                    progress.advance(entry)
+                continue
+            fut, first = entry
+            try:
+                if not failure:
+                    w: _Window = fut.result()
+                    items, head = _stitch(repo, w, None if first else head, zeros)
+                    consume(items)
+                    free.put(w.view.obj)
+            except BaseException as exc:  # handed to the reading thread, which re-raises it
+                failure.append(exc)
+
     pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="diskvault-chunk")
+    write_thread = threading.Thread(target=write_loop, name="diskvault-write", daemon=True)
+    write_thread.start()
     try:
         progress.start(source.size, "snapshot")
         for offset, length, is_data in source.extents():
             if not is_data:
-                pending.append(length)
+                ordered.put(length)
                 continue
-            for buf, cuts in repo.chunker.stream(source.filler(offset, length), BUFFER):
-                pending.append(pool.submit(_process, repo, buf, cuts, zeros))
-                while len(pending) > DEPTH:
-                    consume(pending.popleft())
-        while pending:
-            consume(pending.popleft())
+            fill = source.filler(offset, length)
+            first, done = True, 0
+            while True:
+                buf = acquire()
+                got = fill(memoryview(buf))
+                done += got
+                final = got < BUFFER or done == length
+                view = memoryview(buf)[:got]
+                ordered.put((pool.submit(_speculate, repo, view, final, zeros), first))
+                first = False
+                if final:
+                    break
+        ordered.put(None)
+        write_thread.join()
+        if failure:
+            raise failure[0]
         root = builder.finish()
         writer.seal()
     except BaseException:
-        for entry in pending:
-            if isinstance(entry, Future):
-                entry.cancel()
+        if not failure:
+            failure.append(RuntimeError("snapshot aborted"))  # the writer stops consuming
+        ordered.put(None)
+        write_thread.join()
         pool.shutdown(wait=True, cancel_futures=True)
         writer.abort()
         source.close()

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make bench`: installs the peers (restic, borgbackup, casync) from Debian packages and
+# matplotlib into a separate venv (.venv-bench: keeps numpy out of diskvault's own .venv,
+# where sqlite-utils would import it and slow every command's start-up), then runs
+# benchmarks/bench.py with the project's .venv, then nbd_throughput.py and integrity.py, (extra arguments are passed on, e.g.
+# `bash benchmarks/run.sh --reps 5`). Results: docs/benchmarks.md, docs/benchmarks.png,
+# benchmarks/results.json. Takes about 20 minutes on a 2-core machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v restic >/dev/null 2>&1 || need+=(restic)
+command -v borg   >/dev/null 2>&1 || need+=(borgbackup)
+command -v casync >/dev/null 2>&1 || need+=(casync)
+[ -x /usr/bin/time ] || need+=(time)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bench: need root to install: ${need[*]}" >&2; exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! .venv-bench/bin/python -c "import matplotlib" 2>/dev/null; then
+  python3 -m venv .venv-bench
+  .venv-bench/bin/pip install -q matplotlib
+fi
+
+PY=.venv/bin/python
+[ -x "$PY" ] || PY=python3
+env REPORT_PYTHON="$PWD/.venv-bench/bin/python" "$PY" benchmarks/bench.py "$@"
+# instant access and integrity figures (fresh repositories), then the report again with them
+rm -rf /var/tmp/dvaccess /var/tmp/dv-integrity-bench
+"$PY" benchmarks/nbd_throughput.py --runs 5 --workdir /var/tmp/dvaccess --out benchmarks/nbd.json
+"$PY" benchmarks/integrity.py /var/tmp/dv-integrity-bench 1024 5 benchmarks/integrity.json
+.venv-bench/bin/python benchmarks/report.py docs
