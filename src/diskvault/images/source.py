@@ -66,7 +66,7 @@ class Source:
         return fill
 
     def close(self) -> None:
-        if self.kind != "stdin":
+        if self.path != "-":  # never close the process's own stdin
             os.close(self.fd)
 
 

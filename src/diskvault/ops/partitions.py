@@ -8,11 +8,11 @@ SourceError for an unreadable source, PartitionError for a damaged table.
 from __future__ import annotations
 
 import os
-import stat
 
 from ..catalog import SnapshotRecord
 from ..errors import SourceError
 from ..images.partitions import PartitionTable, read_table
+from ..images.source import open_source
 from ..repository import Repository
 from .snapshot_reader import ReadContext, SnapshotReader
 
@@ -28,26 +28,17 @@ def snapshot_partitions(repo: Repository, snap: SnapshotRecord) -> PartitionTabl
 
 
 def source_partitions(path: str) -> PartitionTable:
+    source = open_source(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise SourceError(f"{path} does not exist") from None
-    except PermissionError:
-        raise SourceError(f"permission denied reading {path}: run as a user who can read it") from None
-    except OSError as exc:
-        raise SourceError(f"cannot open {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        if source.size is None:
             raise SourceError(f"{path} is neither an image file nor a block device")
-        size = os.lseek(fd, 0, os.SEEK_END)
 
         def read(offset: int, length: int) -> bytes:
             try:
-                return os.pread(fd, length, offset)
+                return os.pread(source.fd, length, offset)
             except OSError as exc:
                 raise SourceError(f"cannot read {path} at byte {offset}: {exc.strerror}") from None
 
-        return read_table(read, size)
+        return read_table(read, source.size)
     finally:
-        os.close(fd)
+        source.close()
