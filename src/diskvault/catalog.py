@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sqlite_utils
 
@@ -87,10 +87,9 @@ class SnapshotRecord:
     new_bytes: int = 0
     stored_bytes: int = 0
     duration: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def to_row(self) -> dict:
-        row = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "extra"}
+        row = {k: getattr(self, k) for k in self.__dataclass_fields__}
         row["tags"] = json.dumps(self.tags)
         return row
 

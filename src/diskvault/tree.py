@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .errors import DamagedData
-from .hashing import ZERO_ID, content_id
+from .hashing import ZERO_ID, content_id, short
 
 NODE_MAGIC = b"DVTN"
 HEADER = struct.Struct("<4sB3xI")
@@ -113,23 +113,47 @@ class Leaf:
     length: int
 
 
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """A byte range whose tree node could not be read (``leaves(..., tolerant=True)``)."""
+
+    offset: int
+    length: int
+    node: bytes
+    reason: str
+
+
+def node_problem(nid: bytes, exc: Exception) -> str:
+    """A message about tree node ``nid`` that names it once."""
+    text = str(exc)
+    return text if short(nid) in text else f"tree node {short(nid)}: {text}"
+
+
 class TreeReader:
     """Reads a tree through ``load(node_id) -> node bytes``."""
 
     def __init__(self, load: Callable[[bytes], bytes]) -> None:
         self.load = load
 
-    def leaves(self, root: bytes, start: int = 0) -> Iterator[Leaf]:
-        """Every leaf item in image order, with its offset in the image."""
-        yield from self._leaves(root, start)
+    def leaves(self, root: bytes, size: int = 0, tolerant: bool = False) -> Iterator[Leaf | Lost]:
+        """Every leaf item in image order, with its offset in the image. A node that cannot
+        be read raises DamagedData, or with ``tolerant`` yields ``Lost`` for the byte range
+        it covers (``size`` bytes for the root) and the walk goes on."""
+        yield from self._leaves(root, 0, size, tolerant)
 
-    def _leaves(self, nid: bytes, offset: int) -> Iterator[Leaf]:
-        level, items = parse(self.load(nid))
+    def _leaves(self, nid: bytes, offset: int, covered: int, tolerant: bool) -> Iterator[Leaf | Lost]:
+        try:
+            level, items = parse(self.load(nid))
+        except DamagedData as exc:
+            if not tolerant:
+                raise
+            yield Lost(offset, covered, nid, node_problem(nid, exc))
+            return
         for ident, length in items:
             if level == 0:
                 yield Leaf(offset, ident, length)
             else:
-                yield from self._leaves(ident, offset)
+                yield from self._leaves(ident, offset, length, tolerant)
             offset += length
 
     def nodes(self, root: bytes, seen: set[bytes] | None = None) -> Iterator[tuple[bytes, int, list[tuple[bytes, int]]]]:

@@ -198,13 +198,19 @@ def test_lost_catalog_is_rebuilt(world, how):
     assert sorted(s["id"] for s in snaps) == sorted([w.A, w.B])
 
 
-def test_corrupt_catalog_row(world):
-    w = world
+def shift_catalog_offset(w):
+    """Corrupt one catalog row: the first chunk of pack1 is said to start 7 bytes later."""
     e = first_chunk(w.pack1, w.repo)
     conn = sqlite3.connect(w.repo / "catalog.sqlite")
     conn.execute("UPDATE blobs SET offset = offset + 7 WHERE id = ?", (e.id,))
     conn.commit()
     conn.close()
+    return e
+
+
+def test_corrupt_catalog_row(world):
+    w = world
+    e = shift_catalog_offset(w)
     rep = cli_json("check", "-r", w.repo, code=8)
     [err] = rep["errors"]
     assert err["kind"] == "catalog-row" and err["blob"] == e.id.hex()
@@ -285,11 +291,7 @@ def test_interrupted_repair_leaves_the_old_catalog(world, monkeypatch):
     import diskvault.ops.repair as repair_mod
 
     w = world
-    e = first_chunk(w.pack1, w.repo)
-    conn = sqlite3.connect(w.repo / "catalog.sqlite")
-    conn.execute("UPDATE blobs SET offset = offset + 7 WHERE id = ?", (e.id,))
-    conn.commit()
-    conn.close()
+    e = shift_catalog_offset(w)
 
     def killed(*args):
         raise KeyboardInterrupt

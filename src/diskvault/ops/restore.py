@@ -21,6 +21,7 @@ import errno
 import os
 import secrets
 import stat
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -187,8 +188,6 @@ def _restore(
     progress: Progress | None = None,
     skip_damaged: bool = False,
 ) -> RestoreResult:
-    import time
-
     progress = progress or NoProgress()
     started = time.monotonic()
     target = _Target(target_path, snap.size, force)
