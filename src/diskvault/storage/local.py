@@ -50,10 +50,7 @@ class LocalFileWriter:
                 self.pos += n
                 view = view[n:]
         except OSError as exc:
-            self.abort()
-            if _no_space(exc):
-                raise OutOfSpace(f"no space left on the repository's disk ({self.dir})") from None
-            raise
+            raise self._failed(exc) from None
 
     def tell(self) -> int:
         return self.pos
@@ -66,10 +63,14 @@ class LocalFileWriter:
             os.rename(self.tmp, self.path)
             _fsync_dir(self.dir)
         except OSError as exc:
-            self.abort()
-            if _no_space(exc):
-                raise OutOfSpace(f"no space left on the repository's disk ({self.dir})") from None
-            raise
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> Exception:
+        """Remove the temporary file; the error to raise (OutOfSpace on a full disk)."""
+        self.abort()
+        if _no_space(exc):
+            return OutOfSpace(f"no space left on the repository's disk ({self.dir})")
+        return exc
 
     def abort(self) -> None:
         if self.fd >= 0:
