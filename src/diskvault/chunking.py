@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import pyfastcdc
-
 DEFAULT_AVG = 64 * 1024  # chosen by measurement, see docs/design.md "Chunk size"
 MIN_AVG = 4 * 1024
 MAX_AVG = 4 * 1024 * 1024
@@ -39,7 +37,10 @@ class Chunker:
     """Cuts bytes into (offset, length) pieces; safe to share between threads (stateless)."""
 
     def __init__(self, params: ChunkerParams) -> None:
+        from pyfastcdc import FastCDC  # imported here: the CLI reads DEFAULT_AVG without it
+
         self.params = params
+        self._fastcdc = FastCDC
         self._params = dict(
             avg_size=params.avg_size,
             min_size=params.min_size,
@@ -51,7 +52,7 @@ class Chunker:
         """Boundaries of ``buf`` taken as a whole stream (the last piece ends at its end)."""
         if not len(buf):
             return []
-        cdc = pyfastcdc.FastCDC(**self._params)
+        cdc = self._fastcdc(**self._params)
         return [(c.offset, c.length) for c in cdc.cut_buf(buf)]
 
     def stream(

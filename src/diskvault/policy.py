@@ -16,6 +16,9 @@ Differences from restic, on purpose: buckets use UTC, not the snapshot's local t
 any rule is set, the newest snapshot of every group is always kept (so a ``--keep-tag``-only
 policy never empties a group); there are no ``--keep-within-hourly``-style rules. Raises
 ValueError for a malformed duration.
+
+``parse_max_unused`` reads prune's ``--max-unused`` limit (how much unused space in packs is
+tolerated before repacking); ``DEFAULT_MAX_UNUSED`` is its default.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 UNLIMITED = -1
+DEFAULT_MAX_UNUSED = "2%"  # restic says 5 %; 2 % keeps a pruned series within 5 % of a fresh repository
 
 
 @dataclass(frozen=True)
@@ -186,3 +190,20 @@ def apply_policy(
 def parse_time(text: str) -> datetime:
     """A snapshot record's ISO time (``...Z``) as an aware datetime."""
     return _utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+def parse_max_unused(text: str) -> tuple[str, float]:
+    """``5%``, ``0``, ``200M``, ``unlimited`` -> ("percent"|"bytes"|"unlimited", value);
+    raises ValueError."""
+    s = text.strip().lower()
+    if s == "unlimited":
+        return "unlimited", float("inf")
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", s)
+    if m:
+        pct = float(m.group(1))
+        if pct >= 100:
+            raise ValueError(f"--max-unused {text}: a percentage must be below 100% (or say unlimited)")
+        return "percent", pct
+    m = re.fullmatch(r"(\d+)\s*([kmgt]?)i?b?", s)
+    if m:
+        return "bytes", float(int(m.group(1)) << (10 * " kmgt".index(m.group(2) or " ")))
+    raise ValueError(f"--max-unused {text!r}: give a percentage (5%), a size (200M) or unlimited")

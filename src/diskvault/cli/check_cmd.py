@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from ..ops.check import check as check_op
 from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json
 
 SHOW = 20  # findings printed per kind before "... and N more"
@@ -34,6 +33,8 @@ def check(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
 ) -> None:
     """Check the repository: catalog, packs and snapshots agree; with --read-data, every chunk re-hashes."""
+    from ..ops.check import check as check_op
+
     with open_repo(repo) as r, Bar(progress and not json_out) as bar:
         try:
             report = check_op(r, read_data=read_data, subset=subset, progress=bar)

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress as RichProgress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from ..repository import Repository
+if TYPE_CHECKING:
+    from ..repository import Repository
 
 RepoOpt = Annotated[
     str,
@@ -28,10 +20,9 @@ RepoOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
-err = Console(stderr=True)
-
-
 def open_repo(path: str) -> Repository:
+    from ..repository import Repository
+
     return Repository.open(path)
 
 
@@ -55,16 +46,26 @@ class Bar:
     """A rich progress bar on stderr (bytes, MB/s, ETA); silent when stderr is no terminal."""
 
     def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled and err.is_terminal
-        self._p: RichProgress | None = None
+        self.enabled = enabled and sys.stderr.isatty()
+        self._p = None
         self._task = None
 
     def start(self, total: int | None, what: str) -> None:
         if not self.enabled:
             return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress as RichProgress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._p = RichProgress(
             TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-            TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True,
+            TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
         )
         self._p.start()
         self._task = self._p.add_task(what, total=total)

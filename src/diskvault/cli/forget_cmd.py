@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..ops.forget import ForgetResult, forget_by_policy, forget_snapshots
 from ..policy import Policy, parse_duration, parse_tag_sets
 from .common import JsonOpt, RepoOpt, open_repo, print_json
 from .prune_cmd import DEFAULT_MAX_UNUSED, MaxUnusedOpt, RepackSmallOpt, check_max_unused, print_prune, run_prune
 
+if TYPE_CHECKING:
+    from ..ops.forget import ForgetResult
 
 _HELP = {
     "last": "Keep the N newest snapshots.",
@@ -54,6 +55,8 @@ def forget(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal (prune).")] = True,
 ) -> None:
     """Forget snapshots by retention policy (restic semantics) or by name; data goes with prune."""
+    from ..ops.forget import forget_by_policy, forget_snapshots
+
     counts = {name: _check(v, name) for name, v in (
         ("--keep-last", keep_last), ("--keep-hourly", keep_hourly), ("--keep-daily", keep_daily),
         ("--keep-weekly", keep_weekly), ("--keep-monthly", keep_monthly), ("--keep-yearly", keep_yearly))}

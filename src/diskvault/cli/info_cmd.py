@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from ..ops.info import repository_info, snapshot_info
 from .common import JsonOpt, RepoOpt, human, open_repo, print_json
 
 
@@ -16,6 +15,8 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """Sizes, deduplication ratio and unique bytes, of the repository or one snapshot."""
+    from ..ops.info import repository_info, snapshot_info
+
     with open_repo(repo) as r:
         data = snapshot_info(r, r.resolve(snapshot)) if snapshot else repository_info(r)
     if json_out:

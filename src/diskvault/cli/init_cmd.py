@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from ..chunking import DEFAULT_AVG, parse_size
-from ..ops.init import init_repository
 from .common import JsonOpt, RepoOpt, print_json
 
 
@@ -19,6 +18,8 @@ def init(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a new, empty repository."""
+    from ..ops.init import init_repository
+
     try:
         avg = parse_size(chunk_size)
         r = init_repository(repo, avg)

@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from ..errors import Interrupted
-from ..ops.fuse_mount import check_mountpoint, mount_repository
 from .common import JsonOpt, RepoOpt, open_repo
 
 
@@ -21,6 +20,7 @@ def mount(
     json_out: JsonOpt = False,
 ) -> None:
     """Mount every snapshot read-only: MOUNT/<id>/disk.img, MOUNT/<id>/p<N>.img, MOUNT/latest. Ctrl-C unmounts."""
+    from ..ops.fuse_mount import check_mountpoint, mount_repository
 
     def ready(path: str) -> None:
         if json_out:

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from ..ops.partitions import snapshot_partitions, source_partitions
 from .common import JsonOpt, human, open_repo, print_json
 
 
@@ -19,6 +18,8 @@ def partitions(
     json_out: JsonOpt = False,
 ) -> None:
     """List a snapshot's partitions: number, start, size, type, name (as sfdisk --dump counts them)."""
+    from ..ops.partitions import snapshot_partitions, source_partitions
+
     if source is not None:
         if snapshot is not None:
             raise typer.BadParameter("give either a SNAPSHOT or --source, not both")

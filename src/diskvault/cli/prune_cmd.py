@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..ops.prune import DEFAULT_MAX_UNUSED, PruneResult, parse_max_unused
-from ..ops.prune import prune as prune_op
+from ..policy import DEFAULT_MAX_UNUSED, parse_max_unused
 from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json
+
+if TYPE_CHECKING:
+    from ..ops.prune import PruneResult
 
 MaxUnusedOpt = Annotated[
     str,
@@ -26,6 +28,8 @@ def check_max_unused(value: str) -> None:
 
 
 def run_prune(path: str, max_unused: str, repack_small: bool, dry_run: bool, progress: bool) -> PruneResult:
+    from ..ops.prune import prune as prune_op
+
     with open_repo(path) as r, Bar(progress) as bar:
         return prune_op(r, max_unused=max_unused, repack_small=repack_small, dry_run=dry_run, progress=bar)
 

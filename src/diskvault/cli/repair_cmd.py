@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from ..ops.repair import repair as repair_op
 from .common import JsonOpt, RepoOpt, human, print_json
 
 
@@ -22,6 +21,8 @@ def repair(
     json_out: JsonOpt = False,
 ) -> None:
     """Rebuild the pack/chunk index from the packs themselves (after a lost or damaged catalog)."""
+    from ..ops.repair import repair as repair_op
+
     res = repair_op(repo, rebuild=rebuild_catalog)
     if json_out:
         print_json(res.to_json())

@@ -13,14 +13,13 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from ..ops.damage import merge
-from ..ops.restore import restore as restore_op
-from ..ops.restore_partition import restore_partition
 from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
 
 
 def ddrescue_map(size: int, lost: list[dict]) -> str:
     """A GNU ddrescue mapfile: ``+`` restored, ``-`` not restored."""
+    from ..ops.damage import merge
+
     lines = ["# Mapfile. Created by diskvault restore --skip-damaged", "# current_pos  current_status  current_pass",
              "0x00000000     +               1", "#      pos        size  status"]
     pos = 0
@@ -49,6 +48,8 @@ def restore(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
 ) -> None:
     """Restore a snapshot, verifying every chunk's blake3 on the way."""
+    from ..ops.restore import restore as restore_op
+
     if partition is not None:
         _restore_partition(repo, snapshot, target, partition, force, json_out, progress)
         return
@@ -78,6 +79,8 @@ def restore(
 
 def _restore_partition(repo: str, snapshot: str, target: str, number: int, force: bool, json_out: bool,
                        progress: bool) -> None:
+    from ..ops.restore_partition import restore_partition
+
     with open_repo(repo) as r, Bar(progress and not json_out) as bar:
         res = restore_partition(r, r.resolve(snapshot), number, target, force=force, progress=bar)
     if json_out:

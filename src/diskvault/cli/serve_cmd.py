@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from ..errors import Interrupted
-from ..ops.nbd_server import NbdServer, parse_bind
 from .common import JsonOpt, RepoOpt, open_repo
 
 
@@ -20,6 +19,8 @@ def serve(
     json_out: JsonOpt = False,
 ) -> None:
     """Serve every snapshot read-only over NBD (exports: id, id prefix, latest, latest:TAG; NAME/pN is partition N)."""
+    from ..ops.nbd_server import NbdServer, parse_bind
+
     host, port = parse_bind(bind)
     with open_repo(repo) as r:
         server = NbdServer(r, host, port)

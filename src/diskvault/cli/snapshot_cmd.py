@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from ..ops.snapshot import take_snapshot
 from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
 
 
@@ -17,10 +16,18 @@ def snapshot(
     host: Annotated[str | None, typer.Option(help="Host name to record (default: this host).")] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
+    compression: Annotated[str, typer.Option(
+        "--compression", metavar="auto|lz4|zstd",
+        help="Codec for new chunks: lz4 (fastest), zstd (smallest), auto (zstd while at most 1/8 of the data read is new, else lz4).",
+    )] = "auto",
 ) -> None:
     """Take a snapshot: store only the chunks the repository does not have yet."""
+    from ..ops.snapshot import take_snapshot
+
+    if compression not in ("auto", "lz4", "zstd"):
+        raise typer.BadParameter(f"{compression!r}: choose auto, lz4 or zstd", param_hint="--compression")
     with open_repo(repo) as r, Bar(progress and not json_out) as bar:
-        rec = take_snapshot(r, source, tags=tag, host=host, progress=bar)
+        rec = take_snapshot(r, source, tags=tag, host=host, progress=bar, compression_mode=compression)
     if json_out:
         print_json(rec.to_json())
         return

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from .common import JsonOpt, RepoOpt, human, open_repo, print_json
 
@@ -19,6 +17,9 @@ def snapshots(repo: RepoOpt, json_out: JsonOpt = False) -> None:
     if not snaps:
         typer.echo("no snapshots")
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False)
     for col in ("ID", "TIME", "HOST", "SOURCE", "SIZE", "STORED", "TAGS"):
         table.add_column(col, justify="right" if col in ("SIZE", "STORED") else "left")

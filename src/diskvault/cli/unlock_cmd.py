@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from ..ops.unlock import unlock as unlock_op
 from .common import JsonOpt, RepoOpt, open_repo, print_json
 
 
@@ -16,6 +15,8 @@ def unlock(
     json_out: JsonOpt = False,
 ) -> None:
     """Remove stale locks (process gone, or not refreshed for 30 minutes)."""
+    from ..ops.unlock import unlock as unlock_op
+
     with open_repo(repo) as r:
         res = unlock_op(r, remove_all)
     if json_out:

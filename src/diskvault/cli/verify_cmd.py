@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED, EXIT_DIFFERS
-from ..ops.verify import verify as verify_op
 from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
 
 SHOW = 50
@@ -25,6 +24,8 @@ def verify(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
 ) -> None:
     """Compare a snapshot with a device or image and report the byte ranges that differ."""
+    from ..ops.verify import verify as verify_op
+
     with open_repo(repo) as r, Bar(progress and not json_out) as bar:
         res = verify_op(r, r.resolve(snapshot), source, progress=bar)
     if json_out:

@@ -23,7 +23,6 @@ anywhere leaves every snapshot restorable, and the next prune removes what was l
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,10 +31,10 @@ from ..catalog import BlobLocation
 from ..errors import DamagedData
 from ..hashing import ZERO_ID, short
 from ..pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK
+from ..policy import DEFAULT_MAX_UNUSED, parse_max_unused
 from ..repository import Repository, pack_target_size
 from .progress import NoProgress, Progress
 
-DEFAULT_MAX_UNUSED = "2%"  # restic says 5 %; 2 % keeps a pruned series within 5 % of a fresh repository
 SMALL_FRACTION = 0.8  # --repack-small: packs under this share of the target size
 
 
@@ -84,24 +83,6 @@ class PruneResult:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def parse_max_unused(text: str) -> tuple[str, float]:
-    """``5%``, ``0``, ``200M``, ``unlimited`` -> ("percent"|"bytes"|"unlimited", value);
-    raises ValueError."""
-    s = text.strip().lower()
-    if s == "unlimited":
-        return "unlimited", float("inf")
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", s)
-    if m:
-        pct = float(m.group(1))
-        if pct >= 100:
-            raise ValueError(f"--max-unused {text}: a percentage must be below 100% (or say unlimited)")
-        return "percent", pct
-    m = re.fullmatch(r"(\d+)\s*([kmgt]?)i?b?", s)
-    if m:
-        return "bytes", float(int(m.group(1)) << (10 * " kmgt".index(m.group(2) or " ")))
-    raise ValueError(f"--max-unused {text!r}: give a percentage (5%), a size (200M) or unlimited")
 
 
 def _allowed_unused(limit: tuple[str, float], live_bytes: int) -> float:
