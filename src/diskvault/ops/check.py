@@ -147,9 +147,10 @@ def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[tuple[dict
     report.packs = len(packs)
     out = []
     present: set[str] = set()
+    by_pack = repo.catalog.blobs_by_pack()
     for p in packs:
         name, pid = p["name"], pack_id(p["name"])
-        rows = repo.catalog.pack_blobs(p["id"])
+        rows = by_pack[p["id"]]
         report.blobs += len(rows)
         out.append((p, rows))
         try:

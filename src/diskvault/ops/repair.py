@@ -188,8 +188,8 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
     index: dict[bytes, tuple[str, Entry]] = {}
     old_rows: list[BlobLocation] = []
     if old is not None:
-        for p in old_packs:
-            old_rows.extend(old.pack_blobs(p["id"]))
+        rows_of = old.blobs_by_pack()
+        old_rows = [row for p in old_packs for row in rows_of.get(p["id"], ())]
         by_pack = {name: {e.id: e for e in entries} for name, entries in tables.items()}
         for row in old_rows:
             e = by_pack.get(row.pack, {}).get(row.id)
