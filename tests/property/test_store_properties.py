@@ -21,13 +21,13 @@ image = st.lists(piece, max_size=8).map(b"".join)
 
 
 @settings(max_examples=25)
-@given(data=image)
-def test_any_image_restores_identically(tmp_path_factory, repo_path, data):
+@given(data=image, codec=st.sampled_from(["auto", "lz4", "zstd"]))
+def test_any_image_restores_identically(tmp_path_factory, repo_path, data, codec):
     tmp = tmp_path_factory.mktemp("img")
     src, out = tmp / "src.img", tmp / "out.img"
     src.write_bytes(data)
     with Repository.open(str(repo_path)) as repo:
-        snap = take_snapshot(repo, str(src))
+        snap = take_snapshot(repo, str(src), compression_mode=codec)
         restore(repo, repo.resolve(snap.id), str(out))
     assert out.read_bytes() == data
     assert snap.size == len(data) == snap.data_bytes + snap.zero_bytes

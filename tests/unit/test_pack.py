@@ -78,3 +78,29 @@ def test_compression_falls_back_to_raw_and_detects_bad_payloads():
         compression.decompress(packed[:-3], flags, 4096)
     with pytest.raises(DamagedData):
         compression.decompress(b"short", 0, 4096)
+
+
+@pytest.mark.parametrize("codec, flag", [("lz4", compression.FLAG_LZ4), ("zstd", compression.FLAG_ZSTD)])
+def test_each_codec_round_trips_and_detects_bad_payloads(codec, flag):
+    text = b"".join(b"line %d of a log file\n" % i for i in range(3000))
+    packed, flags = compression.compress(text, codec)
+    assert flags == flag and len(packed) < len(text) // 4
+    assert bytes(compression.decompress(packed, flags, len(text))) == text
+    for bad in (packed[:-3], packed[:10] + bytes(len(packed) - 10)):
+        with pytest.raises(DamagedData):
+            compression.decompress(bad, flags, len(text))
+    with pytest.raises(DamagedData, match="expected"):  # a payload that decodes to another size
+        compression.decompress(packed, flags, len(text) + 1)
+    raw = random_bytes(4096, 5)
+    assert compression.compress(raw, codec) == (raw, 0)
+
+
+def test_zstd_is_smaller_than_lz4_on_text():
+    text = b"".join(b"%d: the quick brown fox %d jumps\n" % (i, i * 7919 % 1000) for i in range(4000))
+    assert len(compression.compress(text, "zstd")[0]) < len(compression.compress(text, "lz4")[0])
+
+
+@pytest.mark.parametrize("flags", [0x08, 0x80, compression.FLAG_LZ4 | compression.FLAG_ZSTD])
+def test_unknown_flags_are_reported_not_guessed(flags):
+    with pytest.raises(DamagedData, match="unknown flags"):
+        compression.decompress(b"x" * 16, flags, 16)

@@ -1,0 +1,82 @@
+"""The codec of new chunks: lz4 for a first image, zstd for an incremental (auto), or forced."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from helpers import random_bytes, run_cli
+
+from diskvault import compression
+
+
+def text_image(size: int, seed: int) -> bytearray:
+    """Compressible, chunk-friendly bytes: log-like lines with varying numbers."""
+    out = bytearray()
+    i = seed
+    while len(out) < size:
+        out += b"%08d host kernel: event %d handled in %d us, queue %d\n" % (i, i * 7919 % 100003, i % 977, i % 13)
+        i += 1
+    return out[:size]
+
+
+def entry_flags(repo, pack_ids=None) -> dict[int, int]:
+    """flags -> number of chunk entries (type 1), over the given packs (default: all)."""
+    with sqlite3.connect(repo / "catalog.sqlite") as c:
+        rows = c.execute("SELECT pack, flags FROM blobs WHERE type=1").fetchall()
+    out: dict[int, int] = {}
+    for pack, flags in rows:
+        if pack_ids is None or pack in pack_ids:
+            out[flags] = out.get(flags, 0) + 1
+    return out
+
+
+def packs(repo) -> set[int]:
+    with sqlite3.connect(repo / "catalog.sqlite") as c:
+        return {r[0] for r in c.execute("SELECT id FROM packs")}
+
+
+def test_auto_uses_lz4_for_a_first_image_and_zstd_for_an_incremental(tmp_path, repo_path):
+    img = tmp_path / "disk.img"
+    data = text_image(6 << 20, 1)
+    img.write_bytes(data)
+    first = json.loads(run_cli("snapshot", "-r", repo_path, img, "--json").stdout)
+    assert entry_flags(repo_path) == {compression.FLAG_LZ4: first["new_chunks"]}
+
+    before = packs(repo_path)
+    for at in range(0, len(data), 1 << 20):  # one small edit per MiB: ~3% of the chunks change
+        data[at + 5000 : at + 5040] = random_bytes(40, at)
+    img.write_bytes(data)
+    second = json.loads(run_cli("snapshot", "-r", repo_path, img, "--json").stdout)
+    new_packs = packs(repo_path) - before
+    assert 0 < second["new_chunks"] < first["new_chunks"] // 4
+    assert entry_flags(repo_path, new_packs) == {compression.FLAG_ZSTD: second["new_chunks"]}
+
+    out = tmp_path / "out.img"
+    run_cli("restore", "-r", repo_path, second["id"], out)
+    assert out.read_bytes() == bytes(data)
+
+
+def test_auto_switches_to_lz4_when_most_of_an_image_is_new(tmp_path, repo_path):
+    (tmp_path / "a.img").write_bytes(text_image(1 << 20, 1))
+    run_cli("snapshot", "-r", repo_path, tmp_path / "a.img")
+    before = packs(repo_path)
+    (tmp_path / "b.img").write_bytes(text_image(100 << 20, 10**7))  # another disk: all new
+    snap = json.loads(run_cli("snapshot", "-r", repo_path, tmp_path / "b.img", "--json").stdout)
+    flags = entry_flags(repo_path, packs(repo_path) - before)
+    assert sum(flags.values()) == snap["new_chunks"]
+    # the first ~9 MiB may still go to zstd (the repository's prior), the bulk is lz4
+    assert flags.get(compression.FLAG_LZ4, 0) > 8 * flags.get(compression.FLAG_ZSTD, 0)
+
+
+def test_forced_codecs_and_a_bad_one(tmp_path, repo_path):
+    img = tmp_path / "disk.img"
+    img.write_bytes(text_image(2 << 20, 3))
+    snap = json.loads(run_cli("snapshot", "-r", repo_path, img, "--compression", "zstd", "--json").stdout)
+    assert entry_flags(repo_path) == {compression.FLAG_ZSTD: snap["new_chunks"]}
+    img.write_bytes(text_image(2 << 20, 10**6))
+    snap = json.loads(run_cli("snapshot", "-r", repo_path, img, "--compression", "lz4", "--json").stdout)
+    assert entry_flags(repo_path)[compression.FLAG_LZ4] == snap["new_chunks"]
+    bad = run_cli("snapshot", "-r", repo_path, img, "--compression", "brotli", check=False)
+    assert bad.returncode == 2 and b"choose auto, lz4 or zstd" in bad.stderr
+    assert run_cli("check", "-r", repo_path, "--read-data").returncode == 0
