@@ -48,7 +48,7 @@ def snapshot_leaves(repo, path: str) -> list[tuple[bytes, int]]:
 
 
 segments = st.lists(
-    st.tuples(st.sampled_from(["random", "zeros", "repeat", "hole"]), st.integers(1, 300_000), st.integers(0, 99)),
+    st.tuples(st.sampled_from(["random", "zeros", "repeat", "period", "hole"]), st.integers(1, 300_000), st.integers(0, 99)),
     min_size=1, max_size=8,
 )
 
@@ -67,6 +67,9 @@ def test_windows_give_the_stream_boundaries(tmp_path_factory, segs, window):
                 f.write(bytes(n))
             elif kind == "repeat":
                 f.write((b"line %d of a log\n" % seed) * (n // 16 + 1))
+            elif kind == "period":  # a random block over and over: chunks repeat within a window
+                block = random_bytes(1000 + seed * 1499, seed)
+                f.write((block * (n // len(block) + 1))[:n])
             else:
                 f.seek(n + (2 << 20), os.SEEK_CUR)  # a real hole (longer than HOLE_MERGE)
         f.truncate()
@@ -104,3 +107,24 @@ def test_stdin_like_stream_without_size(tmp_path, repo, window, monkeypatch):
         os.waitpid(pid, 0)
     got = [(leaf.id, leaf.length) for leaf in repo.tree().leaves(bytes.fromhex(rec.tree))]
     assert got == reference_leaves(repo, str(img))
+
+
+def test_repeat_of_a_replaced_speculative_chunk_is_stored(tmp_path, repo, monkeypatch):
+    """A window's speculative first chunk is replaced by the stitch; when the same chunk comes
+    again later in that window, that later occurrence must be stored (it is the only one)."""
+    period = random_bytes(400_000, 33)[:94_260]  # cut by FastCDC (16K) at every multiple of its length
+    window = 256 << 10
+    # the window at 256K starts with the period: its speculative first chunk (period[:6838],
+    # replaced by the stitch) comes once more, at 256K + len(period), and nowhere else
+    data = random_bytes(window, 1) + period + period[:20_000] + random_bytes(300_000, 2)
+    img = tmp_path / "a.img"
+    img.write_bytes(data)
+    monkeypatch.setattr(snapshot_mod, "BUFFER", window)
+    spec = {o for o, _ in repo.chunker.cut(data[window : 2 * window])}
+    true = {o - window for o, _ in repo.chunker.cut(data)}
+    assert {0, len(period)} <= spec and 0 not in true and len(period) in true
+    rec = snapshot_mod.take_snapshot(repo, str(img))
+    out = tmp_path / "out.img"
+    restore(repo, rec, str(out))
+    assert out.read_bytes() == data
+    assert [(leaf.id, leaf.length) for leaf in repo.tree().leaves(bytes.fromhex(rec.tree))] == reference_leaves(repo, str(img))

@@ -1,22 +1,26 @@
 """Take a snapshot of an image file, block device or stdin.
 
-Pipeline, with cutting, hashing and compressing spread over the worker threads:
+Pipeline, with reading, cutting, hashing and compressing spread over the worker threads:
 
-1. the calling thread reads each data extent of the source (holes are skipped) into
-   consecutive 8 MiB windows from a fixed pool of recycled buffers;
-2. two worker threads each take a window and *speculatively* cut it with FastCDC as if a
-   chunk started at the window's first byte, then hash (blake3) its chunks, spot all-zero
-   chunks (see _Zeros), ask the catalog in one query which are new and lz4-compress those;
+1. the calling thread splits each data extent of the source (holes are skipped) into
+   consecutive 8 MiB windows and hands each, with a buffer from a fixed pool of recycled
+   buffers, to a worker (stdin, which cannot be read at an offset, is read here, in order);
+2. two worker threads each read a window (``preadv``, so the bytes are still in the CPU's
+   cache for what follows), cut it with FastCDC *speculatively*, as if a chunk started at
+   the window's first byte, hash (blake3) its chunks, spot all-zero chunks (see _Zeros),
+   ask the catalog in one query which are new and compress those (codec: see _Codec);
 3. one writer thread takes the windows in source order and *stitches* them: it carries the
    unfinished last chunk of the previous window and cuts on from its true start until a cut
    lands on one of the window's speculative chunk starts. FastCDC's state after a cut is
    only its position, so from that point on the speculative cuts are the true ones (a few
    chunks per window are re-cut and re-hashed here; if no cut ever coincides, the whole
    window is cut here). Boundaries are therefore exactly those of ``Chunker.stream``
-   over the extent. The writer appends new chunks to packs in source order and builds the
-   snapshot's chunk-list tree, then gives the buffer back to the pool.
+   over the extent. The writer appends new chunks to packs in source order (compressing
+   any new chunk the workers left to it: a speculative window's first chunks, and a repeat
+   whose first occurrence the stitch replaced) and builds the snapshot's chunk-list tree,
+   then gives the buffer back to the pool.
 
-The reader blocks when all BUFFERS buffers are in flight, so memory is bounded by buffer
+The calling thread blocks when all BUFFERS buffers are in flight, so memory is bounded by buffer
 sizes, never by image size, and no buffer is re-allocated (fresh 8 MiB allocations cost a
 page fault per 4 KiB on every use).
 
@@ -50,13 +54,16 @@ from .progress import NoProgress, Progress
 BUFFER = 8 << 20
 BUFFERS = 6  # recycled read buffers: at most this many windows are in flight
 WORKERS = 2
+SPECULATIVE_DEFER = 2  # leading chunks of a speculative window compressed only if the stitch keeps them
 
 
 @dataclass
 class _Item:
     id: bytes
     length: int
-    payload: bytes | memoryview | None = None  # set when the chunk looked new
+    new: bool = False  # not in the catalog when looked up
+    data: memoryview | None = None  # a new chunk's bytes (a view into its window)
+    payload: bytes | memoryview | None = None  # compressed already (else the writer does it)
     flags: int = 0
 
 
@@ -110,27 +117,32 @@ class _Codec:
 
 
 def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], zeros: _Zeros,
-             codec: _Codec) -> list[_Item]:
-    """Hash, zero-detect, look up and compress the chunks ``cuts`` of ``view``."""
+             codec: _Codec, defer: int = 0) -> list[_Item]:
+    """Hash, zero-detect and look up the chunks ``cuts`` of ``view``, and compress the new
+    ones, except the first ``defer`` (a speculative window's first chunks are usually
+    replaced by the stitch: the writer compresses them if they survive) and repeats of a
+    chunk (the writer stores the first occurrence that survives, see ``consume``)."""
     items: list[_Item] = []
     for off, n in cuts:
         ident = content_id(view[off : off + n])
         items.append(_Item(ZERO_ID if zeros.test(view, off, n, ident) else ident, n))
     known = repo.catalog.known({it.id for it in items if it.id != ZERO_ID})
     seen: set[bytes] = set()
-    new: list[tuple[_Item, int, int]] = []
+    fresh: list[_Item] = []
     data = 0
-    for it, (off, n) in zip(items, cuts):
+    for i, (it, (off, n)) in enumerate(zip(items, cuts)):
         if it.id == ZERO_ID:
             continue
         data += n
-        if it.id in known or it.id in seen:
+        if it.id in known:
             continue
-        seen.add(it.id)
-        new.append((it, off, n))
-    name = codec.choose(data, sum(n for _, _, n in new))
-    for it, off, n in new:
-        it.payload, it.flags = compression.compress(view[off : off + n], name)
+        it.new, it.data = True, view[off : off + n]
+        if i >= defer and it.id not in seen:
+            seen.add(it.id)
+            fresh.append(it)
+    name = codec.choose(data, sum(it.length for it in fresh))
+    for it in fresh:
+        it.payload, it.flags = compression.compress(it.data, name)
     return items
 
 
@@ -145,14 +157,22 @@ class _Window:
     tail: int  # start of the unfinished last piece; len(view) when final
 
 
-def _speculate(repo: Repository, view: memoryview, final: bool, zeros: _Zeros, codec: _Codec) -> _Window:
+def _speculate(repo: Repository, view: memoryview, final: bool, zeros: _Zeros, codec: _Codec,
+               first: bool) -> _Window:
     cuts = repo.chunker.cut(view)
     tail = len(view)
     if not final and cuts:
         tail = cuts.pop()[0]
     starts = {off: i for i, (off, _) in enumerate(cuts)}
     starts[tail] = len(cuts)
-    return _Window(view, final, _process(repo, view, cuts, zeros, codec), starts, tail)
+    items = _process(repo, view, cuts, zeros, codec, defer=0 if first else SPECULATIVE_DEFER)
+    return _Window(view, final, items, starts, tail)
+
+
+def _read_and_speculate(repo: Repository, fill: Callable[[memoryview], int], view: memoryview, final: bool,
+                        zeros: _Zeros, codec: _Codec, first: bool) -> _Window:
+    fill(view)  # reads all of it or raises SourceError
+    return _speculate(repo, view, final, zeros, codec, first)
 
 
 def _stitch(repo: Repository, w: _Window, head: bytes | None, zeros: _Zeros,
@@ -232,7 +252,9 @@ def _take_snapshot(
                 builder.add_zero(it.length)
                 stats["zero_bytes"] += it.length
                 continue
-            if it.payload is not None and not writer.has(it.id):
+            if it.new and not writer.has(it.id):
+                if it.payload is None:  # deferred, or a repeat whose first occurrence was replaced
+                    it.payload, it.flags = compression.compress(it.data, codec.choose(0, 0))
                 stats["stored_bytes"] += writer.add(it.id, TYPE_CHUNK, it.payload, it.flags, it.length)
                 stats["new_chunks"] += 1
                 stats["new_bytes"] += it.length
@@ -275,7 +297,16 @@ def _take_snapshot(
             if not is_data:
                 ordered.put(length)
                 continue
-            fill = source.filler(offset, length)
+            if length >= 0:  # seekable: each worker reads its own window, cache-hot and in parallel
+                end = offset + length
+                for pos in range(offset, end, BUFFER):
+                    n = min(BUFFER, end - pos)
+                    view = memoryview(acquire())[:n]
+                    job = pool.submit(_read_and_speculate, repo, source.filler(pos, n), view, pos + n == end, zeros, codec,
+                                      pos == offset)
+                    ordered.put((job, pos == offset))
+                continue
+            fill = source.filler(offset, length)  # stdin: read here, in order
             first, done = True, 0
             while True:
                 buf = acquire()
@@ -283,7 +314,7 @@ def _take_snapshot(
                 done += got
                 final = got < BUFFER or done == length
                 view = memoryview(buf)[:got]
-                ordered.put((pool.submit(_speculate, repo, view, final, zeros, codec), first))
+                ordered.put((pool.submit(_speculate, repo, view, final, zeros, codec, first), first))
                 first = False
                 if final:
                     break
