@@ -99,7 +99,8 @@ class Diskvault(Tool):
         self.check_env = dict(ENV, PYTHONPATH=check_src) if check_src else ENV
         self.has_check = b"--read-data" in subprocess.run(
             [PY, "-m", "diskvault", "check", "--help"], env=self.check_env, capture_output=True).stdout
-        self.settings = "defaults (lz4, 64 KiB average chunks)"
+        self.settings = ("defaults: 64 KiB average chunks, `--compression auto` (lz4 while much of the data read is new, "
+                         "as in the full snapshot; zstd level 3 for an incremental's few new chunks)")
         self.check_label = ("`check --read-data`" if self.has_check else
                             "stand-in: benchmarks/verify_packs.py (sequential read + lz4 + blake3 of every pack "
                             "entry, 2 threads) because `check --read-data` is not on this branch")

@@ -255,41 +255,44 @@ def _check_trees(repo: Repository, snaps: list[SnapshotRecord], report: CheckRep
 # --- data ----------------------------------------------------------------------------
 
 
-def _verify_pack(repo: Repository, name: str, rows: list[BlobLocation], advance: Callable[[int], None]) -> tuple[list[tuple[BlobLocation, str]], int]:
-    """Read a pack's data area sequentially and verify each catalogued blob; returns
-    ``[(row, message)]`` of the bad ones and the bytes read."""
-    bad: list[tuple[BlobLocation, str]] = []
-    done = 0
+def _segments(rows: list[BlobLocation]) -> list[list[BlobLocation]]:
+    """A pack's rows (by offset) in runs that each span at most SEGMENT bytes (one read each)."""
+    out: list[list[BlobLocation]] = []
     i = 0
+    while i < len(rows):
+        start, j = rows[i].offset, i + 1
+        while j < len(rows) and rows[j].offset + rows[j].stored_len - start <= SEGMENT:
+            j += 1
+        out.append(rows[i:j])
+        i = j
+    return out
+
+
+def _verify_segment(repo: Repository, name: str, size: int, rows: list[BlobLocation],
+                    advance: Callable[[int], None]) -> tuple[list[tuple[BlobLocation, str]], int]:
+    """Read one run of a pack's data area and verify each of its blobs; returns
+    ``[(row, message)]`` of the bad ones and the bytes read."""
+    start = rows[0].offset
+    end = min(max(r.offset + r.stored_len for r in rows), size)
     try:
-        size = repo.storage.size(name)
+        data = memoryview(repo.storage.read_range(name, start, max(0, end - start)))
     except FileNotFoundError:
         return [(r, f"blob {short(r.id)}: pack {pack_id(name)} is missing") for r in rows], 0
-    while i < len(rows):
-        start = rows[i].offset
-        j, end = i, start
-        while j < len(rows) and (j == i or rows[j].offset + rows[j].stored_len - start <= SEGMENT):
-            end = max(end, rows[j].offset + rows[j].stored_len)
-            j += 1
+    except OSError as exc:
+        return [(r, f"blob {short(r.id)}: pack {pack_id(name)} cannot be read: {exc.strerror}") for r in rows], 0
+    bad: list[tuple[BlobLocation, str]] = []
+    for r in rows:
+        a = r.offset - start
+        piece = data[a : a + r.stored_len]
+        if len(piece) != r.stored_len:
+            bad.append((r, f"blob {short(r.id)} lies past the end of pack {pack_id(name)} (truncated)"))
+            continue
         try:
-            data = memoryview(repo.storage.read_range(name, start, min(end, size) - start if size > start else 0))
-        except OSError as exc:
-            bad.extend((r, f"blob {short(r.id)}: pack {pack_id(name)} cannot be read: {exc.strerror}") for r in rows[i:])
-            break
-        done += len(data)
-        for r in rows[i:j]:
-            a = r.offset - start
-            piece = data[a : a + r.stored_len]
-            if len(piece) != r.stored_len:
-                bad.append((r, f"blob {short(r.id)} lies past the end of pack {pack_id(name)} (truncated)"))
-                continue
-            try:
-                repo.decode(r, piece)
-            except DamagedData as exc:
-                bad.append((r, str(exc)))
-        advance(len(data))
-        i = j
-    return bad, done
+            repo.decode(r, piece)
+        except DamagedData as exc:
+            bad.append((r, str(exc)))
+    advance(len(data))
+    return bad, len(data)
 
 
 def _read_data(repo: Repository, packs: list[tuple[dict, list[BlobLocation]]], present: set[str],
@@ -304,18 +307,28 @@ def _read_data(repo: Repository, packs: list[tuple[dict, list[BlobLocation]]], p
 
     started = time.monotonic()
     progress.start(total, "read data")
+    # Work is dealt out by segment, not by pack: both threads stay busy to the end.
+    bad: list[tuple[dict, BlobLocation, str]] = []
+    jobs: list[tuple[dict, int, list[BlobLocation]]] = []
+    for p, rows in chosen:
+        try:
+            size = repo.storage.size(p["name"])
+        except FileNotFoundError:
+            bad.extend((p, r, f"blob {short(r.id)}: pack {pack_id(p['name'])} is missing") for r in rows)
+            continue
+        jobs.extend((p, size, seg) for seg in _segments(rows))
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="diskvault-check") as pool:
-        results = list(pool.map(lambda pr: _verify_pack(repo, pr[0]["name"], pr[1], advance), chosen))
-    seconds = time.monotonic() - started
-    bytes_read = blobs = 0
-    for (p, rows), (bad, done) in zip(chosen, results):
+        results = list(pool.map(lambda job: _verify_segment(repo, job[0]["name"], job[1], job[2], advance), jobs))
+    bytes_read = 0
+    for (p, _, _), (seg_bad, done) in zip(jobs, results):
         bytes_read += done
-        blobs += len(rows)
-        for r, reason in bad:
-            if r.type == TYPE_TREE:
-                reason = f"{reason} (a tree node)"
-            report.errors.append(Finding("blob-damaged", reason,
-                                         pack=pack_id(p["name"]), blob=r.id.hex(), ids={r.id}))
+        bad.extend((p, r, reason) for r, reason in seg_bad)
+    seconds = time.monotonic() - started
+    for p, r, reason in bad:
+        if r.type == TYPE_TREE:
+            reason = f"{reason} (a tree node)"
+        report.errors.append(Finding("blob-damaged", reason, pack=pack_id(p["name"]), blob=r.id.hex(), ids={r.id}))
+    blobs = sum(len(rows) for _, rows in chosen)
     report.read_data = {
         "subset": subset.spec if subset else "all",
         "packs": len(chosen),
