@@ -121,7 +121,7 @@ def write(raw: dict, docs: Path) -> None:
         a(f"- **{k}**: {v['size'] / MIB:,.0f} MiB, {v['allocated'] / MIB:,.0f} MiB allocated (`{v['path']}`)")
     if raw.get("huge"):
         h = raw["huge"]
-        a(f"- **huge** (diskvault only, for memory): {h['size'] / MIB:,.0f} MiB sparse, "
+        a(f"- **huge** (diskvault only, for memory; the same data as vm): {h['size'] / MIB:,.0f} MiB sparse, "
           f"{h['allocated'] / MIB:,.0f} MiB allocated; full snapshot median {med(h, 'full_s'):.1f} s, "
           f"peak RSS {max(h['full_rss']) / MIB:.0f} MiB")
     a(f"- The change from ext4 to ext4 changed (debugfs -w): {raw['change']}.")
@@ -190,11 +190,16 @@ def write(raw: dict, docs: Path) -> None:
     goals.append(("peak RSS ≤ 150 MiB", bool(rss_all and max(rss_all) <= 150 * MIB),
                   f"max {fmt(max(rss_all) / MIB if rss_all else None)} MiB over all images"))
     huge = raw.get("huge") or {}
-    if ntfs.get("diskvault") and huge.get("full_rss"):
-        small, big = ntfs["diskvault"]["rss"], max(huge["full_rss"])
-        goals.append((f"a {huge['size'] >> 30} GiB image needs no more memory than a "
-                      f"{raw['images']['ntfs']['size'] >> 30} GiB one", big <= small * 1.05,
-                      f"{big / MIB:.0f} vs {small / MIB:.0f} MiB (peak RSS of the full snapshot)"))
+    if vm.get("diskvault") and huge.get("full_rss"):
+        # The 64 GiB image holds the same data as the 8 GiB VM image (benchmarks/images.py):
+        # any difference in memory comes from the image size alone. 5%: run-to-run noise.
+        small, big = vm["diskvault"]["rss"], max(huge["full_rss"])
+        one = ntfs.get("diskvault", {}).get("rss")
+        goals.append((f"a {huge['size'] >> 30} GiB image needs no more memory than a smaller one", big <= small * 1.05,
+                      f"{big / MIB:.0f} MiB for {huge['size'] >> 30} GiB vs {small / MIB:.0f} MiB for the "
+                      f"{raw['images']['vm']['size'] >> 30} GiB image with the same data"
+                      + (f" ({one / MIB:.0f} MiB for the 1 GiB NTFS image)" if one else "")
+                      + " (peak RSS of the full snapshot)"))
     for step in ("full", "incremental"):
         w, i = eff[step]
         goals.append((f"{step} ≥ 70% of ceiling", bool(w and w >= 0.7),
