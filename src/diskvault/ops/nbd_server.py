@@ -79,6 +79,7 @@ PREFERRED_BLOCK = 64 << 10
 MAX_EXTENTS = 4096  # block status descriptors per reply
 MIN_HOLE = 4096  # zero runs in a read shorter than this are sent as data
 IOV_BATCH = 512
+READAHEAD = 2 << 20  # a sequential reader's chunks are fetched (and verified) this far ahead
 
 
 class _Closed(Exception):
@@ -119,7 +120,7 @@ class NbdServer:
     def __init__(self, repo: Repository, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  log: Callable[[str], None] | None = None) -> None:
         self.repo = repo
-        self.ctx = ReadContext(repo)
+        self.ctx = ReadContext(repo, prefetch=False, readahead=READAHEAD)
         self.log = log or (lambda msg: print(f"diskvault serve: {msg}", file=sys.stderr, flush=True))
         self._readers: dict[str, SnapshotReader] = {}
         self._tables: dict[str, object] = {}
@@ -219,8 +220,9 @@ class NbdServer:
         self.ctx.close()
 
     def _client(self, conn: socket.socket, peer) -> None:
+        c = _Connection(self, conn)
         try:
-            _Connection(self, conn).run()
+            c.run()
         except (_Closed, ConnectionError, OSError):
             pass
         except Exception as exc:  # a bug: keep serving the other clients
@@ -228,6 +230,7 @@ class NbdServer:
         finally:
             with self._lock:
                 self._conns.discard(conn)
+            c.rfile.close()
             conn.close()
 
 
@@ -239,27 +242,24 @@ class _Connection:
         self.meta = False  # base:allocation selected
         self.no_zeroes = False
         self.stream = Stream()
-        self.send_lock = threading.Lock()
+        self.rfile = sock.makefile("rb", buffering=64 << 10)  # many request headers per recv
 
     # --- socket helpers -------------------------------------------------------------------
     def recv(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            part = self.sock.recv(min(n - len(buf), 1 << 20))
-            if not part:
-                raise _Closed
-            buf += part
-        return bytes(buf)
+        data = self.rfile.read(n)
+        if len(data) < n:
+            raise _Closed
+        return data
 
     def drain(self, n: int) -> None:
         while n:
-            part = self.sock.recv(min(n, 1 << 20))
+            part = self.rfile.read(min(n, 1 << 20))
             if not part:
                 raise _Closed
             n -= len(part)
 
     def send(self, bufs: list) -> None:
-        bufs = [memoryview(b).cast("B") for b in bufs if len(b)]
+        bufs = [b for b in bufs if len(b)]
         while bufs:
             batch = bufs[:IOV_BATCH]
             sent = self.sock.sendmsg(batch)
@@ -269,7 +269,7 @@ class _Connection:
                 done += 1
             bufs = bufs[done:]
             if sent:
-                bufs[0] = bufs[0][sent:]
+                bufs[0] = memoryview(bufs[0])[sent:]
 
     def reply_opt(self, opt: int, kind: int, data: bytes = b"") -> None:
         self.send([struct.pack(">QIII", REPLY_MAGIC, opt, kind, len(data)), data])
@@ -405,6 +405,7 @@ class _Connection:
 
     # --- transmission ---------------------------------------------------------------------------
     def transmission(self, ex: Export) -> None:
+        """Serve requests one after the other until DISC or EOF (see the module docstring)."""
         while True:
             magic, flags, cmd, cookie, offset, length = struct.unpack(">IHHQQI", self.recv(28))
             if magic != REQUEST_MAGIC:
@@ -413,37 +414,38 @@ class _Connection:
                 return
             if cmd == CMD_WRITE:
                 self.drain(length)
-                self.error(cookie, errno.EPERM, "the export is read-only")
-                continue
-            if cmd in (CMD_TRIM, CMD_WRITE_ZEROES):
-                self.error(cookie, errno.EPERM, "the export is read-only")
-                continue
-            if cmd == CMD_FLUSH:
-                self.done(cookie)
-                continue
-            if cmd not in (CMD_READ, CMD_CACHE, CMD_BLOCK_STATUS):
-                self.error(cookie, errno.EINVAL, f"unknown command {cmd}")
-                continue
-            if offset + length > ex.size:
-                self.error(cookie, errno.EINVAL, "request past the end of the export")
-                continue
-            if cmd == CMD_CACHE:
-                ex.reader.prefetch(ex.base + offset, length)
-                self.done(cookie)
-                continue
-            if cmd == CMD_BLOCK_STATUS:
-                self.block_status(ex, cookie, flags, offset, length)
-                continue
-            if length > MAX_REQUEST:
-                self.error(cookie, errno.EOVERFLOW if self.structured else errno.EINVAL, "read larger than 32 MiB")
-                continue
-            try:
-                segs = ex.reader.segments(ex.base + offset, length, self.stream)
-            except (DiskvaultError, OSError) as exc:  # damaged or unreadable data: EIO, keep serving
-                self.server.log(f"read of {length} bytes at {offset} of export {ex.name!r} failed: {exc}")
-                self.error(cookie, errno.EIO, str(exc)[:512])
-                continue
-            self.read_reply(ex, cookie, flags, segs)
+            self.handle(ex, flags, cmd, cookie, offset, length)
+
+    def handle(self, ex: Export, flags: int, cmd: int, cookie: int, offset: int, length: int) -> None:
+        if cmd in (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES):
+            self.error(cookie, errno.EPERM, "the export is read-only")
+            return
+        if cmd == CMD_FLUSH:
+            self.done(cookie)
+            return
+        if cmd not in (CMD_READ, CMD_CACHE, CMD_BLOCK_STATUS):
+            self.error(cookie, errno.EINVAL, f"unknown command {cmd}")
+            return
+        if offset + length > ex.size:
+            self.error(cookie, errno.EINVAL, "request past the end of the export")
+            return
+        if cmd == CMD_CACHE:
+            ex.reader.prefetch(ex.base + offset, length)
+            self.done(cookie)
+            return
+        if cmd == CMD_BLOCK_STATUS:
+            self.block_status(ex, cookie, flags, offset, length)
+            return
+        if length > MAX_REQUEST:
+            self.error(cookie, errno.EOVERFLOW if self.structured else errno.EINVAL, "read larger than 32 MiB")
+            return
+        try:
+            segs = ex.reader.segments(ex.base + offset, length, self.stream)
+        except (DiskvaultError, OSError) as exc:  # damaged or unreadable data: EIO, keep serving
+            self.server.log(f"read of {length} bytes at {offset} of export {ex.name!r} failed: {exc}")
+            self.error(cookie, errno.EIO, str(exc)[:512])
+            return
+        self.read_reply(ex, cookie, flags, segs)
 
     def done(self, cookie: int) -> None:
         if self.structured:
