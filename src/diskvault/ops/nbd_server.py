@@ -79,7 +79,9 @@ PREFERRED_BLOCK = 64 << 10
 MAX_EXTENTS = 4096  # block status descriptors per reply
 MIN_HOLE = 4096  # zero runs in a read shorter than this are sent as data
 IOV_BATCH = 512
+REQUEST = struct.Struct(">IHHQQI")  # magic, flags, command, cookie, offset, length
 READAHEAD = 2 << 20  # a sequential reader's chunks are fetched (and verified) this far ahead
+SNDBUF = 4 << 20  # socket send buffer: a few replies queued while the client reads
 
 
 class _Closed(Exception):
@@ -198,7 +200,8 @@ class NbdServer:
                 raise
             conn.settimeout(None)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            if SNDBUF:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
             with self._lock:
                 self._conns.add(conn)
             threading.Thread(target=self._client, args=(conn, peer), daemon=True,
@@ -407,7 +410,7 @@ class _Connection:
     def transmission(self, ex: Export) -> None:
         """Serve requests one after the other until DISC or EOF (see the module docstring)."""
         while True:
-            magic, flags, cmd, cookie, offset, length = struct.unpack(">IHHQQI", self.recv(28))
+            magic, flags, cmd, cookie, offset, length = REQUEST.unpack(self.recv(28))
             if magic != REQUEST_MAGIC:
                 raise _Closed
             if cmd == CMD_DISC:
@@ -417,6 +420,9 @@ class _Connection:
             self.handle(ex, flags, cmd, cookie, offset, length)
 
     def handle(self, ex: Export, flags: int, cmd: int, cookie: int, offset: int, length: int) -> None:
+        if cmd == CMD_READ and offset + length <= ex.size and length <= MAX_REQUEST:
+            self.read(ex, flags, cookie, offset, length)
+            return
         if cmd in (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES):
             self.error(cookie, errno.EPERM, "the export is read-only")
             return
@@ -436,9 +442,9 @@ class _Connection:
         if cmd == CMD_BLOCK_STATUS:
             self.block_status(ex, cookie, flags, offset, length)
             return
-        if length > MAX_REQUEST:
-            self.error(cookie, errno.EOVERFLOW if self.structured else errno.EINVAL, "read larger than 32 MiB")
-            return
+        self.error(cookie, errno.EOVERFLOW if self.structured else errno.EINVAL, "read larger than 32 MiB")
+
+    def read(self, ex: Export, flags: int, cookie: int, offset: int, length: int) -> None:
         try:
             segs = ex.reader.segments(ex.base + offset, length, self.stream)
         except (DiskvaultError, OSError) as exc:  # damaged or unreadable data: EIO, keep serving
