@@ -12,17 +12,32 @@ Export names: a snapshot id, a unique id prefix, ``latest`` or ``latest:TAG`` (t
 name means ``latest``); ``NAME/pN`` is partition N of that snapshot. Names are resolved
 when a client asks, so snapshots taken while serving are exported too.
 
-One thread per client connection, all sharing one ReadContext (chunk cache, prefetch);
-each connection is a Stream, so sequential readers get prefetch. A failing read (damaged
-chunk) is answered EIO and logged on stderr; the connection stays up. ``serve`` binds
-loopback by default, reports a busy port as TargetError, and stops on KeyboardInterrupt by
-closing the listening socket and every connection.
+Speed (measured with ``benchmarks/nbd_throughput.py``; see docs/access.md): one thread per
+client connection reads requests through a buffered reader (a client with many requests in
+flight sends many headers per recv) and serves them in order, inline: find the chunks,
+read and verify them, ``sendmsg`` the header and the chunk views in one call. All
+connections share one ReadContext (the bounded chunk cache). A connection is a Stream: once
+its reads are sequential, each fetch also reads and verifies the next READAHEAD bytes in
+the same pack reads (``ReadContext.readahead``), so a 256 KiB request mostly finds its
+chunks cached. No worker pool, no background prefetch: on CPython the work is bound by the
+GIL between short C calls, and every extra runnable thread turned into futex hand-offs
+(a per-connection pool or the old prefetch threads cost 25-50% more CPU for the same bytes);
+clients that want parallelism open several connections (``nbdcopy`` opens one per core,
+exports advertise multi-conn). Chunks are never served from a pack mapping (mmap would save
+the pread copy, but a verified chunk must stay the bytes served, and a pack read error would
+be SIGBUS rather than EIO).
+
+A failing read (damaged chunk) is answered EIO and logged on stderr; the connection stays
+up. ``serve`` binds loopback by default, reports a busy port as TargetError, and stops on
+KeyboardInterrupt by closing the listening socket and every connection.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -99,8 +114,13 @@ class Export:
 
 
 def parse_bind(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``HOST``, ``:PORT``, ``PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
+    """``HOST:PORT``, ``HOST``, ``:PORT``, ``PORT`` or ``[IPv6]:PORT`` -> (host, port);
+    ``unix:PATH`` (a Unix socket, as ``nbdkit -U``/``qemu-nbd -k``) -> ("unix:PATH", 0)."""
     text = text.strip()
+    if text.startswith("unix:"):
+        if len(text) == 5:
+            raise SourceError("--bind unix:PATH needs the path of the socket to create, e.g. unix:/run/diskvault.sock")
+        return text, 0
     host, port = text, str(DEFAULT_PORT)
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
@@ -129,6 +149,11 @@ class NbdServer:
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._stopping = threading.Event()
+        self.socket_path: str | None = None
+        self._socket_file: str | None = None
+        if host.startswith("unix:"):
+            self._bind_unix(host[5:])
+            return
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
@@ -150,8 +175,34 @@ class NbdServer:
         self.sock.listen(64)
         self.host, self.port = self.sock.getsockname()[:2]
 
+    def _bind_unix(self, path: str) -> None:
+        path = os.path.abspath(path)
+        if os.path.exists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise TargetError(f"{path} exists and is not a socket: choose another --bind unix:PATH")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:  # nobody listens: a stale socket of a server that was killed
+                os.unlink(path)
+            else:
+                raise TargetError(f"socket {path} is already in use (another NBD server?): stop it or choose another path")
+            finally:
+                probe.close()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.bind(path)
+        except OSError as exc:
+            self.sock.close()
+            raise TargetError(f"cannot create socket {path}: {exc.strerror}") from None
+        self.sock.listen(64)
+        self.socket_path = self._socket_file = path
+        self.host, self.port = path, None
+
     @property
     def url(self) -> str:
+        if self.socket_path is not None:
+            return f"nbd+unix:///?socket={self.socket_path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"nbd://{host}:{self.port}"
 
@@ -199,11 +250,13 @@ class NbdServer:
                     break
                 raise
             conn.settimeout(None)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.socket_path is None:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if SNDBUF:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
             with self._lock:
                 self._conns.add(conn)
+            peer = peer if self.socket_path is None else ("unix", 0)
             threading.Thread(target=self._client, args=(conn, peer), daemon=True,
                              name=f"nbd-{peer[0]}:{peer[1]}").start()
 
@@ -213,6 +266,12 @@ class NbdServer:
             self.sock.close()
         except OSError:
             pass
+        if self._socket_file is not None:  # ours: remove it (once)
+            path, self._socket_file = self._socket_file, None
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         with self._lock:
             conns = list(self._conns)
         for c in conns:

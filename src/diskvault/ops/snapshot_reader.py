@@ -7,11 +7,15 @@
 Finding an offset: the chunk-list tree is descended from the root; in each node a binary
 search over the cumulative lengths of its items picks the child holding the offset, so a
 random read costs one path of nodes (cached, parsed, with the catalog locations of a leaf
-node's chunks looked up in one query). Chunks are read through ``ReadContext``, shared by
-all readers of a repository: a bounded LRU cache of verified chunks keyed by content id
-(identical chunks of different snapshots are cached once), one fetch per chunk however many
-threads ask at once, and a small thread pool that prefetches ahead of sequential streams
-(a ``Stream`` per NBD connection or open FUSE file tracks where its last read ended).
+node's chunks looked up in one query); the leaf found last is remembered, so sequential
+reads skip the descent. Chunks are read through ``ReadContext``, shared by all readers of a
+repository: a bounded LRU cache of verified chunks keyed by content id (identical chunks of
+different snapshots are cached once), one fetch per chunk however many threads ask at once,
+pack reads of neighbouring chunks of at most READ_SPAN bytes (larger fresh buffers cost page
+faults). A ``Stream`` per NBD connection or open FUSE file tracks where its last read ended;
+a sequential stream is read ahead either by a small thread pool (``prefetch``, FUSE) or
+synchronously in the reading thread, ``readahead`` bytes at a time (NBD: no hand-off
+between threads). A damaged chunk in a window read ahead fails only the reads that need it.
 
 Every chunk is verified (blake3) before it is used; a damaged or missing chunk raises
 DamagedData naming the chunk and its offset in the image. All methods are thread-safe.
