@@ -277,8 +277,8 @@ class SnapshotReader:
         if ahead is not None:  # this request and the next ones of the stream in one go
             try:
                 self.ctx.chunks(list(self.pieces(offset, ahead)), wait=False)
-            except DamagedData:
-                pass  # reported below if this request needs the damaged chunk
+            except (DamagedData, OSError):
+                pass  # reported below if this request needs the damaged or unreadable chunk
         pieces = list(self.pieces(offset, end))
         chunks = self.ctx.chunks(pieces)
         out: list[tuple[int, int, memoryview | None]] = []
