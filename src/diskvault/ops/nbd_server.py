@@ -20,10 +20,10 @@ connections share one ReadContext (the bounded chunk cache). A connection is a S
 its reads are sequential, each fetch also reads and verifies the next READAHEAD bytes in
 the same pack reads (``ReadContext.readahead``), so a 256 KiB request mostly finds its
 chunks cached. No worker pool, no background prefetch: on CPython the work is bound by the
-GIL between short C calls, and every extra runnable thread turned into futex hand-offs
-(a per-connection pool or the old prefetch threads cost 25-50% more CPU for the same bytes);
-clients that want parallelism open several connections (``nbdcopy`` opens one per core,
-exports advertise multi-conn). Chunks are never served from a pack mapping (mmap would save
+GIL between short C calls, and every extra runnable thread turned into futex hand-offs (a
+per-connection pool, a shared pool or the old prefetch threads cost 20-50% more CPU for the
+same bytes); clients that want parallelism open several connections (``nbdcopy`` opens one
+per core, exports advertise multi-conn). ``--bind unix:PATH`` serves on a Unix socket. Chunks are never served from a pack mapping (mmap would save
 the pread copy, but a verified chunk must stay the bytes served, and a pack read error would
 be SIGBUS rather than EIO).
 
