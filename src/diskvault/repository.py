@@ -172,16 +172,18 @@ class Repository:
             raise DamagedData(f"chunk {short(loc.id)} in pack {pack_id(loc.pack)} is damaged (hash mismatch)")
         return raw
 
-    def read_ranges(self, locs: list[BlobLocation], gap: int = 256 << 10):
+    def read_ranges(self, locs: list[BlobLocation], gap: int = 256 << 10, span: int | None = None):
         """Yield ``(loc, raw bytes)`` for ``locs``, reading neighbouring blobs of a pack in
-        one request (order: by pack, then offset). Each blob is verified."""
+        one request (order: by pack, then offset), of at most ``span`` bytes when given
+        (a blob larger than that is one request). Each blob is verified."""
         order = sorted(locs, key=lambda l: (l.pack, l.offset))
         i = 0
         while i < len(order):
             first = order[i]
             j = i + 1
             end = first.offset + first.stored_len
-            while j < len(order) and order[j].pack == first.pack and order[j].offset - end <= gap:
+            while (j < len(order) and order[j].pack == first.pack and order[j].offset - end <= gap
+                   and (span is None or order[j].offset + order[j].stored_len - first.offset <= span)):
                 end = max(end, order[j].offset + order[j].stored_len)
                 j += 1
             data = memoryview(self._read_range(first.pack, first.offset, end - first.offset, first.id))

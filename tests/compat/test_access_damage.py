@@ -64,3 +64,25 @@ def test_fuse_read_of_damaged_chunk_fails(damaged, tmp_path, repo_path):
             assert exc.value.errno == errno.EIO
         finally:
             os.close(fd)
+
+
+def test_read_ahead_past_a_damaged_chunk_serves_the_sound_reads(damaged, repo_path):
+    """The NBD server reads ahead of a sequential stream: a damaged chunk in the window read
+    ahead fails only the reads that need it, and is never served."""
+    from diskvault.errors import DamagedData
+    from diskvault.ops.snapshot_reader import Stream
+
+    img, piece = damaged
+    data = img.read_bytes()
+    with Repository.open(str(repo_path)) as r:
+        ctx = ReadContext(r, prefetch=False, readahead=1 * MiB)
+        reader, stream = SnapshotReader(ctx, r.resolve("latest")), Stream()
+        failed = []
+        for off in range(0, len(data), 64 << 10):
+            try:
+                assert reader.read(off, 64 << 10, stream) == data[off : off + (64 << 10)]
+            except DamagedData:
+                failed.append(off)
+        ctx.close()
+    bad = range(piece.offset - (64 << 10) + 1, piece.offset + piece.length)
+    assert failed and all(off in bad for off in failed)

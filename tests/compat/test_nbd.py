@@ -181,3 +181,33 @@ def test_partition_export(tmp_path, repo_path):
             assert out.read_bytes() == f.read(length)
         bad = subprocess.run([tool("nbdinfo"), f"nbd://127.0.0.1:{port}/latest/p9"], capture_output=True, text=True)
         assert bad.returncode != 0
+
+
+def test_unix_socket_bind(tmp_path, repo_path):
+    """--bind unix:PATH (as nbdkit -U / qemu-nbd -k): real clients read through the socket; a
+    second server on it is refused (exit 5); the socket file is removed at the end."""
+    img = tmp_path / "u.img"
+    img.write_bytes(random_bytes(2 * MiB, 4) + bytes(MiB) + random_bytes(MiB, 5))
+    run_cli("snapshot", "-r", repo_path, img)
+    path = tmp_path / "nbd.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "diskvault", "serve", "-r", str(repo_path), "--bind", f"unix:{path}",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert info["socket"] == str(path) and info["port"] is None
+        assert info["url"] == f"nbd+unix:///?socket={path}"
+        out = subprocess.run([tool("nbdinfo"), f"nbd+unix:///latest?socket={path}"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert f"export-size: {img.stat().st_size}" in out.stdout
+        copy = tmp_path / "copy.img"
+        subprocess.run([tool("nbdcopy"), f"nbd+unix:///latest?socket={path}", str(copy)], check=True, capture_output=True)
+        assert copy.read_bytes() == img.read_bytes()
+        busy = run_cli("serve", "-r", repo_path, "--bind", f"unix:{path}", check=False)
+        assert busy.returncode == 5 and "already in use" in busy.stderr.decode()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    assert not path.exists()
+    (tmp_path / "file").write_text("x")
+    not_socket = run_cli("serve", "-r", repo_path, "--bind", f"unix:{tmp_path / 'file'}", check=False)
+    assert not_socket.returncode == 5 and "not a socket" in not_socket.stderr.decode()

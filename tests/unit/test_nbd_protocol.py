@@ -180,5 +180,8 @@ def test_parse_bind():
     assert parse_bind("0") == ("127.0.0.1", 0)
     assert parse_bind("[::1]:99") == ("::1", 99)
     assert parse_bind("localhost") == ("localhost", 10809)
+    assert parse_bind("unix:/run/dv.sock") == ("unix:/run/dv.sock", 0)
     with pytest.raises(Exception, match="port"):
         parse_bind("host:x")
+    with pytest.raises(Exception, match="path"):
+        parse_bind("unix:")

@@ -14,8 +14,8 @@ from .common import JsonOpt, RepoOpt, open_repo
 
 def serve(
     repo: RepoOpt,
-    bind: Annotated[str, typer.Option("--bind", help="Address to listen on: HOST:PORT (port 0 picks a free one).",
-                                      metavar="HOST:PORT")] = "127.0.0.1:10809",
+    bind: Annotated[str, typer.Option("--bind", help="Address to listen on: HOST:PORT (port 0 picks a free one), "
+                                      "or unix:PATH for a Unix socket.", metavar="HOST:PORT|unix:PATH")] = "127.0.0.1:10809",
     json_out: JsonOpt = False,
 ) -> None:
     """Serve every snapshot read-only over NBD (exports: id, id prefix, latest, latest:TAG; NAME/pN is partition N)."""
@@ -28,7 +28,7 @@ def serve(
             names = server.export_names()
             if json_out:
                 sys.stdout.write(json.dumps({"url": server.url, "host": server.host, "port": server.port,
-                                             "exports": names}) + "\n")
+                                             "socket": server.socket_path, "exports": names}) + "\n")
             else:
                 typer.echo(f"serving {max(len(names) - 1, 0)} snapshots read-only on {server.url} "
                            f"(exports: id, id prefix, latest, latest:TAG, NAME/pN); Ctrl-C stops")

@@ -12,17 +12,32 @@ Export names: a snapshot id, a unique id prefix, ``latest`` or ``latest:TAG`` (t
 name means ``latest``); ``NAME/pN`` is partition N of that snapshot. Names are resolved
 when a client asks, so snapshots taken while serving are exported too.
 
-One thread per client connection, all sharing one ReadContext (chunk cache, prefetch);
-each connection is a Stream, so sequential readers get prefetch. A failing read (damaged
-chunk) is answered EIO and logged on stderr; the connection stays up. ``serve`` binds
-loopback by default, reports a busy port as TargetError, and stops on KeyboardInterrupt by
-closing the listening socket and every connection.
+Speed (measured with ``benchmarks/nbd_throughput.py``; see docs/access.md): one thread per
+client connection reads requests through a buffered reader (a client with many requests in
+flight sends many headers per recv) and serves them in order, inline: find the chunks,
+read and verify them, ``sendmsg`` the header and the chunk views in one call. All
+connections share one ReadContext (the bounded chunk cache). A connection is a Stream: once
+its reads are sequential, each fetch also reads and verifies the next READAHEAD bytes in
+the same pack reads (``ReadContext.readahead``), so a 256 KiB request mostly finds its
+chunks cached. No worker pool, no background prefetch: on CPython the work is bound by the
+GIL between short C calls, and every extra runnable thread turned into futex hand-offs (a
+per-connection pool, a shared pool or the old prefetch threads cost 20-50% more CPU for the
+same bytes); clients that want parallelism open several connections (``nbdcopy`` opens one
+per core, exports advertise multi-conn). ``--bind unix:PATH`` serves on a Unix socket. Chunks are never served from a pack mapping (mmap would save
+the pread copy, but a verified chunk must stay the bytes served, and a pack read error would
+be SIGBUS rather than EIO).
+
+A failing read (damaged chunk) is answered EIO and logged on stderr; the connection stays
+up. ``serve`` binds loopback by default, reports a busy port as TargetError, and stops on
+KeyboardInterrupt by closing the listening socket and every connection.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -79,6 +94,9 @@ PREFERRED_BLOCK = 64 << 10
 MAX_EXTENTS = 4096  # block status descriptors per reply
 MIN_HOLE = 4096  # zero runs in a read shorter than this are sent as data
 IOV_BATCH = 512
+REQUEST = struct.Struct(">IHHQQI")  # magic, flags, command, cookie, offset, length
+READAHEAD = 2 << 20  # a sequential reader's chunks are fetched (and verified) this far ahead
+SNDBUF = 4 << 20  # socket send buffer: a few replies queued while the client reads
 
 
 class _Closed(Exception):
@@ -96,8 +114,13 @@ class Export:
 
 
 def parse_bind(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``HOST``, ``:PORT``, ``PORT`` or ``[IPv6]:PORT`` -> (host, port)."""
+    """``HOST:PORT``, ``HOST``, ``:PORT``, ``PORT`` or ``[IPv6]:PORT`` -> (host, port);
+    ``unix:PATH`` (a Unix socket, as ``nbdkit -U``/``qemu-nbd -k``) -> ("unix:PATH", 0)."""
     text = text.strip()
+    if text.startswith("unix:"):
+        if len(text) == 5:
+            raise SourceError("--bind unix:PATH needs the path of the socket to create, e.g. unix:/run/diskvault.sock")
+        return text, 0
     host, port = text, str(DEFAULT_PORT)
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
@@ -119,13 +142,18 @@ class NbdServer:
     def __init__(self, repo: Repository, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  log: Callable[[str], None] | None = None) -> None:
         self.repo = repo
-        self.ctx = ReadContext(repo)
+        self.ctx = ReadContext(repo, prefetch=False, readahead=READAHEAD)
         self.log = log or (lambda msg: print(f"diskvault serve: {msg}", file=sys.stderr, flush=True))
         self._readers: dict[str, SnapshotReader] = {}
         self._tables: dict[str, object] = {}
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._stopping = threading.Event()
+        self.socket_path: str | None = None
+        self._socket_file: str | None = None
+        if host.startswith("unix:"):
+            self._bind_unix(host[5:])
+            return
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
@@ -147,8 +175,34 @@ class NbdServer:
         self.sock.listen(64)
         self.host, self.port = self.sock.getsockname()[:2]
 
+    def _bind_unix(self, path: str) -> None:
+        path = os.path.abspath(path)
+        if os.path.exists(path):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise TargetError(f"{path} exists and is not a socket: choose another --bind unix:PATH")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:  # nobody listens: a stale socket of a server that was killed
+                os.unlink(path)
+            else:
+                raise TargetError(f"socket {path} is already in use (another NBD server?): stop it or choose another path")
+            finally:
+                probe.close()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.bind(path)
+        except OSError as exc:
+            self.sock.close()
+            raise TargetError(f"cannot create socket {path}: {exc.strerror}") from None
+        self.sock.listen(64)
+        self.socket_path = self._socket_file = path
+        self.host, self.port = path, None
+
     @property
     def url(self) -> str:
+        if self.socket_path is not None:
+            return f"nbd+unix:///?socket={self.socket_path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"nbd://{host}:{self.port}"
 
@@ -196,10 +250,13 @@ class NbdServer:
                     break
                 raise
             conn.settimeout(None)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            if self.socket_path is None:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if SNDBUF:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
             with self._lock:
                 self._conns.add(conn)
+            peer = peer if self.socket_path is None else ("unix", 0)
             threading.Thread(target=self._client, args=(conn, peer), daemon=True,
                              name=f"nbd-{peer[0]}:{peer[1]}").start()
 
@@ -209,6 +266,12 @@ class NbdServer:
             self.sock.close()
         except OSError:
             pass
+        if self._socket_file is not None:  # ours: remove it (once)
+            path, self._socket_file = self._socket_file, None
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         with self._lock:
             conns = list(self._conns)
         for c in conns:
@@ -219,8 +282,9 @@ class NbdServer:
         self.ctx.close()
 
     def _client(self, conn: socket.socket, peer) -> None:
+        c = _Connection(self, conn)
         try:
-            _Connection(self, conn).run()
+            c.run()
         except (_Closed, ConnectionError, OSError):
             pass
         except Exception as exc:  # a bug: keep serving the other clients
@@ -228,6 +292,7 @@ class NbdServer:
         finally:
             with self._lock:
                 self._conns.discard(conn)
+            c.rfile.close()
             conn.close()
 
 
@@ -239,27 +304,24 @@ class _Connection:
         self.meta = False  # base:allocation selected
         self.no_zeroes = False
         self.stream = Stream()
-        self.send_lock = threading.Lock()
+        self.rfile = sock.makefile("rb", buffering=64 << 10)  # many request headers per recv
 
     # --- socket helpers -------------------------------------------------------------------
     def recv(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            part = self.sock.recv(min(n - len(buf), 1 << 20))
-            if not part:
-                raise _Closed
-            buf += part
-        return bytes(buf)
+        data = self.rfile.read(n)
+        if len(data) < n:
+            raise _Closed
+        return data
 
     def drain(self, n: int) -> None:
         while n:
-            part = self.sock.recv(min(n, 1 << 20))
+            part = self.rfile.read(min(n, 1 << 20))
             if not part:
                 raise _Closed
             n -= len(part)
 
     def send(self, bufs: list) -> None:
-        bufs = [memoryview(b).cast("B") for b in bufs if len(b)]
+        bufs = [b for b in bufs if len(b)]
         while bufs:
             batch = bufs[:IOV_BATCH]
             sent = self.sock.sendmsg(batch)
@@ -269,7 +331,7 @@ class _Connection:
                 done += 1
             bufs = bufs[done:]
             if sent:
-                bufs[0] = bufs[0][sent:]
+                bufs[0] = memoryview(bufs[0])[sent:]
 
     def reply_opt(self, opt: int, kind: int, data: bytes = b"") -> None:
         self.send([struct.pack(">QIII", REPLY_MAGIC, opt, kind, len(data)), data])
@@ -405,45 +467,50 @@ class _Connection:
 
     # --- transmission ---------------------------------------------------------------------------
     def transmission(self, ex: Export) -> None:
+        """Serve requests one after the other until DISC or EOF (see the module docstring)."""
         while True:
-            magic, flags, cmd, cookie, offset, length = struct.unpack(">IHHQQI", self.recv(28))
+            magic, flags, cmd, cookie, offset, length = REQUEST.unpack(self.recv(28))
             if magic != REQUEST_MAGIC:
                 raise _Closed
             if cmd == CMD_DISC:
                 return
             if cmd == CMD_WRITE:
                 self.drain(length)
-                self.error(cookie, errno.EPERM, "the export is read-only")
-                continue
-            if cmd in (CMD_TRIM, CMD_WRITE_ZEROES):
-                self.error(cookie, errno.EPERM, "the export is read-only")
-                continue
-            if cmd == CMD_FLUSH:
-                self.done(cookie)
-                continue
-            if cmd not in (CMD_READ, CMD_CACHE, CMD_BLOCK_STATUS):
-                self.error(cookie, errno.EINVAL, f"unknown command {cmd}")
-                continue
-            if offset + length > ex.size:
-                self.error(cookie, errno.EINVAL, "request past the end of the export")
-                continue
-            if cmd == CMD_CACHE:
-                ex.reader.prefetch(ex.base + offset, length)
-                self.done(cookie)
-                continue
-            if cmd == CMD_BLOCK_STATUS:
-                self.block_status(ex, cookie, flags, offset, length)
-                continue
-            if length > MAX_REQUEST:
-                self.error(cookie, errno.EOVERFLOW if self.structured else errno.EINVAL, "read larger than 32 MiB")
-                continue
-            try:
-                segs = ex.reader.segments(ex.base + offset, length, self.stream)
-            except (DiskvaultError, OSError) as exc:  # damaged or unreadable data: EIO, keep serving
-                self.server.log(f"read of {length} bytes at {offset} of export {ex.name!r} failed: {exc}")
-                self.error(cookie, errno.EIO, str(exc)[:512])
-                continue
-            self.read_reply(ex, cookie, flags, segs)
+            self.handle(ex, flags, cmd, cookie, offset, length)
+
+    def handle(self, ex: Export, flags: int, cmd: int, cookie: int, offset: int, length: int) -> None:
+        if cmd == CMD_READ and offset + length <= ex.size and length <= MAX_REQUEST:
+            self.read(ex, flags, cookie, offset, length)
+            return
+        if cmd in (CMD_WRITE, CMD_TRIM, CMD_WRITE_ZEROES):
+            self.error(cookie, errno.EPERM, "the export is read-only")
+            return
+        if cmd == CMD_FLUSH:
+            self.done(cookie)
+            return
+        if cmd not in (CMD_READ, CMD_CACHE, CMD_BLOCK_STATUS):
+            self.error(cookie, errno.EINVAL, f"unknown command {cmd}")
+            return
+        if offset + length > ex.size:
+            self.error(cookie, errno.EINVAL, "request past the end of the export")
+            return
+        if cmd == CMD_CACHE:
+            ex.reader.prefetch(ex.base + offset, length)
+            self.done(cookie)
+            return
+        if cmd == CMD_BLOCK_STATUS:
+            self.block_status(ex, cookie, flags, offset, length)
+            return
+        self.error(cookie, errno.EOVERFLOW if self.structured else errno.EINVAL, "read larger than 32 MiB")
+
+    def read(self, ex: Export, flags: int, cookie: int, offset: int, length: int) -> None:
+        try:
+            segs = ex.reader.segments(ex.base + offset, length, self.stream)
+        except (DiskvaultError, OSError) as exc:  # damaged or unreadable data: EIO, keep serving
+            self.server.log(f"read of {length} bytes at {offset} of export {ex.name!r} failed: {exc}")
+            self.error(cookie, errno.EIO, str(exc)[:512])
+            return
+        self.read_reply(ex, cookie, flags, segs)
 
     def done(self, cookie: int) -> None:
         if self.structured:

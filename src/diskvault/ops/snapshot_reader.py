@@ -7,11 +7,15 @@
 Finding an offset: the chunk-list tree is descended from the root; in each node a binary
 search over the cumulative lengths of its items picks the child holding the offset, so a
 random read costs one path of nodes (cached, parsed, with the catalog locations of a leaf
-node's chunks looked up in one query). Chunks are read through ``ReadContext``, shared by
-all readers of a repository: a bounded LRU cache of verified chunks keyed by content id
-(identical chunks of different snapshots are cached once), one fetch per chunk however many
-threads ask at once, and a small thread pool that prefetches ahead of sequential streams
-(a ``Stream`` per NBD connection or open FUSE file tracks where its last read ended).
+node's chunks looked up in one query); the leaf found last is remembered, so sequential
+reads skip the descent. Chunks are read through ``ReadContext``, shared by all readers of a
+repository: a bounded LRU cache of verified chunks keyed by content id (identical chunks of
+different snapshots are cached once), one fetch per chunk however many threads ask at once,
+pack reads of neighbouring chunks of at most READ_SPAN bytes (larger fresh buffers cost page
+faults). A ``Stream`` per NBD connection or open FUSE file tracks where its last read ended;
+a sequential stream is read ahead either by a small thread pool (``prefetch``, FUSE) or
+synchronously in the reading thread, ``readahead`` bytes at a time (NBD: no hand-off
+between threads). A damaged chunk in a window read ahead fails only the reads that need it.
 
 Every chunk is verified (blake3) before it is used; a damaged or missing chunk raises
 DamagedData naming the chunk and its offset in the image. All methods are thread-safe.
@@ -39,6 +43,7 @@ PREFETCH_STEP = 8 << 20  # size of one prefetch job
 PREFETCH_WORKERS = 2
 SEQ_SLACK = 1 << 20  # a read starting this close to the stream's last end is sequential
 NODE_CACHE = 4096
+READ_SPAN = 1 << 20  # largest pack read: larger fresh buffers cost page faults (mmap'd by malloc)
 ZEROS = memoryview(bytes(1 << 20))
 
 
@@ -51,12 +56,14 @@ class _Node:
     locs: list[BlobLocation | None] = field(default_factory=list)  # leaf nodes only
 
 
-@dataclass(frozen=True, slots=True)
 class Piece:
-    offset: int  # in the image
-    id: bytes  # ZERO_ID for a zero extent
-    length: int
-    loc: BlobLocation | None
+    """One chunk-list item: ``offset`` in the image, ``id`` (ZERO_ID for a zero extent),
+    ``length`` and ``loc`` (None for zeros or a chunk missing from the catalog)."""
+
+    __slots__ = ("offset", "id", "length", "loc")
+
+    def __init__(self, offset: int, id: bytes, length: int, loc: BlobLocation | None) -> None:  # noqa: A002
+        self.offset, self.id, self.length, self.loc = offset, id, length, loc
 
 
 class Stream:
@@ -70,10 +77,12 @@ class Stream:
 class ReadContext:
     """What all readers of one repository share: catalog access, chunk cache, prefetch."""
 
-    def __init__(self, repo: Repository, cache_bytes: int = CACHE_BYTES, prefetch: bool = True) -> None:
+    def __init__(self, repo: Repository, cache_bytes: int = CACHE_BYTES, prefetch: bool = True,
+                 readahead: int = 0) -> None:
         self.repo = repo
         self.cache_bytes = cache_bytes
         self.prefetch_enabled = prefetch
+        self.readahead = readahead
         self.db_lock = threading.Lock()  # the catalog connection is used by many threads
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -124,25 +133,29 @@ class ReadContext:
         return node
 
     # --- chunks -------------------------------------------------------------------------
-    def chunks(self, pieces: list[Piece]) -> dict[bytes, bytes]:
+    def chunks(self, pieces: list[Piece], wait: bool = True) -> dict[bytes, bytes]:
         """The verified bytes of every data piece's chunk: from the cache, from a fetch
-        another thread has under way, or read now (neighbours in a pack in one request)."""
+        another thread has under way, or read now (neighbours in a pack in one request).
+        With ``wait=False`` (prefetch) chunks another thread is fetching are left out."""
         want = {p.id: p for p in pieces if p.id != ZERO_ID}
         out: dict[bytes, bytes] = {}
         mine: list[Piece] = []
+        cache, loading = self._chunks, self._loading
         with self._lock:
             for cid, p in want.items():
-                data = self._chunks.get(cid)
+                data = cache.get(cid)
                 if data is not None:
-                    self._chunks.move_to_end(cid)
+                    cache.move_to_end(cid)
                     out[cid] = data
-                    self.hits += 1
-                elif cid not in self._loading:
-                    self._loading.add(cid)
+                elif cid not in loading:
+                    loading.add(cid)
                     mine.append(p)
-                    self.misses += 1
+            self.hits += len(out)
+            self.misses += len(mine)
         if mine:
             self._fetch(mine, out)
+        if not wait:
+            return out
         waiting = [cid for cid in want if cid not in out]
         if waiting:
             with self._cond:
@@ -162,12 +175,9 @@ class ReadContext:
             for p in pieces:
                 if p.loc is None:
                     raise DamagedData(f"chunk {short(p.id)} at byte {p.offset} of the image is missing from the catalog")
-            by_id = {p.loc.id: p for p in pieces}
-            for loc, raw in self.repo.read_ranges([p.loc for p in pieces]):
-                data = raw  # a raw chunk is a view into its pack read (no copy; kept while cached)
-                out[loc.id] = data
-                self._store(loc.id, data)
-                by_id.pop(loc.id, None)
+            got = [(loc.id, raw) for loc, raw in self.repo.read_ranges([p.loc for p in pieces], span=READ_SPAN)]
+            out.update(got)  # a raw chunk is a view into its pack read (no copy; kept while cached)
+            self._store(got)
         except DamagedData as exc:
             p = pieces[0]
             raise DamagedData(f"reading byte {p.offset} of the image: {exc}") from None
@@ -177,19 +187,16 @@ class ReadContext:
                     self._loading.difference_update(p.id for p in pieces)
                     self._cond.notify_all()
 
-    def _store(self, cid: bytes, data: bytes) -> None:
+    def _store(self, got: list[tuple[bytes, bytes]]) -> None:
+        cache = self._chunks
         with self._lock:
-            if cid in self._chunks:
-                return
-            self._chunks[cid] = data
-            self._cached += len(data)
-            while self._cached > self.cache_bytes and len(self._chunks) > 1:
-                _, old = self._chunks.popitem(last=False)
+            for cid, data in got:
+                if cid not in cache:
+                    cache[cid] = data
+                    self._cached += len(data)
+            while self._cached > self.cache_bytes and len(cache) > 1:
+                _, old = cache.popitem(last=False)
                 self._cached -= len(old)
-
-    def cached(self, cid: bytes) -> bool:
-        with self._lock:
-            return cid in self._chunks or cid in self._loading
 
     def submit(self, fn, *args) -> None:
         try:
@@ -206,42 +213,45 @@ class SnapshotReader:
         self.snap = snap
         self.size = snap.size
         self.root = bytes.fromhex(snap.tree)
+        self._leaf = (0, 0, None)  # (start, end, node) of the leaf node found last
+
+    def leaf(self, pos: int) -> tuple[int, int, _Node]:
+        """The leaf node holding image offset ``pos`` (0 <= pos < size): ``(start, end, node)``."""
+        start, end, node = self._leaf
+        if start <= pos < end:
+            return self._leaf
+        node, start = self.ctx.node(self.root), 0
+        while node.level:
+            i = bisect_right(node.ends, pos - start)
+            if i >= len(node.ids):
+                raise DamagedData(f"the chunk list of snapshot {self.snap.id} ends before byte {pos} of the image")
+            start += node.ends[i - 1] if i else 0
+            node = self.ctx.node(node.ids[i])
+        found = self._leaf = (start, start + (node.ends[-1] if node.ends else 0), node)
+        return found
 
     # --- walking the chunk list ---------------------------------------------------------
     def pieces(self, start: int, end: int) -> Iterator[Piece]:
         """The chunk-list items overlapping ``[start, end)``, in order (whole items: the
         first may begin before ``start``, the last may end after ``end``)."""
         end = min(end, self.size)
-        if start >= end or start < 0:
+        if start < 0:
             return
-        stack: list[list] = []  # [node, index, node start offset]
-        node, base = self.ctx.node(self.root), 0
-        while True:
-            i = bisect_right(node.ends, start - base)
-            if i >= len(node.ids):
-                return
-            stack.append([node, i, base])
-            if node.level == 0:
-                break
-            child_base = base + (node.ends[i - 1] if i else 0)
-            node, base = self.ctx.node(node.ids[i]), child_base
-        while stack:
-            top = stack[-1]
-            node, i, base = top
-            if i >= len(node.ids):
-                stack.pop()
-                if stack:
-                    stack[-1][1] += 1
-                continue
-            off = base + (node.ends[i - 1] if i else 0)
-            if off >= end:
-                return
-            top[1] += 1
-            if node.level == 0:
-                yield Piece(off, node.ids[i], node.lengths[i], node.locs[i])
-            else:
-                top[1] -= 1  # come back to advance past this child when it is done
-                stack.append([self.ctx.node(node.ids[i]), 0, off])
+        pos = start
+        while pos < end:
+            base, leaf_end, node = self.leaf(pos)
+            if leaf_end <= pos:  # an empty leaf: a malformed tree
+                raise DamagedData(f"the chunk list of snapshot {self.snap.id} has an empty node")
+            ids, lengths, ends, locs = node.ids, node.lengths, node.ends, node.locs
+            i = bisect_right(ends, pos - base)
+            off = base + (ends[i - 1] if i else 0)
+            for i in range(i, len(ids)):
+                if off >= end:
+                    return
+                n = lengths[i]
+                yield Piece(off, ids[i], n, locs[i])
+                off += n
+            pos = leaf_end
 
     def extents(self, start: int = 0, end: int | None = None) -> list[tuple[int, int, bool]]:
         """``(offset, length, is_zero)`` covering ``[start, end)``, neighbours of a kind merged."""
@@ -263,6 +273,12 @@ class SnapshotReader:
         end = min(offset + length, self.size)
         if offset >= end:
             return []
+        ahead = self._sequential(stream, offset, end) if stream is not None else None
+        if ahead is not None:  # this request and the next ones of the stream in one go
+            try:
+                self.ctx.chunks(list(self.pieces(offset, ahead)), wait=False)
+            except (DamagedData, OSError):
+                pass  # reported below if this request needs the damaged or unreadable chunk
         pieces = list(self.pieces(offset, end))
         chunks = self.ctx.chunks(pieces)
         out: list[tuple[int, int, memoryview | None]] = []
@@ -275,8 +291,6 @@ class SnapshotReader:
                     out.append((lo, hi - lo, None))
             else:
                 out.append((lo, hi - lo, memoryview(chunks[p.id])[lo - p.offset : hi - p.offset]))
-        if stream is not None:
-            self._sequential(stream, offset, end)
         return out
 
     def read(self, offset: int, length: int, stream: Stream | None = None) -> bytes:
@@ -296,14 +310,21 @@ class SnapshotReader:
         """Fetch a range into the cache in the background (NBD_CMD_CACHE)."""
         self.ctx.submit(self._prefetch_range, offset, min(offset + length, self.size))
 
-    def _sequential(self, stream: Stream, start: int, end: int) -> None:
+    def _sequential(self, stream: Stream, start: int, end: int) -> int | None:
+        """Note a read of ``[start, end)``; schedules prefetch, or returns how far to read
+        ahead now (``ReadContext.readahead``) when the window read ahead before is used up."""
         # Reads of one stream may arrive slightly out of order (the kernel's readahead through
         # several FUSE threads, several NBD requests in flight): near the last end counts too.
         sequential = stream.next >= 0 and abs(start - stream.next) <= SEQ_SLACK
         stream.next = max(end, stream.next) if sequential else end
-        if not sequential or not self.ctx.prefetch_enabled:
+        if not sequential or not (self.ctx.prefetch_enabled or self.ctx.readahead):
             stream.ahead = end
-            return
+            return None
+        if not self.ctx.prefetch_enabled:
+            if stream.ahead > end:
+                return None
+            stream.ahead = min(end + self.ctx.readahead, self.size)
+            return stream.ahead
         ahead = max(stream.ahead, end)
         limit = min(end + PREFETCH_BYTES, self.size)
         while ahead < limit:
@@ -311,11 +332,10 @@ class SnapshotReader:
             self.ctx.submit(self._prefetch_range, ahead, step)
             ahead = step
         stream.ahead = ahead
+        return None
 
     def _prefetch_range(self, start: int, end: int) -> None:
         try:
-            todo = [p for p in self.pieces(start, end) if p.id != ZERO_ID and not self.ctx.cached(p.id)]
-            if todo:
-                self.ctx.chunks(todo)
+            self.ctx.chunks(list(self.pieces(start, end)), wait=False)
         except Exception:  # a damaged chunk is reported to the reader that needs it
             pass
