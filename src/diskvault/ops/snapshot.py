@@ -183,11 +183,13 @@ def _stitch(repo: Repository, w: _Window, head: bytes | None, zeros: _Zeros,
     if head is None:  # an extent's first window: the speculation is the truth
         return w.items, bytes(w.view[w.tail :])
     h = len(head)
-    probe = 2 * repo.params.max_size
+    probe = repo.params.max_size  # the chains nearly always meet within the first chunk or two
     while True:
         m = min(probe, len(w.view))
         covers = m == len(w.view)
-        data = memoryview(head + bytes(w.view[:m]))
+        joined = bytearray(head)
+        joined += w.view[:m]
+        data = memoryview(joined)
         cuts = repo.chunker.cut(data)
         if not (covers and w.final):
             cuts.pop()  # its end is only where this data ends
