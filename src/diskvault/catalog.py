@@ -268,6 +268,9 @@ class Catalog:
     def add_snapshot(self, snap: SnapshotRecord) -> None:
         self.db["snapshots"].insert(snap.to_row())  # one statement: atomic
 
+    def has_snapshots(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM snapshots LIMIT 1").fetchone() is not None
+
     def snapshots(self) -> list[SnapshotRecord]:
         return [SnapshotRecord.from_row(r) for r in self.db.query("SELECT * FROM snapshots ORDER BY time, id")]
 

@@ -96,6 +96,6 @@ def parse_size(text: str) -> int:
         value = int(num)
     except ValueError:
         raise ValueError(f"cannot read size {text!r}: use e.g. 64K, 1M or 65536") from None
-    if unit not in units:
+    if unit not in units or value < 0:
         raise ValueError(f"cannot read size {text!r}: use e.g. 64K, 1M or 65536")
     return value * units[unit]

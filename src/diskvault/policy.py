@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+from .chunking import parse_size
+
 UNLIMITED = -1
 DEFAULT_MAX_UNUSED = "2%"  # restic says 5 %; 2 % keeps a pruned series within 5 % of a fresh repository
 
@@ -203,7 +205,7 @@ def parse_max_unused(text: str) -> tuple[str, float]:
         if pct >= 100:
             raise ValueError(f"--max-unused {text}: a percentage must be below 100% (or say unlimited)")
         return "percent", pct
-    m = re.fullmatch(r"(\d+)\s*([kmgt]?)i?b?", s)
-    if m:
-        return "bytes", float(int(m.group(1)) << (10 * " kmgt".index(m.group(2) or " ")))
-    raise ValueError(f"--max-unused {text!r}: give a percentage (5%), a size (200M) or unlimited")
+    try:
+        return "bytes", float(parse_size(s))
+    except ValueError:
+        raise ValueError(f"--max-unused {text!r}: give a percentage (5%), a size (200M) or unlimited") from None

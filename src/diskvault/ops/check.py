@@ -140,13 +140,13 @@ def parse_subset(spec: str, next_start: int = 0) -> Subset:
 # --- structure -----------------------------------------------------------------------
 
 
-def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[tuple[dict, list[BlobLocation]]], set[str]]:
+def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[tuple[dict, list[BlobLocation]]], dict[str, int]]:
     """Pack rows vs pack files and trailers. Returns the packs with their rows and the
-    names of packs that exist (for read-data)."""
+    size of each pack file that exists (for read-data)."""
     packs = repo.catalog.packs()
     report.packs = len(packs)
     out = []
-    present: set[str] = set()
+    present: dict[str, int] = {}
     by_pack = repo.catalog.blobs_by_pack()
     for p in packs:
         name, pid = p["name"], pack_id(p["name"])
@@ -163,7 +163,7 @@ def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[tuple[dict
             report.errors.append(Finding("pack-missing", f"pack {pid} cannot be read: {exc.strerror}",
                                          pack=pid, ids={r.id for r in rows}))
             continue
-        present.add(name)
+        present[name] = size
         if size != p["size"]:
             report.errors.append(Finding("pack-size", f"pack {pid} is {size} bytes, the catalog recorded {p['size']}",
                                          pack=pid))
@@ -295,7 +295,7 @@ def _verify_segment(repo: Repository, name: str, size: int, rows: list[BlobLocat
     return bad, len(data)
 
 
-def _read_data(repo: Repository, packs: list[tuple[dict, list[BlobLocation]]], present: set[str],
+def _read_data(repo: Repository, packs: list[tuple[dict, list[BlobLocation]]], present: dict[str, int],
                subset: Subset | None, report: CheckReport, progress: Progress) -> None:
     chosen = [(p, rows) for p, rows in packs if p["name"] in present and (subset is None or subset.contains(p["name"]))]
     total = sum(p["size"] for p, _ in chosen)
@@ -309,14 +309,7 @@ def _read_data(repo: Repository, packs: list[tuple[dict, list[BlobLocation]]], p
     progress.start(total, "read data")
     # Work is dealt out by segment, not by pack: both threads stay busy to the end.
     bad: list[tuple[dict, BlobLocation, str]] = []
-    jobs: list[tuple[dict, int, list[BlobLocation]]] = []
-    for p, rows in chosen:
-        try:
-            size = repo.storage.size(p["name"])
-        except FileNotFoundError:
-            bad.extend((p, r, f"blob {short(r.id)}: pack {pack_id(p['name'])} is missing") for r in rows)
-            continue
-        jobs.extend((p, size, seg) for seg in _segments(rows))
+    jobs = [(p, present[p["name"]], seg) for p, rows in chosen for seg in _segments(rows)]
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="diskvault-check") as pool:
         results = list(pool.map(lambda job: _verify_segment(repo, job[0]["name"], job[1], job[2], advance), jobs))
     bytes_read = 0

@@ -220,7 +220,7 @@ def _take_snapshot(
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
 ) -> SnapshotRecord:
     progress = progress or NoProgress()
-    codec = _Codec(compression_mode, expect_known=bool(repo.snapshots()))
+    codec = _Codec(compression_mode, expect_known=repo.catalog.has_snapshots())
     tags = sorted(set(tags or []))
     started = time.monotonic()
     when = now()
