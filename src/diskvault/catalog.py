@@ -5,17 +5,20 @@ lengths) and ``snapshots`` (one row per snapshot; its chunk list is a tree of bl
 snapshot costs one row plus the tree nodes that changed). Everything here can be rebuilt
 from the packs and snapshot records (``repair``). WAL mode, synchronous=FULL: a commit that
 returned is durable. Raises sqlite3 errors only for a broken file.
+
+sqlite-utils serves the whole-repository commands (``packs``); the statements every command
+runs (meta, snapshot rows, lookups) use sqlite3 directly, because importing sqlite-utils
+(click, dateutil, ...) takes ~0.1 s, a third of a command's start-up.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-import sqlite_utils
 
 from .pack import Entry
 
@@ -116,10 +119,21 @@ class Catalog:
     def __init__(self, path: str) -> None:
         self.path = path
         self.conn = connect(path)
-        self.db = sqlite_utils.Database(self.conn)
         self._pack_names: dict[int, str] = {}
         self._lookup_lock = threading.Lock()
         self._lookup_conn: sqlite3.Connection | None = None
+
+    @functools.cached_property
+    def db(self):
+        """A sqlite_utils.Database over the same connection (imported on first use)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
+
+    def _dicts(self, sql: str, params=()) -> list[dict]:
+        cur = self.conn.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
 
     # --- schema ---------------------------------------------------------------
     def create(self, meta: dict[str, str]) -> None:
@@ -131,7 +145,7 @@ class Catalog:
             self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)", rows)
 
     def meta(self) -> dict[str, str]:
-        return {r["key"]: r["value"] for r in self.db["meta"].rows}
+        return dict(self.conn.execute("SELECT key, value FROM meta"))
 
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
@@ -230,7 +244,10 @@ class Catalog:
         return list(self.db.query("SELECT id, name, size, entries FROM packs ORDER BY id"))
 
     def known(self, ids: Iterable[bytes]) -> set[bytes]:
-        """Which of ``ids`` the catalog has; safe to call from any thread (own connection)."""
+        """Which of ``ids`` the catalog has; safe to call from any thread (own connection).
+        One result row per batch (the ids concatenated in hex): every row a query returns
+        costs a round trip through the GIL, which under the snapshot's busy threads can
+        wait milliseconds."""
         ids = list(ids)
         found: set[bytes] = set()
         with self._lookup_lock:
@@ -239,8 +256,9 @@ class Catalog:
             c = self._lookup_conn
             for i in range(0, len(ids), LOOKUP_BATCH):
                 part = ids[i : i + LOOKUP_BATCH]
-                q = f"SELECT id FROM blobs WHERE id IN ({','.join('?' * len(part))})"
-                found.update(r[0] for r in c.execute(q, part))
+                q = f"SELECT group_concat(hex(id), '') FROM blobs WHERE id IN ({','.join('?' * len(part))})"
+                text = c.execute(q, part).fetchone()[0] or ""
+                found.update(bytes.fromhex(text[k : k + 64]) for k in range(0, len(text), 64))
         return found
 
     def locate(self, ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
@@ -266,20 +284,22 @@ class Catalog:
 
     # --- snapshots ---------------------------------------------------------------
     def add_snapshot(self, snap: SnapshotRecord) -> None:
-        self.db["snapshots"].insert(snap.to_row())  # one statement: atomic
+        row = snap.to_row()
+        self.conn.execute(  # one statement: atomic
+            f"INSERT INTO snapshots ({','.join(row)}) VALUES ({','.join(':' + k for k in row)})", row)
 
     def has_snapshots(self) -> bool:
         return self.conn.execute("SELECT 1 FROM snapshots LIMIT 1").fetchone() is not None
 
     def snapshots(self) -> list[SnapshotRecord]:
-        return [SnapshotRecord.from_row(r) for r in self.db.query("SELECT * FROM snapshots ORDER BY time, id")]
+        return [SnapshotRecord.from_row(r) for r in self._dicts("SELECT * FROM snapshots ORDER BY time, id")]
 
     def snapshot_ids_with_prefix(self, prefix: str) -> list[str]:
         return [r[0] for r in self.conn.execute(
             "SELECT id FROM snapshots WHERE id >= ? AND id < ? ORDER BY id", (prefix, prefix + "g"))]
 
     def get_snapshot(self, sid: str) -> SnapshotRecord | None:
-        rows = list(self.db.query("SELECT * FROM snapshots WHERE id=?", [sid]))
+        rows = self._dicts("SELECT * FROM snapshots WHERE id=?", [sid])
         return SnapshotRecord.from_row(rows[0]) if rows else None
 
 

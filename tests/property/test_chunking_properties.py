@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from diskvault.chunking import Chunker, ChunkerParams
+from diskvault.hashing import content_id
 from helpers import random_bytes
 
 CHUNKER = Chunker(ChunkerParams.for_average(4 << 10))
@@ -42,3 +43,53 @@ def test_boundaries_resynchronise_after_an_insert(seed, at, insert):
     changed = [c for c in after if c not in before]
     # only the chunks around the edit differ: a few chunks, never the whole tail
     assert sum(len(c) for c in changed) <= 4 * CHUNKER.params.max_size
+
+
+edits = st.lists(st.tuples(st.sampled_from(["insert", "delete", "overwrite"]), st.integers(0, 10**9),
+                           st.integers(1, 20_000), st.integers(0, 99)), max_size=5)
+
+
+def edited(data: bytes, changes) -> bytes:
+    for kind, at, n, seed in changes:
+        at %= len(data) + 1
+        if kind == "insert":
+            data = data[:at] + random_bytes(n, seed) + data[at:]
+        elif kind == "delete":
+            data = data[:at] + data[at + n :]
+        else:
+            data = data[:at] + random_bytes(n, seed) + data[at + n :]
+    return data
+
+
+def hints_of(data: bytes) -> dict[int, tuple[bytes, int]]:
+    """Every chunk of ``data`` but its last (which ended with the data) as a hint."""
+    cuts = CHUNKER.cut(data)[:-1]
+    return {o: (content_id(data[o : o + n]), n) for o, n in cuts}
+
+
+@given(seed=st.integers(0, 2**32), size=st.integers(1, 300_000), changes=edits, repeat=st.booleans())
+def test_guided_cuts_equal_plain_cuts(seed, size, changes, repeat):
+    """With the hints of an earlier version, cut_guided finds exactly cut's boundaries, and
+    every id it hands out is the hash of that chunk's bytes."""
+    data = random_bytes(size, seed)
+    if repeat:  # a repeating block: hints recur at offsets where no hinted chunk started
+        data = (data[: 1000 + seed % 30_000] * (size // 1000 + 1))[:size]
+    new = edited(data, changes)
+    if not new:
+        return
+    cuts, ids, tail = CHUNKER.cut_guided(memoryview(new), 0, True, hints_of(data))
+    assert cuts == CHUNKER.cut(new) and tail == len(new)
+    for (o, n), ident in zip(cuts, ids):
+        assert ident is None or ident == content_id(new[o : o + n])
+
+
+@given(seed=st.integers(0, 2**32), size=st.integers(1, 300_000), changes=edits, cut_at=st.integers(1, 300_000))
+def test_guided_cuts_of_an_unfinished_buffer_are_a_prefix(seed, size, changes, cut_at):
+    """Not ``final`` (more data follows): the cuts are the first of the plain cuts of all
+    the data, and ``tail`` is where the next one starts."""
+    data = random_bytes(size, seed)
+    new = edited(data, changes)
+    part = new[: cut_at % (len(new) + 1)]
+    cuts, _, tail = CHUNKER.cut_guided(memoryview(part), 0, False, hints_of(data))
+    assert cuts == CHUNKER.cut(new)[: len(cuts)]
+    assert tail == (cuts[-1][0] + cuts[-1][1] if cuts else 0)

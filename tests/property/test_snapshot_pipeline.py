@@ -4,6 +4,7 @@ exactly the chunk list of cutting each data extent as one stream, whatever the w
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 from hypothesis import given, strategies as st
@@ -128,3 +129,64 @@ def test_repeat_of_a_replaced_speculative_chunk_is_stored(tmp_path, repo, monkey
     restore(repo, rec, str(out))
     assert out.read_bytes() == data
     assert [(leaf.id, leaf.length) for leaf in repo.tree().leaves(bytes.fromhex(rec.tree))] == reference_leaves(repo, str(img))
+
+
+def write_image(path, segs) -> None:
+    with open(path, "wb") as f:
+        for kind, n, seed in segs:
+            if kind == "random":
+                f.write(random_bytes(n, seed))
+            elif kind == "zeros":
+                f.write(bytes(n))
+            elif kind == "repeat":
+                f.write((b"line %d of a log\n" % seed) * (n // 16 + 1))
+            elif kind == "period":  # a random block over and over: chunks repeat within a window
+                block = random_bytes(1000 + seed * 1499, seed)
+                f.write((block * (n // len(block) + 1))[:n])
+            else:
+                f.seek(n + (2 << 20), os.SEEK_CUR)  # a real hole (longer than HOLE_MERGE)
+        f.truncate()
+
+
+@given(segs=segments, changes=st.lists(st.tuples(st.integers(0, 7), segments), min_size=1, max_size=3),
+       window=st.sampled_from([64 << 10, 256 << 10, 1 << 20]), same_path=st.booleans())
+def test_a_parent_guides_to_the_same_boundaries(tmp_path_factory, segs, changes, window, same_path):
+    """The second snapshot of a changed image (parent: the first, by path or by size) has
+    exactly the chunk list of cutting the changed image with no parent: segments replaced,
+    inserted, extents grown or cut short by holes."""
+    tmp = tmp_path_factory.mktemp("img")
+    repo_path = tmp / "repo"
+    Repository.init(str(repo_path), ChunkerParams.for_average(16 << 10)).close()
+    first, second = tmp / "a.img", tmp / ("a.img" if same_path else "b.img")
+    write_image(first, segs)
+    new = list(segs)
+    for at, seg in changes:
+        at %= len(new) + 1
+        new[at:at + 1] = seg
+    old = snapshot_mod.BUFFER
+    snapshot_mod.BUFFER = window
+    try:
+        with Repository.open(str(repo_path)) as repo:
+            snapshot_mod.take_snapshot(repo, str(first))
+            write_image(second, new)
+            if not same_path:
+                os.truncate(second, first.stat().st_size)  # found by its size
+            assert snapshot_mod._parent(repo, str(second), second.stat().st_size, socket.gethostname())
+            assert snapshot_leaves(repo, str(second)) == reference_leaves(repo, str(second))
+            out = tmp / "out.img"
+            restore(repo, repo.resolve("latest"), str(out))
+            assert out.read_bytes() == second.read_bytes()
+        assert_consistent(repo_path)
+    finally:
+        snapshot_mod.BUFFER = old
+
+
+def test_a_chunk_that_ended_with_its_extent_is_no_hint(tmp_path, repo):
+    """The last chunk of a data extent ended where the data did, not at a cut: when the
+    next image has data after it, that chunk must be cut again, not taken from the parent."""
+    a, c = random_bytes(50 * 4096, 5), random_bytes(100_000, 6)  # the extent ends where a does
+    img = tmp_path / "a.img"
+    write_image(img, [("random", len(a), 5), ("hole", 1 << 20, 0), ("random", len(c), 6)])
+    snapshot_mod.take_snapshot(repo, str(img))
+    img.write_bytes(a + random_bytes(img.stat().st_size - len(a) - len(c), 7) + c)
+    assert snapshot_leaves(repo, str(img)) == reference_leaves(repo, str(img))

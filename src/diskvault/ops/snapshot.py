@@ -37,18 +37,19 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from .. import compression
 from ..catalog import SnapshotRecord
+from ..errors import DamagedData
 from ..hashing import ZERO_ID, content_id
 from ..images.source import open_source
 from ..pack import TYPE_CHUNK
 from ..repository import Repository
-from ..tree import TreeBuilder
+from ..tree import TreeBuilder, TreeReader
 from .progress import NoProgress, Progress
 
 BUFFER = 8 << 20
@@ -117,15 +118,20 @@ class _Codec:
 
 
 def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], zeros: _Zeros,
-             codec: _Codec, defer: int = 0) -> list[_Item]:
-    """Hash, zero-detect and look up the chunks ``cuts`` of ``view``, and compress the new
+             codec: _Codec, defer: int = 0, ids: list[bytes | None] | None = None) -> list[_Item]:
+    """Hash, zero-detect and look up the chunks ``cuts`` of ``view`` (``ids[k]``, where
+    given, is cut k's id already: a parent's chunk, never all-zero), and compress the new
     ones, except the first ``defer`` (a speculative window's first chunks are usually
     replaced by the stitch: the writer compresses them if they survive) and repeats of a
     chunk (the writer stores the first occurrence that survives, see ``consume``)."""
     items: list[_Item] = []
-    for off, n in cuts:
-        ident = content_id(view[off : off + n])
-        items.append(_Item(ZERO_ID if zeros.test(view, off, n, ident) else ident, n))
+    for k, (off, n) in enumerate(cuts):
+        ident = ids[k] if ids else None
+        if ident is None:
+            ident = content_id(view[off : off + n])
+            if zeros.test(view, off, n, ident):
+                ident = ZERO_ID
+        items.append(_Item(ident, n))
     known = repo.catalog.known({it.id for it in items if it.id != ZERO_ID})
     seen: set[bytes] = set()
     fresh: list[_Item] = []
@@ -146,6 +152,49 @@ def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], ze
     return items
 
 
+class _Guide:
+    """The parent snapshot's chunks, walked in step with the windows, as hints for
+    ``Chunker.cut_guided``. A hint is a data chunk followed by another data chunk: it ended
+    at a cut FastCDC chose (the last chunk of a data extent may have ended with the data).
+    Memory: one path of tree nodes. A parent tree that cannot be read gives no more hints
+    (the snapshot is cut as if there were no parent)."""
+
+    def __init__(self, repo: Repository, parent: SnapshotRecord) -> None:
+        self._chunks = self._walk(TreeReader(repo.load_tree_node).leaves(bytes.fromhex(parent.tree)))
+        self._next: tuple[int, bytes, int] | None = next(self._chunks, None)
+
+    @staticmethod
+    def _walk(leaves) -> Iterator[tuple[int, bytes, int]]:
+        prev = None
+        try:
+            for leaf in leaves:
+                if prev is not None and leaf.id != ZERO_ID:
+                    yield prev.offset, prev.id, prev.length
+                prev = leaf if leaf.id != ZERO_ID else None
+        except DamagedData:
+            return
+
+    def hints(self, pos: int, n: int) -> dict[int, tuple[bytes, int]]:
+        """Hints for the window of ``n`` bytes at source offset ``pos``, keyed by offset in
+        the window; windows are asked for in source order."""
+        out: dict[int, tuple[bytes, int]] = {}
+        while self._next is not None and self._next[0] < pos + n:
+            off, ident, length = self._next
+            if off >= pos:
+                out[off - pos] = (ident, length)
+            self._next = next(self._chunks, None)
+        return out
+
+
+def _parent(repo: Repository, source: str, size: int | None, host: str) -> SnapshotRecord | None:
+    """The newest snapshot of the same source on the same host, else the newest of one
+    the same size on that host (images saved under a new name each night). Any parent
+    is safe: it only speeds the cutting up where its chunks recur."""
+    mine = [s for s in repo.snapshots() if s.host == host]
+    same = [s for s in mine if s.source == source] or [s for s in mine if size is not None and s.size == size]
+    return max(same, key=lambda s: s.time, default=None)
+
+
 @dataclass
 class _Window:
     """A window cut as if a chunk started at its first byte (stage 2's result)."""
@@ -158,21 +207,28 @@ class _Window:
 
 
 def _speculate(repo: Repository, view: memoryview, final: bool, zeros: _Zeros, codec: _Codec,
-               first: bool) -> _Window:
-    cuts = repo.chunker.cut(view)
-    tail = len(view)
-    if not final and cuts:
-        tail = cuts.pop()[0]
+               first: bool, hints: dict[int, tuple[bytes, int]] | None) -> _Window:
+    """Cut ``view`` as if a chunk started at its first byte (an extent's ``first`` window:
+    one does), or, with the parent's ``hints``, at the first hinted chunk in it."""
+    if hints:
+        start = 0 if first else min(hints)
+        cuts, ids, tail = repo.chunker.cut_guided(view, start, final, hints)
+    else:
+        cuts, ids = repo.chunker.cut(view), None
+        tail = len(view)
+        if not final and cuts:
+            tail = cuts.pop()[0]
     starts = {off: i for i, (off, _) in enumerate(cuts)}
     starts[tail] = len(cuts)
-    items = _process(repo, view, cuts, zeros, codec, defer=0 if first else SPECULATIVE_DEFER)
+    items = _process(repo, view, cuts, zeros, codec, defer=0 if first else SPECULATIVE_DEFER, ids=ids)
     return _Window(view, final, items, starts, tail)
 
 
 def _read_and_speculate(repo: Repository, fill: Callable[[memoryview], int], view: memoryview, final: bool,
-                        zeros: _Zeros, codec: _Codec, first: bool) -> _Window:
+                        zeros: _Zeros, codec: _Codec, first: bool,
+                        hints: dict[int, tuple[bytes, int]] | None) -> _Window:
     fill(view)  # reads all of it or raises SourceError
-    return _speculate(repo, view, final, zeros, codec, first)
+    return _speculate(repo, view, final, zeros, codec, first, hints)
 
 
 def _stitch(repo: Repository, w: _Window, head: bytes | None, zeros: _Zeros,
@@ -180,7 +236,7 @@ def _stitch(repo: Repository, w: _Window, head: bytes | None, zeros: _Zeros,
     """The true chunks of window ``w`` given ``head``, the unfinished last chunk of the
     previous window of the same extent (None for an extent's first window); returns them
     and the new unfinished chunk (bytes) to carry into the next window."""
-    if head is None:  # an extent's first window: the speculation is the truth
+    if head is None or (not head and 0 in w.starts):  # the speculation starts where a chunk does
         return w.items, bytes(w.view[w.tail :])
     h = len(head)
     probe = repo.params.max_size  # the chains nearly always meet within the first chunk or two
@@ -225,6 +281,10 @@ def _take_snapshot(
     started = time.monotonic()
     when = now()
     source = open_source(source_path)
+    host = host or socket.gethostname()
+    source_name = "stdin" if source.kind == "stdin" else os.path.abspath(source_path)
+    parent = _parent(repo, source_name, source.size, host)
+    guide = _Guide(repo, parent) if parent else None
     writer = repo.blob_writer()
     builder = TreeBuilder(writer.add_tree_node)
     stats = dict(size=0, data_bytes=0, zero_bytes=0, chunks=0, new_chunks=0, new_bytes=0, stored_bytes=0)
@@ -304,8 +364,9 @@ def _take_snapshot(
                 for pos in range(offset, end, BUFFER):
                     n = min(BUFFER, end - pos)
                     view = memoryview(acquire())[:n]
+                    hints = guide.hints(pos, n) if guide else None
                     job = pool.submit(_read_and_speculate, repo, source.filler(pos, n), view, pos + n == end, zeros, codec,
-                                      pos == offset)
+                                      pos == offset, hints)
                     ordered.put((job, pos == offset))
                 continue
             fill = source.filler(offset, length)  # stdin: read here, in order
@@ -313,10 +374,11 @@ def _take_snapshot(
             while True:
                 buf = acquire()
                 got = fill(memoryview(buf))
+                hints = guide.hints(done, got) if guide else None
                 done += got
                 final = got < BUFFER or done == length
                 view = memoryview(buf)[:got]
-                ordered.put((pool.submit(_speculate, repo, view, final, zeros, codec, first), first))
+                ordered.put((pool.submit(_speculate, repo, view, final, zeros, codec, first, hints), first))
                 first = False
                 if final:
                     break
@@ -341,8 +403,8 @@ def _take_snapshot(
     record = SnapshotRecord(
         id="",
         time=when.isoformat(timespec="microseconds").replace("+00:00", "Z"),
-        host=host or socket.gethostname(),
-        source="stdin" if source.kind == "stdin" else os.path.abspath(source_path),
+        host=host,
+        source=source_name,
         tags=tags,
         tree=root.hex(),
         duration=round(time.monotonic() - started, 3),
