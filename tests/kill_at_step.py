@@ -1,7 +1,7 @@
 """Run ``python -m diskvault ARGS`` and SIGKILL itself at I/O step ``KILL_AT_STEP``.
 
 Test-only wrapper (tests/e2e/test_prune_kill.py): counts the steps where a crash matters:
-every write and commit of a file, every deletion, every catalog transaction (before and
+every write, flush and commit of a file, every deletion, every catalog transaction (before and
 after its COMMIT) and every blob read, and sends itself SIGKILL just before step K. With
 K = -1 it only prints the number of steps to stderr at exit."""
 
@@ -40,6 +40,7 @@ def hook(cls, name: str, after: bool = False) -> None:
 
 
 hook(local.LocalFileWriter, "write")
+hook(local.LocalFileWriter, "flush", after=True)
 hook(local.LocalFileWriter, "commit", after=True)
 hook(local.LocalStorage, "delete", after=True)
 hook(catalog._Transaction, "__exit__", after=True)

@@ -72,6 +72,10 @@ class PackWriter:
         self.entries.append(e)
         return e
 
+    def flush(self) -> None:
+        """Hand the entries added so far to storage (a payload may be held, not copied, until then)."""
+        self._w.flush()
+
     def seal(self) -> int:
         """Write the trailer, fsync, rename into place. Returns the pack's size."""
         table = b"".join(

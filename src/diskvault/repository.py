@@ -274,6 +274,12 @@ class BlobWriter:
             self.seal()
         return len(payload)
 
+    def flush(self) -> None:
+        """Hand the open pack's payloads to storage: until then a payload may be held, not
+        copied, so a caller that reuses its buffers calls this first."""
+        if self.pack is not None:
+            self.pack.flush()
+
     def add_raw(self, ident: bytes, kind: int, data: bytes) -> int:
         """Compress and add ``data`` unless this session or the catalog has it already."""
         if self.has(ident) or self.repo.catalog.known([ident]):

@@ -104,3 +104,21 @@ def test_zstd_is_smaller_than_lz4_on_text():
 def test_unknown_flags_are_reported_not_guessed(flags):
     with pytest.raises(DamagedData, match="unknown flags"):
         compression.decompress(b"x" * 16, flags, 16)
+
+
+def test_short_writes_are_resumed(tmp_path, monkeypatch):
+    """Writes are gathered into writev calls; a call that writes less (a signal, a quota)
+    goes on from the byte where it stopped, inside a piece or between pieces."""
+    import os
+
+    from diskvault.storage import local
+
+    real = os.writev
+    monkeypatch.setattr(local.os, "writev", lambda fd, bufs: real(fd, [bytes(b"".join(bufs))[:7_777]]))
+    pieces = [random_bytes(n, n) for n in (1, 5000, 20_000, 3, 70_000)] * 300  # past FLUSH_COUNT
+    w = LocalStorage(str(tmp_path)).create("f")
+    for p in pieces:
+        w.write(memoryview(p))
+    assert w.tell() == sum(map(len, pieces))
+    w.commit()
+    assert (tmp_path / "f").read_bytes() == b"".join(pieces)

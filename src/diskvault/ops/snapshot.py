@@ -346,6 +346,7 @@ def _take_snapshot(
                     w: _Window = fut.result()
                     items, head = _stitch(repo, w, None if first else head, zeros, codec)
                     consume(items)
+                    writer.flush()  # payloads kept raw are views into the buffer
                     free.put(w.view.obj)
             except BaseException as exc:  # handed to the reading thread, which re-raises it
                 failure.append(exc)
