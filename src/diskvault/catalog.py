@@ -13,11 +13,12 @@ runs (meta, snapshot rows, lookups) use sqlite3 directly, because importing sqli
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .pack import Entry
@@ -233,15 +234,26 @@ class Catalog:
             self.conn.executemany("DELETE FROM snapshots WHERE id=?", [(i,) for i in ids])
 
     def pack_name(self, pid: int) -> str:
+        return self._pack_name(self.conn, pid)
+
+    def _pack_name(self, conn: sqlite3.Connection, pid: int) -> str:
         name = self._pack_names.get(pid)
         if name is None:
-            row = self.conn.execute("SELECT name FROM packs WHERE id=?", (pid,)).fetchone()
+            row = conn.execute("SELECT name FROM packs WHERE id=?", (pid,)).fetchone()
             name = row[0]
             self._pack_names[pid] = name
         return name
 
     def packs(self) -> list[dict]:
         return list(self.db.query("SELECT id, name, size, entries FROM packs ORDER BY id"))
+
+    @contextlib.contextmanager
+    def _any_thread(self) -> Iterator[sqlite3.Connection]:
+        """A second connection, for reads from threads other than the one that writes."""
+        with self._lookup_lock:
+            if self._lookup_conn is None:
+                self._lookup_conn = connect(self.path)
+            yield self._lookup_conn
 
     def known(self, ids: Iterable[bytes]) -> set[bytes]:
         """Which of ``ids`` the catalog has; safe to call from any thread (own connection).
@@ -250,10 +262,7 @@ class Catalog:
         wait milliseconds."""
         ids = list(ids)
         found: set[bytes] = set()
-        with self._lookup_lock:
-            if self._lookup_conn is None:
-                self._lookup_conn = connect(self.path)
-            c = self._lookup_conn
+        with self._any_thread() as c:
             for i in range(0, len(ids), LOOKUP_BATCH):
                 part = ids[i : i + LOOKUP_BATCH]
                 q = f"SELECT group_concat(hex(id), '') FROM blobs WHERE id IN ({','.join('?' * len(part))})"
@@ -261,7 +270,15 @@ class Catalog:
                 found.update(bytes.fromhex(text[k : k + 64]) for k in range(0, len(text), 64))
         return found
 
-    def locate(self, ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
+    def locate(self, ids: Iterable[bytes], any_thread: bool = False) -> dict[bytes, BlobLocation]:
+        """Where blobs are. ``any_thread``: through the second connection, safe beside a
+        thread that writes (the snapshot's writer)."""
+        if any_thread:
+            with self._any_thread() as c:
+                return self._locate(c, ids)
+        return self._locate(self.conn, ids)
+
+    def _locate(self, conn: sqlite3.Connection, ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
         ids = list(dict.fromkeys(ids))
         out: dict[bytes, BlobLocation] = {}
         for i in range(0, len(ids), LOOKUP_BATCH):
@@ -270,8 +287,8 @@ class Catalog:
                 "SELECT id, type, pack, offset, stored_len, raw_len, flags FROM blobs "
                 f"WHERE id IN ({','.join('?' * len(part))})"
             )
-            for bid, kind, pid, off, stored, raw, flags in self.conn.execute(q, part):
-                out[bid] = BlobLocation(bid, kind, self.pack_name(pid), off, stored, raw, flags)
+            for bid, kind, pid, off, stored, raw, flags in conn.execute(q, part):
+                out[bid] = BlobLocation(bid, kind, self._pack_name(conn, pid), off, stored, raw, flags)
         return out
 
     def blob_totals(self) -> dict[str, int]:

@@ -195,13 +195,15 @@ class Repository:
     def locate(self, ids) -> dict[bytes, BlobLocation]:
         return self.catalog.locate(ids)
 
-    def load_tree_node(self, nid: bytes) -> bytes:
+    def load_tree_node(self, nid: bytes, any_thread: bool = False) -> bytes:
+        """A tree node's bytes (cached). ``any_thread``: safe beside a thread that writes
+        the catalog (see Catalog.locate)."""
         with self._nodes_lock:
             node = self._nodes.get(nid)
             if node is not None:
                 self._nodes.move_to_end(nid)
                 return node
-        loc = self.catalog.locate([nid]).get(nid)
+        loc = self.catalog.locate([nid], any_thread).get(nid)
         if loc is None:
             raise DamagedData(f"tree node {short(nid)} is not in the catalog")
         node = bytes(self.read_blob(loc))

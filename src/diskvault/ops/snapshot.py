@@ -31,6 +31,7 @@ Ctrl-C or any error aborts the open pack; sealed packs stay as reusable, unrefer
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -157,10 +158,13 @@ class _Guide:
     ``Chunker.cut_guided``. A hint is a data chunk followed by another data chunk: it ended
     at a cut FastCDC chose (the last chunk of a data extent may have ended with the data).
     Memory: one path of tree nodes. A parent tree that cannot be read gives no more hints
-    (the snapshot is cut as if there were no parent)."""
+    (the snapshot is cut as if there were no parent). Nodes are loaded in the calling
+    thread, beside the writer thread's catalog commits: through the catalog's second
+    connection."""
 
     def __init__(self, repo: Repository, parent: SnapshotRecord) -> None:
-        self._chunks = self._walk(TreeReader(repo.load_tree_node).leaves(bytes.fromhex(parent.tree)))
+        reader = TreeReader(functools.partial(repo.load_tree_node, any_thread=True))
+        self._chunks = self._walk(reader.leaves(bytes.fromhex(parent.tree)))
         self._next: tuple[int, bytes, int] | None = next(self._chunks, None)
 
     @staticmethod
