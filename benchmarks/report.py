@@ -151,7 +151,11 @@ def write(raw: dict, docs: Path) -> None:
     a("The ceiling is the libraries alone on 2 threads, no repository (benchmarks/ceiling.py): read with "
       "`preadv` into 8 MiB buffers, FastCDC, blake3 and lz4 of every chunk (full); the same without lz4 "
       "(incremental: nearly nothing is new). Efficiency = diskvault / ceiling; *wall* includes Python start-up, "
-      "catalog commit and `sync`, *in-process* is the snapshot's own `duration`.")
+      "catalog commit and `sync`, *in-process* is the snapshot's own `duration`. The ceiling cuts every byte; "
+      "diskvault's incremental skips FastCDC wherever a chunk of the parent snapshot recurs (one blake3 pass "
+      "confirms it, see docs/design.md), so it can come close to or pass the ceiling. The ceiling moves with the "
+      "machine's speed, and the full snapshot's fixed costs (start-up, pack writes, catalog commits) weigh more on a "
+      "fast day than on a slow one (benchmarks/notes.md, \"Run-to-run variation\").")
     a("")
     a("| step | ceiling MB/s | diskvault MB/s (wall) | efficiency (wall) | diskvault MB/s (in-process) | efficiency (in-process) |")
     a("|---|---|---|---|---|---|")
