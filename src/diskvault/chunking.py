@@ -87,6 +87,7 @@ class Chunker:
             if hint is not None and pos + hint[1] > n and not final:
                 return cuts, ids, pos  # the hinted chunk goes on past this data: unfinished
             span = 2 * self.params.max_size  # cut until a cut ends at a hint (after a change: soon)
+            met = False
             while True:
                 end = min(n, pos + span)
                 piece = self.cut(view[pos:end])
@@ -96,12 +97,14 @@ class Chunker:
                     cuts.append((pos + off, length))
                     ids.append(None)
                     if pos + off + length in hints:
+                        met = True
                         break
-                pos = cuts[-1][0] + cuts[-1][1] if piece else pos
-                if pos in hints or end == n:
+                if piece:
+                    pos = cuts[-1][0] + cuts[-1][1]
+                if met or end == n:
                     break
                 span *= 4
-            if end == n and pos not in hints:
+            if not met:  # cut to the end: the rest, if any, is unfinished
                 return cuts, ids, n if final else pos
         return cuts, ids, n
 

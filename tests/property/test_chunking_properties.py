@@ -61,14 +61,17 @@ def edited(data: bytes, changes) -> bytes:
     return data
 
 
+bogus = st.lists(st.tuples(st.integers(0, 300_000), st.integers(1, 70_000)), max_size=6)
+
+
 def hints_of(data: bytes) -> dict[int, tuple[bytes, int]]:
     """Every chunk of ``data`` but its last (which ended with the data) as a hint."""
     cuts = CHUNKER.cut(data)[:-1]
     return {o: (content_id(data[o : o + n]), n) for o, n in cuts}
 
 
-@given(seed=st.integers(0, 2**32), size=st.integers(1, 300_000), changes=edits, repeat=st.booleans())
-def test_guided_cuts_equal_plain_cuts(seed, size, changes, repeat):
+@given(seed=st.integers(0, 2**32), size=st.integers(1, 300_000), changes=edits, repeat=st.booleans(), wrong=bogus)
+def test_guided_cuts_equal_plain_cuts(seed, size, changes, repeat, wrong):
     """With the hints of an earlier version, cut_guided finds exactly cut's boundaries, and
     every id it hands out is the hash of that chunk's bytes."""
     data = random_bytes(size, seed)
@@ -77,19 +80,23 @@ def test_guided_cuts_equal_plain_cuts(seed, size, changes, repeat):
     new = edited(data, changes)
     if not new:
         return
-    cuts, ids, tail = CHUNKER.cut_guided(memoryview(new), 0, True, hints_of(data))
+    hints = hints_of(data) | {at: (bytes(32), n) for at, n in wrong}
+    cuts, ids, tail = CHUNKER.cut_guided(memoryview(new), 0, True, hints)
     assert cuts == CHUNKER.cut(new) and tail == len(new)
     for (o, n), ident in zip(cuts, ids):
         assert ident is None or ident == content_id(new[o : o + n])
 
 
-@given(seed=st.integers(0, 2**32), size=st.integers(1, 300_000), changes=edits, cut_at=st.integers(1, 300_000))
-def test_guided_cuts_of_an_unfinished_buffer_are_a_prefix(seed, size, changes, cut_at):
+@given(seed=st.integers(0, 2**32), size=st.integers(1, 300_000), changes=edits, cut_at=st.integers(1, 300_000),
+       wrong=bogus)
+def test_guided_cuts_of_an_unfinished_buffer_are_a_prefix(seed, size, changes, cut_at, wrong):
     """Not ``final`` (more data follows): the cuts are the first of the plain cuts of all
-    the data, and ``tail`` is where the next one starts."""
+    the data, and ``tail`` is where the next one starts. Hints whose bytes are not there
+    (``wrong``: anywhere, any length) change nothing."""
     data = random_bytes(size, seed)
     new = edited(data, changes)
     part = new[: cut_at % (len(new) + 1)]
-    cuts, _, tail = CHUNKER.cut_guided(memoryview(part), 0, False, hints_of(data))
+    hints = hints_of(data) | {at: (bytes(32), n) for at, n in wrong}
+    cuts, _, tail = CHUNKER.cut_guided(memoryview(part), 0, False, hints)
     assert cuts == CHUNKER.cut(new)[: len(cuts)]
     assert tail == (cuts[-1][0] + cuts[-1][1] if cuts else 0)

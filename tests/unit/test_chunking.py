@@ -59,3 +59,12 @@ def test_parse_size_rejects(text):
 def test_average_must_be_power_of_two_in_range(avg):
     with pytest.raises(ValueError):
         ChunkerParams.for_average(avg)
+
+
+def test_guided_cut_of_a_changed_unfinished_end():
+    """A hint that does not match where the rest of the data is one unfinished piece: the
+    whole rest is the tail (this once looped forever)."""
+    chunker = Chunker(ChunkerParams.for_average(4096))
+    data = memoryview(random_bytes(1000, 1))  # shorter than min_size: one piece
+    assert chunker.cut_guided(data, 0, False, {0: (bytes(32), 500)}) == ([], [], 0)
+    assert chunker.cut_guided(data, 0, True, {0: (bytes(32), 500)}) == ([(0, 1000)], [None], 1000)
