@@ -48,19 +48,8 @@ def snapshot_leaves(repo, path: str) -> list[tuple[bytes, int]]:
     return [(leaf.id, leaf.length) for leaf in repo.tree().leaves(bytes.fromhex(rec.tree))]
 
 
-segments = st.lists(
-    st.tuples(st.sampled_from(["random", "zeros", "repeat", "period", "hole"]), st.integers(1, 300_000), st.integers(0, 99)),
-    min_size=1, max_size=8,
-)
-
-
-@given(segs=segments, window=st.sampled_from([64 << 10, 100_000, 256 << 10, 1 << 20]))
-def test_windows_give_the_stream_boundaries(tmp_path_factory, segs, window):
-    tmp = tmp_path_factory.mktemp("img")
-    repo_path = tmp / "repo"
-    Repository.init(str(repo_path), ChunkerParams.for_average(16 << 10)).close()
-    img = tmp / "a.img"
-    with open(img, "wb") as f:
+def write_image(path, segs) -> None:
+    with open(path, "wb") as f:
         for kind, n, seed in segs:
             if kind == "random":
                 f.write(random_bytes(n, seed))
@@ -74,6 +63,21 @@ def test_windows_give_the_stream_boundaries(tmp_path_factory, segs, window):
             else:
                 f.seek(n + (2 << 20), os.SEEK_CUR)  # a real hole (longer than HOLE_MERGE)
         f.truncate()
+
+
+segments = st.lists(
+    st.tuples(st.sampled_from(["random", "zeros", "repeat", "period", "hole"]), st.integers(1, 300_000), st.integers(0, 99)),
+    min_size=1, max_size=8,
+)
+
+
+@given(segs=segments, window=st.sampled_from([64 << 10, 100_000, 256 << 10, 1 << 20]))
+def test_windows_give_the_stream_boundaries(tmp_path_factory, segs, window):
+    tmp = tmp_path_factory.mktemp("img")
+    repo_path = tmp / "repo"
+    Repository.init(str(repo_path), ChunkerParams.for_average(16 << 10)).close()
+    img = tmp / "a.img"
+    write_image(img, segs)
     old = snapshot_mod.BUFFER
     snapshot_mod.BUFFER = window
     try:
@@ -129,23 +133,6 @@ def test_repeat_of_a_replaced_speculative_chunk_is_stored(tmp_path, repo, monkey
     restore(repo, rec, str(out))
     assert out.read_bytes() == data
     assert [(leaf.id, leaf.length) for leaf in repo.tree().leaves(bytes.fromhex(rec.tree))] == reference_leaves(repo, str(img))
-
-
-def write_image(path, segs) -> None:
-    with open(path, "wb") as f:
-        for kind, n, seed in segs:
-            if kind == "random":
-                f.write(random_bytes(n, seed))
-            elif kind == "zeros":
-                f.write(bytes(n))
-            elif kind == "repeat":
-                f.write((b"line %d of a log\n" % seed) * (n // 16 + 1))
-            elif kind == "period":  # a random block over and over: chunks repeat within a window
-                block = random_bytes(1000 + seed * 1499, seed)
-                f.write((block * (n // len(block) + 1))[:n])
-            else:
-                f.seek(n + (2 << 20), os.SEEK_CUR)  # a real hole (longer than HOLE_MERGE)
-        f.truncate()
 
 
 @given(segs=segments, changes=st.lists(st.tuples(st.integers(0, 7), segments), min_size=1, max_size=3),
