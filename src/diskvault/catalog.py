@@ -122,7 +122,8 @@ class Catalog:
         self.conn = connect(path)
         self._pack_names: dict[int, str] = {}
         self._lookup_lock = threading.Lock()
-        self._lookup_conn: sqlite3.Connection | None = None
+        self._lookup_conns: list[sqlite3.Connection] = []
+        self._local = threading.local()
 
     @functools.cached_property
     def db(self):
@@ -162,8 +163,10 @@ class Catalog:
         except sqlite3.Error:
             pass
         self.conn.close()
-        if self._lookup_conn is not None:
-            self._lookup_conn.close()
+        with self._lookup_lock:
+            for conn in self._lookup_conns:
+                conn.close()
+            self._lookup_conns.clear()
 
     # --- packs and blobs --------------------------------------------------------
     def add_pack(self, name: str, size: int, entries: list[Entry]) -> None:
@@ -249,11 +252,14 @@ class Catalog:
 
     @contextlib.contextmanager
     def _any_thread(self) -> Iterator[sqlite3.Connection]:
-        """A second connection, for reads from threads other than the one that writes."""
-        with self._lookup_lock:
-            if self._lookup_conn is None:
-                self._lookup_conn = connect(self.path)
-            yield self._lookup_conn
+        """This thread's own second connection, for reads beside the thread that writes
+        (one per thread: the snapshot's workers and its parent walk never wait for each other)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path)
+            with self._lookup_lock:
+                self._lookup_conns.append(conn)
+        yield conn
 
     def known(self, ids: Iterable[bytes]) -> set[bytes]:
         """Which of ``ids`` the catalog has; safe to call from any thread (own connection).
