@@ -277,7 +277,7 @@ class Catalog:
         return found
 
     def locate(self, ids: Iterable[bytes], any_thread: bool = False) -> dict[bytes, BlobLocation]:
-        """Where blobs are. ``any_thread``: through the second connection, safe beside a
+        """Where blobs are. ``any_thread``: through this thread's read connection, safe beside a
         thread that writes (the snapshot's writer)."""
         if any_thread:
             with self._any_thread() as c:

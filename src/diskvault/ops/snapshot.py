@@ -159,8 +159,8 @@ class _Guide:
     at a cut FastCDC chose (the last chunk of a data extent may have ended with the data).
     Memory: one path of tree nodes. A parent tree that cannot be read gives no more hints
     (the snapshot is cut as if there were no parent). Nodes are loaded in the calling
-    thread, beside the writer thread's catalog commits: through the catalog's second
-    connection."""
+    thread, beside the writer thread's catalog commits: through that thread's own read
+    connection (``any_thread``)."""
 
     def __init__(self, repo: Repository, parent: SnapshotRecord) -> None:
         reader = TreeReader(functools.partial(repo.load_tree_node, any_thread=True))
