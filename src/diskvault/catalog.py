@@ -13,12 +13,11 @@ runs (meta, snapshot rows, lookups) use sqlite3 directly, because importing sqli
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .pack import Entry
@@ -250,16 +249,15 @@ class Catalog:
     def packs(self) -> list[dict]:
         return list(self.db.query("SELECT id, name, size, entries FROM packs ORDER BY id"))
 
-    @contextlib.contextmanager
-    def _any_thread(self) -> Iterator[sqlite3.Connection]:
-        """This thread's own second connection, for reads beside the thread that writes
-        (one per thread: the snapshot's workers and its parent walk never wait for each other)."""
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's own read connection, for reads beside the thread that writes (one
+        per thread: the snapshot's workers and its parent walk never wait for each other)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = connect(self.path)
             with self._lookup_lock:
                 self._lookup_conns.append(conn)
-        yield conn
+        return conn
 
     def known(self, ids: Iterable[bytes]) -> set[bytes]:
         """Which of ``ids`` the catalog has; safe to call from any thread (own connection).
@@ -268,21 +266,18 @@ class Catalog:
         wait milliseconds."""
         ids = list(ids)
         found: set[bytes] = set()
-        with self._any_thread() as c:
-            for i in range(0, len(ids), LOOKUP_BATCH):
-                part = ids[i : i + LOOKUP_BATCH]
-                q = f"SELECT group_concat(hex(id), '') FROM blobs WHERE id IN ({','.join('?' * len(part))})"
-                text = c.execute(q, part).fetchone()[0] or ""
-                found.update(bytes.fromhex(text[k : k + 64]) for k in range(0, len(text), 64))
+        c = self._reader()
+        for i in range(0, len(ids), LOOKUP_BATCH):
+            part = ids[i : i + LOOKUP_BATCH]
+            q = f"SELECT group_concat(hex(id), '') FROM blobs WHERE id IN ({','.join('?' * len(part))})"
+            text = c.execute(q, part).fetchone()[0] or ""
+            found.update(bytes.fromhex(text[k : k + 64]) for k in range(0, len(text), 64))
         return found
 
     def locate(self, ids: Iterable[bytes], any_thread: bool = False) -> dict[bytes, BlobLocation]:
         """Where blobs are. ``any_thread``: through this thread's read connection, safe beside a
         thread that writes (the snapshot's writer)."""
-        if any_thread:
-            with self._any_thread() as c:
-                return self._locate(c, ids)
-        return self._locate(self.conn, ids)
+        return self._locate(self._reader() if any_thread else self.conn, ids)
 
     def _locate(self, conn: sqlite3.Connection, ids: Iterable[bytes]) -> dict[bytes, BlobLocation]:
         ids = list(dict.fromkeys(ids))

@@ -86,7 +86,8 @@ class Chunker:
                 continue
             if hint is not None and pos + hint[1] > n and not final:
                 return cuts, ids, pos  # the hinted chunk goes on past this data: unfinished
-            span = 2 * self.params.max_size  # cut until a cut ends at a hint (after a change: soon)
+            # cut until a cut ends at a hint (after a change: soon); with no hints, all at once
+            span = 2 * self.params.max_size if hints else n
             met = False
             while True:
                 end = min(n, pos + span)

@@ -3,6 +3,7 @@ exactly the chunk list of cutting each data extent as one stream, whatever the w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -48,6 +49,16 @@ def snapshot_leaves(repo, path: str) -> list[tuple[bytes, int]]:
     return [(leaf.id, leaf.length) for leaf in repo.tree().leaves(bytes.fromhex(rec.tree))]
 
 
+@contextlib.contextmanager
+def window_size(n: int):
+    """The pipeline's window size for one test (hypothesis: no function-scoped monkeypatch)."""
+    old, snapshot_mod.BUFFER = snapshot_mod.BUFFER, n
+    try:
+        yield
+    finally:
+        snapshot_mod.BUFFER = old
+
+
 def write_image(path, segs) -> None:
     with open(path, "wb") as f:
         for kind, n, seed in segs:
@@ -78,17 +89,12 @@ def test_windows_give_the_stream_boundaries(tmp_path_factory, segs, window):
     Repository.init(str(repo_path), ChunkerParams.for_average(16 << 10)).close()
     img = tmp / "a.img"
     write_image(img, segs)
-    old = snapshot_mod.BUFFER
-    snapshot_mod.BUFFER = window
-    try:
-        with Repository.open(str(repo_path)) as repo:
-            assert snapshot_leaves(repo, str(img)) == reference_leaves(repo, str(img))
-            out = tmp / "out.img"
-            restore(repo, repo.resolve("latest"), str(out))
-            assert out.read_bytes() == img.read_bytes()
-        assert_consistent(repo_path)
-    finally:
-        snapshot_mod.BUFFER = old
+    with window_size(window), Repository.open(str(repo_path)) as repo:
+        assert snapshot_leaves(repo, str(img)) == reference_leaves(repo, str(img))
+        out = tmp / "out.img"
+        restore(repo, repo.resolve("latest"), str(out))
+        assert out.read_bytes() == img.read_bytes()
+    assert_consistent(repo_path)
 
 
 @pytest.mark.parametrize("window", [64 << 10, 1 << 20])
@@ -150,22 +156,17 @@ def test_a_parent_guides_to_the_same_boundaries(tmp_path_factory, segs, changes,
     for at, seg in changes:
         at %= len(new) + 1
         new[at:at + 1] = seg
-    old = snapshot_mod.BUFFER
-    snapshot_mod.BUFFER = window
-    try:
-        with Repository.open(str(repo_path)) as repo:
-            snapshot_mod.take_snapshot(repo, str(first))
-            write_image(second, new)
-            if not same_path:
-                os.truncate(second, first.stat().st_size)  # found by its size
-            assert snapshot_mod._parent(repo, str(second), second.stat().st_size, socket.gethostname())
-            assert snapshot_leaves(repo, str(second)) == reference_leaves(repo, str(second))
-            out = tmp / "out.img"
-            restore(repo, repo.resolve("latest"), str(out))
-            assert out.read_bytes() == second.read_bytes()
-        assert_consistent(repo_path)
-    finally:
-        snapshot_mod.BUFFER = old
+    with window_size(window), Repository.open(str(repo_path)) as repo:
+        snapshot_mod.take_snapshot(repo, str(first))
+        write_image(second, new)
+        if not same_path:
+            os.truncate(second, first.stat().st_size)  # found by its size
+        assert snapshot_mod._parent(repo, str(second), second.stat().st_size, socket.gethostname())
+        assert snapshot_leaves(repo, str(second)) == reference_leaves(repo, str(second))
+        out = tmp / "out.img"
+        restore(repo, repo.resolve("latest"), str(out))
+        assert out.read_bytes() == second.read_bytes()
+    assert_consistent(repo_path)
 
 
 def test_a_chunk_that_ended_with_its_extent_is_no_hint(tmp_path, repo):

@@ -214,14 +214,8 @@ def _speculate(repo: Repository, view: memoryview, final: bool, zeros: _Zeros, c
                first: bool, hints: dict[int, tuple[bytes, int]] | None) -> _Window:
     """Cut ``view`` as if a chunk started at its first byte (an extent's ``first`` window:
     one does), or, with the parent's ``hints``, at the first hinted chunk in it."""
-    if hints:
-        start = 0 if first else min(hints)
-        cuts, ids, tail = repo.chunker.cut_guided(view, start, final, hints)
-    else:
-        cuts, ids = repo.chunker.cut(view), None
-        tail = len(view)
-        if not final and cuts:
-            tail = cuts.pop()[0]
+    start = min(hints) if hints and not first else 0
+    cuts, ids, tail = repo.chunker.cut_guided(view, start, final, hints or {})
     starts = {off: i for i, (off, _) in enumerate(cuts)}
     starts[tail] = len(cuts)
     items = _process(repo, view, cuts, zeros, codec, defer=0 if first else SPECULATIVE_DEFER, ids=ids)
