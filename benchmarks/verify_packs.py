@@ -12,9 +12,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-from diskvault import compression  # noqa: E402
-from diskvault.hashing import content_id  # noqa: E402
-from diskvault.pack import read_table  # noqa: E402
+from diskvault.repository import compression  # noqa: E402
+from diskvault.repository.hashing import content_id  # noqa: E402
+from diskvault.repository.pack import read_table  # noqa: E402
 from diskvault.repository import Repository  # noqa: E402
 
 

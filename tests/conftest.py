@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from consistency import assert_consistent  # noqa: E402
 
-from diskvault.chunking import ChunkerParams  # noqa: E402
+from diskvault.repository.chunking import ChunkerParams  # noqa: E402
 from diskvault.repository import Repository  # noqa: E402
 
 settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

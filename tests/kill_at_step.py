@@ -12,7 +12,8 @@ import os
 import signal
 import sys
 
-from diskvault import catalog, repository
+from diskvault import repository
+from diskvault.repository import catalog
 from diskvault.storage import local
 
 KILL_AT = int(os.environ["KILL_AT_STEP"])

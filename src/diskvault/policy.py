@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from .chunking import parse_size
+from .repository.chunking import parse_size
 
 UNLIMITED = -1
 DEFAULT_MAX_UNUSED = "2%"  # restic says 5 %; 2 % keeps a pruned series within 5 % of a fresh repository

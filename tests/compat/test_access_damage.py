@@ -11,7 +11,7 @@ from access_fixtures import fuse_mount, nbd_server
 
 from helpers import random_bytes, run_cli, tool
 
-from diskvault.ops.snapshot_reader import ReadContext, SnapshotReader
+from diskvault.ops.access.snapshot_reader import ReadContext, SnapshotReader
 from diskvault.repository import Repository
 
 MiB = 1 << 20
@@ -70,7 +70,7 @@ def test_read_ahead_past_a_damaged_chunk_serves_the_sound_reads(damaged, repo_pa
     """The NBD server reads ahead of a sequential stream: a damaged chunk in the window read
     ahead fails only the reads that need it, and is never served."""
     from diskvault.errors import DamagedData
-    from diskvault.ops.snapshot_reader import Stream
+    from diskvault.ops.access.snapshot_reader import Stream
 
     img, piece = damaged
     data = img.read_bytes()

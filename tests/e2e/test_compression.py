@@ -7,7 +7,7 @@ import sqlite3
 
 from helpers import random_bytes, run_cli
 
-from diskvault import compression
+from diskvault.repository import compression
 
 
 def text_image(size: int, seed: int) -> bytearray:

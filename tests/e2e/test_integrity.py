@@ -18,11 +18,11 @@ from types import SimpleNamespace
 import pytest
 from helpers import random_bytes, run_cli
 
-from diskvault.chunking import ChunkerParams
-from diskvault.hashing import ZERO_ID
+from diskvault.repository.chunking import ChunkerParams
+from diskvault.repository.hashing import ZERO_ID
 from diskvault.ops.check import check
 from diskvault.ops.snapshot import take_snapshot
-from diskvault.pack import FOOTER, TYPE_CHUNK, read_table
+from diskvault.repository.pack import FOOTER, TYPE_CHUNK, read_table
 from diskvault.repository import Repository
 from diskvault.storage.local import LocalStorage
 

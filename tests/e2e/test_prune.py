@@ -10,11 +10,11 @@ import shutil
 from helpers import cli_env, random_bytes, run_cli
 from retention_helpers import assert_no_unreferenced_packs, digest, repo_bytes, snapshot_series
 
-from diskvault.chunking import ChunkerParams
+from diskvault.repository.chunking import ChunkerParams
 from diskvault.errors import EXIT_DAMAGED, EXIT_SNAPSHOT, EXIT_USAGE
 from diskvault.ops.progress import NoProgress
 from diskvault.ops.prune import mark
-from diskvault.pack import PackWriter
+from diskvault.repository.pack import PackWriter
 from diskvault.repository import Repository
 
 

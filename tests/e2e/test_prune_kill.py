@@ -41,7 +41,7 @@ def _state(path, original_packs: set[str]) -> str:
 def test_prune_survives_sigkill_anywhere(tmp_path, monkeypatch):
     monkeypatch.setenv("DISKVAULT_PACK_SIZE", PACK_SIZE)
     template = tmp_path / "template"
-    from diskvault.chunking import ChunkerParams
+    from diskvault.repository.chunking import ChunkerParams
     Repository.init(str(template), ChunkerParams.for_average(16 << 10)).close()
     series = snapshot_series(template, tmp_path / "a.img", count=8, size=2 << 20, changes=32, seed=3)
     with Repository.open(str(template)) as r:

@@ -4,8 +4,8 @@ after an edit."""
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskvault.chunking import Chunker, ChunkerParams
-from diskvault.hashing import content_id
+from diskvault.repository.chunking import Chunker, ChunkerParams
+from diskvault.repository.hashing import content_id
 from helpers import random_bytes
 
 CHUNKER = Chunker(ChunkerParams.for_average(4 << 10))

@@ -16,7 +16,7 @@ from helpers import random_bytes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskvault.chunking import ChunkerParams
+from diskvault.repository.chunking import ChunkerParams
 from diskvault.errors import DamagedData
 from diskvault.ops.check import check
 from diskvault.ops.restore import restore

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from retention_helpers import assert_no_unreferenced_packs, digest
 
-from diskvault.chunking import ChunkerParams
+from diskvault.repository.chunking import ChunkerParams
 from diskvault.ops.forget import forget_snapshots
 from diskvault.ops.prune import prune
 from diskvault.ops.restore import restore

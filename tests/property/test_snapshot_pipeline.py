@@ -13,8 +13,8 @@ from helpers import random_bytes
 
 from consistency import assert_consistent
 
-from diskvault.chunking import ChunkerParams
-from diskvault.hashing import ZERO_ID, content_id
+from diskvault.repository.chunking import ChunkerParams
+from diskvault.repository.hashing import ZERO_ID, content_id
 from diskvault.images.source import open_source
 from diskvault.ops import snapshot as snapshot_mod
 from diskvault.ops.restore import restore

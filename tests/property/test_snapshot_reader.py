@@ -8,12 +8,12 @@ from hypothesis import given, settings, strategies as st
 from helpers import random_bytes
 
 from diskvault.ops.snapshot import take_snapshot
-from diskvault.ops.snapshot_reader import ReadContext, SnapshotReader, Stream
+from diskvault.ops.access.snapshot_reader import ReadContext, SnapshotReader, Stream
 
 
 @pytest.fixture(scope="module")
 def image_and_reader(tmp_path_factory):
-    from diskvault.chunking import ChunkerParams
+    from diskvault.repository.chunking import ChunkerParams
     from diskvault.repository import Repository
 
     tmp = tmp_path_factory.mktemp("reader")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import random_bytes
 
-import diskvault.repository as repository
+import diskvault.repository.repository as repository
 from diskvault.ops.check import check, parse_subset
 from diskvault.ops.damage import merge
 from diskvault.ops.snapshot import take_snapshot

@@ -3,7 +3,7 @@
 import blake3
 import pytest
 
-from diskvault.chunking import Chunker, ChunkerParams, parse_size
+from diskvault.repository.chunking import Chunker, ChunkerParams, parse_size
 from helpers import random_bytes
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 from helpers import random_bytes, run_cli
 
-from diskvault import locking
+from diskvault.repository import locking
 from diskvault.errors import EXIT_LOCKED, RepositoryLocked
 
 

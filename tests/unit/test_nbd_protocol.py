@@ -10,7 +10,7 @@ import pytest
 
 from helpers import random_bytes
 
-from diskvault.ops.nbd_server import NbdServer, parse_bind
+from diskvault.ops.access.nbd_server import NbdServer, parse_bind
 from diskvault.ops.snapshot import take_snapshot
 
 MiB = 1 << 20

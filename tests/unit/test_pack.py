@@ -2,10 +2,10 @@
 
 import pytest
 
-from diskvault import compression
+from diskvault.repository import compression
 from diskvault.errors import DamagedData
-from diskvault.hashing import content_id
-from diskvault.pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK, TYPE_TREE, PackWriter, read_table
+from diskvault.repository.hashing import content_id
+from diskvault.repository.pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK, TYPE_TREE, PackWriter, read_table
 from diskvault.storage.local import LocalStorage
 from helpers import random_bytes
 

@@ -3,8 +3,8 @@
 import pytest
 
 from diskvault.errors import DamagedData
-from diskvault.hashing import ZERO_ID, content_id
-from diskvault.tree import MAX_ITEMS, TreeBuilder, TreeReader, encode, parse
+from diskvault.repository.hashing import ZERO_ID, content_id
+from diskvault.repository.tree import MAX_ITEMS, TreeBuilder, TreeReader, encode, parse
 
 
 def build(items):

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..chunking import DEFAULT_AVG, parse_size
+from ..repository.chunking import DEFAULT_AVG, parse_size
 from .common import JsonOpt, RepoOpt, print_json
 
 

@@ -20,7 +20,7 @@ def mount(
     json_out: JsonOpt = False,
 ) -> None:
     """Mount every snapshot read-only: MOUNT/<id>/disk.img, MOUNT/<id>/p<N>.img, MOUNT/latest. Ctrl-C unmounts."""
-    from ..ops.fuse_mount import check_mountpoint, mount_repository
+    from ..ops.access.fuse_mount import check_mountpoint, mount_repository
 
     def ready(path: str) -> None:
         if json_out:

@@ -19,7 +19,7 @@ def serve(
     json_out: JsonOpt = False,
 ) -> None:
     """Serve every snapshot read-only over NBD (exports: id, id prefix, latest, latest:TAG; NAME/pN is partition N)."""
-    from ..ops.nbd_server import NbdServer, parse_bind
+    from ..ops.access.nbd_server import NbdServer, parse_bind
 
     host, port = parse_bind(bind)
     with open_repo(repo) as r:

@@ -25,12 +25,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..catalog import BlobLocation, SnapshotRecord
+from ..repository.catalog import BlobLocation, SnapshotRecord
 from ..errors import DamagedData
-from ..hashing import ZERO_ID, content_id, short
-from ..pack import TYPE_TREE, pack_id, read_table
+from ..repository.hashing import ZERO_ID, content_id, short
+from ..repository.pack import TYPE_TREE, pack_id, read_table
 from ..repository import Repository
-from ..tree import parse
+from ..repository.tree import parse
 from .damage import merge, node_problem
 from .progress import NoProgress, Progress
 

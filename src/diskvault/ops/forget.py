@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..catalog import SnapshotRecord
+from ..repository.catalog import SnapshotRecord
 from ..policy import Group, Policy, Snap, apply_policy, parse_time
 from ..repository import Repository
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..catalog import SnapshotRecord
-from ..hashing import ZERO_ID
+from ..repository.catalog import SnapshotRecord
+from ..repository.hashing import ZERO_ID
 from ..repository import Repository
 
 

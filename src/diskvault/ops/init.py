@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..chunking import DEFAULT_AVG, ChunkerParams
+from ..repository.chunking import DEFAULT_AVG, ChunkerParams
 from ..repository import Repository
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 
-from ..catalog import SnapshotRecord
+from ..repository.catalog import SnapshotRecord
 from ..errors import SourceError
 from ..images.partitions import PartitionTable, read_table
 from ..images.source import open_source
 from ..repository import Repository
-from .snapshot_reader import ReadContext, SnapshotReader
+from .access.snapshot_reader import ReadContext, SnapshotReader
 
 
 def snapshot_partitions(repo: Repository, snap: SnapshotRecord) -> PartitionTable:

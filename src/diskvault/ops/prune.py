@@ -27,10 +27,10 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..catalog import BlobLocation
+from ..repository.catalog import BlobLocation
 from ..errors import DamagedData
-from ..hashing import ZERO_ID, short
-from ..pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK
+from ..repository.hashing import ZERO_ID, short
+from ..repository.pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK
 from ..policy import DEFAULT_MAX_UNUSED, parse_max_unused
 from ..repository import Repository, pack_target_size
 from .progress import NoProgress, Progress

@@ -31,14 +31,14 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
-from .. import compression, locking
-from ..catalog import BlobLocation, Catalog, SnapshotRecord
+from ..repository import compression, locking
+from ..repository.catalog import BlobLocation, Catalog, SnapshotRecord
 from ..errors import DamagedData, RepositoryNotFound
-from ..hashing import ZERO_ID, content_id, short
-from ..pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_table
+from ..repository.hashing import ZERO_ID, content_id, short
+from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_table
 from ..repository import CATALOG, CONFIG, FORMAT_VERSION, Repository
 from ..storage.local import TMP_MARK, LocalStorage
-from ..tree import parse
+from ..repository.tree import parse
 from .check import check_unlocked
 from .damage import merge, node_problem
 

@@ -26,12 +26,12 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..catalog import BlobLocation, SnapshotRecord
+from ..repository.catalog import BlobLocation, SnapshotRecord
 from ..errors import DamagedData, OutOfSpace, SnapshotError, TargetError
-from ..hashing import ZERO_ID, short
+from ..repository.hashing import ZERO_ID, short
 from ..images.device import mount_holder, zero_range
 from ..repository import Repository
-from ..tree import Leaf
+from ..repository.tree import Leaf
 from ..writeback import start_writeback
 from .damage import Lost, merge, walk
 from .progress import NoProgress, Progress

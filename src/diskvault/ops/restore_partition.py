@@ -17,13 +17,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ..catalog import SnapshotRecord
+from ..repository.catalog import SnapshotRecord
 from ..errors import DamagedData, TargetError
 from ..repository import Repository
 from .partitions import snapshot_partitions
 from .progress import NoProgress, Progress
 from .restore import _os_error, _Target
-from .snapshot_reader import ReadContext, SnapshotReader, Stream
+from .access.snapshot_reader import ReadContext, SnapshotReader, Stream
 
 STEP = 8 << 20
 

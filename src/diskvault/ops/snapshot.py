@@ -43,14 +43,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from .. import compression
-from ..catalog import SnapshotRecord
+from ..repository import compression
+from ..repository.catalog import SnapshotRecord
 from ..errors import DamagedData
-from ..hashing import ZERO_ID, content_id
+from ..repository.hashing import ZERO_ID, content_id
 from ..images.source import open_source
-from ..pack import TYPE_CHUNK
+from ..repository.pack import TYPE_CHUNK
 from ..repository import Repository
-from ..tree import TreeBuilder, TreeReader
+from ..repository.tree import TreeBuilder, TreeReader
 from .progress import NoProgress, Progress
 
 BUFFER = 8 << 20

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import locking
+from ..repository import locking
 from ..repository import Repository
 
 

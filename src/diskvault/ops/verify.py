@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..catalog import SnapshotRecord
+from ..repository.catalog import SnapshotRecord
 from ..errors import DamagedData
-from ..hashing import ZERO_ID, short
+from ..repository.hashing import ZERO_ID, short
 from ..images.source import open_source
 from ..repository import Repository
-from ..tree import Leaf
+from ..repository.tree import Leaf
 from .damage import Lost, merge, walk
 from .progress import NoProgress, Progress
 

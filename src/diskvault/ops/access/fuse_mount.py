@@ -36,10 +36,10 @@ import threading
 import time
 from datetime import datetime
 
-from ..catalog import SnapshotRecord
-from ..errors import DiskvaultError, TargetError
-from ..images.partitions import PartitionError, read_table
-from ..repository import Repository
+from ...repository.catalog import SnapshotRecord
+from ...errors import DiskvaultError, TargetError
+from ...images.partitions import PartitionError, read_table
+from ...repository import Repository
 from .snapshot_reader import ReadContext, SnapshotReader, Stream
 
 LIST_TTL = 2.0

@@ -21,10 +21,10 @@ from datetime import datetime, timezone
 from . import compression, locking
 from .catalog import BlobLocation, Catalog, SnapshotRecord
 from .chunking import Chunker, ChunkerParams
-from .errors import DamagedData, FormatVersionError, RepositoryExists, RepositoryNotFound, SnapshotError
+from ..errors import DamagedData, FormatVersionError, RepositoryExists, RepositoryNotFound, SnapshotError
 from .hashing import content_id, short
 from .pack import TARGET_PACK_SIZE, TYPE_CHUNK, TYPE_TREE, PackWriter, pack_id
-from .storage.local import LocalStorage
+from ..storage.local import LocalStorage
 from .tree import TreeReader
 
 FORMAT_VERSION = 1

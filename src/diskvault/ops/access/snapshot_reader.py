@@ -31,11 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-from ..catalog import BlobLocation, SnapshotRecord
-from ..errors import DamagedData
-from ..hashing import ZERO_ID, short
-from ..repository import Repository
-from ..tree import parse
+from ...repository.catalog import BlobLocation, SnapshotRecord
+from ...errors import DamagedData
+from ...repository.hashing import ZERO_ID, short
+from ...repository import Repository
+from ...repository.tree import parse
 
 CACHE_BYTES = 256 << 20
 PREFETCH_BYTES = 32 << 20  # how far ahead of a sequential stream chunks are fetched

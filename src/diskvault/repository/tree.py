@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .errors import DamagedData
+from ..errors import DamagedData
 from .hashing import ZERO_ID, content_id, short
 
 NODE_MAGIC = b"DVTN"

@@ -44,10 +44,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..catalog import SnapshotRecord
-from ..errors import DiskvaultError, SourceError, TargetError
-from ..images.partitions import read_table
-from ..repository import Repository
+from ...repository.catalog import SnapshotRecord
+from ...errors import DiskvaultError, SourceError, TargetError
+from ...images.partitions import read_table
+from ...repository import Repository
 from .snapshot_reader import ZEROS, ReadContext, SnapshotReader, Stream
 
 DEFAULT_PORT = 10809

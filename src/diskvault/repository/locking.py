@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from .errors import RepositoryError, RepositoryLocked
+from ..errors import RepositoryError, RepositoryLocked
 
 LOCKS = "locks"
 STALE_AFTER = 30 * 60  # seconds without refresh

@@ -16,7 +16,7 @@ import threading
 
 import lz4.block
 
-from .errors import DamagedData
+from ..errors import DamagedData
 
 FLAG_LZ4 = 0x01
 FLAG_ENCRYPTED = 0x02  # reserved for a later format; never set today

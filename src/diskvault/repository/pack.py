@@ -17,9 +17,9 @@ import secrets
 import struct
 from dataclasses import dataclass
 
-from .errors import DamagedData
+from ..errors import DamagedData
 from .hashing import content_id
-from .storage import FileWriter, Storage
+from ..storage import FileWriter, Storage
 
 MAGIC = b"DVPACK"
 TRAILER_MAGIC = b"DVTRAIL1"
