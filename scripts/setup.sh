@@ -19,6 +19,13 @@ have qemu-io  || need+=(qemu-utils)                          # access tests: NBD
 ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || need+=(libfuse3-3)   # diskvault mount (mfusepy loads it)
 have mkntfs   || need+=(ntfs-3g)
 have /usr/bin/time || need+=(time)
+# boot proof (tests/boot): a restored UEFI disk must boot in QEMU with OVMF firmware
+have qemu-system-x86_64 || need+=(qemu-system-x86)
+[ -r /usr/share/OVMF/OVMF_CODE.fd ] || need+=(ovmf)
+have grub-mkstandalone || need+=(grub-efi-amd64-bin)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)   # a static busybox for the initramfs
+have mkfs.vfat || need+=(dosfstools)
+have mcopy || need+=(mtools)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need[*]}" >&2; exit 1
