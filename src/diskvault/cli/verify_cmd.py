@@ -33,8 +33,15 @@ def verify(
     else:
         head = f"snapshot {res.snapshot[:12]} vs {res.source}"
         if res.identical:
-            typer.echo(f"{head}: identical ({human(res.snapshot_size)} compared in {res.duration:.1f} s, "
-                       f"{rate(res.snapshot_size, res.duration)})")
+            typer.echo(f"{head}: identical ({human(res.compared_bytes)} compared in {res.duration:.1f} s, "
+                       f"{rate(res.compared_bytes, res.duration)})")
+            if res.table_adjusted:
+                grown = f", partition {res.grown_partition} grown" if res.grown_partition else ""
+                typer.echo(f"  partition table fitted to the target's size ({len(res.table_adjusted)} ranges{grown})")
+            if res.not_compared:
+                o, n = res.not_compared
+                typer.echo(f"  not compared: {human(n)} from byte {o} (beyond the "
+                           f"{'snapshot' if res.source_size > res.snapshot_size else 'target'})")
         else:
             if res.source_size != res.snapshot_size:
                 typer.echo(f"{head}: sizes differ: snapshot {res.snapshot_size} bytes, source {res.source_size} bytes")

@@ -7,21 +7,33 @@ thread. A differing chunk is compared in BLOCK-sized pieces, so the reported ran
 exact to BLOCK bytes. Parts of the snapshot that cannot be read (damaged or missing
 chunks or tree nodes) are reported separately as ``unreadable`` and not compared.
 Raises SourceError when the source cannot be opened or read; damage is reported, not raised.
+
+A whole disk restored onto a disk of another size has its partition table fitted to that
+size (images/table_adjust.py). When the snapshot holds a partition table and the source is
+a device or image of another size (or its table was grown), the ranges that adjustment
+rewrites are recomputed from the source's size and compared with those bytes instead of
+the snapshot's (``table_adjusted``); the source's tail beyond the snapshot is reported as
+``not_compared`` rather than as a difference, and so is the snapshot's unpartitioned tail
+beyond a smaller source.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..repository.catalog import SnapshotRecord
-from ..errors import DamagedData
+from ..errors import DamagedData, SourceError, TargetError
 from ..repository.hashing import ZERO_ID, short
-from ..images.source import open_source
+from ..images.partitions import PartitionError, read_table
+from ..images.source import Source, open_source
+from ..images.table_adjust import plan_adjustment
 from ..repository import Repository
 from ..repository.tree import Leaf
+from .access.snapshot_reader import ReadContext, SnapshotReader
 from .damage import Lost, merge, walk
 from .progress import NoProgress, Progress
 
@@ -39,10 +51,15 @@ class VerifyResult:
     differing: list[list[int]] = field(default_factory=list)  # [[offset, length]]
     unreadable: list[dict] = field(default_factory=list)  # {offset, length, reason}
     duration: float = 0.0
+    table_adjusted: list[list[int]] = field(default_factory=list)  # [[offset, length]] matching the fitted table
+    not_compared: list[int] | None = None  # [offset, length]: the tail one side has beyond the other
+    grown_partition: int | None = None
 
     @property
     def identical(self) -> bool:
-        return not self.differing and not self.unreadable and self.snapshot_size == self.source_size
+        """Equal, or equal but for a partition table fitted to the source's size."""
+        same_size = self.snapshot_size == self.source_size or self.not_compared is not None
+        return not self.differing and not self.unreadable and same_size
 
     @property
     def differing_bytes(self) -> int:
@@ -59,6 +76,10 @@ class VerifyResult:
             "differing_bytes": self.differing_bytes,
             "differing": [{"offset": o, "length": n} for o, n in self.differing],
             "unreadable": self.unreadable,
+            "table_adjusted": [{"offset": o, "length": n} for o, n in self.table_adjusted],
+            "grown_partition": self.grown_partition,
+            "not_compared": ({"offset": self.not_compared[0], "length": self.not_compared[1]}
+                             if self.not_compared else None),
             "duration": self.duration,
         }
 
@@ -180,9 +201,65 @@ def _verify(repo: Repository, snap: SnapshotRecord, source_path: str, progress: 
             if extra:
                 diffs.append((snap.size, extra))
             res.source_size = pos
+        res.differing = merge(diffs)
+        if source.size is not None and (res.differing or source.size != snap.size):
+            _allow_fitted_table(repo, snap, source, res)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         source.close()
-    res.differing = merge(diffs)
     res.duration = round(time.monotonic() - started, 3)
     return res
+
+
+def _allow_fitted_table(repo: Repository, snap: SnapshotRecord, source: Source, res: VerifyResult) -> None:
+    """Drop the differences that a partition table fitted to the source's size explains
+    (see the module docstring); leaves ``res`` as it is when the snapshot has no table or
+    the fitted table does not match the source."""
+    ctx = ReadContext(repo, cache_bytes=16 << 20, prefetch=False)
+    try:
+        reader = SnapshotReader(ctx, snap)
+
+        def read_source(offset: int, length: int) -> bytes:
+            try:
+                return os.pread(source.fd, length, offset)
+            except OSError as exc:
+                raise SourceError(f"cannot read {source.path} at byte {offset}: {exc.strerror}") from None
+
+        try:
+            table = read_table(reader.read, snap.size)
+            if table.label == "none":
+                return
+            grow = None
+            mine = read_table(read_source, source.size)
+            for p in table.data_partitions():
+                q = next((q for q in mine.partitions if q.number == p.number), None)
+                if q is not None and q.offset == p.offset and q.length > p.length:
+                    grow = p.number
+            adj = plan_adjustment(reader.read, snap.size, source.size, None, grow)
+        except (PartitionError, TargetError, DamagedData):
+            return
+        if any(read_source(w.offset, len(w.data)) != w.data for w in adj.writes):
+            return  # not the table diskvault would write for this size: a real difference
+        common = min(snap.size, source.size)
+        kept: list[tuple[int, int]] = []
+        for o, n in res.differing:
+            if o >= common:
+                continue  # the tail: not compared (below)
+            n = min(n, common - o)
+            if not any(w.offset < o + n and o < w.offset + len(w.data) for w in adj.writes):
+                kept.append((o, n))
+                continue
+            expected = bytearray(reader.read(o, n))
+            for w in adj.writes:  # the snapshot's bytes as the fitted table leaves them
+                lo, hi = max(o, w.offset), min(o + n, w.offset + len(w.data))
+                if lo < hi:
+                    expected[lo - o:hi - o] = w.data[lo - w.offset:hi - w.offset]
+            if read_source(o, n) != expected:
+                kept.append((o, n))
+        res.differing = merge(kept)
+        res.table_adjusted = [[w.offset, len(w.data)] for w in sorted(adj.writes, key=lambda w: w.offset)]
+        res.grown_partition = grow
+        if source.size != snap.size:
+            res.not_compared = [common, abs(source.size - snap.size)]
+    finally:
+        ctx.close()
