@@ -16,6 +16,7 @@ import typer
 
 from ..errors import EXIT_INTERNAL, DiskvaultError, Interrupted
 from .check_cmd import check
+from .export_cmd import export
 from .forget_cmd import forget
 from .info_cmd import info
 from .init_cmd import init
@@ -39,7 +40,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 for command in (init, snapshot, snapshots, info, restore, forget, prune, unlock, check, verify, repair,
-                partitions, serve, mount):
+                partitions, serve, mount, export):
     app.command()(command)
 
 

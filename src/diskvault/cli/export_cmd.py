@@ -1,0 +1,30 @@
+"""diskvault export: a snapshot as a virtual disk (VHDX, VMDK, qcow2, VDI, raw) via qemu-img."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .common import JsonOpt, RepoOpt, human, open_repo, print_json
+
+
+def export(
+    repo: RepoOpt,
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")],
+    output: Annotated[str, typer.Argument(help="Virtual disk to write: .vhdx, .vmdk, .qcow2, .vdi or .img.")],
+    fmt: Annotated[str | None, typer.Option("--format", help="vhdx, vmdk, qcow2, vdi or raw (default: from the "
+                                            "extension).", metavar="FORMAT")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a snapshot as a virtual disk that Windows, Hyper-V, VMware, VirtualBox or QEMU opens."""
+    from ..ops.export import export as export_op
+
+    with open_repo(repo) as r:
+        res = export_op(r, r.resolve(snapshot), output, fmt, force)
+    if json_out:
+        print_json(res.to_json())
+    else:
+        typer.echo(f"exported snapshot {res.snapshot[:12]} to {res.output} ({res.format}): {human(res.size)} disk, "
+                   f"{human(res.file_bytes)} on disk, in {res.duration:.1f} s", err=True)

@@ -1,0 +1,47 @@
+"""`diskvault export`: a snapshot as VHDX, VMDK, qcow2 and VDI, judged by `qemu-img compare`."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+
+import pytest
+from gpt_image import make_gpt_disk
+
+from helpers import run_cli, tool
+
+
+@pytest.fixture
+def disk_snapshot(tmp_path, repo_path):
+    disk, _, _, _ = make_gpt_disk(tmp_path)
+    run_cli("snapshot", "-r", repo_path, disk)
+    yield disk
+    disk.unlink()
+
+
+@pytest.mark.parametrize("ext,fmt", [("vhdx", "vhdx"), ("vmdk", "vmdk"), ("qcow2", "qcow2"), ("vdi", "vdi")])
+def test_export_is_the_same_disk(tmp_path, repo_path, disk_snapshot, ext, fmt):
+    out = tmp_path / f"disk.{ext}"
+    res = json.loads(run_cli("export", "-r", repo_path, "latest", out, "--json").stdout)
+    assert res["format"] == fmt and res["size"] == disk_snapshot.stat().st_size
+    info = json.loads(subprocess.run([tool("qemu-img"), "info", "--output=json", str(out)],
+                                     capture_output=True, check=True).stdout)
+    assert info["format"] == fmt and info["virtual-size"] == res["size"]
+    cmp = subprocess.run([tool("qemu-img"), "compare", "-f", "raw", str(disk_snapshot), str(out)], capture_output=True)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert res["file_bytes"] < res["size"]  # zeros stayed holes
+    out.unlink()
+
+
+def test_export_refuses_to_overwrite_and_unknown_formats(tmp_path, repo_path, disk_snapshot):
+    out = tmp_path / "disk.qcow2"
+    out.write_bytes(b"keep me")
+    proc = run_cli("export", "-r", repo_path, "latest", out, check=False)
+    assert proc.returncode == 5 and b"--force" in proc.stderr and out.read_bytes() == b"keep me"
+    proc = run_cli("export", "-r", repo_path, "latest", tmp_path / "disk.xyz", check=False)
+    assert proc.returncode == 5 and b"--format" in proc.stderr
+    assert not list(tmp_path.glob(".*diskvault-export*"))
+    run_cli("export", "-r", repo_path, "latest", out, "--force")
+    assert out.read_bytes()[:4] == b"QFI\xfb"
