@@ -14,7 +14,7 @@ from diskvault.repository.chunking import ChunkerParams
 from diskvault.errors import EXIT_DAMAGED, EXIT_SNAPSHOT, EXIT_USAGE
 from diskvault.ops.progress import NoProgress
 from diskvault.ops.prune import mark
-from diskvault.repository.pack import PackWriter
+from diskvault.repository.pack import PackWriter, new_pack_name
 from diskvault.repository import Repository
 
 
@@ -81,7 +81,7 @@ def test_prune_removes_leftovers_of_interrupted_commands(tmp_path, repo_path):
         w.add(b"\x01" * 32, 1, 0, b"orphan data", 11)
         w.seal()
         orphan_pack = repo_path / w.name
-        r.storage.create("packs/00/half-written.pack").write(b"partial")  # .tmp- file, never committed
+        r.storage.create(new_pack_name()).write(b"partial")  # .tmp- file, never committed
     orphan_record = repo_path / "snapshots" / ("ab" * 16 + ".json")
     orphan_record.write_text("{}")  # a record whose catalog row was already removed
     run_cli("forget", "-r", repo_path, series[0][0], series[1][0])

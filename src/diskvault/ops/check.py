@@ -415,6 +415,7 @@ def check_unlocked(
         sub = parse_subset(subset, int(repo.catalog.meta().get(SUBSET_META, "0")))
         read_data = True
     report = CheckReport(repository=repo.path)
+    report.warnings.extend(Finding("modes", w) for w in repo.mode_problems())
     snaps = repo.snapshots()
     report.snapshots = len(snaps)
     packs, present = _check_packs(repo, report)

@@ -36,8 +36,8 @@ from ..repository.catalog import BlobLocation, Catalog, SnapshotRecord
 from ..errors import DamagedData, RepositoryNotFound
 from ..repository.hashing import ZERO_ID, content_id, short
 from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_table
-from ..repository import CATALOG, CONFIG, FORMAT_VERSION, Repository
-from ..storage.local import TMP_MARK, LocalStorage
+from ..repository import CATALOG, CONFIG, FORMAT_VERSION, Repository, storage_at
+from ..storage.local import TMP_MARK, LocalStorage, private_file
 from ..repository.tree import parse
 from .check import check_unlocked
 from .damage import merge, node_problem
@@ -146,7 +146,7 @@ def repair(path: str, rebuild: bool = False) -> RepairResult:
 def _repair_locked(path: str, rebuild: bool) -> RepairResult:
     started = time.monotonic()
     config = _load_config(path)
-    storage = LocalStorage(path)
+    storage = storage_at(path)
     cat_path = os.path.join(path, CATALOG)
     state = _probe(cat_path)
     use_old = state == "used" and not rebuild
@@ -290,6 +290,7 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
     # write the new catalog beside the old one
     tmp = f"{cat_path}{TMP_MARK}{secrets.token_hex(4)}"
     try:
+        os.close(private_file(tmp))  # 0600: SQLite gives its -wal, -shm, -journal this mode
         if old is not None:
             new = sqlite3.connect(tmp)
             old.conn.backup(new)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from ..errors import RepositoryError, RepositoryLocked
+from ..storage.local import private_dir, private_file
 
 LOCKS = "locks"
 STALE_AFTER = 30 * 60  # seconds without refresh
@@ -90,7 +91,7 @@ def stale_reason(lock: LockInfo, now: float | None = None) -> str | None:
 
 def _dir(repo_path: str) -> str:
     path = os.path.join(repo_path, LOCKS)
-    os.makedirs(path, exist_ok=True)
+    private_dir(path)
     return path
 
 
@@ -117,7 +118,7 @@ def _write(folder: str, lock: LockInfo) -> None:
     path = os.path.join(folder, lock.name)
     tmp = f"{path}.tmp-{secrets.token_hex(4)}"
     body = {k: v for k, v in lock.to_json().items() if k != "name"}
-    with open(tmp, "w") as f:
+    with os.fdopen(private_file(tmp), "w") as f:
         json.dump(body, f)
         f.flush()
         os.fsync(f.fileno())

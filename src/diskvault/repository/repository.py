@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -24,12 +25,25 @@ from .chunking import Chunker, ChunkerParams
 from ..errors import DamagedData, FormatVersionError, RepositoryExists, RepositoryNotFound, SnapshotError
 from .hashing import content_id, short
 from .pack import TARGET_PACK_SIZE, TYPE_CHUNK, TYPE_TREE, PackWriter, pack_id
-from ..storage.local import LocalStorage
+from ..storage.local import LocalStorage, private_dir, private_file
 from .tree import TreeReader
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 CATALOG = "catalog.sqlite"
+FOLDERS = ("packs", "snapshots", "locks")
+# every name the repository stores: its storage lists, deletes and cleans up only these
+NAMES = re.compile(
+    r"config\.json|catalog\.sqlite"
+    r"|packs/(?P<dir>[0-9a-f]{2})/(?P=dir)[0-9a-f]{30}\.pack"  # pack.new_pack_name
+    r"|snapshots/[0-9a-f]{32}\.json"  # a snapshot record (ops/snapshot.py: 32 hex digits)
+    r"|locks/[0-9a-f]{16}\.json"  # locking.py
+)
+
+
+def storage_at(path: str) -> LocalStorage:
+    """The storage of the repository at ``path``, holding only the repository's own names."""
+    return LocalStorage(path, NAMES)
 
 
 class Repository:
@@ -38,7 +52,9 @@ class Repository:
         self.config = config
         self.params = ChunkerParams(**config["chunker"])
         self.chunker = Chunker(self.params)
-        self.storage = LocalStorage(path)
+        self.storage = storage_at(path)
+        for folder in FOLDERS:  # a link or a stranger's folder would lead reads, writes and deletes elsewhere
+            self.storage.check_folder(folder)
         if not os.path.exists(os.path.join(path, CATALOG)):
             raise RepositoryNotFound(f"the catalog of {path} is missing: rebuild it with diskvault repair -r {path}")
         try:
@@ -57,7 +73,9 @@ class Repository:
     @classmethod
     def init(cls, path: str, params: ChunkerParams, now: datetime | None = None) -> Repository:
         """Create a repository: built in a temporary sibling directory, then renamed into
-        place, so an interrupted init leaves nothing behind."""
+        place, so an interrupted init leaves nothing behind. Every file is 0600 and every
+        folder 0700 (docs/security.md). Raises RepositoryExists for a non-empty path or a
+        path inside another repository, RepositoryNotFound for a missing parent."""
         path = os.path.abspath(path)
         if os.path.exists(os.path.join(path, CONFIG)):
             raise RepositoryExists(f"{path} is already a diskvault repository: use it, or choose another path")
@@ -66,8 +84,14 @@ class Repository:
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
             raise RepositoryNotFound(f"parent directory {parent} does not exist: create it first")
+        outer = enclosing_repository(parent)
+        if outer is not None:
+            raise RepositoryExists(
+                f"{path} is inside the diskvault repository {outer}, whose commands would take the new "
+                "repository's files for their own: choose a path outside it"
+            )
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-        os.mkdir(tmp)
+        private_dir(tmp)
         try:
             now = now or datetime.now(timezone.utc)
             config = {
@@ -77,13 +101,14 @@ class Repository:
                 "created": now.isoformat().replace("+00:00", "Z"),
                 "chunker": params.to_dict(),
             }
-            for sub in ("packs", "snapshots", "locks"):
-                os.mkdir(os.path.join(tmp, sub))
+            for sub in FOLDERS:
+                private_dir(os.path.join(tmp, sub))
+            os.close(private_file(os.path.join(tmp, CATALOG)))  # SQLite gives its -wal, -shm this mode
             cat = Catalog(os.path.join(tmp, CATALOG))
             cat.create({"repository_id": config["id"]})
             cat.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             cat.close()
-            LocalStorage(tmp).write_atomic(CONFIG, json.dumps(config, indent=2).encode() + b"\n")
+            storage_at(tmp).write_atomic(CONFIG, json.dumps(config, indent=2).encode() + b"\n")
             os.rename(tmp, path)  # replaces an empty directory atomically
             fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
             os.fsync(fd)
@@ -117,6 +142,19 @@ class Repository:
                 f"version {FORMAT_VERSION}: use a matching diskvault release"
             )
         return cls(path, config)
+
+    def mode_problems(self) -> list[str]:
+        """Warnings (one line each, empty when none) about files and folders of the repository
+        that others than its owner may read or change: wider than 0600 (files) or 0700 (folders),
+        e.g. made by an older diskvault. Nothing is changed (docs/security.md)."""
+        wide = self.storage.mode_problems()
+        if not wide:
+            return []
+        name, mode = wide[0]
+        example = f"{os.path.join(self.path, name) if name else self.path} is {mode:04o}"
+        more = f" and {len(wide) - 1} more" if len(wide) > 1 else ""
+        return [f"others than its owner may read or change files of this repository ({example}{more}): "
+                f"run chmod -R go= {self.path}"]
 
     def close(self) -> None:
         self.catalog.close()
@@ -240,6 +278,27 @@ class Repository:
         rec = self.catalog.get_snapshot(found[0])
         assert rec is not None
         return rec
+
+
+def is_repository(path: str) -> bool:
+    """Whether ``path`` holds a readable diskvault ``config.json``."""
+    try:
+        with open(os.path.join(path, CONFIG), "rb") as f:
+            return json.load(f).get("format") == "diskvault"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def enclosing_repository(path: str) -> str | None:
+    """The repository that ``path`` (a folder, links resolved) is or lies in, or None."""
+    here = os.path.realpath(path)
+    while True:
+        if is_repository(here):
+            return here
+        up = os.path.dirname(here)
+        if up == here:
+            return None
+        here = up
 
 
 def pack_target_size() -> int:
