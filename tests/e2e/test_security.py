@@ -183,6 +183,16 @@ def test_root_writing_into_nobodys_repository_leaves_it_usable_by_nobody(shared_
     assert as_nobody("diskvault", "snapshot", "-r", repo, image).returncode == 0
 
 
+def test_a_repository_made_by_root_in_another_users_folder_stays_roots(shared_dir):
+    home = shared_dir / "home"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    run_cli("init", "-r", home / "repo")
+    st = (home / "repo").stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700)
+    assert as_nobody("ls", home / "repo").returncode != 0
+
+
 # --- 5. links and strangers' folders inside a repository ----------------------------------
 
 
@@ -205,21 +215,22 @@ def test_root_prune_refuses_a_snapshots_folder_that_nobody_made_a_link(shared_di
     assert victim.read_text() == '{"precious": true}\n'
 
 
-@pytest.mark.parametrize("folder", ["packs", "snapshots"])
-def test_prune_refuses_an_internal_folder_that_is_a_link(repo_path, tmp_path, folder):
+@pytest.mark.parametrize("folder", ["packs", "snapshots", "locks"])
+def test_commands_refuse_an_internal_folder_that_is_a_link(repo_path, tmp_path, folder):
     image = tmp_path / "disk.img"
     image.write_bytes(random_bytes(200_000, 4))
     run_cli("snapshot", "-r", repo_path, image)
     elsewhere = tmp_path / "elsewhere"
     shutil.move(repo_path / folder, elsewhere)  # the repository's own files, moved out
     (repo_path / folder).symlink_to(elsewhere)
-    victim = elsewhere / "ab" / ("ab" + "0" * 30 + ".pack") if folder == "packs" else elsewhere / ("0" * 32 + ".json")
+    victim = elsewhere / {"packs": f"ab/ab{'0' * 30}.pack", "snapshots": f"{'0' * 32}.json",
+                          "locks": f"{'0' * 16}.json"}[folder]
     victim.parent.mkdir(exist_ok=True)
     victim.write_bytes(b"not the repository's\n")
-    proc = run_cli("prune", "-r", repo_path, check=False)
-    one_line_error(proc, EXIT_REPOSITORY, f"{repo_path}/{folder} is a symbolic link")
+    for command in (["prune"], ["repair"], ["unlock", "--all"], ["snapshot", image]):
+        proc = run_cli(command[0], "-r", repo_path, *command[1:], check=False)
+        one_line_error(proc, EXIT_REPOSITORY, f"{repo_path}/{folder} is a symbolic link")
     assert victim.read_bytes() == b"not the repository's\n"
-    one_line_error(run_cli("snapshot", "-r", repo_path, image, check=False), EXIT_REPOSITORY, folder)
     (repo_path / folder).unlink()
     shutil.move(elsewhere, repo_path / folder)
     (repo_path / folder / victim.relative_to(elsewhere)).unlink()

@@ -91,7 +91,7 @@ class Repository:
                 "repository's files for their own: choose a path outside it"
             )
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-        private_dir(tmp)
+        private_dir(tmp, adopt=False)  # root's repository stays root's, wherever it is made
         try:
             now = now or datetime.now(timezone.utc)
             config = {

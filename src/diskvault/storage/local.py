@@ -47,19 +47,25 @@ def _no_space(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def _make_private(fd: int, mode: int, parent_fd: int) -> None:
+def _make_private(fd: int, mode: int, parent_fd: int | None) -> None:
     """Give the new file or folder ``fd`` exactly ``mode`` (the umask may have taken bits away)
-    and, when root creates it in another user's folder, that user as owner."""
+    and, when root creates it in another user's folder ``parent_fd``, that user as owner (as
+    SQLite does for its -wal and -shm; a refusal, e.g. root squashed on NFS, is ignored as
+    SQLite ignores it). ``parent_fd`` None: keep the creator as owner."""
     os.fchmod(fd, mode)
-    if os.geteuid() == 0:
+    if parent_fd is not None and os.geteuid() == 0:
         st = os.fstat(parent_fd)
         if st.st_uid != 0:
-            os.fchown(fd, st.st_uid, st.st_gid)
+            try:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            except PermissionError:
+                pass
 
 
 def private_file(path: str) -> int:
     """Create the new file ``path`` (never an existing one, never through a symbolic link)
-    readable and writable by its owner only; returns a descriptor open for writing."""
+    readable and writable by its owner only (see ``_make_private``); returns a descriptor
+    open for writing."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
         parent = os.open(os.path.dirname(os.path.abspath(path)), _DIR)
@@ -74,19 +80,17 @@ def private_file(path: str) -> int:
     return fd
 
 
-def private_dir(path: str) -> None:
-    """Create folder ``path`` 0700 (owned as ``private_file``) unless it exists."""
-    try:
-        os.mkdir(path, DIR_MODE)
-    except FileExistsError:
-        return
-    fd = os.open(path, _DIR | os.O_NOFOLLOW)
+def private_dir(path: str, adopt: bool = True) -> None:
+    """Make sure ``path`` is a real folder (RepositoryError for a link or a file): create it
+    0700 unless it exists, owned as ``private_file`` (``adopt``) or by its creator."""
     parent = os.open(os.path.dirname(os.path.abspath(path)), _DIR)
     try:
-        _make_private(fd, DIR_MODE, parent)
+        fd = _mkdir_at(parent, os.path.basename(path), adopt)
+        os.close(fd)
+    except NotADirectoryError:
+        raise _not_a_folder(path) from None
     finally:
         os.close(parent)
-        os.close(fd)
 
 
 class LocalFileWriter:
@@ -103,12 +107,12 @@ class LocalFileWriter:
         self.base = os.path.basename(name)
         self.tmp = f"{self.base}{TMP_MARK}{secrets.token_hex(4)}"
         self.dir_fd = storage._open_dir(os.path.dirname(name), create=True)
+        self.fd = -1
         try:
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                               FILE_MODE, dir_fd=self.dir_fd)
             _make_private(self.fd, FILE_MODE, self.dir_fd)
         except BaseException:
-            self.fd = -1
             self.abort()
             raise
         self.pos = 0
@@ -205,11 +209,7 @@ class LocalStorage:
             for part in folder.split("/") if folder else []:
                 done = os.path.join(done, part)
                 try:
-                    sub = os.open(part, _DIR | os.O_NOFOLLOW, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    sub = _mkdir_at(fd, part)
+                    sub = _mkdir_at(fd, part) if create else os.open(part, _DIR | os.O_NOFOLLOW, dir_fd=fd)
                 except NotADirectoryError:
                     raise _not_a_folder(done) from None
                 os.close(fd)
@@ -391,9 +391,10 @@ class LocalStorage:
             self._fds.clear()
 
 
-def _mkdir_at(dir_fd: int, name: str) -> int:
-    """Create folder ``name`` in ``dir_fd`` 0700 (see ``_make_private``), or open the one a
-    concurrent writer just made; returns its descriptor."""
+def _mkdir_at(dir_fd: int, name: str, adopt: bool = True) -> int:
+    """Create folder ``name`` in ``dir_fd`` 0700 (see ``_make_private``), or open the one that
+    exists (e.g. just made by a concurrent writer); returns its descriptor. Raises
+    NotADirectoryError when ``name`` is a symbolic link or no folder."""
     try:
         os.mkdir(name, DIR_MODE, dir_fd=dir_fd)
     except FileExistsError:
@@ -403,7 +404,7 @@ def _mkdir_at(dir_fd: int, name: str) -> int:
     fd = os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=dir_fd)
     if created:
         try:
-            _make_private(fd, DIR_MODE, dir_fd)
+            _make_private(fd, DIR_MODE, dir_fd if adopt else None)
         except BaseException:
             os.close(fd)
             raise
