@@ -153,7 +153,7 @@ class Repository:
         name, mode = wide[0]
         example = f"{os.path.join(self.path, name) if name else self.path} is {mode:04o}"
         more = f" and {len(wide) - 1} more" if len(wide) > 1 else ""
-        return [f"others than its owner may read or change files of this repository ({example}{more}): "
+        return [f"other users may read or change files of this repository ({example}{more}): "
                 f"run chmod -R go= {self.path}"]
 
     def close(self) -> None:
