@@ -35,14 +35,6 @@ TMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{8}(?:-wal|-shm|-journal)?")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, _DIR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _no_space(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -62,22 +54,27 @@ def _make_private(fd: int, mode: int, parent_fd: int | None) -> None:
                 pass
 
 
-def private_file(path: str) -> int:
-    """Create the new file ``path`` (never an existing one, never through a symbolic link)
-    readable and writable by its owner only (see ``_make_private``); returns a descriptor
-    open for writing."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+def _new_file(dir_fd: int, name: str) -> int:
+    """Create file ``name`` in ``dir_fd``, never an existing one nor through a symbolic link,
+    0600 (see ``_make_private``); returns a descriptor open for writing."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
+                 dir_fd=dir_fd)
     try:
-        parent = os.open(os.path.dirname(os.path.abspath(path)), _DIR)
-        try:
-            _make_private(fd, FILE_MODE, parent)
-        finally:
-            os.close(parent)
+        _make_private(fd, FILE_MODE, dir_fd)
     except BaseException:
         os.close(fd)
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
         raise
     return fd
+
+
+def private_file(path: str) -> int:
+    """Create the new file ``path`` as ``_new_file`` does; returns a descriptor open for writing."""
+    parent = os.open(os.path.dirname(os.path.abspath(path)), _DIR)
+    try:
+        return _new_file(parent, os.path.basename(path))
+    finally:
+        os.close(parent)
 
 
 def private_dir(path: str, adopt: bool = True) -> None:
@@ -109,9 +106,7 @@ class LocalFileWriter:
         self.dir_fd = storage._open_dir(os.path.dirname(name), create=True)
         self.fd = -1
         try:
-            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              FILE_MODE, dir_fd=self.dir_fd)
-            _make_private(self.fd, FILE_MODE, self.dir_fd)
+            self.fd = _new_file(self.dir_fd, self.tmp)
         except BaseException:
             self.abort()
             raise
