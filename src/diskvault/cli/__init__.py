@@ -112,4 +112,7 @@ def usage_line(exc: click.UsageError) -> str:
     while ctx is not None and ctx.parent is not None:
         names.append(ctx.info_name)
         ctx = ctx.parent
+    if exc.ctx is None:  # raised while parsing, before the command had a context: the command typed
+        first = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        names = [first] if first in {c.name or c.callback.__name__ for c in app.registered_commands} else []
     return f"diskvault: error: {message}: see {' '.join(['diskvault', *reversed(names)])} --help"
