@@ -21,6 +21,11 @@ RepackSmallOpt = Annotated[bool, typer.Option("--repack-small", help="Also merge
 
 
 def check_max_unused(value: str) -> None:
+    """Prune's inputs, checked before anything runs: ``--max-unused`` (BadParameter) and
+    ``DISKVAULT_PACK_SIZE`` (UsageError)."""
+    from ..repository import pack_target_size
+
+    pack_target_size()
     try:
         parse_max_unused(value)
     except ValueError as exc:
