@@ -76,3 +76,9 @@ class DamagedData(DiskvaultError):
 
 class Interrupted(DiskvaultError):
     exit_code = EXIT_INTERRUPTED
+
+
+class UsageError(DiskvaultError):
+    """A value the user typed (an option, an environment variable) is out of range or unreadable."""
+
+    exit_code = EXIT_USAGE

@@ -45,12 +45,16 @@ class Duration:
     hours: int = 0
 
     def before(self, t: datetime) -> datetime:
-        """``t`` minus this duration (months and years by the calendar, days clamped)."""
+        """``t`` minus this duration (months and years by the calendar, days clamped); the
+        earliest datetime when that is before the year 1 (``99999y``: everything is within)."""
         month_index = t.year * 12 + (t.month - 1) - self.years * 12 - self.months
         year, month = divmod(month_index, 12)
         month += 1
-        day = min(t.day, calendar.monthrange(year, month)[1])
-        return t.replace(year=year, month=month, day=day) - timedelta(days=self.days, hours=self.hours)
+        try:
+            day = min(t.day, calendar.monthrange(year, month)[1])
+            return t.replace(year=year, month=month, day=day) - timedelta(days=self.days, hours=self.hours)
+        except (ValueError, OverflowError):  # before the year 1
+            return datetime.min.replace(tzinfo=t.tzinfo)
 
     def __str__(self) -> str:
         parts = [(self.years, "y"), (self.months, "m"), (self.days, "d"), (self.hours, "h")]

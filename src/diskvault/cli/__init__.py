@@ -1,8 +1,8 @@
 """The diskvault command line: parsing, progress and formatting only; one module a command.
 
 ``main`` turns DiskvaultError into one line on stderr and its documented exit code
-(docs/cli.md); an unexpected exception prints one line too (DISKVAULT_DEBUG=1 shows the
-traceback) and exits 1.
+(docs/cli.md); a usage error (click's) is one line too, exit 2; an unexpected exception
+prints one line (DISKVAULT_DEBUG=1 shows the traceback) and exits 1.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import os
 import signal
 import sys
 import traceback
+from typing import Annotated
 
 import typer
 
-from ..errors import EXIT_INTERNAL, DiskvaultError, Interrupted
+from ..errors import EXIT_INTERNAL, EXIT_USAGE, DiskvaultError, Interrupted
 from .check_cmd import check
 from .forget_cmd import forget
 from .info_cmd import info
@@ -38,6 +39,31 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("diskvault")
+        except PackageNotFoundError:  # run from a source tree
+            from .. import __version__ as number
+        typer.echo(f"diskvault {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version (diskvault X.Y.Z) and exit.")] = False,
+) -> None:
+    pass
+
+
+# click's exceptions, from the click typer uses (newer typers vendor their own copy)
+click = sys.modules[typer.BadParameter.__module__]
+
 for command in (init, snapshot, snapshots, info, restore, forget, prune, unlock, check, verify, repair,
                 partitions, serve, mount):
     app.command()(command)
@@ -53,7 +79,17 @@ def main() -> None:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        app()  # click handles usage errors itself (exit 2) and exits through SystemExit
+        code = app(standalone_mode=False)  # click's exceptions come here; --help and typer.Exit return a code
+    except click.NoArgsIsHelpError:  # bare `diskvault`: typer has printed the help
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as exc:
+        print(usage_line(exc), file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        print(f"diskvault: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(Interrupted.exit_code)
     except DiskvaultError as exc:
         print(f"diskvault: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -65,3 +101,18 @@ def main() -> None:
         print(f"diskvault: internal error: {type(exc).__name__}: {exc} (set DISKVAULT_DEBUG=1 for a traceback)",
               file=sys.stderr)
         sys.exit(EXIT_INTERNAL)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_line(exc: click.UsageError) -> str:
+    """``diskvault: error: MESSAGE: see diskvault COMMAND --help``: one line, whatever click's message."""
+    message = "; ".join(line.strip() for line in exc.format_message().splitlines() if line.strip()).rstrip(".")
+    names = []
+    ctx = exc.ctx
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    if exc.ctx is None:  # raised while parsing, before the command had a context: the command typed
+        first = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        names = [first] if first in {c.name or c.callback.__name__ for c in app.registered_commands} else []
+    return f"diskvault: error: {message}: see {' '.join(['diskvault', *reversed(names)])} --help"

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json
+from .common import Bar, JsonOpt, RepoOpt, human, open_repo, plural, print_json
 
 SHOW = 20  # findings printed per kind before "... and N more"
 
@@ -43,11 +43,11 @@ def check(
     if json_out:
         print_json(report.to_json())
     else:
-        typer.echo(f"checked {report.packs} packs, {report.blobs} blobs, {report.snapshots} snapshots "
-                   f"({report.referenced_chunks} distinct chunks referenced) in {report.duration:.1f} s")
+        typer.echo(f"checked {plural(report.packs, 'pack')}, {plural(report.blobs, 'blob')}, {plural(report.snapshots, 'snapshot')} "
+                   f"({plural(report.referenced_chunks, 'distinct chunk')} referenced) in {report.duration:.1f} s")
         if report.read_data:
             d = report.read_data
-            typer.echo(f"read data ({d['subset']}): {d['packs']} of {d['packs_total']} packs, {d['blobs']} blobs, "
+            typer.echo(f"read data ({d['subset']}): {d['packs']} of {plural(d['packs_total'], 'pack')}, {plural(d['blobs'], 'blob')}, "
                        f"{human(d['bytes'])} in {d['seconds']:.1f} s ({d['mb_per_s'] or '-'} MB/s)")
         for w in report.warnings:
             typer.echo(f"warning: {w.message}")
@@ -61,12 +61,12 @@ def check(
                 typer.echo(f"  affects snapshot {sid[:12]}: bytes {_ranges(ranges)}")
         for kind, n in shown.items():
             if n > SHOW:
-                typer.echo(f"error: … and {n - SHOW} more {kind} errors (see --json)")
+                typer.echo(f"error: … and {plural(n - SHOW, f'more {kind} error')} (see --json)")
         if report.sound:
             typer.echo("repository is sound")
         else:
-            typer.echo(f"repository is DAMAGED: {len(report.errors)} errors; {len(report.affected)} snapshots affected:")
+            typer.echo(f"repository is DAMAGED: {plural(len(report.errors), 'error')}; {plural(len(report.affected), 'snapshot')} affected:")
             for sid, ranges in report.affected.items():
-                typer.echo(f"  {sid[:12]}  {human(sum(n for _, n in ranges))} in {len(ranges)} ranges")
+                typer.echo(f"  {sid[:12]}  {human(sum(n for _, n in ranges))} in {plural(len(ranges), 'range')}")
     if not report.sound:
         raise typer.Exit(EXIT_DAMAGED)

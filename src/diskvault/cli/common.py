@@ -1,4 +1,4 @@
-"""Shared CLI pieces: the repository option, JSON output, human sizes, the progress bar."""
+"""Shared CLI pieces: the repository option, JSON output, human sizes, plurals, the progress bar."""
 
 from __future__ import annotations
 
@@ -36,6 +36,11 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 range"``, ``"2 ranges"``, ``"0 ranges"``; ``many`` for irregular plurals."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
 
 
 def rate(n: int, seconds: float) -> str:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..policy import Policy, parse_duration, parse_tag_sets
-from .common import JsonOpt, RepoOpt, open_repo, print_json
+from .common import JsonOpt, RepoOpt, open_repo, plural, print_json
 from .prune_cmd import DEFAULT_MAX_UNUSED, MaxUnusedOpt, RepackSmallOpt, check_max_unused, print_prune, run_prune
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def forget(
                     param_hint="--keep-*")
             res = forget_by_policy(r, policy, tag, host, dry_run)
     if not json_out:
-        _print(res)
+        _print(res, prune_follows=prune)
     pruned = None
     if prune and not dry_run:
         pruned = run_prune(repo, max_unused, repack_small, False, progress and not json_out)
@@ -92,7 +92,7 @@ def forget(
         print_prune(pruned)
 
 
-def _print(res: ForgetResult) -> None:
+def _print(res: ForgetResult, prune_follows: bool) -> None:
     would = "would " if res.dry_run else ""
     for g in res.groups:
         typer.echo(f"host {g['host']}, source {g['source']}: keep {len(g['keep'])}, {would}remove {len(g['remove'])}")
@@ -103,5 +103,5 @@ def _print(res: ForgetResult) -> None:
     if not res.groups:
         for sid in res.removed:
             typer.echo(f"  remove  {sid[:12]}")
-    typer.echo(f"{'would forget' if res.dry_run else 'forgot'} {len(res.removed)} snapshots, {res.kept} kept"
-               + ("" if res.dry_run or not res.removed else "; run diskvault prune to reclaim their space"))
+    typer.echo(f"{'would forget' if res.dry_run else 'forgot'} {plural(len(res.removed), 'snapshot')}, {res.kept} kept"
+               + ("" if res.dry_run or not res.removed or prune_follows else "; run diskvault prune to reclaim their space"))

@@ -27,4 +27,6 @@ def info(
             value = f"{human(value)} ({value})"
         elif isinstance(value, list):
             value = ",".join(value)
+        elif key == "chunker":
+            value = "/".join(f"{value[k] // 1024}K" for k in ("min_size", "avg_size", "max_size")) + " min/avg/max"
         typer.echo(f"{key.replace('_', ' '):<20} {value}")

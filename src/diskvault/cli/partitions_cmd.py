@@ -41,6 +41,9 @@ def partitions(
         typer.echo(f"{what}: no partition table (a bare filesystem or an empty disk)")
         return
     typer.echo(f"{what}: {table.label} partition table, id {table.id}, sector size {table.sector_size}")
+    if not table.partitions:  # as sfdisk --dump: a FAT or NTFS boot sector is an empty dos table
+        typer.echo("no partitions (an empty table, or the boot sector of a bare FAT or NTFS file system)")
+        return
     typer.echo(f"{'#':>3} {'start':>12} {'size':>12} {'bytes':>11}  {'type':<28} name")
     for p in table.partitions:
         extra = p.name or ("bootable" if p.bootable else "")

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from .common import JsonOpt, RepoOpt, human, print_json
+from .common import JsonOpt, RepoOpt, human, plural, print_json
 
 
 def repair(
@@ -28,21 +28,21 @@ def repair(
         print_json(res.to_json())
     else:
         typer.echo(f"old catalog: {res.old_catalog}")
-        typer.echo(f"indexed {res.packs} packs, {res.blobs} blobs, {res.snapshots} snapshots in {res.duration:.1f} s")
+        typer.echo(f"indexed {plural(res.packs, 'pack')}, {plural(res.blobs, 'blob')}, {plural(res.snapshots, 'snapshot')} in {res.duration:.1f} s")
         for d in res.damaged_packs:
             typer.echo(f"  damaged pack {d['pack']}: {d['reason']}")
         if res.salvaged_blobs:
-            typer.echo(f"  salvaged {res.salvaged_blobs} intact blobs from damaged packs into new pack(s) "
+            typer.echo(f"  salvaged {plural(res.salvaged_blobs, 'intact blob')} from damaged packs into new pack(s) "
                        f"{', '.join(res.salvage_packs)}")
         if res.lost_blobs:
-            typer.echo(f"  {res.lost_blobs} catalogued blobs could not be recovered")
+            typer.echo(f"  {plural(res.lost_blobs, 'catalogued blob')} could not be recovered")
         if res.changed_rows:
-            typer.echo(f"  {res.changed_rows} catalog rows corrected or dropped")
+            typer.echo(f"  {plural(res.changed_rows, 'catalog row')} corrected or dropped")
         if res.records_written:
-            typer.echo(f"  rewrote {res.records_written} missing snapshot records")
+            typer.echo(f"  rewrote {plural(res.records_written, 'missing snapshot record')}")
         for u in res.unrecoverable:
             typer.echo(f"  snapshot {u['id'][:12]} cannot be fully recovered: {human(u['bytes'])} lost in "
-                       f"{len(u['ranges'])} ranges ({u['reason']}); restore --skip-damaged saves the rest")
+                       f"{plural(len(u['ranges']), 'range')} ({u['reason']}); restore --skip-damaged saves the rest")
         typer.echo(f"structure is {res.status_after} after repair" +
                    (" (check --read-data verifies the data itself)" if res.status_after == "sound" else ": see diskvault check"))
     if res.status_after != "sound":

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
+from .common import Bar, JsonOpt, RepoOpt, human, open_repo, plural, print_json, rate
 
 
 def ddrescue_map(size: int, lost: list[dict]) -> str:
@@ -69,7 +69,7 @@ def restore(
             f"{res.duration:.1f} s ({rate(res.size, res.duration)})"
         )
         if res.unrestored:
-            typer.echo(f"NOT restored (written as zeros): {human(res.unrestored_bytes)} in {len(res.unrestored)} ranges")
+            typer.echo(f"NOT restored (written as zeros): {human(res.unrestored_bytes)} in {plural(len(res.unrestored), 'range')}")
             typer.echo("#      pos        size  status  reason")
             for u in res.unrestored:
                 typer.echo(f"0x{u['offset']:08X}  0x{u['length']:08X}  -       {u['reason']}")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import Interrupted
-from .common import JsonOpt, RepoOpt, open_repo
+from .common import JsonOpt, RepoOpt, open_repo, plural
 
 
 def serve(
@@ -30,7 +30,7 @@ def serve(
                 sys.stdout.write(json.dumps({"url": server.url, "host": server.host, "port": server.port,
                                              "socket": server.socket_path, "exports": names}) + "\n")
             else:
-                typer.echo(f"serving {max(len(names) - 1, 0)} snapshots read-only on {server.url} "
+                typer.echo(f"serving {plural(max(len(names) - 1, 0), 'snapshot')} read-only on {server.url} "
                            f"(exports: id, id prefix, latest, latest:TAG, NAME/pN); Ctrl-C stops")
             sys.stdout.flush()
             server.serve_forever()

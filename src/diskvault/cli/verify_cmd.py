@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED, EXIT_DIFFERS
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
+from .common import Bar, JsonOpt, RepoOpt, human, open_repo, plural, print_json, rate
 
 SHOW = 50
 
@@ -37,11 +37,11 @@ def verify(
                        f"{rate(res.snapshot_size, res.duration)})")
         else:
             if res.source_size != res.snapshot_size:
-                typer.echo(f"{head}: sizes differ: snapshot {res.snapshot_size} bytes, source {res.source_size} bytes")
+                typer.echo(f"{head}: sizes differ: snapshot {plural(res.snapshot_size, 'byte')}, source {plural(res.source_size, 'byte')}")
             if res.differing:
-                typer.echo(f"{head}: {human(res.differing_bytes)} differ in {len(res.differing)} ranges:")
+                typer.echo(f"{head}: {human(res.differing_bytes)} differ in {plural(len(res.differing), 'range')}:")
                 for o, n in res.differing[:SHOW]:
-                    typer.echo(f"  bytes {o}..{o + n - 1} ({n} bytes)")
+                    typer.echo(f"  bytes {o}..{o + n - 1} ({plural(n, 'byte')})")
                 if len(res.differing) > SHOW:
                     typer.echo(f"  … and {len(res.differing) - SHOW} more (see --json)")
             for u in res.unreadable[:SHOW]:

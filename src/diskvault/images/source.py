@@ -39,7 +39,7 @@ class Source:
             yield 0, self.size, True
 
     def filler(self, offset: int, length: int) -> Callable[[memoryview], int]:
-        fd, path = self.fd, self.path
+        fd, path, size = self.fd, self.path, self.size
         pos = offset
         end = None if length < 0 else offset + length
 
@@ -58,7 +58,8 @@ class Source:
                 if n == 0:
                     if end is None:
                         break
-                    raise SourceError(f"{path} ended at byte {pos}, before its size {end}: it changed while being read")
+                    raise SourceError(f"{path} ended at byte {pos}, before its size {size} when opened: it shrank while "
+                                      "being read; snapshot it while nothing writes to it")
                 got += n
                 pos += n
             return got

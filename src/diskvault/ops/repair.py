@@ -36,7 +36,7 @@ from ..repository.catalog import BlobLocation, Catalog, SnapshotRecord
 from ..errors import DamagedData, RepositoryNotFound
 from ..repository.hashing import ZERO_ID, content_id, short
 from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_table
-from ..repository import CATALOG, CONFIG, FORMAT_VERSION, Repository, storage_at
+from ..repository import CATALOG, CONFIG, FORMAT_VERSION, Repository, check_config, storage_at
 from ..storage.local import TMP_MARK, LocalStorage, private_file
 from ..repository.tree import parse
 from .check import check_unlocked
@@ -76,6 +76,7 @@ def _load_config(path: str) -> dict:
         raise RepositoryNotFound(f"{path}/{CONFIG} is unreadable ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != "diskvault" or config.get("version") != FORMAT_VERSION:
         raise RepositoryNotFound(f"{path}/{CONFIG} is not a diskvault configuration of format {FORMAT_VERSION}")
+    check_config(path, config)
     return config
 
 

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from ..errors import RepositoryError, RepositoryLocked
+from ..errors import RepositoryError, RepositoryLocked, UsageError
 from ..storage.local import private_dir, private_file
 
 LOCKS = "locks"
@@ -178,14 +178,24 @@ class RepositoryLock:
             _remove(self.folder, self.info.name)
 
 
+def lock_wait() -> float:
+    """``DISKVAULT_LOCK_WAIT`` in seconds (default 0); raises UsageError (exit 2) unless it
+    is a finite number >= 0."""
+    text = os.environ.get("DISKVAULT_LOCK_WAIT", "0")
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait < float("inf"):  # NaN fails too
+        raise UsageError(f"DISKVAULT_LOCK_WAIT={text!r} is not a number of seconds: set it to 0 or more (e.g. 30), or unset it")
+    return wait
+
+
 def acquire(repo_path: str, kind: str, command: str, wait: float | None = None) -> RepositoryLock:
     """Take a lock or raise RepositoryLocked naming the holder (after ``wait`` seconds)."""
     assert kind in ("shared", "exclusive")
     if wait is None:
-        try:
-            wait = float(os.environ.get("DISKVAULT_LOCK_WAIT", "0"))
-        except ValueError:
-            wait = 0.0
+        wait = lock_wait()
     try:
         return _acquire(repo_path, kind, command, wait)
     except PermissionError as exc:

@@ -22,7 +22,9 @@ from datetime import datetime, timezone
 from . import compression, locking
 from .catalog import BlobLocation, Catalog, SnapshotRecord
 from .chunking import Chunker, ChunkerParams
-from ..errors import DamagedData, FormatVersionError, RepositoryExists, RepositoryNotFound, SnapshotError
+from ..errors import (
+    DamagedData, FormatVersionError, RepositoryError, RepositoryExists, RepositoryNotFound, SnapshotError, UsageError,
+)
 from .hashing import content_id, short
 from .pack import TARGET_PACK_SIZE, TYPE_CHUNK, TYPE_TREE, PackWriter, pack_id
 from ..storage.local import LocalStorage, private_dir, private_file
@@ -141,6 +143,7 @@ class Repository:
                 f"{path} has repository format version {config.get('version')}, this diskvault reads "
                 f"version {FORMAT_VERSION}: use a matching diskvault release"
             )
+        check_config(path, config)
         return cls(path, config)
 
     def mode_problems(self) -> list[str]:
@@ -301,12 +304,29 @@ def enclosing_repository(path: str) -> str | None:
         here = up
 
 
-def pack_target_size() -> int:
-    """TARGET_PACK_SIZE, or ``DISKVAULT_PACK_SIZE`` bytes (min 4 KiB) for tests and tuning."""
+def check_config(path: str, config: dict) -> None:
+    """Raise RepositoryError (exit 3) when config.json's chunker sizes are impossible
+    (missing, not integers, not what init writes): nothing could be read or stored right."""
     try:
-        return max(4096, int(os.environ["DISKVAULT_PACK_SIZE"]))
-    except (KeyError, ValueError):
+        ChunkerParams.from_config(config.get("chunker"))
+    except ValueError as exc:
+        raise RepositoryError(f"{path}/{CONFIG} is damaged: {exc}: restore config.json from a copy "
+                              "(its chunker sizes are fixed when the repository is created)") from None
+
+
+def pack_target_size() -> int:
+    """TARGET_PACK_SIZE, or ``DISKVAULT_PACK_SIZE`` bytes for tests and tuning; raises
+    UsageError (exit 2) unless that is a whole number from 4096 (4 KiB) to 4294967296 (4 GiB)."""
+    text = os.environ.get("DISKVAULT_PACK_SIZE")
+    if text is None:
         return TARGET_PACK_SIZE
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if not 4096 <= size <= 1 << 32:
+        raise UsageError(f"DISKVAULT_PACK_SIZE={text!r} is out of range: set it to bytes from 4096 to 4294967296, or unset it")
+    return size
 
 
 class BlobWriter:

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...repository.catalog import SnapshotRecord
-from ...errors import DiskvaultError, SourceError, TargetError
+from ...errors import DiskvaultError, SourceError, TargetError, UsageError
 from ...images.partitions import read_table
 from ...repository import Repository
 from .snapshot_reader import ZEROS, ReadContext, SnapshotReader, Stream
@@ -119,7 +119,7 @@ def parse_bind(text: str) -> tuple[str, int]:
     text = text.strip()
     if text.startswith("unix:"):
         if len(text) == 5:
-            raise SourceError("--bind unix:PATH needs the path of the socket to create, e.g. unix:/run/diskvault.sock")
+            raise UsageError("--bind unix:PATH needs the path of the socket to create, e.g. unix:/run/diskvault.sock")
         return text, 0
     host, port = text, str(DEFAULT_PORT)
     if text.startswith("["):
@@ -132,7 +132,7 @@ def parse_bind(text: str) -> tuple[str, int]:
         host, port = text.split(":")
     host = host or "127.0.0.1"
     if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise SourceError(f"--bind {text!r}: the port must be a number from 0 to 65535")
+        raise UsageError(f"--bind {text!r}: the port must be a number from 0 to 65535")
     return host, int(port)
 
 
