@@ -76,3 +76,9 @@ class DamagedData(DiskvaultError):
 
 class Interrupted(DiskvaultError):
     exit_code = EXIT_INTERRUPTED
+
+
+class UsageError(DiskvaultError):
+    """A combination of options the command refuses (exit 2, as click's own usage errors)."""
+
+    exit_code = EXIT_USAGE
