@@ -356,7 +356,8 @@ class NbdServer:
             except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ECONNABORTED ...: never fatal
                 if self._stopping.is_set():
                     break
-                self._failed += 1
+                with self._lock:
+                    self._failed += 1
                 self._accept_error = exc.strerror or str(exc)
                 self._stopping.wait(ACCEPT_BACKOFF)
                 continue
@@ -365,8 +366,8 @@ class NbdServer:
     def _start(self, conn: socket.socket, peer) -> None:
         with self._lock:
             full = len(self._conns) >= self.max_connections
+            self._refused += full
         if full:  # refused at once: the connections being served are not affected
-            self._refused += 1
             conn.close()
             return
         try:
@@ -386,8 +387,8 @@ class NbdServer:
         except RuntimeError:  # can't start new thread: as refused
             with self._lock:
                 self._conns.discard(c)
+                self._refused += 1
             c.close()
-            self._refused += 1
 
     def _tick(self) -> None:
         """Every TICK: close handshakes past their deadline; every REPORT_EVERY at most, one
@@ -399,27 +400,27 @@ class NbdServer:
         with self._lock:
             late = [c for c in self._conns if c.deadline is not None and c.deadline <= now]
             for c in late:
-                c.deadline = None
+                c.deadline, c.timed_out = None, True
         for c in late:
-            c.abort()
-        self._late += len(late)
+            c.abort()  # counted when its thread ends
         if now >= self._next_report:
             self._report(now)
 
     def _report(self, now: float) -> None:
-        if not (self._refused or self._late or self._failed):
+        with self._lock:
+            refused, late, failed = self._refused, self._late, self._failed
+            self._refused = self._late = self._failed = 0
+        if not (refused or late or failed):
             return
         self._next_report = now + REPORT_EVERY
         parts = []
-        if self._refused:
-            parts.append(f"refused {self._refused} connection(s) over the limit of {self.max_connections} "
-                         f"(--max-connections)")
-        if self._late:
-            parts.append(f"closed {self._late} connection(s) that chose no export within {self.timeout:g} s (--timeout)")
-        if self._failed:
-            parts.append(f"could not accept {self._failed} connection(s): {self._accept_error} "
+        if refused:
+            parts.append(f"refused {refused} connection(s) over the limit of {self.max_connections} (--max-connections)")
+        if late:
+            parts.append(f"closed {late} connection(s) that chose no export within {self.timeout:g} s (--timeout)")
+        if failed:
+            parts.append(f"could not accept {failed} connection(s): {self._accept_error} "
                          f"(open-file limit {self.fd_limit}: lower --max-connections or raise ulimit -Hn)")
-        self._refused = self._late = self._failed = 0
         self.log("; ".join(parts))
 
     def stop(self) -> None:
@@ -444,6 +445,8 @@ class NbdServer:
     def _client(self, c: _Connection) -> None:
         try:
             c.run()
+        except TimeoutError:  # only handshake reads and writes have a timeout
+            c.timed_out = True
         except (_Closed, ConnectionError, OSError):
             pass
         except Exception as exc:  # a bug: keep serving the other clients
@@ -451,6 +454,7 @@ class NbdServer:
         finally:
             with self._lock:
                 self._conns.discard(c)
+                self._late += c.timed_out
             c.close()
 
 
@@ -460,6 +464,7 @@ class _Connection:
         self.sock = sock  # the SSLSocket once TLS is up
         self.peer = peer
         self.deadline = deadline  # handshake deadline (time.monotonic); None in transmission
+        self.timed_out = False  # closed for not choosing an export in time
         self.tls = False
         self.structured = False
         self.meta = False  # base:allocation selected
@@ -487,8 +492,11 @@ class _Connection:
             self.sock = tls
         try:
             tls.do_handshake()
+        except TimeoutError:
+            raise
         except (ssl.SSLError, OSError) as exc:
-            self.server.log(f"TLS handshake with {self.peer[0]} failed: {getattr(exc, 'reason', None) or exc}")
+            if not self.timed_out:
+                self.server.log(f"TLS handshake with {self.peer[0]} failed: {getattr(exc, 'reason', None) or exc}")
             raise _Closed from None
         self.rfile = tls.makefile("rb", buffering=64 << 10)
         self.tls = True
