@@ -4,9 +4,8 @@ Protocol (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md): f
 handshake; options NBD_OPT_GO, INFO, LIST, EXPORT_NAME, ABORT, STRUCTURED_REPLY,
 LIST_META_CONTEXT and SET_META_CONTEXT (the one context is ``base:allocation``), and
 STARTTLS when the server has a TLS context (anything else is answered NBD_REP_ERR_UNSUP);
-commands READ, DISC, CACHE,
-BLOCK_STATUS and FLUSH (a no-op); WRITE, TRIM and WRITE_ZEROES are refused with EPERM
-(exports are flagged read-only). With structured replies, zero extents of a read are sent
+commands READ, DISC, CACHE, BLOCK_STATUS and FLUSH (a no-op); WRITE, TRIM and WRITE_ZEROES
+are refused with EPERM (exports are flagged read-only). With structured replies, zero extents of a read are sent
 as holes and block status reports them as ``NBD_STATE_HOLE|NBD_STATE_ZERO``.
 
 Export names: a snapshot id, a unique id prefix, ``latest`` or ``latest:TAG`` (the empty
