@@ -79,6 +79,7 @@ class Interrupted(DiskvaultError):
 
 
 class UsageError(DiskvaultError):
-    """A value the user typed (an option, an environment variable) is out of range or unreadable."""
+    """A value the user typed is out of range or unreadable, or options that do not go together
+    (exit 2, as click's own usage errors)."""
 
     exit_code = EXIT_USAGE
