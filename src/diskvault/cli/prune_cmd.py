@@ -36,14 +36,14 @@ def run_prune(path: str, max_unused: str, repack_small: bool, dry_run: bool, pro
 
 def print_prune(res: PruneResult) -> None:
     would = "would " if res.dry_run else ""
-    typer.echo(f"prune{' (dry run)' if res.dry_run else ''}: {res.snapshots} snapshots kept, {res.live_blobs} blobs in use")
-    typer.echo(f"  {would}remove {res.chunks_removed} chunks and {res.tree_nodes_removed} tree nodes nobody references")
+    typer.echo(f"prune{' (dry run)' if res.dry_run else ''}: {res.snapshots} snapshots kept, {res.live_blobs} blobs in use", err=True)
+    typer.echo(f"  {would}remove {res.chunks_removed} chunks and {res.tree_nodes_removed} tree nodes nobody references", err=True)
     typer.echo(f"  {would}delete {res.packs_deleted} packs ({res.packs_repacked} after repacking "
                f"{human(res.bytes_repacked)} of live data), {res.orphan_packs_removed} unknown packs, "
-               f"{res.orphan_records_removed} orphan snapshot records")
+               f"{res.orphan_records_removed} orphan snapshot records", err=True)
     typer.echo(f"  {would}reclaim {human(res.bytes_reclaimed)}: {human(res.bytes_before)} -> {human(res.bytes_after)} in packs, "
-               f"unused {human(res.unused_before)} -> {human(res.unused_after)}")
-    typer.echo(f"  time {res.duration:.1f} s")
+               f"unused {human(res.unused_before)} -> {human(res.unused_after)}", err=True)
+    typer.echo(f"  time {res.duration:.1f} s", err=True)
 
 
 def prune(
