@@ -288,3 +288,22 @@ def test_sigkill_restore_leaves_no_temp_and_never_a_partial_target(snapped, tmp_
     run_cli("restore", "-r", repo, "latest", target)
     assert _temps(target.parent, "t.img") == []
     assert hashlib.sha256(target.read_bytes()).digest() == want
+
+
+def test_in_place_refused_while_the_file_backs_a_mounted_loop_device(tmp_path, repo_path):
+    from helpers import make_ext4, make_tree
+
+    fs = make_ext4(tmp_path / "fs.img", 16, make_tree(tmp_path / "c", files=3))
+    run_cli("snapshot", "-r", repo_path, fs)
+    dev = subprocess.run(["losetup", "--find", "--show", str(fs)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-o", "ro", dev, str(mnt)], check=True)
+        before = fs.read_bytes()
+        _fails("restore", "-r", repo_path, "latest", fs, "--force", code=5, match=f"backs {dev}, which is mounted on")
+        assert fs.read_bytes() == before
+    finally:
+        subprocess.run(["umount", str(mnt)])
+        subprocess.run(["losetup", "-d", dev])
