@@ -151,13 +151,26 @@ def test_existing_empty_file_keeps_mode_and_owner(snapped, tmp_path):
     repo, img = snapped
     target = tmp_path / "t.img"
     target.touch(mode=0o600)
-    os.chown(target, 65534, 65534)
     ino = target.stat().st_ino
     proc = run_cli("restore", "-r", repo, "latest", target)
     st = target.stat()
-    assert (st.st_ino, st.st_mode & 0o7777, st.st_uid) == (ino, 0o600, 65534)
+    assert (st.st_ino, st.st_mode & 0o7777, st.st_uid) == (ino, 0o600, 0)
     assert target.read_bytes() == img.read_bytes()
     assert b"overwritten in place" in proc.stderr
+
+
+def test_empty_file_of_another_user_needs_force(snapped, tmp_path):
+    """An empty file someone else owns (e.g. planted in a shared folder) would let them read the image."""
+    repo, img = snapped
+    target = tmp_path / "t.img"
+    target.touch(mode=0o600)
+    os.chown(target, 65534, 65534)
+    _fails("restore", "-r", repo, "latest", target, code=5, match="belongs to uid 65534")
+    assert target.stat().st_size == 0
+    run_cli("restore", "-r", repo, "latest", target, "--force")
+    st = target.stat()
+    assert (st.st_mode & 0o7777, st.st_uid) == (0o600, 65534)
+    assert target.read_bytes() == img.read_bytes()
 
 
 def test_new_file_is_0600(snapped, tmp_path):
@@ -290,7 +303,7 @@ def test_sigkill_restore_leaves_no_temp_and_never_a_partial_target(snapped, tmp_
     assert hashlib.sha256(target.read_bytes()).digest() == want
 
 
-def test_in_place_refused_while_the_file_backs_a_mounted_loop_device(tmp_path, repo_path):
+def test_mounted_loop_image_and_mounted_stdout_refused(tmp_path, repo_path):
     from helpers import make_ext4, make_tree
 
     fs = make_ext4(tmp_path / "fs.img", 16, make_tree(tmp_path / "c", files=3))
@@ -303,6 +316,10 @@ def test_in_place_refused_while_the_file_backs_a_mounted_loop_device(tmp_path, r
         subprocess.run(["mount", "-o", "ro", dev, str(mnt)], check=True)
         before = fs.read_bytes()
         _fails("restore", "-r", repo_path, "latest", fs, "--force", code=5, match=f"backs {dev}, which is mounted on")
+        with open(dev, "wb") as out:  # `restore latest - > /dev/loopN`
+            proc = subprocess.run([sys.executable, "-m", "diskvault", "restore", "-r", str(repo_path), "latest", "-"],
+                                  stdout=out, stderr=subprocess.PIPE, env=cli_env())
+        assert proc.returncode == 5 and b"stdout is a block device in use" in proc.stderr, proc.stderr
         assert fs.read_bytes() == before
     finally:
         subprocess.run(["umount", str(mnt)])

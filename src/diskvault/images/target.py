@@ -4,7 +4,7 @@ in place, stdout, or /dev/null. Knows nothing of the repository.
 ``Target(path, size, force, protect=..., partition=...)`` checks the path and opens it:
 
 - ``-``: stdout, written strictly in order (zeros are written as zero bytes); refused when
-  stdout is a terminal.
+  stdout is a terminal or a mounted block device.
 - a new file: created under a temporary name in the target's folder,
   ``.NAME.diskvault-restore-XXXXXXXX``, with ``O_CREAT|O_EXCL|O_NOFOLLOW`` and mode 0600,
   flock-ed while it is written, sparse (zeros stay holes); ``commit`` fsyncs it and renames
@@ -12,11 +12,11 @@ in place, stdout, or /dev/null. Knows nothing of the repository.
   name appears only complete and never replaces what appeared meanwhile. Temporary files of
   an earlier restore to the same NAME that nobody holds any more (killed restores) are
   removed first.
-- an existing regular file (non-empty ones only with ``force``): overwritten in place like a
-  device: same inode, mode, owner and hard links; opened without ``O_TRUNC`` and with
-  ``O_NOFOLLOW``; zero ranges are punched as holes; a smaller file grows to the image size,
-  a bigger one keeps its size (bytes past the image are left as they were). Refused while
-  the file backs a mounted loop device.
+- an existing regular file (non-empty ones, or ones another user owns, only with ``force``):
+  overwritten in place like a device: same inode, mode, owner and hard links; opened
+  without ``O_TRUNC`` and with ``O_NOFOLLOW``; zero ranges are punched as holes; a smaller
+  file grows to the image size, a bigger one keeps its size (bytes past the image are left
+  as they were). Refused while the file backs a mounted loop device.
 - a block device (only with ``force``): never when it or a partition of it is mounted or
   held, never when smaller than the image.
 - ``/dev/null``: nothing is kept (a restore there only verifies).
@@ -193,6 +193,11 @@ class Target:
         self.kind, self.path, self.fd = "stdout", "stdout", 1
         if os.isatty(1):
             raise TargetError("stdout is a terminal: redirect it (diskvault restore SNAPSHOT - > disk.img, or | dd of=…)")
+        st = os.fstat(1)
+        holder = mount_holder(st.st_rdev) if stat.S_ISBLK(st.st_mode) else None
+        if holder:
+            raise TargetError(f"stdout is a block device in use ({holder}): unmount it first; "
+                              "diskvault never writes a mounted device")
 
     def _open(self, path: str, flags: int, st: os.stat_result) -> int:
         """Open the (l)stat-ed path, never through a symlink, and check it is still that file."""
@@ -260,6 +265,9 @@ class Target:
         self._check_table(path, st, force, partition)
         if st.st_size > 0 and not force:
             raise TargetError(f"{path} exists and is not empty: add --force to overwrite it in place")
+        if st.st_uid != os.geteuid() and not force:  # e.g. planted in a shared folder: its owner could read the image
+            raise TargetError(f"{path} belongs to uid {st.st_uid}, who could read the restored image: "
+                              "add --force to write it anyway")
         folder, name = os.path.split(path)
         remove_stale_temps(folder or ".", name)
         self.fd = self._open(path, os.O_WRONLY, st)
