@@ -266,13 +266,17 @@ def test_stale_temp_files_removed_live_ones_kept(snapped, tmp_path):
     stale.write_bytes(b"x" * 4096)
     live = tmp_path / ".t.img.diskvault-restore-cafe0000"
     live.write_bytes(b"y")
+    legacy = tmp_path / ".t.img.diskvault-1a2b3c4d"  # an older version's name
+    legacy.write_bytes(b"w" * 4096)
+    unrelated = tmp_path / ".t.img.diskvault-notes"
+    unrelated.write_bytes(b"v")
     foreign = tmp_path / ".t.img.diskvault-restore-0000f00d"
     foreign.write_bytes(b"z")
     os.chown(foreign, 65534, 65534)
     with open(live, "rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as a running restore holds its temporary file
         run_cli("restore", "-r", repo, "latest", tmp_path / "t.img")
-    assert _temps(tmp_path, "t.img") == sorted([live, foreign])
+    assert _temps(tmp_path, "t.img") == sorted([live, foreign, unrelated])
     assert (tmp_path / "t.img").read_bytes() == img.read_bytes()
 
 
@@ -324,3 +328,33 @@ def test_mounted_loop_image_and_mounted_stdout_refused(tmp_path, repo_path):
     finally:
         subprocess.run(["umount", str(mnt)])
         subprocess.run(["losetup", "-d", dev])
+
+
+def test_skip_damaged_to_stdout_and_in_place(tmp_path, repo_path):
+    """A damaged chunk: zeros at its place on stdout (in order) and over old bytes in place."""
+    from diskvault.repository import Repository
+    from diskvault.repository.pack import TYPE_CHUNK, read_table
+    from diskvault.storage.local import LocalStorage
+
+    img = tmp_path / "d.img"
+    img.write_bytes(random_bytes(600_000, 1) + bytes(200_000) + random_bytes(300_000, 2))
+    run_cli("snapshot", "-r", repo_path, img)
+    with Repository.open(str(repo_path)) as r:
+        pack = repo_path / r.catalog.packs()[0]["name"]
+        snap = r.resolve("latest")
+        leaves = list(r.tree().leaves(bytes.fromhex(snap.tree)))
+    e = next(e for e in read_table(LocalStorage(str(repo_path)), str(pack.relative_to(repo_path))) if e.type == TYPE_CHUNK)
+    data = bytearray(pack.read_bytes())
+    data[e.offset + e.stored_len // 2] ^= 0x40
+    pack.write_bytes(bytes(data))
+    want = bytearray(img.read_bytes())
+    for lf in leaves:
+        if lf.id == e.id:
+            want[lf.offset : lf.offset + lf.length] = bytes(lf.length)
+    proc = run_cli("restore", "-r", repo_path, "latest", "-", "--skip-damaged", check=False)
+    assert proc.returncode == 8 and proc.stdout == bytes(want)
+    assert b"NOT restored" in proc.stderr
+    target = tmp_path / "old.img"
+    target.write_bytes(random_bytes(len(want), 7))
+    proc = run_cli("restore", "-r", repo_path, "latest", target, "--force", "--skip-damaged", check=False)
+    assert proc.returncode == 8 and target.read_bytes() == bytes(want)

@@ -57,10 +57,17 @@ def temp_prefix(name: str) -> str:
 
 def remove_stale_temps(folder: str, name: str) -> list[str]:
     """Remove this user's temporary files of restores to ``folder/name`` that no running
-    restore holds (their flock can be taken); returns the names removed."""
-    prefix = temp_prefix(name)
+    restore holds (their flock can be taken), also those of older versions
+    (``.NAME.diskvault-XXXXXXXX``); returns the names removed."""
+    prefix, legacy = temp_prefix(name), f".{name}.diskvault-"  # legacy: before 0.2, ".NAME.diskvault-XXXXXXXX"
+
+    def ours(entry: str) -> bool:
+        rest = entry[len(legacy):]
+        return entry.startswith(prefix) or (
+            entry.startswith(legacy) and len(rest) == 8 and all(c in "0123456789abcdef" for c in rest))
+
     try:
-        entries = [e for e in os.listdir(folder) if e.startswith(prefix)]
+        entries = [e for e in os.listdir(folder) if ours(e)]
     except OSError:
         return []
     removed = []
