@@ -1,9 +1,10 @@
 """diskvault restore: write a snapshot to a file, a block device or stdout (``-``).
 
 stdout carries only the image (``-``) or, otherwise, ``--json``; the human summary goes to
-stderr, and with ``-`` so does the ``--json`` document (never mixed into the image). With ``--skip-damaged`` damaged chunks are written as zeros, the restore finishes, the
-ranges not restored are listed (and written as a ddrescue mapfile with ``--map``), and
-the exit code is 8 if there were any.
+stderr, and with ``-`` so does the ``--json`` document (never mixed into the image). With
+``--skip-damaged`` damaged chunks are written as zeros, the restore finishes, the ranges not
+restored are listed (and written as a ddrescue mapfile with ``--map``), and the exit code
+is 8 if there were any.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _report(res, json_out: bool, what: str) -> None:
     where = "stdout" if res.kind == "stdout" else res.target
     if res.symlink:
         where += f" (through the symbolic link {res.symlink})"
-    how = {"file": "new file", "device": "device", "stdout": "in order", "null": "nothing kept"}[res.kind]
+    how = {"file": "new file", "device": "device", "stdout": "streamed in order", "null": "nothing kept"}[res.kind]
     if res.in_place:
         how = f"{res.kind}, overwritten in place"
         if res.kind == "file" and res.target_size > res.size:

@@ -132,7 +132,6 @@ class Target:
 
     def __init__(self, path: str, size: int, force: bool, protect: str | None = None,
                  partition: int | None = None) -> None:
-        self.given = path
         self.path = path
         self.via: str | None = None  # the symbolic link given, when force followed it
         self.size = size
