@@ -76,10 +76,10 @@ def test_counts_of_one_are_singular(repo_path, image, tmp_path):
     data[1000] ^= 1
     changed.write_bytes(data)
     outputs = [
-        run_cli("check", "-r", repo_path).stdout.decode(),
-        run_cli("verify", "-r", repo_path, sid, changed, check=False).stdout.decode(),
-        run_cli("forget", "-r", repo_path, sid).stdout.decode(),
-        run_cli("prune", "-r", repo_path).stdout.decode(),
+        run_cli("check", "-r", repo_path).stderr.decode(),
+        run_cli("verify", "-r", repo_path, sid, changed, check=False).stderr.decode(),
+        run_cli("forget", "-r", repo_path, sid).stderr.decode(),
+        run_cli("prune", "-r", repo_path).stderr.decode(),
     ]
     text = "\n".join(outputs)
     assert "differ in 1 range:" in text and "forgot 1 snapshot," in text and "delete 1 pack " in text, text
@@ -101,9 +101,9 @@ def test_forget_with_prune_does_not_ask_to_run_prune(repo_path, image, tmp_path)
     image.write_bytes(random_bytes(300_000, 6))  # the same source, changed
     run_cli("snapshot", "-r", repo_path, image)
     out = run_cli("forget", "-r", repo_path, "--keep-last", "1", "--prune")
-    text = out.stdout.decode()
+    text = out.stderr.decode()
     assert "run diskvault prune" not in text and "prune:" in text and "forgot 1 snapshot" in text, text
-    assert "run diskvault prune" in run_cli("forget", "-r", repo_path, "latest").stdout.decode()
+    assert "run diskvault prune" in run_cli("forget", "-r", repo_path, "latest").stderr.decode()
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")

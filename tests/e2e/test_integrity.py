@@ -270,7 +270,7 @@ def test_verify_reports_differing_ranges(world):
     assert cli_json("verify", "-r", w.repo, w.A, w.b, code=9)["differing"] == [
         {"offset": w.a.stat().st_size, "length": 400_000}]
     proc = run_cli("verify", "-r", w.repo, w.B, "-", input=w.b.read_bytes())
-    assert "identical" in proc.stdout.decode()
+    assert "identical" in proc.stderr.decode()
 
 
 def test_check_api_on_repo_fixture(repo):

@@ -69,7 +69,7 @@ def test_forget_dry_run_reports_reasons_and_changes_nothing(tmp_path, repo_path)
     assert keep == {series[5][0]: ["last snapshot"], series[4][0]: ["last snapshot"], series[0][0]: ["tagged golden"]}
     assert {s["id"] for s in group["remove"]} == {series[i][0] for i in (1, 2, 3)}
     assert res["dry_run"] and len(os.listdir(repo_path / "snapshots")) == 6
-    text = run_cli("forget", "-r", repo_path, "--keep-daily", "1", "--tag", "nightly", "--dry-run").stdout.decode()
+    text = run_cli("forget", "-r", repo_path, "--keep-daily", "1", "--tag", "nightly", "--dry-run").stderr.decode()
     assert "would remove 4" in text and "daily snapshot" in text and series[0][0][:12] not in text
     assert len(json.loads(run_cli("snapshots", "-r", repo_path, "--json").stdout)) == 6
 

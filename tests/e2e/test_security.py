@@ -157,7 +157,7 @@ def test_check_warns_about_modes_wider_than_0600_and_0700(repo_path, tmp_path):
     message = warnings[0]["message"]
     assert "and 1 more" in message and f"chmod -R go= {repo_path}" in message
     assert str(pack) in message or str(repo_path / "snapshots") in message
-    human = run_cli("check", "-r", repo_path).stdout.decode()
+    human = run_cli("check", "-r", repo_path).stderr.decode()
     assert "warning: other users may read or change files of this repository" in human
     assert oct(pack.stat().st_mode & 0o777) == oct(0o644)  # a warning only: nothing is changed
     subprocess.run(["chmod", "-R", "go=", str(repo_path)], check=True)  # the advice works

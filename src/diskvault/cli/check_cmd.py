@@ -44,29 +44,29 @@ def check(
         print_json(report.to_json())
     else:
         typer.echo(f"checked {plural(report.packs, 'pack')}, {plural(report.blobs, 'blob')}, {plural(report.snapshots, 'snapshot')} "
-                   f"({plural(report.referenced_chunks, 'distinct chunk')} referenced) in {report.duration:.1f} s")
+                   f"({plural(report.referenced_chunks, 'distinct chunk')} referenced) in {report.duration:.1f} s", err=True)
         if report.read_data:
             d = report.read_data
             typer.echo(f"read data ({d['subset']}): {d['packs']} of {plural(d['packs_total'], 'pack')}, {plural(d['blobs'], 'blob')}, "
-                       f"{human(d['bytes'])} in {d['seconds']:.1f} s ({d['mb_per_s'] or '-'} MB/s)")
+                       f"{human(d['bytes'])} in {d['seconds']:.1f} s ({d['mb_per_s'] or '-'} MB/s)", err=True)
         for w in report.warnings:
-            typer.echo(f"warning: {w.message}")
+            typer.echo(f"warning: {w.message}", err=True)
         shown: dict[str, int] = {}
         for f in report.errors:
             shown[f.kind] = shown.get(f.kind, 0) + 1
             if shown[f.kind] > SHOW:
                 continue
-            typer.echo(f"error: {f.message}")
+            typer.echo(f"error: {f.message}", err=True)
             for sid, ranges in f.snapshots.items():
-                typer.echo(f"  affects snapshot {sid[:12]}: bytes {_ranges(ranges)}")
+                typer.echo(f"  affects snapshot {sid[:12]}: bytes {_ranges(ranges)}", err=True)
         for kind, n in shown.items():
             if n > SHOW:
-                typer.echo(f"error: … and {plural(n - SHOW, f'more {kind} error')} (see --json)")
+                typer.echo(f"error: … and {plural(n - SHOW, f'more {kind} error')} (see --json)", err=True)
         if report.sound:
-            typer.echo("repository is sound")
+            typer.echo("repository is sound", err=True)
         else:
-            typer.echo(f"repository is DAMAGED: {plural(len(report.errors), 'error')}; {plural(len(report.affected), 'snapshot')} affected:")
+            typer.echo(f"repository is DAMAGED: {plural(len(report.errors), 'error')}; {plural(len(report.affected), 'snapshot')} affected:", err=True)
             for sid, ranges in report.affected.items():
-                typer.echo(f"  {sid[:12]}  {human(sum(n for _, n in ranges))} in {plural(len(ranges), 'range')}")
+                typer.echo(f"  {sid[:12]}  {human(sum(n for _, n in ranges))} in {plural(len(ranges), 'range')}", err=True)
     if not report.sound:
         raise typer.Exit(EXIT_DAMAGED)

@@ -26,8 +26,10 @@ def open_repo(path: str) -> Repository:
     return Repository.open(path)
 
 
-def print_json(obj: object) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+def print_json(obj: object, err: bool = False) -> None:
+    """Write ``obj`` as indented JSON on stdout (on stderr with ``err``: when stdout carries data)."""
+    out = sys.stderr if err else sys.stdout
+    out.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def human(n: float) -> str:

@@ -83,7 +83,7 @@ def forget(
     if prune and not dry_run:
         pruned = run_prune(repo, max_unused, repack_small, False, progress and not json_out)
     elif prune and not json_out:
-        typer.echo("prune skipped: this is a dry run (run diskvault prune --dry-run to see what it would do)")
+        typer.echo("prune skipped: this is a dry run (run diskvault prune --dry-run to see what it would do)", err=True)
     if json_out:
         out = res.to_json()
         out["prune"] = pruned.to_json() if pruned else None
@@ -95,13 +95,13 @@ def forget(
 def _print(res: ForgetResult, prune_follows: bool) -> None:
     would = "would " if res.dry_run else ""
     for g in res.groups:
-        typer.echo(f"host {g['host']}, source {g['source']}: keep {len(g['keep'])}, {would}remove {len(g['remove'])}")
+        typer.echo(f"host {g['host']}, source {g['source']}: keep {len(g['keep'])}, {would}remove {len(g['remove'])}", err=True)
         for s in g["keep"]:
-            typer.echo(f"  keep    {s['id'][:12]}  {s['time'][:19].replace('T', ' ')}  {', '.join(s['reasons'])}")
+            typer.echo(f"  keep    {s['id'][:12]}  {s['time'][:19].replace('T', ' ')}  {', '.join(s['reasons'])}", err=True)
         for s in g["remove"]:
-            typer.echo(f"  remove  {s['id'][:12]}  {s['time'][:19].replace('T', ' ')}")
+            typer.echo(f"  remove  {s['id'][:12]}  {s['time'][:19].replace('T', ' ')}", err=True)
     if not res.groups:
         for sid in res.removed:
-            typer.echo(f"  remove  {sid[:12]}")
+            typer.echo(f"  remove  {sid[:12]}", err=True)
     typer.echo(f"{'would forget' if res.dry_run else 'forgot'} {plural(len(res.removed), 'snapshot')}, {res.kept} kept"
-               + ("" if res.dry_run or not res.removed or prune_follows else "; run diskvault prune to reclaim their space"))
+               + ("" if res.dry_run or not res.removed or prune_follows else "; run diskvault prune to reclaim their space"), err=True)

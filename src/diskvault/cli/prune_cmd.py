@@ -41,14 +41,14 @@ def run_prune(path: str, max_unused: str, repack_small: bool, dry_run: bool, pro
 
 def print_prune(res: PruneResult) -> None:
     would = "would " if res.dry_run else ""
-    typer.echo(f"prune{' (dry run)' if res.dry_run else ''}: {plural(res.snapshots, 'snapshot')} kept, {plural(res.live_blobs, 'blob')} in use")
-    typer.echo(f"  {would}remove {plural(res.chunks_removed, 'chunk')} and {plural(res.tree_nodes_removed, 'tree node')} nobody references")
+    typer.echo(f"prune{' (dry run)' if res.dry_run else ''}: {plural(res.snapshots, 'snapshot')} kept, {plural(res.live_blobs, 'blob')} in use", err=True)
+    typer.echo(f"  {would}remove {plural(res.chunks_removed, 'chunk')} and {plural(res.tree_nodes_removed, 'tree node')} nobody references", err=True)
     typer.echo(f"  {would}delete {plural(res.packs_deleted, 'pack')} ({res.packs_repacked} after repacking "
                f"{human(res.bytes_repacked)} of live data), {plural(res.orphan_packs_removed, 'unknown pack')}, "
-               f"{plural(res.orphan_records_removed, 'orphan snapshot record')}")
+               f"{plural(res.orphan_records_removed, 'orphan snapshot record')}", err=True)
     typer.echo(f"  {would}reclaim {human(res.bytes_reclaimed)}: {human(res.bytes_before)} -> {human(res.bytes_after)} in packs, "
-               f"unused {human(res.unused_before)} -> {human(res.unused_after)}")
-    typer.echo(f"  time {res.duration:.1f} s")
+               f"unused {human(res.unused_before)} -> {human(res.unused_after)}", err=True)
+    typer.echo(f"  time {res.duration:.1f} s", err=True)
 
 
 def prune(

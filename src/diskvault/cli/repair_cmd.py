@@ -27,23 +27,23 @@ def repair(
     if json_out:
         print_json(res.to_json())
     else:
-        typer.echo(f"old catalog: {res.old_catalog}")
-        typer.echo(f"indexed {plural(res.packs, 'pack')}, {plural(res.blobs, 'blob')}, {plural(res.snapshots, 'snapshot')} in {res.duration:.1f} s")
+        typer.echo(f"old catalog: {res.old_catalog}", err=True)
+        typer.echo(f"indexed {plural(res.packs, 'pack')}, {plural(res.blobs, 'blob')}, {plural(res.snapshots, 'snapshot')} in {res.duration:.1f} s", err=True)
         for d in res.damaged_packs:
-            typer.echo(f"  damaged pack {d['pack']}: {d['reason']}")
+            typer.echo(f"  damaged pack {d['pack']}: {d['reason']}", err=True)
         if res.salvaged_blobs:
             typer.echo(f"  salvaged {plural(res.salvaged_blobs, 'intact blob')} from damaged packs into new pack(s) "
-                       f"{', '.join(res.salvage_packs)}")
+                       f"{', '.join(res.salvage_packs)}", err=True)
         if res.lost_blobs:
-            typer.echo(f"  {plural(res.lost_blobs, 'catalogued blob')} could not be recovered")
+            typer.echo(f"  {plural(res.lost_blobs, 'catalogued blob')} could not be recovered", err=True)
         if res.changed_rows:
-            typer.echo(f"  {plural(res.changed_rows, 'catalog row')} corrected or dropped")
+            typer.echo(f"  {plural(res.changed_rows, 'catalog row')} corrected or dropped", err=True)
         if res.records_written:
-            typer.echo(f"  rewrote {plural(res.records_written, 'missing snapshot record')}")
+            typer.echo(f"  rewrote {plural(res.records_written, 'missing snapshot record')}", err=True)
         for u in res.unrecoverable:
             typer.echo(f"  snapshot {u['id'][:12]} cannot be fully recovered: {human(u['bytes'])} lost in "
-                       f"{plural(len(u['ranges']), 'range')} ({u['reason']}); restore --skip-damaged saves the rest")
+                       f"{plural(len(u['ranges']), 'range')} ({u['reason']}); restore --skip-damaged saves the rest", err=True)
         typer.echo(f"structure is {res.status_after} after repair" +
-                   (" (check --read-data verifies the data itself)" if res.status_after == "sound" else ": see diskvault check"))
+                   (" (check --read-data verifies the data itself)" if res.status_after == "sound" else ": see diskvault check"), err=True)
     if res.status_after != "sound":
         raise typer.Exit(EXIT_DAMAGED)

@@ -32,7 +32,7 @@ def snapshot(
         print_json(rec.to_json())
         return
     ratio = rec.data_bytes / rec.new_bytes if rec.new_bytes else float("inf")
-    typer.echo(f"snapshot {rec.id[:12]} saved: {rec.source}, {human(rec.size)}")
-    typer.echo(f"  read        {human(rec.data_bytes)} in {rec.duration:.1f} s ({rate(rec.size, rec.duration)}), zeros {human(rec.zero_bytes)} not stored")
-    typer.echo(f"  new chunks  {rec.new_chunks} of {rec.chunks}: {human(rec.new_bytes)} new data, {human(rec.stored_bytes)} stored")
-    typer.echo(f"  dedup       {ratio:.1f}x" if rec.new_bytes else "  dedup       everything was already stored")
+    typer.echo(f"snapshot {rec.id[:12]} saved: {rec.source}, {human(rec.size)}", err=True)
+    typer.echo(f"  read        {human(rec.data_bytes)} in {rec.duration:.1f} s ({rate(rec.size, rec.duration)}), zeros {human(rec.zero_bytes)} not stored", err=True)
+    typer.echo(f"  new chunks  {rec.new_chunks} of {rec.chunks}: {human(rec.new_bytes)} new data, {human(rec.stored_bytes)} stored", err=True)
+    typer.echo(f"  dedup       {ratio:.1f}x" if rec.new_bytes else "  dedup       everything was already stored", err=True)

@@ -34,18 +34,18 @@ def verify(
         head = f"snapshot {res.snapshot[:12]} vs {res.source}"
         if res.identical:
             typer.echo(f"{head}: identical ({human(res.snapshot_size)} compared in {res.duration:.1f} s, "
-                       f"{rate(res.snapshot_size, res.duration)})")
+                       f"{rate(res.snapshot_size, res.duration)})", err=True)
         else:
             if res.source_size != res.snapshot_size:
-                typer.echo(f"{head}: sizes differ: snapshot {plural(res.snapshot_size, 'byte')}, source {plural(res.source_size, 'byte')}")
+                typer.echo(f"{head}: sizes differ: snapshot {plural(res.snapshot_size, 'byte')}, source {plural(res.source_size, 'byte')}", err=True)
             if res.differing:
-                typer.echo(f"{head}: {human(res.differing_bytes)} differ in {plural(len(res.differing), 'range')}:")
+                typer.echo(f"{head}: {human(res.differing_bytes)} differ in {plural(len(res.differing), 'range')}:", err=True)
                 for o, n in res.differing[:SHOW]:
-                    typer.echo(f"  bytes {o}..{o + n - 1} ({plural(n, 'byte')})")
+                    typer.echo(f"  bytes {o}..{o + n - 1} ({plural(n, 'byte')})", err=True)
                 if len(res.differing) > SHOW:
-                    typer.echo(f"  … and {len(res.differing) - SHOW} more (see --json)")
+                    typer.echo(f"  … and {len(res.differing) - SHOW} more (see --json)", err=True)
             for u in res.unreadable[:SHOW]:
-                typer.echo(f"  not compared: bytes {u['offset']}..{u['offset'] + u['length'] - 1}: {u['reason']}")
+                typer.echo(f"  not compared: bytes {u['offset']}..{u['offset'] + u['length'] - 1}: {u['reason']}", err=True)
     if res.unreadable:
         raise typer.Exit(EXIT_DAMAGED)
     if not res.identical:
