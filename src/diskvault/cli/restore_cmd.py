@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
+from .common import Bar, JsonOpt, NoLockOpt, RepoOpt, human, open_repo, print_json, rate
 
 
 def ddrescue_map(size: int, lost: list[dict]) -> str:
@@ -46,14 +46,15 @@ def restore(
                                                   help="Restore only partition N (see diskvault partitions).")] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
+    no_lock: NoLockOpt = False,
 ) -> None:
     """Restore a snapshot, verifying every chunk's blake3 on the way."""
     from ..ops.restore import restore as restore_op
 
     if partition is not None:
-        _restore_partition(repo, snapshot, target, partition, force, json_out, progress)
+        _restore_partition(repo, snapshot, target, partition, force, json_out, progress, no_lock)
         return
-    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
+    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
         res = restore_op(r, r.resolve(snapshot), target, force=force, progress=bar, skip_damaged=skip_damaged)
     if map_file:
         with open(map_file, "w") as f:
@@ -78,10 +79,10 @@ def restore(
 
 
 def _restore_partition(repo: str, snapshot: str, target: str, number: int, force: bool, json_out: bool,
-                       progress: bool) -> None:
+                       progress: bool, no_lock: bool) -> None:
     from ..ops.restore_partition import restore_partition
 
-    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
+    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
         res = restore_partition(r, r.resolve(snapshot), number, target, force=force, progress=bar)
     if json_out:
         print_json(asdict(res))

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import Interrupted
-from .common import JsonOpt, RepoOpt, open_repo
+from .common import JsonOpt, NoLockOpt, RepoOpt, open_repo
 
 
 def serve(
@@ -17,12 +17,13 @@ def serve(
     bind: Annotated[str, typer.Option("--bind", help="Address to listen on: HOST:PORT (port 0 picks a free one), "
                                       "or unix:PATH for a Unix socket.", metavar="HOST:PORT|unix:PATH")] = "127.0.0.1:10809",
     json_out: JsonOpt = False,
+    no_lock: NoLockOpt = False,
 ) -> None:
     """Serve every snapshot read-only over NBD (exports: id, id prefix, latest, latest:TAG; NAME/pN is partition N)."""
     from ..ops.access.nbd_server import NbdServer, parse_bind
 
     host, port = parse_bind(bind)
-    with open_repo(repo) as r:
+    with open_repo(repo, write=False, no_lock=no_lock) as r:
         server = NbdServer(r, host, port)
         try:
             names = server.export_names()
