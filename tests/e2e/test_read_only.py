@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -352,3 +353,173 @@ def test_catalog_that_is_not_a_database_is_exit_3_everywhere(repo_path, tmp_path
     run_cli("repair", "-r", repo_path)
     run_cli("restore", "-r", repo_path, "latest", tmp_path / "o.img")
     assert (tmp_path / "o.img").read_bytes() == image.read_bytes()
+
+
+# --- the table: every command against every kind of refusal ----------------------------------
+
+READ_ONLY, FULL, DENIED, SOURCE, TARGET, TARGET_RO, TARGET_FULL = (
+    "read-only", "full", "denied", "unreadable-source", "unwritable-target", "read-only-target", "full-target")
+OK, REPO, SPACE, FILE = 0, errors.EXIT_REPOSITORY, errors.EXIT_NO_SPACE, errors.EXIT_SOURCE_TARGET
+READERS = {READ_ONLY: OK, FULL: OK, DENIED: OK}
+WRITERS = {READ_ONLY: REPO, FULL: SPACE, DENIED: REPO}
+
+# command -> (arguments after the command, given the world, the condition and the cell's own scratch
+# name), expected exit code in each condition (a condition missing from a row does not apply to it:
+# the command has no source or target)
+TABLE = {
+    "init": (lambda w, c, n: ["-r", w.place(c) / "new"], WRITERS),
+    "snapshot": (lambda w, c, n: ["-r", w.repo(c), w.source(c)], {**WRITERS, SOURCE: FILE}),
+    "snapshots": (lambda w, c, n: ["-r", w.repo(c)], READERS),
+    "info": (lambda w, c, n: ["-r", w.repo(c), "latest"], READERS),
+    "restore": (lambda w, c, n: ["-r", w.repo(c), "latest", w.target(c, n)],
+                {**READERS, TARGET: FILE, TARGET_RO: FILE, TARGET_FULL: SPACE}),
+    "forget": (lambda w, c, n: ["-r", w.repo(c), "latest"], WRITERS),
+    "prune": (lambda w, c, n: ["-r", w.repo(c)], WRITERS),
+    "unlock": (lambda w, c, n: ["-r", w.repo(c)], WRITERS),
+    "check": (lambda w, c, n: ["-r", w.repo(c), "--read-data"], READERS),
+    "verify": (lambda w, c, n: ["-r", w.repo(c), "latest", w.source(c)], {**READERS, SOURCE: FILE}),
+    "repair": (lambda w, c, n: ["-r", w.repo(c)], WRITERS),
+    "partitions": (lambda w, c, n: ["--source", w.source(c)] if c == SOURCE else ["-r", w.repo(c), "latest"],
+                   {**READERS, SOURCE: FILE}),
+    "serve": (lambda w, c, n: ["-r", w.repo(c), "--json", "--bind", f"unix:{w.target(c, n)}"],
+              {**READERS, TARGET: FILE, TARGET_RO: FILE}),
+    # nobody cannot open /dev/fuse here (root only, 0600), so mount as nobody stops there: exit 5, one line
+    "mount": (lambda w, c, n: ["-r", w.repo(c), "--json", w.mountpoint(n)], {READ_ONLY: OK, FULL: OK, DENIED: FILE}),
+}
+CELLS = [(cmd, cond) for cmd, (_, codes) in TABLE.items() for cond in codes]
+
+
+class World:
+    """The repositories and files the table runs against, built once (module fixture):
+
+    - ``repo``: a repository with one snapshot, readable by everyone, writable by root only
+      (``denied``: used by nobody), also bind-mounted read-only at ``ro`` (``read-only``);
+    - ``fs/repo``: the same on a 32 MiB ext4 file system filled to ENOSPC (``full``);
+    - ``own``: a copy owned by nobody, for nobody's unreadable source (``secret``, root's
+      0600) and unwritable target (``closed``, root's 0755 directory); root's read-only
+      target is under ``ro``, its full target under ``fs``.
+    """
+
+    def __init__(self, top: Path) -> None:
+        self.top = top
+        self.image = top / "a.img"
+        self.secret = top / "secret.img"
+        self.mine = top / "mine"  # nobody's own scratch directory
+        self.closed = top / "closed"
+
+    def user(self, cond: str) -> list[str]:
+        return NOBODY if cond in (DENIED, SOURCE, TARGET) else []
+
+    def repo(self, cond: str) -> Path:
+        return {READ_ONLY: self.top / "ro", FULL: self.top / "fs" / "repo", DENIED: self.top / "repo",
+                SOURCE: self.top / "own", TARGET: self.top / "own"}.get(cond, self.top / "repo")
+
+    def place(self, cond: str) -> Path:
+        """A directory to create a repository in."""
+        return {READ_ONLY: self.top / "ro", FULL: self.top / "fs", DENIED: self.closed}[cond]
+
+    def source(self, cond: str) -> Path:
+        return self.secret if cond == SOURCE else self.image
+
+    def target(self, cond: str, name: str) -> Path:
+        return {TARGET: self.closed, TARGET_RO: self.top / "ro", TARGET_FULL: self.top / "fs"}.get(
+            cond, self.mine) / name
+
+    def mountpoint(self, name: str) -> Path:
+        path = self.mine / name
+        path.mkdir(exist_ok=True)
+        shutil.chown(path, "nobody")
+        return path
+
+
+@pytest.fixture(scope="module")
+def world():
+    top = shared_dir("dv-table-")
+    w = World(top)
+    try:
+        w.image.write_bytes(random_bytes(600_000, 21))
+        os.chmod(w.image, 0o644)
+        w.secret.write_bytes(random_bytes(100_000, 22))
+        os.chmod(w.secret, 0o600)
+        for d in (w.mine, w.closed):
+            d.mkdir()
+        shutil.chown(w.mine, "nobody")
+        new_repo(top / "repo", w.image)
+        normalise_modes(top / "repo")
+        shutil.copytree(top / "repo", top / "own")
+        normalise_modes(top / "own", owner="nobody")
+        bind_read_only(top / "repo", top / "ro")
+        mount_small_ext4(top / "fs.img", top / "fs")
+        new_repo(top / "fs" / "repo", w.image)
+        fill(top / "fs")
+        yield w
+    finally:
+        for mnt in sorted(top.glob("mine/mnt-*")):
+            if mounted(mnt):
+                subprocess.run([tool("fusermount3"), "-u", str(mnt)], capture_output=True)
+            umount(mnt)
+        umount(top / "ro")
+        umount(top / "fs")
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def run_until_ready(args: list, user: list[str], cwd: Path, mountpoint: Path | None) -> subprocess.CompletedProcess:
+    """Start a long-running command (serve, mount); once it is ready (its first --json
+    line; serve greets a client, mount appears in the mount table) stop it with Ctrl-C
+    (SIGINT). An early exit is returned as it is."""
+    import select
+
+    proc = subprocess.Popen([*user, sys.executable, "-m", "diskvault", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=cli_env(), cwd=cwd)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, f"{args[0]} neither started nor failed within 60 s"
+        first = proc.stdout.readline()
+        if first:
+            info = json.loads(first)
+            if info.get("socket"):  # serving: a client's greeting proves it took (or skipped) the lock
+                with socket.socket(socket.AF_UNIX) as client:
+                    client.settimeout(60)
+                    client.connect(info["socket"])
+                    assert client.recv(8) == b"NBDMAGIC"
+            deadline = time.monotonic() + 20
+            while mountpoint is not None and not mounted(mountpoint) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if mountpoint is not None and mounted(mountpoint):
+            subprocess.run([tool("fusermount3"), "-u", str(mountpoint)], capture_output=True)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, first + out, err)
+
+
+@pytest.mark.parametrize("command,condition", CELLS, ids=[f"{c}-{k}" for c, k in CELLS])
+def test_every_command_against_every_refusal(world, command, condition):
+    """One table, every command (``TABLE``) against a read-only, a full and a
+    permission-denied repository, an unreadable source and an unwritable target (where the
+    command has one): the documented exit code, and stderr is one line (a reading command
+    that succeeds says only that it read without a lock; ``snapshots`` takes no lock and
+    says nothing). ``serve`` and ``mount`` are started and stopped with Ctrl-C once ready;
+    mount as nobody is refused by the system before it reaches the repository (no access to
+    /dev/fuse here), which the table records as what it is: exit 5, one line."""
+    args, codes = TABLE[command]
+    name = f"{command}-{condition}"
+    argv = [command, *args(world, condition, name if command != "mount" else f"mnt-{name}")]
+    user = world.user(condition)
+    if command in ("serve", "mount"):
+        mountpoint = world.mine / f"mnt-{name}" if command == "mount" else None
+        proc = run_until_ready(argv, user, world.top, mountpoint)
+    else:
+        proc = run(*argv, user=user, cwd=world.top)
+    code = codes[condition]
+    if code == OK:
+        expect(proc, OK, note=command != "snapshots")
+    else:
+        expect(proc, code)
+    if command == "restore" and code == OK:
+        target = world.target(condition, name)
+        assert target.read_bytes() == world.image.read_bytes()
+        target.unlink()
