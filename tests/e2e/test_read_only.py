@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from diskvault import errors
-from helpers import cli_env, random_bytes, run_cli, tool
+from helpers import cli_env, make_ext4, random_bytes, run_cli, tool
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts, loop devices and setpriv need root")
 
@@ -236,6 +236,33 @@ def test_init_on_a_read_only_path_is_a_repository_error(ro_world):
     """Used to be: internal error (OSError: read-only file system)."""
     top, ro, _image, _sid = ro_world
     expect(run("init", "-r", ro / "new"), errors.EXIT_REPOSITORY, match="read-only file system")
+
+
+def test_write_protected_media(tmp_path):
+    """A repository on an ext4 image attached as a read-only loop device (as a write-protected
+    disk is): readers work, writers exit 3."""
+    image = tmp_path / "a.img"
+    image.write_bytes(random_bytes(400_000, 15))
+    content = tmp_path / "content"
+    content.mkdir()
+    sid = new_repo(content / "repo", image)
+    media = make_ext4(tmp_path / "media.img", 16, content)
+    mnt = tmp_path / "media"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "ro,loop", str(media), str(mnt)], check=True)
+    try:
+        loop = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mnt)], capture_output=True, text=True).stdout.strip()
+        assert subprocess.run(["blockdev", "--getro", loop], capture_output=True, text=True).stdout.strip() == "1"
+        repo = mnt / "repo"
+        expect(run("snapshots", "-r", repo), 0, note=False)
+        expect(run("restore", "-r", repo, sid, tmp_path / "o.img"), 0, note=True)
+        assert (tmp_path / "o.img").read_bytes() == image.read_bytes()
+        expect(run("check", "-r", repo, "--read-data"), 0, note=True)
+        expect(run("snapshot", "-r", repo, image), errors.EXIT_REPOSITORY, match="is read-only")
+        expect(run("repair", "-r", repo), errors.EXIT_REPOSITORY, match="is read-only")
+    finally:
+        umount(mnt)
+        media.unlink()
 
 
 # --- item 1: readable, not writable, by the user -------------------------------------------

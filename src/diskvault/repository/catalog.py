@@ -180,7 +180,8 @@ def catalog_error(exc: sqlite3.Error, repository: str | None = None) -> Diskvaul
         return RepositoryError(f"input/output error on the catalog of {repo} ({exc}): the disk may be failing; "
                                "check it (dmesg)")
     if code == sqlite3.SQLITE_CANTOPEN:
-        return RepositoryError(f"cannot open the catalog of {repo} ({exc}): check that this user may read it")
+        return RepositoryError(f"cannot open the catalog of {repo} ({exc}): check that this user may read it "
+                               "and that the open-files limit (ulimit -n) is not reached")
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return RepositoryLocked(f"the catalog of {repo} is busy ({exc}): another process holds it; try again later")
     return None
