@@ -386,8 +386,8 @@ def _inside(filename: str | bytes, path: str) -> bool:
 
 
 def _translate(exc: BaseException | None, path: str) -> DiskvaultError | None:
-    """The DiskvaultError for an SQLite error or an OSError on a file of the repository at
-    ``path`` (one without a file name on a full repository disk counts too), else None."""
+    """The DiskvaultError for an SQLite error, or an OSError naming a file of the repository
+    at ``path``; else None (an OSError about a source or target is the CLI's to report)."""
     if isinstance(exc, sqlite3.Error):
         return catalog_error(exc, path)
     if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
