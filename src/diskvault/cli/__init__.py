@@ -1,21 +1,25 @@
 """The diskvault command line: parsing, progress and formatting only; one module a command.
 
 ``main`` turns DiskvaultError into one line on stderr and its documented exit code
-(docs/cli.md); a usage error (click's) is one line too, exit 2; an unexpected exception
-prints one line (DISKVAULT_DEBUG=1 shows the traceback) and exits 1.
+(docs/cli.md); a usage error (click's) is one line too, exit 2. An OSError that gets this
+far is about a source or target (the repository's own are translated where they happen) and
+exits by errno (``os_error``: 6 out of space, else 5); an SQLite error by its code
+(``catalog_error``: a damaged catalog is 3). Only an unexpected exception is an internal
+error: one line too (DISKVAULT_DEBUG=1 shows the traceback), exit 1.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
-from ..errors import EXIT_INTERNAL, EXIT_USAGE, DiskvaultError, Interrupted
+from ..errors import EXIT_INTERNAL, EXIT_USAGE, DiskvaultError, Interrupted, os_error
 from .check_cmd import check
 from .forget_cmd import forget
 from .info_cmd import info
@@ -91,17 +95,36 @@ def main() -> None:
     except typer.Abort:
         sys.exit(Interrupted.exit_code)
     except DiskvaultError as exc:
-        print(f"diskvault: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        _fail(exc)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as exc:  # not about the repository (that one is named where it happens): a source or target
+        _fail(os_error(exc), debug=True)
+    except sqlite3.Error as exc:
+        from ..repository.catalog import catalog_error
+
+        known = catalog_error(exc)
+        if known is None:
+            _internal(exc)
+        _fail(known, debug=True)
     except Exception as exc:  # a bug: still one line unless asked for more
-        if os.environ.get("DISKVAULT_DEBUG"):
-            traceback.print_exc()
-        print(f"diskvault: internal error: {type(exc).__name__}: {exc} (set DISKVAULT_DEBUG=1 for a traceback)",
-              file=sys.stderr)
-        sys.exit(EXIT_INTERNAL)
+        _internal(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(exc: DiskvaultError, debug: bool = False) -> NoReturn:
+    if debug and os.environ.get("DISKVAULT_DEBUG"):
+        traceback.print_exc()
+    print(f"diskvault: error: {exc}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+
+
+def _internal(exc: Exception) -> NoReturn:
+    if os.environ.get("DISKVAULT_DEBUG"):
+        traceback.print_exc()
+    print(f"diskvault: internal error: {type(exc).__name__}: {exc} (set DISKVAULT_DEBUG=1 for a traceback)",
+          file=sys.stderr)
+    sys.exit(EXIT_INTERNAL)
 
 
 def usage_line(exc: click.UsageError) -> str:

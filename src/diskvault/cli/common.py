@@ -1,4 +1,4 @@
-"""Shared CLI pieces: the repository option, JSON output, human sizes, plurals, the progress bar."""
+"""Shared CLI pieces: the repository option, --no-lock, JSON output, human sizes, plurals, the progress bar."""
 
 from __future__ import annotations
 
@@ -20,10 +20,18 @@ RepoOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
-def open_repo(path: str) -> Repository:
+NoLockOpt = Annotated[bool, typer.Option(
+    "--no-lock", help="Do not lock the repository (e.g. on read-only media); a prune running meanwhile may remove data being read.")]
+
+
+def open_repo(path: str, write: bool = True, no_lock: bool = False) -> Repository:
+    """Open the repository for a command that changes it (``write``) or only reads it; a
+    reader's notes (a lock skipped) go to stderr as one line each."""
     from ..repository import Repository
 
-    return Repository.open(path)
+    r = Repository.open(path, write=write, lock=not no_lock)
+    r.note = lambda message: typer.echo(f"note: {message}", err=True)
+    return r
 
 
 def print_json(obj: object, err: bool = False) -> None:

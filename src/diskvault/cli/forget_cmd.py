@@ -66,7 +66,7 @@ def forget(
         raise typer.BadParameter(str(exc), param_hint="--keep-within") from None
     check_max_unused(max_unused)
     policy = Policy(*counts.values(), within=within, tags=parse_tag_sets(keep_tag))
-    with open_repo(repo) as r:
+    with open_repo(repo, write=not dry_run) as r:
         if snapshots:
             if not policy.empty() or tag or host:
                 raise typer.BadParameter("give snapshots or keep rules, not both", param_hint="SNAPSHOT")

@@ -6,18 +6,19 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, RepoOpt, human, open_repo, print_json
+from .common import JsonOpt, NoLockOpt, RepoOpt, human, open_repo, print_json
 
 
 def info(
     repo: RepoOpt,
     snapshot: Annotated[str | None, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")] = None,
     json_out: JsonOpt = False,
+    no_lock: NoLockOpt = False,
 ) -> None:
     """Sizes, deduplication ratio and unique bytes, of the repository or one snapshot."""
     from ..ops.info import repository_info, snapshot_info
 
-    with open_repo(repo) as r:
+    with open_repo(repo, write=False, no_lock=no_lock) as r:
         data = snapshot_info(r, r.resolve(snapshot)) if snapshot else repository_info(r)
     if json_out:
         print_json(data)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, human, open_repo, print_json
+from .common import JsonOpt, NoLockOpt, human, open_repo, print_json
 
 
 def partitions(
@@ -16,6 +16,7 @@ def partitions(
     source: Annotated[str | None, typer.Option("--source", help="Read an image file or block device instead of a snapshot.",
                                                metavar="PATH")] = None,
     json_out: JsonOpt = False,
+    no_lock: NoLockOpt = False,
 ) -> None:
     """List a snapshot's partitions: number, start, size, type, name (as sfdisk --dump counts them)."""
     from ..ops.partitions import snapshot_partitions, source_partitions
@@ -28,7 +29,7 @@ def partitions(
     else:
         if repo is None:
             raise typer.BadParameter("give the repository with -r/--repo (or DISKVAULT_REPO), or --source PATH")
-        with open_repo(repo) as r:
+        with open_repo(repo, write=False, no_lock=no_lock) as r:
             snap = r.resolve(snapshot or "latest")
             table = snapshot_partitions(r, snap)
         what = f"snapshot {snap.id[:12]}"

@@ -35,7 +35,7 @@ def check_max_unused(value: str) -> None:
 def run_prune(path: str, max_unused: str, repack_small: bool, dry_run: bool, progress: bool) -> PruneResult:
     from ..ops.prune import prune as prune_op
 
-    with open_repo(path) as r, Bar(progress) as bar:
+    with open_repo(path, write=not dry_run) as r, Bar(progress) as bar:
         return prune_op(r, max_unused=max_unused, repack_small=repack_small, dry_run=dry_run, progress=bar)
 
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, plural, print_json, rate
+from .common import Bar, JsonOpt, NoLockOpt, RepoOpt, human, open_repo, plural, print_json, rate
 
 
 def _report(res, json_out: bool, what: str) -> None:
@@ -69,14 +69,15 @@ def restore(
                                                   help="Restore only partition N (see diskvault partitions).")] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
+    no_lock: NoLockOpt = False,
 ) -> None:
     """Restore a snapshot, verifying every chunk's blake3 on the way."""
     from ..ops.restore import restore as restore_op
 
     if partition is not None:
-        _restore_partition(repo, snapshot, target, partition, force, json_out, progress)
+        _restore_partition(repo, snapshot, target, partition, force, json_out, progress, no_lock)
         return
-    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
+    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
         res = restore_op(r, r.resolve(snapshot), target, force=force, progress=bar, skip_damaged=skip_damaged)
     if map_file:
         with open(map_file, "w") as f:
@@ -92,10 +93,10 @@ def restore(
 
 
 def _restore_partition(repo: str, snapshot: str, target: str, number: int, force: bool, json_out: bool,
-                       progress: bool) -> None:
+                       progress: bool, no_lock: bool) -> None:
     from ..ops.restore_partition import restore_partition
 
-    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
+    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
         res = restore_partition(r, r.resolve(snapshot), number, target, force=force, progress=bar)
     for line in res.warnings:
         typer.echo(line, err=True)

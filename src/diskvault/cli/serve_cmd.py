@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import Interrupted
-from .common import JsonOpt, RepoOpt, open_repo, plural
+from .common import JsonOpt, NoLockOpt, RepoOpt, open_repo, plural
 
 
 def serve(
@@ -36,6 +36,7 @@ def serve(
                                            "without --tls (every snapshot in clear, to anyone who reaches "
                                            "it).")] = False,
     json_out: JsonOpt = False,
+    no_lock: NoLockOpt = False,
 ) -> None:
     """Serve every snapshot read-only over NBD (exports: id, id prefix, latest, latest:TAG; NAME/pN is partition N)."""
     from ..ops.access.nbd_server import NbdServer, parse_bind, tls_context
@@ -47,7 +48,7 @@ def serve(
         raise typer.BadParameter("add --tls to serve with TLS", param_hint="--tls-certificates/--tls-verify-peer")
     host, port = parse_bind(bind)
     context = tls_context(tls_certificates, tls_verify_peer) if tls else None
-    with open_repo(repo) as r:
+    with open_repo(repo, write=False, no_lock=no_lock) as r:
         server = NbdServer(r, host, port, max_connections=max_connections, timeout=timeout, tls=context,
                            insecure=insecure)
         try:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from .common import JsonOpt, RepoOpt, human, open_repo, print_json
+from .common import JsonOpt, NoLockOpt, RepoOpt, human, open_repo, print_json
 
 
-def snapshots(repo: RepoOpt, json_out: JsonOpt = False) -> None:
+def snapshots(repo: RepoOpt, json_out: JsonOpt = False, no_lock: NoLockOpt = False) -> None:
     """List snapshots, oldest first."""
-    with open_repo(repo) as r:
+    with open_repo(repo, write=False, no_lock=no_lock) as r:
         snaps = r.snapshots()
     if json_out:
         print_json([s.to_json() for s in snaps])

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED, EXIT_DIFFERS
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, plural, print_json, rate
+from .common import Bar, JsonOpt, NoLockOpt, RepoOpt, human, open_repo, plural, print_json, rate
 
 SHOW = 50
 
@@ -22,11 +22,12 @@ def verify(
     source: Annotated[str, typer.Argument(help="Device, image file, or - for stdin, to compare with.")],
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
+    no_lock: NoLockOpt = False,
 ) -> None:
     """Compare a snapshot with a device or image and report the byte ranges that differ."""
     from ..ops.verify import verify as verify_op
 
-    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
+    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
         res = verify_op(r, r.resolve(snapshot), source, progress=bar)
     if json_out:
         print_json(res.to_json())

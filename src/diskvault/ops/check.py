@@ -425,7 +425,10 @@ def check_unlocked(
     if read_data:
         _read_data(repo, packs, present, sub, report, progress)
         if sub is not None and sub.spec.endswith("%"):
-            repo.catalog.set_meta(SUBSET_META, str(sub.end % PPM))
+            why = repo.save_meta(SUBSET_META, str(sub.end % PPM))
+            if why:  # a read-only repository or a full disk: check still reports
+                report.warnings.append(Finding("subset-not-saved", f"the next slice was not saved ({why}): "
+                                               f"the next --read-data-subset {sub.spec} reads this slice again"))
     _attribute(repo, snaps, report)
     report.duration = round(time.monotonic() - started, 3)
     return report

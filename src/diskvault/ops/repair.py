@@ -36,7 +36,9 @@ from ..repository.catalog import BlobLocation, Catalog, SnapshotRecord
 from ..errors import DamagedData, RepositoryNotFound
 from ..repository.hashing import ZERO_ID, content_id, short
 from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_table
-from ..repository import CATALOG, CONFIG, FORMAT_VERSION, Repository, check_config, storage_at
+from ..repository import (
+    CATALOG, CONFIG, FORMAT_VERSION, Repository, check_config, repository_errors, require_writable, storage_at,
+)
 from ..storage.local import TMP_MARK, LocalStorage, private_file
 from ..repository.tree import parse
 from .check import check_unlocked
@@ -136,11 +138,14 @@ def _read_records(storage: LocalStorage) -> dict[str, SnapshotRecord]:
 
 
 def repair(path: str, rebuild: bool = False) -> RepairResult:
-    """Rebuild the catalog under the exclusive repository lock: no other command runs."""
+    """Rebuild the catalog under the exclusive repository lock: no other command runs.
+    A read-only repository raises RepositoryReadOnly, a full disk OutOfSpace (nothing changed:
+    the new catalog replaces the old one only once complete)."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise RepositoryNotFound(f"repository {path} does not exist")
-    with locking.locked(path, "exclusive", "repair"):
+    require_writable(path)
+    with repository_errors(path), locking.locked(path, "exclusive", "repair"):
         return _repair_locked(path, rebuild)
 
 

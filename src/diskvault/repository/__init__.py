@@ -4,8 +4,10 @@ compression. Below it, ``diskvault.storage`` holds the files; above it, ``diskva
 uses only what this package exports and its modules' public names."""
 
 from .repository import (
-    CATALOG, CONFIG, FORMAT_VERSION, BlobWriter, Repository, check_config, pack_target_size, storage_at,
+    CATALOG, CONFIG, FORMAT_VERSION, BlobWriter, Repository, check_config, pack_target_size, repository_errors,
+    require_writable, storage_at,
 )
 
-__all__ = ["Repository", "BlobWriter", "check_config", "pack_target_size", "storage_at", "CATALOG", "CONFIG",
+__all__ = ["Repository", "BlobWriter", "check_config", "pack_target_size", "repository_errors", "require_writable",
+           "storage_at", "CATALOG", "CONFIG",
            "FORMAT_VERSION"]

@@ -4,7 +4,9 @@ Tables (see docs/design.md): ``meta``, ``packs``, ``blobs`` (content id -> pack,
 lengths) and ``snapshots`` (one row per snapshot; its chunk list is a tree of blobs, so a
 snapshot costs one row plus the tree nodes that changed). Everything here can be rebuilt
 from the packs and snapshot records (``repair``). WAL mode, synchronous=FULL: a commit that
-returned is durable. Raises sqlite3 errors only for a broken file.
+returned is durable. Raises sqlite3 errors only for a broken file (``catalog_error`` names
+them). A catalog that must not be written (read-only repository, full disk) is opened
+read-only, immutable where nothing can change it (``read_only_uri``).
 
 sqlite-utils serves the whole-repository commands (``packs``); the statements every command
 runs (meta, snapshot rows, lookups) use sqlite3 directly, because importing sqlite-utils
@@ -15,11 +17,16 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 import sqlite3
+import tempfile
 import threading
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..errors import DiskvaultError, OutOfSpace, RepositoryError, RepositoryLocked, RepositoryReadOnly
 from .pack import Entry
 
 SCHEMA_VERSION = 1
@@ -107,7 +114,11 @@ class SnapshotRecord:
         return d
 
 
-def connect(path: str) -> sqlite3.Connection:
+def connect(path: str, uri: str | None = None) -> sqlite3.Connection:
+    """A connection to the catalog at ``path``: read-write in WAL mode, or read-only through
+    ``uri`` (see ``read_only_uri``)."""
+    if uri is not None:
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=60)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -115,14 +126,99 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def read_only_uri(path: str) -> tuple[str, str | None]:
+    """How to read the catalog at ``path`` without writing anything beside it: ``(uri, copy
+    directory or None)``. In order: ``mode=ro`` when SQLite can share the WAL index (the
+    ``-shm`` file exists, or the directory is writable); else, when the WAL holds committed
+    transactions, a private copy of the catalog and its WAL in a temporary directory (the
+    caller removes it); else ``immutable=1``: no WAL content, and SQLite could not create the
+    ``-shm``, so nobody who writes as SQLite expects can be writing it now (a read-only file
+    system, a full disk, or a directory this user cannot write; a writer that ignores the
+    repository lock could still change it, and then a read sees an error, never wrong data,
+    because every blob read is verified). Raises sqlite3.Error when none of them opens."""
+    base = f"file:{urllib.parse.quote(path)}"
+    try:
+        probe = sqlite3.connect(f"{base}?mode=ro", uri=True)
+        try:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return f"{base}?mode=ro", None
+        finally:
+            probe.close()
+    except sqlite3.OperationalError:  # cannot open or create the -shm: not damage
+        pass
+    wal = f"{path}-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        folder = tempfile.mkdtemp(prefix="diskvault-catalog-")
+        try:
+            copy = os.path.join(folder, os.path.basename(path))
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, f"{copy}-wal")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return f"file:{urllib.parse.quote(copy)}?mode=ro", folder
+    return f"{base}?mode=ro&immutable=1", None
+
+
+def catalog_error(exc: sqlite3.Error, repository: str | None = None) -> DiskvaultError | None:
+    """The DiskvaultError for an SQLite error on the catalog of ``repository``, or None when
+    it is none of these (a bug): damaged (CORRUPT, NOTADB) -> RepositoryError with the hint
+    to run repair; FULL -> OutOfSpace; READONLY -> RepositoryReadOnly; IOERR, CANTOPEN ->
+    RepositoryError (OutOfSpace when the disk is full); BUSY, LOCKED -> RepositoryLocked."""
+    code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+    repo = repository or "the repository"
+    full = _disk_full(repository) if repository else False
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        r = repository or "REPO"
+        return RepositoryError(f"the catalog of {repo} is damaged ({exc}): rebuild it with diskvault repair -r {r}")
+    if code == sqlite3.SQLITE_FULL or (full and code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN)):
+        return OutOfSpace(f"no space left on the repository's disk ({repo}): free some space, then run the command again")
+    if code == sqlite3.SQLITE_READONLY:
+        return RepositoryReadOnly(f"repository {repo} is read-only ({exc}): make it writable to change it; "
+                                  "reading commands work as it is")
+    if code == sqlite3.SQLITE_IOERR:
+        return RepositoryError(f"input/output error on the catalog of {repo} ({exc}): the disk may be failing; "
+                               "check it (dmesg)")
+    if code == sqlite3.SQLITE_CANTOPEN:
+        return RepositoryError(f"cannot open the catalog of {repo} ({exc}): check that this user may read it "
+                               "and that the open-files limit (ulimit -n) is not reached")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return RepositoryLocked(f"the catalog of {repo} is busy ({exc}): another process holds it; try again later")
+    return None
+
+
+def _disk_full(path: str) -> bool:
+    """Less than 1 MiB available to ordinary users where ``path`` is: after a failure, the
+    likely cause (SQLite reports a full disk as an I/O error when it cannot grow the
+    ``-shm`` file)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
 class Catalog:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, read_only: bool = False) -> None:
+        """Open the catalog at ``path``; ``read_only``: write nothing, not even beside it
+        (see ``read_only_uri``); its writes raise sqlite3.OperationalError (READONLY)."""
         self.path = path
-        self.conn = connect(path)
+        self.read_only = read_only
+        self._uri, self._copy = read_only_uri(path) if read_only else (None, None)
+        try:
+            self.conn = connect(path, self._uri)
+        except BaseException:
+            self._remove_copy()
+            raise
         self._pack_names: dict[int, str] = {}
         self._lookup_lock = threading.Lock()
         self._lookup_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
+
+    def _remove_copy(self) -> None:
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
     @functools.cached_property
     def db(self):
@@ -156,16 +252,18 @@ class Catalog:
 
     def close(self) -> None:
         """Close; folds the WAL back into the database file first (best effort: another
-        process reading the catalog may keep part of it)."""
-        try:
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
+        process reading the catalog may keep part of it; never when read-only)."""
+        if not self.read_only:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
         self.conn.close()
         with self._lookup_lock:
             for conn in self._lookup_conns:
                 conn.close()
             self._lookup_conns.clear()
+        self._remove_copy()
 
     # --- packs and blobs --------------------------------------------------------
     def add_pack(self, name: str, size: int, entries: list[Entry]) -> None:
@@ -254,7 +352,7 @@ class Catalog:
         per thread: the snapshot's workers and its parent walk never wait for each other)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = connect(self.path)
+            conn = self._local.conn = connect(self.path, self._uri)
             with self._lookup_lock:
                 self._lookup_conns.append(conn)
         return conn

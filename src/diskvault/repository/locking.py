@@ -11,11 +11,14 @@ process started at another time) or when it was not refreshed for STALE_AFTER (a
 rewrites its ``time`` every REFRESH seconds). Stale locks of dead processes on this host are
 removed when a lock is taken; other stale locks are ignored and removed by
 ``diskvault unlock``. A conflict raises RepositoryLocked (exit 7) naming the holder, after
-waiting up to ``wait`` seconds (``DISKVAULT_LOCK_WAIT``) for it to go away.
+waiting up to ``wait`` seconds (``DISKVAULT_LOCK_WAIT``) for it to go away. A lock that
+cannot be written raises RepositoryReadOnly (read-only file system, permission) or OutOfSpace;
+a reading command then goes on without it (Repository.lock).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -28,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from ..errors import RepositoryError, RepositoryLocked, UsageError
+from ..errors import RepositoryError, RepositoryLocked, RepositoryReadOnly, UsageError, os_error
 from ..storage.local import private_dir, private_file
 
 LOCKS = "locks"
@@ -118,11 +121,18 @@ def _write(folder: str, lock: LockInfo) -> None:
     path = os.path.join(folder, lock.name)
     tmp = f"{path}.tmp-{secrets.token_hex(4)}"
     body = {k: v for k, v in lock.to_json().items() if k != "name"}
-    with os.fdopen(private_file(tmp), "w") as f:
-        json.dump(body, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+    try:
+        with os.fdopen(private_file(tmp), "w") as f:
+            json.dump(body, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:  # e.g. no space: leave no half-written lock behind
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -198,10 +208,13 @@ def acquire(repo_path: str, kind: str, command: str, wait: float | None = None) 
         wait = lock_wait()
     try:
         return _acquire(repo_path, kind, command, wait)
-    except PermissionError as exc:
-        raise RepositoryError(
-            f"cannot lock repository {repo_path}: {exc.strerror} writing {exc.filename}: run as its owner"
-        ) from None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise RepositoryReadOnly(
+                f"cannot lock repository {repo_path} ({(exc.strerror or str(exc)).lower()}: {exc.filename}): run as a "
+                "user who may write it, or read without a lock (--no-lock)"
+            ) from None
+        raise os_error(exc, repo_path) from None  # e.g. ENOSPC: OutOfSpace
 
 
 def _acquire(repo_path: str, kind: str, command: str, wait: float) -> RepositoryLock:

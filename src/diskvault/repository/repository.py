@@ -17,17 +17,29 @@ import shutil
 import sqlite3
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from . import compression, locking
-from .catalog import BlobLocation, Catalog, SnapshotRecord
+from .catalog import BlobLocation, Catalog, SnapshotRecord, catalog_error
 from .chunking import Chunker, ChunkerParams
 from ..errors import (
-    DamagedData, FormatVersionError, RepositoryError, RepositoryExists, RepositoryNotFound, SnapshotError, UsageError,
+    DamagedData,
+    DiskvaultError,
+    FormatVersionError,
+    OutOfSpace,
+    RepositoryError,
+    RepositoryExists,
+    RepositoryNotFound,
+    RepositoryReadOnly,
+    SnapshotError,
+    UsageError,
+    os_error,
 )
 from .hashing import content_id, short
 from .pack import TARGET_PACK_SIZE, TYPE_CHUNK, TYPE_TREE, PackWriter, pack_id
-from ..storage.local import LocalStorage, private_dir, private_file
+from ..storage.local import TMP_MARK, LocalStorage, private_dir, private_file
 from .tree import TreeReader
 
 FORMAT_VERSION = 1
@@ -49,27 +61,62 @@ def storage_at(path: str) -> LocalStorage:
 
 
 class Repository:
-    def __init__(self, path: str, config: dict) -> None:
+    """An open repository. ``read_only`` (with ``read_only_reason``): this process cannot
+    change it now (read-only file system or media, a user without write permission, or no
+    free space); its catalog is then opened read-only and reading commands skip the lock.
+    ``writing``: the caller means to change it (``open(write=True)``). ``note`` receives
+    one-line notes for the user (a lock skipped)."""
+
+    def __init__(self, path: str, config: dict, write: bool = True, lock: bool = True) -> None:
         self.path = path
         self.config = config
         self.params = ChunkerParams(**config["chunker"])
         self.chunker = Chunker(self.params)
+        self.writing = write
+        self.locking = lock
+        self.note: Callable[[str], None] = lambda message: None
+        self.read_only_reason = _unwritable(path)
+        self.read_only = self.read_only_reason is not None
+        if self.read_only and write:
+            raise self.read_only_error()
         self.storage = storage_at(path)
         for folder in FOLDERS:  # a link or a stranger's folder would lead reads, writes and deletes elsewhere
             self.storage.check_folder(folder)
-        if not os.path.exists(os.path.join(path, CATALOG)):
+        cat_path = os.path.join(path, CATALOG)
+        if not os.path.exists(cat_path):
             raise RepositoryNotFound(f"the catalog of {path} is missing: rebuild it with diskvault repair -r {path}")
+        if not os.access(cat_path, os.R_OK):
+            raise RepositoryError(f"permission denied reading {cat_path}: run diskvault as a user who may read it")
         try:
-            self.catalog = Catalog(os.path.join(path, CATALOG))
-            if "schema_version" not in self.catalog.meta():
+            try:
+                self.catalog = Catalog(cat_path, read_only=self.read_only)
+            except sqlite3.OperationalError as exc:  # e.g. no room for the -shm on a full disk
+                if self.read_only or write:
+                    raise
+                full = isinstance(catalog_error(exc, path), OutOfSpace)
+                self.catalog = Catalog(cat_path, read_only=True)
+                self.read_only, self.read_only_reason = True, FULL if full else f"its catalog cannot be written: {exc}"
+            try:
+                empty = "schema_version" not in self.catalog.meta()
+            except BaseException:
                 self.catalog.close()
-                raise sqlite3.DatabaseError("it is empty")
-        except sqlite3.DatabaseError as exc:
-            raise RepositoryNotFound(
+                raise
+            if empty:
+                self.catalog.close()
+                raise RepositoryNotFound(
+                    f"the catalog of {path} is empty: rebuild it with diskvault repair -r {path}")
+        except sqlite3.Error as exc:
+            raise catalog_error(exc, path) or RepositoryError(
                 f"the catalog of {path} cannot be read ({exc}): rebuild it with diskvault repair -r {path}"
             ) from None
+        except OSError as exc:  # a private copy of a catalog with a WAL (read_only_uri)
+            raise os_error(exc, None if exc.filename and not _inside(exc.filename, path) else path) from None
         self._nodes: OrderedDict[bytes, bytes] = OrderedDict()
         self._nodes_lock = threading.Lock()
+
+    def read_only_error(self) -> DiskvaultError:
+        """What a command that writes meets here (see ``read_only_error``)."""
+        return read_only_error(self.path, self.read_only_reason or "")
 
     # --- life cycle --------------------------------------------------------------
     @classmethod
@@ -121,7 +168,12 @@ class Repository:
         return cls(path, config)
 
     @classmethod
-    def open(cls, path: str) -> Repository:
+    def open(cls, path: str, write: bool = True, lock: bool = True) -> Repository:
+        """Open the repository at ``path``. ``write``: the caller changes it, so a read-only
+        one raises RepositoryReadOnly (OutOfSpace on a full disk) at once; a reader
+        (``write=False``) works on either, and skips a lock it cannot take. ``lock=False``
+        (``--no-lock``): take no lock at all. Raises RepositoryError (not found, damaged,
+        unreadable), FormatVersionError."""
         path = os.path.abspath(path)
         if not os.path.isdir(path):
             raise RepositoryNotFound(f"repository {path} does not exist: create it with diskvault init -r {path}")
@@ -133,7 +185,8 @@ class Repository:
                 f"{path} is not a diskvault repository (no {CONFIG}): create one with diskvault init -r {path}"
             ) from None
         except PermissionError:
-            raise RepositoryNotFound(f"permission denied reading {path}: run as its owner") from None
+            raise RepositoryError(f"permission denied reading {path}/{CONFIG}: run diskvault as a user who may "
+                                  "read the repository") from None
         except (ValueError, OSError) as exc:
             raise RepositoryNotFound(f"{path}/{CONFIG} is unreadable ({exc})") from None
         if not isinstance(config, dict) or config.get("format") != "diskvault":
@@ -144,7 +197,7 @@ class Repository:
                 f"version {FORMAT_VERSION}: use a matching diskvault release"
             )
         check_config(path, config)
-        return cls(path, config)
+        return cls(path, config, write, lock)
 
     def mode_problems(self) -> list[str]:
         """Warnings (one line each, empty when none) about files and folders of the repository
@@ -166,8 +219,14 @@ class Repository:
     def __enter__(self) -> Repository:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Close; an SQLite error, or an operating-system error on a file of the repository,
+        that ends the block is raised as the DiskvaultError it means (``catalog_error``,
+        ``os_error``): a damaged catalog found mid-command says to run repair."""
         self.close()
+        translated = _translate(exc, self.path)
+        if translated is not None:
+            raise translated from None
 
     # --- writing -----------------------------------------------------------------
     def blob_writer(self, repoint: bool = False) -> BlobWriter:
@@ -175,10 +234,30 @@ class Repository:
         the catalog rows of the blobs it holds (Catalog.switch_pack)."""
         return BlobWriter(self, repoint=repoint)
 
-    def lock(self, kind: str, command: str, wait: float | None = None):
+    @contextmanager
+    def lock(self, kind: str, command: str, wait: float | None = None) -> Iterator[locking.RepositoryLock | None]:
         """Context manager holding a shared or exclusive repository lock (locking.py);
-        raises RepositoryLocked naming the holder."""
-        return locking.locked(self.path, kind, command, wait)
+        raises RepositoryLocked naming the holder. Yields None without locking when opened
+        with ``lock=False``, and for a reader (``write=False``) when the lock cannot be taken
+        (read-only repository, full disk), saying so through ``note``."""
+        held = None
+        if self.locking:
+            if self.read_only and not self.writing:
+                why = _NOTE.get(self.read_only_reason or "", f"the repository cannot be written ({self.read_only_reason})")
+                self.note(f"{why}: reading without a lock")
+            else:
+                try:
+                    held = locking.acquire(self.path, kind, command, wait)
+                except (RepositoryReadOnly, OutOfSpace) as exc:
+                    if self.writing:
+                        raise
+                    why = _NOTE[FULL] if isinstance(exc, OutOfSpace) else "the repository lock cannot be written"
+                    self.note(f"{why}: reading without a lock")
+        try:
+            yield held
+        finally:
+            if held is not None:
+                held.release()
 
     def save_snapshot(self, record: SnapshotRecord) -> None:
         """Record a snapshot whose blobs are all durable and catalogued: the record file
@@ -186,6 +265,21 @@ class Repository:
         body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
         self.storage.write_atomic(f"snapshots/{record.id}.json", body)
         self.catalog.add_snapshot(record)
+
+    def save_meta(self, key: str, value: str) -> str | None:
+        """Keep ``key`` = ``value`` in the catalog's meta table for a later run; returns None,
+        or why it was not kept (the repository cannot be written): a reading command that
+        only remembers where it stopped goes on without it."""
+        if self.read_only:
+            return self.read_only_reason
+        try:
+            self.catalog.set_meta(key, value)
+        except sqlite3.OperationalError as exc:
+            error = catalog_error(exc, self.path)
+            if not isinstance(error, (OutOfSpace, RepositoryReadOnly)):
+                raise
+            return FULL if isinstance(error, OutOfSpace) else str(exc)
+        return None
 
     # --- reading -----------------------------------------------------------------
     def read_blob(self, loc: BlobLocation) -> bytes | memoryview:
@@ -281,6 +375,80 @@ class Repository:
         rec = self.catalog.get_snapshot(found[0])
         assert rec is not None
         return rec
+
+
+READ_ONLY_FS = "read-only file system"
+NOT_WRITABLE = "not writable by this user"
+FULL = "no space left on its disk"
+_NOTE = {READ_ONLY_FS: "repository is read-only", NOT_WRITABLE: "repository is not writable by this user",
+         FULL: "no space left on the repository's disk"}
+
+
+def _unwritable(path: str) -> str | None:
+    """Why this process cannot change the repository at ``path`` (READ_ONLY_FS,
+    NOT_WRITABLE), or None. Decided before anything is opened: the catalog is then opened
+    read-only. A full disk is found by trying (free-block counts do not tell whether root
+    may still write: ext4 keeps clusters back even from root)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None  # the open that follows reports it
+    if st.f_flag & os.ST_RDONLY:
+        return READ_ONLY_FS
+    names = (path, *(os.path.join(path, n) for n in (CATALOG, "packs", "snapshots", locking.LOCKS)))
+    if any(os.path.exists(p) and not os.access(p, os.W_OK) for p in names):
+        return NOT_WRITABLE
+    return None
+
+
+def read_only_error(path: str, reason: str) -> DiskvaultError:
+    """What a command that writes meets on a repository it cannot change for ``reason``:
+    OutOfSpace (exit 6) on a full disk, else RepositoryReadOnly (exit 3)."""
+    if reason == FULL:
+        return OutOfSpace(f"no space left on the repository's disk ({path}): free some space, then run "
+                          "the command again; reading commands work as it is")
+    return RepositoryReadOnly(f"repository {path} is read-only ({reason}): this command changes it; make it "
+                              "writable first (remount read-write, or run as a user who may write it); reading "
+                              "commands work as it is")
+
+
+def require_writable(path: str) -> None:
+    """Raise ``read_only_error`` unless this process can change the repository at ``path``."""
+    reason = _unwritable(os.path.abspath(path))
+    if reason is not None:
+        raise read_only_error(os.path.abspath(path), reason)
+
+
+def _inside(filename: str | bytes, path: str) -> bool:
+    """Whether ``filename`` is ``path``, inside it, or a temporary sibling of it (init)."""
+    name = os.path.abspath(os.fsdecode(filename))
+    return name == path or name.startswith(path + os.sep) or name.startswith(path + TMP_MARK)
+
+
+def _translate(exc: BaseException | None, path: str) -> DiskvaultError | None:
+    """The DiskvaultError for an SQLite error, or an OSError naming a file of the repository
+    at ``path``; else None (an OSError about a source or target is the CLI's to report)."""
+    if isinstance(exc, sqlite3.Error):
+        return catalog_error(exc, path)
+    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+        if exc.filename is not None and _inside(exc.filename, path):
+            return os_error(exc, path)
+    return None
+
+
+@contextmanager
+def repository_errors(path: str) -> Iterator[None]:
+    """Raise SQLite errors and OSErrors on files of the repository at ``path`` (or being
+    created there) inside the block as the DiskvaultError they mean (exit 3, or 6 when out
+    of space), for code that works on the repository without an open Repository (init, repair)."""
+    path = os.path.abspath(path)
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        translated = _translate(exc, path)
+        if translated is None:
+            raise
+        raise translated from None
 
 
 def is_repository(path: str) -> bool:
@@ -388,4 +556,4 @@ class BlobWriter:
             self.pack = None
 
 
-__all__ = ["Repository", "BlobWriter", "TYPE_CHUNK", "TYPE_TREE", "FORMAT_VERSION"]
+__all__ = ["Repository", "BlobWriter", "TYPE_CHUNK", "TYPE_TREE", "FORMAT_VERSION", "repository_errors", "require_writable"]

@@ -279,6 +279,8 @@ class LocalStorage:
             data = os.pread(fd, length, offset)
             if len(data) < length:  # short read: the file is shorter than expected
                 data += os.pread(fd, length - len(data), offset + len(data))
+        except OSError as exc:  # e.g. EIO: name the file
+            raise OSError(exc.errno, exc.strerror, self._path(name)) from None
         finally:
             os.close(fd)
         return data
