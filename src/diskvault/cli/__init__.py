@@ -52,6 +52,9 @@ def _interrupt(signum: int, frame: object) -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    for stream in (sys.stdout, sys.stderr):  # a name that is not UTF-8 prints as its bytes, as ls shows it
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     try:
         app()  # click handles usage errors itself (exit 2) and exits through SystemExit
     except DiskvaultError as exc:

@@ -1,4 +1,5 @@
-"""Shared CLI pieces: the repository option, JSON output, human sizes, the progress bar."""
+"""Shared CLI pieces: the repository option, the snapshot filters, JSON output, human sizes,
+the progress bar."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ RepoOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
+# snapshot filters (restic's --host/--path/--tag): commands that name a snapshot resolve
+# latest among the snapshots they let through (Repository.resolve)
+HostOpt = Annotated[str | None, typer.Option(
+    "--host", metavar="HOST", help="Only snapshots of this host (latest is the newest of them).")]
+SourceOpt = Annotated[str | None, typer.Option(
+    "--source", metavar="PATH", help="Only snapshots of this source: its path, or a stream's --stdin-filename.")]
+TagOpt = Annotated[list[str], typer.Option(
+    "--tag", metavar="TAG", help="Only snapshots carrying this tag (repeatable: all of them).")]
+
 def open_repo(path: str) -> Repository:
     from ..repository import Repository
 
@@ -27,7 +37,11 @@ def open_repo(path: str) -> Repository:
 
 
 def print_json(obj: object) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """``obj`` as strict JSON on stdout; a string field X that is not UTF-8 (a path) is
+    printed readable, with X_raw beside it holding its exact bytes in base64 (rawnames.py)."""
+    from ..rawnames import escape
+
+    sys.stdout.write(json.dumps(escape(obj), indent=2, default=str) + "\n")
 
 
 def human(n: float) -> str:

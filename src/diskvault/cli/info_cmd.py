@@ -6,19 +6,22 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, RepoOpt, human, open_repo, print_json
+from .common import HostOpt, JsonOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, print_json
 
 
 def info(
     repo: RepoOpt,
     snapshot: Annotated[str | None, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")] = None,
+    host: HostOpt = None,
+    source_filter: SourceOpt = None,
+    tag: TagOpt = [],  # noqa: B006
     json_out: JsonOpt = False,
 ) -> None:
     """Sizes, deduplication ratio and unique bytes, of the repository or one snapshot."""
     from ..ops.info import repository_info, snapshot_info
 
     with open_repo(repo) as r:
-        data = snapshot_info(r, r.resolve(snapshot)) if snapshot else repository_info(r)
+        data = snapshot_info(r, r.resolve(snapshot, host, source_filter, tag)) if snapshot else repository_info(r)
     if json_out:
         print_json(data)
         return

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
+from .common import Bar, HostOpt, JsonOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, print_json, rate
 
 
 def ddrescue_map(size: int, lost: list[dict]) -> str:
@@ -37,6 +37,9 @@ def restore(
     repo: RepoOpt,
     snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")],
     target: Annotated[str, typer.Argument(help="Image file to create, or block device to overwrite.")],
+    host: HostOpt = None,
+    source_filter: SourceOpt = None,
+    tag: TagOpt = [],  # noqa: B006
     force: Annotated[bool, typer.Option("--force", help="Overwrite a block device or a non-empty file.")] = False,
     skip_damaged: Annotated[bool, typer.Option(
         "--skip-damaged", help="Write zeros for damaged or missing chunks, go on, and list what was not restored.")] = False,
@@ -51,10 +54,10 @@ def restore(
     from ..ops.restore import restore as restore_op
 
     if partition is not None:
-        _restore_partition(repo, snapshot, target, partition, force, json_out, progress)
+        _restore_partition(repo, snapshot, target, partition, force, json_out, progress, (host, source_filter, tag))
         return
     with open_repo(repo) as r, Bar(progress and not json_out) as bar:
-        res = restore_op(r, r.resolve(snapshot), target, force=force, progress=bar, skip_damaged=skip_damaged)
+        res = restore_op(r, r.resolve(snapshot, host, source_filter, tag), target, force=force, progress=bar, skip_damaged=skip_damaged)
     if map_file:
         with open(map_file, "w") as f:
             f.write(ddrescue_map(res.size, res.unrestored))
@@ -78,11 +81,11 @@ def restore(
 
 
 def _restore_partition(repo: str, snapshot: str, target: str, number: int, force: bool, json_out: bool,
-                       progress: bool) -> None:
+                       progress: bool, filters: tuple) -> None:
     from ..ops.restore_partition import restore_partition
 
     with open_repo(repo) as r, Bar(progress and not json_out) as bar:
-        res = restore_partition(r, r.resolve(snapshot), number, target, force=force, progress=bar)
+        res = restore_partition(r, r.resolve(snapshot, *filters), number, target, force=force, progress=bar)
     if json_out:
         print_json(asdict(res))
         return
