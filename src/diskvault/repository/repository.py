@@ -239,13 +239,14 @@ class Repository:
         return self.catalog.snapshots()
 
     def resolve(self, name: str, host: str | None = None, source: str | None = None,
-                tags: list[str] | None = None) -> SnapshotRecord:
+                tags: list[str] | None = None, across_sources: bool = False) -> SnapshotRecord:
         """A snapshot by id, unique id prefix, ``latest`` or ``latest:TAG``, among those of
         ``host``, of ``source`` (the recorded source: an absolute path, or a stream's name;
         a relative ``source`` is also tried as an absolute path) and carrying all ``tags``.
         ``latest`` is the snapshot with the highest sequence number (then time) among them;
         when they come from more than one (host, source), ``latest`` is ambiguous and raises
-        SnapshotError listing the choices. An id that does not match the filters raises
+        SnapshotError listing the choices (unless ``across_sources``: the newest of all, for
+        read-only exports that list their names). An id that does not match the filters raises
         SnapshotError too, as does no match at all."""
         want = dict(host=host, source=source, tags=tags)
 
@@ -260,7 +261,7 @@ class Repository:
                 what = _filters(dict(want, tags=[*(tags or ()), *([tag] if tag else [])]))
                 raise SnapshotError(f"no snapshot{what} in {self.path}: list them with diskvault snapshots")
             groups = sorted({(s.host, s.source) for s in snaps})
-            if len(groups) > 1:
+            if len(groups) > 1 and not across_sources:
                 shown = ", ".join(f"{h} {readable(src)}" for h, src in groups[:10])
                 more = f" and {len(groups) - 10} more" if len(groups) > 10 else ""
                 raise SnapshotError(
