@@ -29,5 +29,7 @@ def info(
         if isinstance(value, int) and key.endswith("bytes"):
             value = f"{human(value)} ({value})"
         elif isinstance(value, list):
-            value = ",".join(value)
+            value = ", ".join(v if isinstance(v, str) else " ".join(f"{k}={x}" for k, x in v.items()) for v in value)
+        elif isinstance(value, dict):
+            value = " ".join(f"{k}={x}" for k, x in value.items())
         typer.echo(f"{key.replace('_', ' '):<20} {value}")
