@@ -297,3 +297,34 @@ def test_catalog_without_the_new_columns(tmp_path, repo_path):
     assert second["seq"] == 1
     info = json.loads(run_cli("info", "-r", repo_path, "latest", "--json").stdout)
     assert info["id"] == second["id"]
+
+
+def test_whole_disk_with_a_mounted_partition_is_refused(tmp_path, repo_path):
+    """The usual case: /dev/sda while / is mounted from /dev/sda2."""
+    if os.geteuid() != 0:
+        pytest.skip("loop devices and mounts need root")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compat"))
+    from gpt_image import make_gpt_disk
+
+    disk, _, _, _ = make_gpt_disk(tmp_path)
+    loop = subprocess.run(["losetup", "--find", "--show", "--partscan", str(disk)], capture_output=True, text=True)
+    if loop.returncode != 0:
+        pytest.skip(f"no loop device: {loop.stderr.strip()}")
+    dev = loop.stdout.strip()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        if not os.path.exists(f"{dev}p2"):
+            pytest.skip("the kernel made no partition devices for the loop device")
+        subprocess.run(["mount", f"{dev}p2", str(mnt)], check=True)
+        try:
+            proc = run_cli("snapshot", "-r", repo_path, dev, "--no-progress", check=False)
+            assert proc.returncode == EXIT_SOURCE_TARGET
+            assert f"({dev}p2 on {mnt})" in _error_line(proc)
+            assert _records(repo_path) == []
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False)
+        run_cli("snapshot", "-r", repo_path, dev, "--no-progress")
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+        disk.unlink()

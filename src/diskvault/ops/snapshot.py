@@ -54,6 +54,7 @@ from ..repository.catalog import SnapshotRecord
 from ..errors import DamagedData, SourceError
 from ..repository.hashing import ZERO_ID, content_id
 from ..images.source import Source, open_command, open_source
+from ..policy import parse_time
 from ..rawnames import readable
 from ..repository.pack import TYPE_CHUNK
 from ..repository import Repository
@@ -266,7 +267,8 @@ def _stitch(repo: Repository, w: _Window, head: bytes | None, zeros: _Zeros,
 
 
 def take_snapshot(repo: Repository, source_path: str, *args, **kwargs) -> SnapshotRecord:
-    """Take a snapshot while holding a shared repository lock (prune waits or fails)."""
+    """Take a snapshot while holding a shared repository lock (prune waits or fails);
+    arguments, result and errors as ``_take_snapshot``."""
     with repo.lock("shared", "snapshot"):
         return _take_snapshot(repo, source_path, *args, **kwargs)
 
@@ -288,8 +290,6 @@ def _check_mounted(source: Source, allow_mounted: bool) -> list[dict]:
 
 def _clock_warning(repo: Repository, host: str, source: str, when: datetime) -> list[str]:
     """A warning when ``when`` is older than the newest snapshot of (host, source)."""
-    from ..policy import parse_time
-
     group = [s for s in repo.snapshots() if s.host == host and s.source == source]
     newest = max(group, key=lambda s: (s.seq, s.time, s.id), default=None)
     if newest is None or parse_time(newest.time) <= when:
