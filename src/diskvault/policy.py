@@ -5,6 +5,9 @@ per group (host + source), which snapshots are kept, with the rules that kept ea
 which are removed. Semantics follow restic's ``forget`` (docs/retention.md):
 
 - snapshots are grouped by host and source; each group is decided on its own, newest first;
+  "newest" is by sequence number (the order the snapshots were taken in, whatever the
+  clock said), then time: a clock that was set back cannot make the newest backup look
+  oldest, so ``last N`` and the always-kept newest are the ones taken last;
 - ``last N`` keeps the N newest; ``hourly/daily/weekly/monthly/yearly N`` keep the newest
   snapshot of each of the N most recent hours/days/ISO weeks/months/years that have a
   snapshot (``-1`` = unlimited);
@@ -111,6 +114,7 @@ class Snap:
     host: str = ""
     source: str = ""
     tags: frozenset[str] = frozenset()
+    seq: int = 0  # repository-wide sequence number (0: recorded before there were any)
 
 
 @dataclass
@@ -139,7 +143,7 @@ def _decide(snaps: Sequence[Snap], policy: Policy) -> list[list[str]]:
     reasons: list[list[str]] = [[] for _ in snaps]
     if policy.empty() or not snaps:
         return reasons
-    newest = _utc(snaps[0].time)
+    newest = max(_utc(s.time) for s in snaps)
     horizon = policy.within.before(newest) if policy.within is not None else None
     for i, s in enumerate(snaps):
         if policy.last == UNLIMITED or i < policy.last:
@@ -182,7 +186,7 @@ def apply_policy(
         groups.setdefault((s.host, s.source), []).append(s)
     out = []
     for (h, src), members in sorted(groups.items()):
-        members.sort(key=lambda s: (_utc(s.time), s.id), reverse=True)
+        members.sort(key=lambda s: (s.seq, _utc(s.time), s.id), reverse=True)
         g = Group(h, src)
         for s, why in zip(members, _decide(members, policy)):
             if why:

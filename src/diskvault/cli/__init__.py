@@ -82,6 +82,9 @@ def _interrupt(signum: int, frame: object) -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    for stream in (sys.stdout, sys.stderr):  # a name that is not UTF-8 prints as its bytes, as ls shows it
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     try:
         code = app(standalone_mode=False)  # click's exceptions come here; --help and typer.Exit return a code
     except click.NoArgsIsHelpError:  # bare `diskvault`: typer has printed the help

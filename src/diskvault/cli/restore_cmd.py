@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from .common import Bar, JsonOpt, NoLockOpt, RepoOpt, human, open_repo, plural, print_json, rate
+from .common import Bar, HostOpt, JsonOpt, NoLockOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, plural, print_json, rate
 
 
 def _report(res, json_out: bool, what: str) -> None:
@@ -59,6 +59,9 @@ def restore(
     snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")],
     target: Annotated[str, typer.Argument(
         help="Image file to create, existing file or block device to overwrite in place, or - for stdout.")],
+    host: HostOpt = None,
+    source_filter: SourceOpt = None,
+    tag: TagOpt = [],  # noqa: B006
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite a block device or a non-empty file in place; follow a symbolic link.")] = False,
     skip_damaged: Annotated[bool, typer.Option(
@@ -75,10 +78,12 @@ def restore(
     from ..ops.restore import restore as restore_op
 
     if partition is not None:
-        _restore_partition(repo, snapshot, target, partition, force, json_out, progress, no_lock)
+        _restore_partition(repo, snapshot, target, partition, force, json_out, progress, no_lock,
+                           (host, source_filter, tag))
         return
     with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
-        res = restore_op(r, r.resolve(snapshot), target, force=force, progress=bar, skip_damaged=skip_damaged)
+        res = restore_op(r, r.resolve(snapshot, host, source_filter, tag), target, force=force, progress=bar,
+                         skip_damaged=skip_damaged)
     if map_file:
         with open(map_file, "w") as f:
             f.write(ddrescue_map(res.size, res.unrestored))
@@ -93,11 +98,11 @@ def restore(
 
 
 def _restore_partition(repo: str, snapshot: str, target: str, number: int, force: bool, json_out: bool,
-                       progress: bool, no_lock: bool) -> None:
+                       progress: bool, no_lock: bool, filters: tuple) -> None:
     from ..ops.restore_partition import restore_partition
 
     with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
-        res = restore_partition(r, r.resolve(snapshot), number, target, force=force, progress=bar)
+        res = restore_partition(r, r.resolve(snapshot, *filters), number, target, force=force, progress=bar)
     for line in res.warnings:
         typer.echo(line, err=True)
     _report(res, json_out, f"partition {res.partition} (at byte {res.offset}) of snapshot {res.snapshot[:12]}")

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED, EXIT_DIFFERS
-from .common import Bar, JsonOpt, NoLockOpt, RepoOpt, human, open_repo, plural, print_json, rate
+from .common import Bar, HostOpt, JsonOpt, NoLockOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, plural, print_json, rate
 
 SHOW = 50
 
@@ -20,6 +20,9 @@ def verify(
     repo: RepoOpt,
     snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")],
     source: Annotated[str, typer.Argument(help="Device, image file, or - for stdin, to compare with.")],
+    host: HostOpt = None,
+    source_filter: SourceOpt = None,
+    tag: TagOpt = [],  # noqa: B006
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
     no_lock: NoLockOpt = False,
@@ -28,7 +31,7 @@ def verify(
     from ..ops.verify import verify as verify_op
 
     with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
-        res = verify_op(r, r.resolve(snapshot), source, progress=bar)
+        res = verify_op(r, r.resolve(snapshot, host, source_filter, tag), source, progress=bar)
     if json_out:
         print_json(res.to_json())
     else:

@@ -123,13 +123,12 @@ def _check(loc: BlobLocation, payload: bytes) -> bytes | memoryview:
 
 def _read_records(storage: LocalStorage) -> dict[str, SnapshotRecord]:
     out: dict[str, SnapshotRecord] = {}
-    fields = SnapshotRecord.__dataclass_fields__
     for name in storage.list("snapshots"):
         if not name.endswith(".json"):
             continue
         try:
             d = json.loads(storage.read(name))
-            rec = SnapshotRecord(**{k: v for k, v in d.items() if k in fields and k != "extra"})
+            rec = SnapshotRecord.from_json(d)
             bytes.fromhex(rec.tree)
         except (ValueError, TypeError, OSError):
             continue  # not a record: reported by check as a snapshot without record
@@ -323,7 +322,7 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
                 [(i, e.type, rowid[name], e.offset, e.stored_len, e.raw_len, e.flags) for i, (name, e) in index.items()],
             )
             for s in snaps.values():
-                cat.db["snapshots"].insert(s.to_row())
+                cat.add_snapshot(s)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to rename
         cat.close()

@@ -24,9 +24,10 @@ import tempfile
 import threading
 import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import DiskvaultError, OutOfSpace, RepositoryError, RepositoryLocked, RepositoryReadOnly
+from ..rawnames import escape, is_raw, unescape
 from .pack import Entry
 
 SCHEMA_VERSION = 1
@@ -63,10 +64,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
     new_chunks INTEGER NOT NULL,
     new_bytes INTEGER NOT NULL,
     stored_bytes INTEGER NOT NULL,
-    duration REAL NOT NULL
+    duration REAL NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
+    mounted TEXT,
+    size_changed TEXT
 );
 CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(time);
 """
+# snapshot columns added after schema version 1 was released: created in new catalogs by
+# SCHEMA, added to an older catalog by its first write of a snapshot row (a catalog opened
+# only for reading may lack them: its rows read as the defaults)
+ADDED_SNAPSHOT_COLUMNS = {"seq": "INTEGER NOT NULL DEFAULT 0", "mounted": "TEXT", "size_changed": "TEXT"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,18 @@ class BlobLocation:
 
 @dataclass
 class SnapshotRecord:
+    """One snapshot, as its record file (``to_json``) and catalog row (``to_row``) hold it.
+
+    ``host`` and ``source`` are str as Python gives paths (``os.fsdecode``): a name that is not
+    UTF-8 is kept byte for byte, as a BLOB in the catalog and as ``source`` (readable) plus
+    ``source_raw`` (base64 of the bytes) in JSON (rawnames.py). ``seq``: repository-wide
+    sequence number, one more than the highest in the catalog when saved (0: a record from
+    before sequence numbers; these order by time). ``mounted``: where the source device was
+    mounted when read (``{"mountpoint", "mode": "ro"|"rw", "device"}`` list), else None.
+    ``size_changed``: ``{"before", "after"}`` bytes when the source's size changed while it
+    was read (the snapshot holds the first ``before`` bytes), else None. ``warnings``: what
+    the snapshot command reported (not stored)."""
+
     id: str
     time: str  # ISO 8601, UTC
     host: str
@@ -96,22 +116,51 @@ class SnapshotRecord:
     new_bytes: int = 0
     stored_bytes: int = 0
     duration: float = 0.0
+    seq: int = 0
+    mounted: list[dict] | None = None
+    size_changed: dict | None = None
+    warnings: list[str] = field(default_factory=list, compare=False)
+
+    _TRANSIENT = ("warnings",)
+    _JSON_COLUMNS = ("tags", "mounted", "size_changed")
+
+    def _fields(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in self._TRANSIENT}
 
     def to_row(self) -> dict:
-        row = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        row["tags"] = json.dumps(self.tags)
+        row = self._fields()
+        for k in self._JSON_COLUMNS:
+            row[k] = None if row[k] is None else json.dumps(row[k])
+        for k in ("host", "source"):
+            if is_raw(row[k]):
+                row[k] = os.fsencode(row[k])  # a BLOB: the exact bytes
         return row
 
     @classmethod
     def from_row(cls, row: dict) -> SnapshotRecord:
         row = dict(row)
-        row["tags"] = json.loads(row["tags"])
+        for k in cls._JSON_COLUMNS:
+            if row.get(k) is not None:
+                row[k] = json.loads(row[k])
+        for k in ("host", "source"):
+            if isinstance(row[k], bytes):
+                row[k] = os.fsdecode(row[k])
         return cls(**row)
 
     def to_json(self) -> dict:
-        d = self.to_row()
+        """The record as strict JSON-ready data (names that are not UTF-8: see rawnames)."""
+        d = self._fields()
         d["tags"] = list(self.tags)
-        return d
+        return escape(d)
+
+    @classmethod
+    def from_json(cls, d: dict) -> SnapshotRecord:
+        """A record from its JSON form; unknown keys are ignored. Raises ValueError or
+        TypeError for a malformed one."""
+        if not isinstance(d, dict):
+            raise TypeError("a snapshot record is a JSON object")
+        d = unescape(d)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k not in cls._TRANSIENT})
 
 
 def connect(path: str, uri: str | None = None) -> sqlite3.Connection:
@@ -400,15 +449,35 @@ class Catalog:
 
     # --- snapshots ---------------------------------------------------------------
     def add_snapshot(self, snap: SnapshotRecord) -> None:
+        """Insert a snapshot row (one statement: atomic); adds missing columns first."""
+        self.upgrade()
         row = snap.to_row()
-        self.conn.execute(  # one statement: atomic
+        self.conn.execute(
             f"INSERT INTO snapshots ({','.join(row)}) VALUES ({','.join(':' + k for k in row)})", row)
+
+    def upgrade(self) -> None:
+        """Add the snapshot columns an older catalog lacks (ADDED_SNAPSHOT_COLUMNS); writes."""
+        if getattr(self, "_upgraded", False):
+            return
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(snapshots)")}
+        for name, decl in ADDED_SNAPSHOT_COLUMNS.items():
+            if name not in have:
+                self.conn.execute(f"ALTER TABLE snapshots ADD COLUMN {name} {decl}")
+        self._upgraded = True
+
+    def next_seq(self) -> int:
+        """One more than the highest snapshot sequence number (1 for the first)."""
+        self.upgrade()
+        return self.conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM snapshots").fetchone()[0]
 
     def has_snapshots(self) -> bool:
         return self.conn.execute("SELECT 1 FROM snapshots LIMIT 1").fetchone() is not None
 
     def snapshots(self) -> list[SnapshotRecord]:
-        return [SnapshotRecord.from_row(r) for r in self._dicts("SELECT * FROM snapshots ORDER BY time, id")]
+        """Every snapshot, oldest first: by sequence number, then time (records from before
+        sequence numbers have seq 0 and order by time), then id."""
+        rows = [SnapshotRecord.from_row(r) for r in self._dicts("SELECT * FROM snapshots")]
+        return sorted(rows, key=lambda s: (s.seq, s.time, s.id))
 
     def snapshot_ids_with_prefix(self, prefix: str) -> list[str]:
         return [r[0] for r in self.conn.execute(

@@ -37,6 +37,7 @@ from ..errors import (
     UsageError,
     os_error,
 )
+from ..rawnames import readable
 from .hashing import content_id, short
 from .pack import TARGET_PACK_SIZE, TYPE_CHUNK, TYPE_TREE, PackWriter, pack_id
 from ..storage.local import TMP_MARK, LocalStorage, private_dir, private_file
@@ -260,11 +261,28 @@ class Repository:
                 held.release()
 
     def save_snapshot(self, record: SnapshotRecord) -> None:
-        """Record a snapshot whose blobs are all durable and catalogued: the record file
-        first (so ``repair`` can find it), then the catalog row that makes it visible."""
-        body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-        self.storage.write_atomic(f"snapshots/{record.id}.json", body)
-        self.catalog.add_snapshot(record)
+        """Record a snapshot whose blobs are all durable and catalogued: gives it the next
+        repository-wide sequence number (``seq``) and its id (the content id of its JSON),
+        then writes the record file (so ``repair`` can find it) and the catalog row that
+        makes it visible, in one catalog transaction. Anything failing on the way removes
+        the record file again: a snapshot that is not saved leaves no record."""
+        written = False
+        try:
+            with self.catalog.transaction():
+                record.seq = self.catalog.next_seq()
+                record.id = ""
+                record.id = content_id(json.dumps(record.to_json(), sort_keys=True).encode()).hex()[:32]
+                body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+                self.storage.write_atomic(f"snapshots/{record.id}.json", body)
+                written = True
+                self.catalog.add_snapshot(record)
+        except BaseException:
+            if written:
+                try:
+                    self.storage.delete(f"snapshots/{record.id}.json")
+                except OSError:
+                    pass  # left for check/repair to report, as an interrupted snapshot's
+            raise
 
     def save_meta(self, key: str, value: str) -> str | None:
         """Keep ``key`` = ``value`` in the catalog's meta table for a later run; returns None,
@@ -355,15 +373,36 @@ class Repository:
     def snapshots(self) -> list[SnapshotRecord]:
         return self.catalog.snapshots()
 
-    def resolve(self, name: str) -> SnapshotRecord:
-        """A snapshot by id, unique id prefix, ``latest`` or ``latest:TAG``."""
+    def resolve(self, name: str, host: str | None = None, source: str | None = None,
+                tags: list[str] | None = None, across_sources: bool = False) -> SnapshotRecord:
+        """A snapshot by id, unique id prefix, ``latest`` or ``latest:TAG``, among those of
+        ``host``, of ``source`` (the recorded source: an absolute path, or a stream's name;
+        a relative ``source`` is also tried as an absolute path) and carrying all ``tags``.
+        ``latest`` is the snapshot with the highest sequence number (then time) among them;
+        when they come from more than one (host, source), ``latest`` is ambiguous and raises
+        SnapshotError listing the choices (unless ``across_sources``: the newest of all, for
+        read-only exports that list their names). An id that does not match the filters raises
+        SnapshotError too, as does no match at all."""
+        want = dict(host=host, source=source, tags=tags)
+
+        def matches(s: SnapshotRecord) -> bool:
+            return (host is None or s.host == host) and (
+                source is None or s.source in (source, os.path.abspath(source))) and set(tags or ()) <= set(s.tags)
+
         if name == "latest" or name.startswith("latest:"):
             tag = name.partition(":")[2]
-            snaps = [s for s in self.snapshots() if not tag or tag in s.tags]
+            snaps = [s for s in self.snapshots() if matches(s) and (not tag or tag in s.tags)]
             if not snaps:
-                what = f"with tag {tag!r} " if tag else ""
-                raise SnapshotError(f"no snapshot {what}in {self.path}: take one with diskvault snapshot")
-            return snaps[-1]
+                what = _filters(dict(want, tags=[*(tags or ()), *([tag] if tag else [])]))
+                raise SnapshotError(f"no snapshot{what} in {self.path}: list them with diskvault snapshots")
+            groups = sorted({(s.host, s.source) for s in snaps})
+            if len(groups) > 1 and not across_sources:
+                shown = ", ".join(f"{h} {readable(src)}" for h, src in groups[:10])
+                more = f" and {len(groups) - 10} more" if len(groups) > 10 else ""
+                raise SnapshotError(
+                    f"{name} is ambiguous: {len(groups)} sources in this repository ({shown}{more}): "
+                    "narrow it with --host/--source")
+            return max(snaps, key=lambda s: (s.seq, s.time, s.id))
         ident = name.lower()
         if not ident or any(c not in "0123456789abcdef" for c in ident):
             raise SnapshotError(f"{name!r} is not a snapshot id: use an id (or a prefix), latest or latest:TAG")
@@ -374,7 +413,22 @@ class Repository:
             raise SnapshotError(f"snapshot prefix {name} is ambiguous ({len(found)} match): give more characters")
         rec = self.catalog.get_snapshot(found[0])
         assert rec is not None
+        if not matches(rec):
+            raise SnapshotError(f"snapshot {name} is of host {rec.host}, source {readable(rec.source)}, tags "
+                                f"{','.join(rec.tags) or '(none)'}: not{_filters(want)}")
         return rec
+
+
+def _filters(want: dict) -> str:
+    """`` of host H, of source S, tagged T`` for the filters given (for messages)."""
+    parts = []
+    if want.get("host") is not None:
+        parts.append(f"of host {want['host']}")
+    if want.get("source") is not None:
+        parts.append(f"of source {readable(want['source'])}")
+    if want.get("tags"):
+        parts.append(f"tagged {','.join(want['tags'])}")
+    return (" " + ", ".join(parts)) if parts else ""
 
 
 READ_ONLY_FS = "read-only file system"
