@@ -4,7 +4,7 @@ Packs are self-describing (each trailer lists its blobs) and every snapshot has 
 file ``snapshots/<id>.json`` naming the root of its chunk-list tree, whose nodes are
 blobs in packs. So the whole catalog can be rebuilt without the old one:
 
-1. read every pack's trailer (``pack.read_table``); packs whose trailer is damaged or
+1. read every pack's trailer (``pack.read_pack_index``); packs whose trailer is damaged or
    missing are reported and left out of the index;
 2. if the old catalog is readable (and ``rebuild`` was not asked), keep its locations
    where the pack agrees, and *salvage* blobs it locates in packs with a damaged trailer:
@@ -26,24 +26,22 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import sqlite3
 import time
 from dataclasses import dataclass, field
 
-from ..repository import compression, locking
+from ..repository import locking
 from ..repository.catalog import BlobLocation, Catalog, SnapshotRecord
 from ..errors import DamagedData, RepositoryNotFound
-from ..repository.hashing import ZERO_ID, content_id, short
-from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_table
+from ..repository.hashing import ZERO_ID, short
+from ..repository.maintenance import (
+    fold_wal, pack_files, probe_catalog, read_stored, read_verified, swap_catalog, write_catalog,
+)
+from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_pack_index
 from ..repository import CATALOG, CONFIG, FORMAT_VERSION, Repository
-from ..storage.local import TMP_MARK, LocalStorage
+from ..storage.local import LocalStorage
 from ..repository.tree import parse
 from .check import check_unlocked
 from .damage import merge, node_problem
-
-CATALOG_TABLES = ("meta", "packs", "blobs", "snapshots")
-
 
 @dataclass
 class RepairResult:
@@ -79,45 +77,6 @@ def _load_config(path: str) -> dict:
     return config
 
 
-def _probe(cat_path: str) -> str:
-    """'used' when the catalog opens and its tables read, else why not."""
-    if not os.path.exists(cat_path):
-        return "missing"
-    try:
-        conn = sqlite3.connect(f"file:{cat_path}?mode=ro", uri=True)
-        try:
-            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if ok != "ok":
-                return f"unreadable: {ok}"
-            if not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                return "missing"  # an empty file (e.g. created by opening a deleted catalog)
-            for table in CATALOG_TABLES:
-                conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        return f"unreadable: {exc}"
-    return "used"
-
-
-def _read(storage: LocalStorage, loc: BlobLocation) -> bytes | memoryview:
-    """Read and verify one blob (DamagedData when it is not what ``loc`` says)."""
-    try:
-        payload = storage.read_range(loc.pack, loc.offset, loc.stored_len)
-    except FileNotFoundError:
-        raise DamagedData(f"pack {pack_id(loc.pack)} is missing") from None
-    return _check(loc, payload)
-
-
-def _check(loc: BlobLocation, payload: bytes) -> bytes | memoryview:
-    if len(payload) != loc.stored_len:
-        raise DamagedData(f"blob {short(loc.id)} lies past the end of pack {pack_id(loc.pack)}")
-    raw = compression.decompress(payload, loc.flags, loc.raw_len)
-    if content_id(raw) != loc.id:
-        raise DamagedData(f"blob {short(loc.id)} in pack {pack_id(loc.pack)} is damaged (hash mismatch)")
-    return raw
-
-
 def _read_records(storage: LocalStorage) -> dict[str, SnapshotRecord]:
     out: dict[str, SnapshotRecord] = {}
     fields = SnapshotRecord.__dataclass_fields__
@@ -148,21 +107,19 @@ def _repair_locked(path: str, rebuild: bool) -> RepairResult:
     config = _load_config(path)
     storage = LocalStorage(path)
     cat_path = os.path.join(path, CATALOG)
-    state = _probe(cat_path)
+    state = probe_catalog(cat_path)
     use_old = state == "used" and not rebuild
     if state == "used":  # fold its WAL into the file: the swap below removes a stale WAL
-        conn = sqlite3.connect(cat_path)
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.close()
+        fold_wal(cat_path)
     res = RepairResult(path, "ignored (--rebuild-catalog)" if rebuild and state == "used" else state)
     old: Catalog | None = Catalog(cat_path) if use_old else None
     try:
-        _repair(storage, config, cat_path, old, res)
+        tmp = _repair(storage, config, cat_path, old, res)
     finally:
         if old is not None:
             old.close()
         storage.close()
-    _swap(cat_path, res)
+    swap_catalog(cat_path, tmp)
     with Repository.open(path) as r:
         report = check_unlocked(r)
     res.status_after = "sound" if report.sound else "damaged"
@@ -170,15 +127,16 @@ def _repair_locked(path: str, rebuild: bool) -> RepairResult:
     return res
 
 
-def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | None, res: RepairResult) -> None:
+def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | None, res: RepairResult) -> str:
+    """Build the new catalog; returns its temporary file."""
     old_packs = old.packs() if old is not None else []
     old_ids = {p["name"]: p["id"] for p in old_packs}
-    files = [n for n in storage.list("packs") if n.endswith(".pack")]
+    files = pack_files(storage)
     ordered = [p["name"] for p in old_packs if p["name"] in set(files)] + sorted(set(files) - old_ids.keys())
     tables: dict[str, list[Entry]] = {}
     for name in ordered:
         try:
-            tables[name] = read_table(storage, name)
+            tables[name] = read_pack_index(storage, name)
         except (DamagedData, OSError) as exc:
             res.damaged_packs.append({"pack": pack_id(name), "reason": str(exc)})
     for name in old_ids:
@@ -218,9 +176,8 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
             if row.id in index or row.pack in tables:
                 continue
             try:
-                payload = storage.read_range(row.pack, row.offset, row.stored_len)
-                _check(row, payload)
-            except (DamagedData, OSError):
+                payload = read_stored(storage, row)
+            except DamagedData:
                 res.lost_blobs += 1
                 continue
             if writer is None:
@@ -260,7 +217,7 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
             if hit is None:
                 raise DamagedData("not found in any pack")
             name, e = hit
-            level, items = parse(bytes(_read(storage, BlobLocation(nid, e.type, name, e.offset, e.stored_len, e.raw_len, e.flags))))
+            level, items = parse(bytes(read_verified(storage, BlobLocation(nid, e.type, name, e.offset, e.stored_len, e.raw_len, e.flags))))
         except DamagedData as exc:
             lost.append((off, covered))
             why.append(node_problem(nid, exc))
@@ -288,64 +245,9 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
             res.unrecoverable.append({"id": s.id, "ranges": ranges, "bytes": sum(n for _, n in ranges), "reason": reason})
 
     # write the new catalog beside the old one
-    tmp = f"{cat_path}{TMP_MARK}{secrets.token_hex(4)}"
-    try:
-        if old is not None:
-            new = sqlite3.connect(tmp)
-            old.conn.backup(new)
-            new.close()
-            cat = Catalog(tmp)
-        else:
-            cat = Catalog(tmp)
-            cat.create({"repository_id": config["id"]})
-        conn = cat.conn
-        conn.execute("PRAGMA foreign_keys=OFF")
-        with cat.transaction():
-            conn.execute("DELETE FROM blobs")
-            conn.execute("DELETE FROM packs")
-            conn.execute("DELETE FROM snapshots")
-            rowid: dict[str, int] = {}
-            for name in ordered:
-                if name not in tables:
-                    continue
-                cur = conn.execute("INSERT INTO packs(id, name, size, entries) VALUES (?,?,?,?)",
-                                   (old_ids.get(name), name, storage.size(name), len(tables[name])))
-                rowid[name] = cur.lastrowid
-            conn.executemany(
-                "INSERT INTO blobs VALUES (?,?,?,?,?,?,?)",
-                [(i, e.type, rowid[name], e.offset, e.stored_len, e.raw_len, e.flags) for i, (name, e) in index.items()],
-            )
-            for s in snaps.values():
-                cat.db["snapshots"].insert(s.to_row())
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to rename
-        cat.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except BaseException:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.unlink(tmp + suffix)
-            except FileNotFoundError:
-                pass
-        raise
-    res.packs = len(rowid)
+    tmp, res.packs = write_catalog(cat_path, old, config["id"], storage,
+                                   [(old_ids.get(name), name, tables[name]) for name in ordered if name in tables],
+                                   index, snaps.values())
     res.blobs = len(index)
     res.snapshots = len(snaps)
-    res._tmp = tmp  # type: ignore[attr-defined]
-
-
-def _swap(cat_path: str, res: RepairResult) -> None:
-    """Replace the catalog by the new one. The old WAL was checkpointed when its last
-    connection closed; a stale -wal/-shm must not be applied to the new file."""
-    tmp = res.__dict__.pop("_tmp")
-    for suffix in ("-wal", "-shm"):
-        try:
-            os.unlink(cat_path + suffix)
-        except FileNotFoundError:
-            pass
-    os.rename(tmp, cat_path)
-    fd = os.open(os.path.dirname(cat_path), os.O_RDONLY | os.O_DIRECTORY)
-    os.fsync(fd)
-    os.close(fd)
+    return tmp

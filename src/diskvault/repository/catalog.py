@@ -167,6 +167,18 @@ class Catalog:
                 conn.close()
             self._lookup_conns.clear()
 
+    def compact(self) -> None:
+        """Fold the WAL into the database, and VACUUM when a quarter of it is free pages;
+        skipped (until next time) while a reader holds the catalog open."""
+        try:
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            if pages and free * 4 > pages:
+                self.conn.execute("VACUUM")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:  # a reader (e.g. diskvault snapshots) has it open
+            pass
+
     # --- packs and blobs --------------------------------------------------------
     def add_pack(self, name: str, size: int, entries: list[Entry]) -> None:
         """Record a sealed (durable) pack and its entries in one transaction."""

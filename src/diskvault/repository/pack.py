@@ -7,8 +7,10 @@ Layout (all integers little-endian; see docs/design.md):
     table    52 B × n   per entry: id[32] type u8 flags u8 reserved u16 offset u64 stored u32 raw u32
     footer   48 B   u32 n, u32 reserved, blake3(table)[32], magic "DVTRAIL1"
 
-A pack can be read without the catalog: ``read_table`` parses and checks the trailer. Any
-mismatch (magic, checksum, entry outside the data area) raises DamagedData naming the pack.
+A pack can be read without the catalog: ``read_pack_index`` parses and checks the trailer.
+Any mismatch (magic, checksum, entry outside the data area) raises DamagedData naming the pack.
+This module is the only one that knows the byte layout: the rest of the program asks it for
+a pack's index (``read_pack_index``) and its size overhead (``pack_overhead``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ class Entry:
     offset: int
     stored_len: int
     raw_len: int
+
+
+def pack_overhead(n_entries: int, n_packs: int = 1) -> int:
+    """Bytes that are not payload in ``n_packs`` packs holding ``n_entries`` entries in all
+    (headers, index tables, footers)."""
+    return n_packs * (HEADER.size + FOOTER.size) + n_entries * ENTRY.size
 
 
 def new_pack_name() -> str:
@@ -92,8 +100,9 @@ class PackWriter:
         self._w.abort()
 
 
-def read_table(storage: Storage, name: str) -> list[Entry]:
-    """Parse and check a pack's trailer; raises DamagedData, FileNotFoundError."""
+def read_pack_index(storage: Storage, name: str) -> list[Entry]:
+    """A pack's entries (in file order), parsed from its trailer and checked; raises
+    DamagedData naming the pack, FileNotFoundError, OSError."""
     size = storage.size(name)
     if size < HEADER.size + FOOTER.size:
         raise DamagedData(f"pack {pack_id(name)} is truncated ({size} bytes)")

@@ -163,7 +163,13 @@ class Repository:
         return data
 
     def decode(self, loc: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
-        """Decompress and verify one blob's stored bytes."""
+        """Decompress and verify one blob's stored bytes; raises DamagedData naming it."""
+        return self.verify(loc, payload)
+
+    @staticmethod
+    def verify(loc: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
+        """``decode`` without a repository: the raw bytes of ``payload`` (the stored bytes of
+        the blob ``loc``), decompressed and re-hashed; raises DamagedData naming the blob."""
         try:
             raw = compression.decompress(payload, loc.flags, loc.raw_len)
         except DamagedData as exc:
