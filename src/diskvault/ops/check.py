@@ -4,7 +4,13 @@ Structure: every catalogued pack exists with the recorded size and a valid trail
 (``maintenance.pack_states``) whose entries match the catalog's rows; no row points outside its
 pack; every tree node and chunk reachable from every snapshot is catalogued; every snapshot
 row has its record file (``snapshots/<id>.json``, which ``repair`` rebuilds from). Pack
-files the catalog does not know (orphans) and records without a catalog row are warnings.
+files the catalog does not know (orphans) and records without a catalog row are warnings;
+a record file that cannot be read is an error (prune refuses to run while there is one).
+
+Known damage: every blob a check finds unavailable is recorded in the catalog's ``damaged``
+table (never used for deduplication, so the next snapshot holding those bytes stores them
+again and heals every snapshot that needs them); blobs read intact are cleared; recorded
+damage that a snapshot still needs is an error of its own (``blob-known-damaged``).
 
 Data (``read_data``): the selected packs are read sequentially in large reads by two
 threads; every catalogued blob is decompressed and re-hashed (blake3). ``subset`` picks a
@@ -17,7 +23,6 @@ it); errors opening the repository propagate from Repository.open.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -27,7 +32,9 @@ from dataclasses import dataclass, field
 from ..repository.catalog import BlobLocation, SnapshotRecord
 from ..errors import DamagedData
 from ..repository.hashing import ZERO_ID, content_id, short
-from ..repository.maintenance import PackState, orphan_packs, pack_states, runs, verify_run
+from ..repository.maintenance import (
+    PackState, orphan_packs, pack_states, read_records, record_id, runs, verify_run,
+)
 from ..repository.pack import TYPE_TREE, pack_id
 from ..repository import Repository
 from ..repository.tree import parse
@@ -149,6 +156,10 @@ def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[PackState]
     for p in packs:
         name, pid, rows = p.name, pack_id(p.name), p.rows
         report.blobs += len(rows)
+        if p.missing and not rows:
+            report.warnings.append(Finding("pack-missing", f"pack {pid} is missing but holds no catalogued blob "
+                                           "(its blobs were stored again elsewhere; prune forgets it)", pack=pid))
+            continue
         if p.missing:
             report.errors.append(Finding("pack-missing", f"pack {pid} is missing ({len(rows)} blobs catalogued in it)",
                                          pack=pid, ids={r.id for r in rows}))
@@ -193,26 +204,30 @@ def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[PackState]
 
 def _check_records(repo: Repository, snaps: list[SnapshotRecord], report: CheckReport) -> None:
     rows = {s.id: s for s in snaps}
-    files = {n.rsplit("/", 1)[-1].removesuffix(".json") for n in repo.storage.list("snapshots") if n.endswith(".json")}
+    records, unreadable = read_records(repo.storage)
+    files = {record_id(n) for n in repo.storage.list("snapshots") if n.endswith(".json")}
     for sid, s in rows.items():
         if sid not in files:
             report.errors.append(Finding("record-missing", f"snapshot {sid[:12]} has no record file snapshots/{sid}.json "
                                          "(repair rewrites it; a rebuilt catalog would lose this snapshot)"))
             continue
-        try:
-            rec = json.loads(repo.storage.read(f"snapshots/{sid}.json"))
-            same = rec.get("tree") == s.tree and rec.get("size") == s.size
-        except (ValueError, OSError, AttributeError):
-            same = False
-        if not same:
+        rec = records.get(sid)
+        if rec is None or rec.tree != s.tree or rec.size != s.size:
             report.errors.append(Finding("record-mismatch", f"snapshot {sid[:12]}: record file snapshots/{sid}.json does "
                                          "not match the catalog (repair rewrites it)"))
-    for sid in sorted(files - rows.keys()):
+    for name, reason in sorted(unreadable.items()):
+        if record_id(name) not in rows:
+            report.errors.append(Finding("record-unreadable", f"snapshot record {name} cannot be read: {reason}: "
+                                         "run diskvault repair (it recovers the snapshot if its tree root is intact); "
+                                         "prune deletes nothing until then"))
+    for sid in sorted(records.keys() - rows.keys()):
         report.warnings.append(Finding("record-without-row", f"snapshot record {sid[:12]} is not in the catalog "
                                        "(an interrupted snapshot or forget; repair adds it back)"))
 
 
-def _check_trees(repo: Repository, snaps: list[SnapshotRecord], report: CheckReport, bad: set[bytes]) -> None:
+def _check_trees(repo: Repository, snaps: list[SnapshotRecord], report: CheckReport, bad: set[bytes]) -> set[bytes]:
+    """Every tree node and chunk reachable from a snapshot is catalogued and every node
+    reads; returns the ids of all of them."""
     seen: set[bytes] = set()
     referenced: set[bytes] = set()
     for snap in snaps:
@@ -240,13 +255,15 @@ def _check_trees(repo: Repository, snaps: list[SnapshotRecord], report: CheckRep
         report.errors.append(Finding(
             "chunk-missing", f"{len(missing)} chunks referenced by snapshots are not in the catalog (first {short(first)})",
             blob=first.hex() if len(missing) == 1 else None, ids=missing))
+    return seen | referenced
 
 
 # --- data ----------------------------------------------------------------------------
 
 
 def _read_data(repo: Repository, packs: list[PackState], present: dict[str, int],
-               subset: Subset | None, report: CheckReport, progress: Progress) -> None:
+               subset: Subset | None, report: CheckReport, progress: Progress) -> set[bytes]:
+    """Read and verify every catalogued blob of the chosen packs; returns the ids read intact."""
     chosen = [p for p in packs if p.name in present and (subset is None or subset.contains(p.name))]
     total = sum(p.size for p in chosen)
     lock = threading.Lock()
@@ -281,6 +298,7 @@ def _read_data(repo: Repository, packs: list[PackState], present: dict[str, int]
         "seconds": round(seconds, 3),
         "mb_per_s": round(bytes_read / seconds / 1e6, 1) if seconds > 0 else None,
     }
+    return {r.id for p in chosen for r in p.rows} - {r.id for _, r, _ in bad}
 
 
 # --- attribution -----------------------------------------------------------------------
@@ -365,16 +383,39 @@ def check_unlocked(
         sub = parse_subset(subset, int(repo.catalog.meta().get(SUBSET_META, "0")))
         read_data = True
     report = CheckReport(repository=repo.path)
+    repo.damaged()  # loaded here, before the read-data threads may add to it
     snaps = repo.snapshots()
     report.snapshots = len(snaps)
     packs, present = _check_packs(repo, report)
     _check_records(repo, snaps, report)
     unavailable = set().union(*(f.ids for f in report.errors)) if report.errors else set()
-    _check_trees(repo, snaps, report, unavailable)
+    needed = _check_trees(repo, snaps, report, unavailable)
+    intact: set[bytes] = set()
     if read_data:
-        _read_data(repo, packs, present, sub, report, progress)
+        intact = _read_data(repo, packs, present, sub, report, progress)
         if sub is not None and sub.spec.endswith("%"):
             repo.catalog.set_meta(SUBSET_META, str(sub.end % PPM))
+    _known_damage(repo, report, needed, intact)
     _attribute(repo, snaps, report)
     report.duration = round(time.monotonic() - started, 3)
     return report
+
+
+def _known_damage(repo: Repository, report: CheckReport, needed: set[bytes], intact: set[bytes]) -> None:
+    """Keep the catalog's record of damage (never used for deduplication, docs/integrity.md)
+    up to date: blobs this check found unavailable are recorded, blobs it read intact are
+    cleared; blobs recorded earlier that a snapshot needs and this check did not read are
+    errors too (``blob-known-damaged``): the damage stays until a snapshot stores them again."""
+    found: dict[bytes, str] = {}
+    for f in report.errors:
+        for i in f.ids:
+            found.setdefault(i, f.message)
+    repo.clear_damage(intact - found.keys())
+    repo.record_damage(found)
+    known = repo.damage_report()
+    for i in sorted((needed & known.keys()) - found.keys()):
+        reason, when = known[i]
+        report.errors.append(Finding(
+            "blob-known-damaged",
+            f"blob {short(i)} is known to be damaged since {when} ({reason}): snapshot a source that holds "
+            "these bytes again to store them anew, or forget the snapshots that need them", blob=i.hex(), ids={i}))

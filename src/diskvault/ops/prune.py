@@ -1,5 +1,7 @@
 """diskvault prune: mark and sweep, under the exclusive repository lock.
 
+0. Refuse (DamagedData, nothing deleted) while a snapshot record file cannot be read: the
+   snapshot it names may need data that would otherwise look unused.
 1. Clean: remove ``.tmp-`` files, snapshot record files without a catalog row (left by an
    interrupted forget or snapshot) and pack files the catalog does not know (left by an
    interrupted snapshot or prune). Only safe because the exclusive lock guarantees that no
@@ -29,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from ..repository.catalog import BlobLocation
 from ..errors import DamagedData
 from ..repository.hashing import ZERO_ID, short
-from ..repository.maintenance import copy_verified
+from ..repository.maintenance import copy_verified, read_records
 from ..repository.pack import TYPE_CHUNK, pack_overhead
 from ..policy import DEFAULT_MAX_UNUSED, parse_max_unused
 from ..repository import Repository, pack_target_size
@@ -122,6 +124,15 @@ def _prune(repo: Repository, limit: tuple[str, float], repack_small: bool, dry_r
            progress: Progress) -> PruneResult:
     started = time.monotonic()
     storage, catalog = repo.storage, repo.catalog
+
+    # 0. never delete what cannot be accounted for: a record that does not read may name
+    # a snapshot whose data would otherwise look unused
+    _records, unreadable = read_records(storage)
+    if unreadable:
+        name, reason = min(unreadable.items())
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise DamagedData(f"snapshot record {name}{more} cannot be read ({reason}): prune deletes nothing while a "
+                          "record is unreadable; run diskvault repair, which recovers the snapshot if it can")
 
     # 1. clean what interrupted commands left behind
     tmp_removed = 0 if dry_run else storage.clean_temporary()

@@ -9,12 +9,18 @@ blobs in packs. So the whole catalog can be rebuilt without the old one:
 2. if the old catalog is readable (and ``rebuild`` was not asked), keep its locations
    where the pack agrees, and *salvage* blobs it locates in packs with a damaged trailer:
    each is read and verified (blake3) and, if sound, copied into a new sealed pack;
-3. snapshots: every record file, plus (old catalog readable) rows whose record is missing,
-   whose record file is then rewritten;
-4. every snapshot's tree is walked against the new index; snapshots with missing tree
+3. damage: blobs the old catalog knows to be damaged (its ``damaged`` table) and, without an
+   old catalog, blobs stored more than once are verified; the index takes an intact copy
+   where there is one, the others stay known as damaged (never used for deduplication);
+4. snapshots: every readable record file, plus (old catalog readable) rows whose record is
+   missing or unreadable, whose record file is then rewritten; an unreadable record whose
+   tree root still reads and is intact is rebuilt around it (fields that cannot be read
+   are stood in for and reported); the others are reported and kept, untouched;
+5. every snapshot's tree is walked against the new index; snapshots with missing tree
    nodes or chunks are reported as unrecoverable with the byte ranges lost (they stay
-   listed, so ``restore --skip-damaged`` can still save the rest);
-5. the new catalog is written to a temporary file, made durable and renamed over
+   listed, so ``restore --skip-damaged`` can still save the rest); a tree node that does
+   not verify is known as damaged from then on;
+6. the new catalog is written to a temporary file, made durable and renamed over
    ``catalog.sqlite`` (an interrupted repair leaves the old catalog in place). The old
    catalog's other tables and meta are kept unless it is unreadable or ``rebuild``.
 
@@ -28,13 +34,15 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from ..repository import locking
 from ..repository.catalog import BlobLocation, Catalog, SnapshotRecord
 from ..errors import DamagedData, RepositoryNotFound
 from ..repository.hashing import ZERO_ID, short
 from ..repository.maintenance import (
-    fold_wal, pack_files, probe_catalog, read_stored, read_verified, swap_catalog, write_catalog,
+    fold_wal, pack_files, probe_catalog, read_records, read_stored, read_verified, salvage_record, swap_catalog,
+    write_catalog, write_record,
 )
 from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_pack_index
 from ..repository import CATALOG, CONFIG, FORMAT_VERSION, Repository
@@ -56,6 +64,9 @@ class RepairResult:
     lost_blobs: int = 0  # located by the old catalog, unreadable now
     changed_rows: int = 0  # old blob rows now pointing elsewhere (fixed, salvaged) or dropped
     records_written: int = 0
+    recovered_records: list[dict] = field(default_factory=list)  # {id, reason, from, stood_in}
+    unreadable_records: list[dict] = field(default_factory=list)  # {record, reason}: kept, not indexed
+    damaged_blobs: int = 0  # blobs known to be damaged, never used for deduplication
     unrecoverable: list[dict] = field(default_factory=list)  # {id, ranges, bytes, reason}
     status_after: str = ""
     duration: float = 0.0
@@ -75,22 +86,6 @@ def _load_config(path: str) -> dict:
     if not isinstance(config, dict) or config.get("format") != "diskvault" or config.get("version") != FORMAT_VERSION:
         raise RepositoryNotFound(f"{path}/{CONFIG} is not a diskvault configuration of format {FORMAT_VERSION}")
     return config
-
-
-def _read_records(storage: LocalStorage) -> dict[str, SnapshotRecord]:
-    out: dict[str, SnapshotRecord] = {}
-    fields = SnapshotRecord.__dataclass_fields__
-    for name in storage.list("snapshots"):
-        if not name.endswith(".json"):
-            continue
-        try:
-            d = json.loads(storage.read(name))
-            rec = SnapshotRecord(**{k: v for k, v in d.items() if k in fields and k != "extra"})
-            bytes.fromhex(rec.tree)
-        except (ValueError, TypeError, OSError):
-            continue  # not a record: reported by check as a snapshot without record
-        out[rec.id] = rec
-    return out
 
 
 def repair(path: str, rebuild: bool = False) -> RepairResult:
@@ -154,9 +149,12 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
             if e is not None and (e.offset, e.stored_len, e.raw_len, e.flags, e.type) == (
                     row.offset, row.stored_len, row.raw_len, row.flags, row.type):
                 index[row.id] = (row.pack, e)
+    others: dict[bytes, list[tuple[str, Entry]]] = {}  # copies of a blob besides the one indexed
     for name in ordered:
         for e in tables.get(name, ()):
-            index.setdefault(e.id, (name, e))
+            hit = index.setdefault(e.id, (name, e))
+            if hit[0] != name:
+                others.setdefault(e.id, []).append((name, e))
 
     # salvage blobs the old catalog locates in packs whose trailer is gone: verified, then
     # copied (stored bytes as they are) into new packs, sealed before the catalog uses them
@@ -192,20 +190,25 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
         if writer is not None:
             writer.abort()
         raise
+    damaged = _verify_suspects(storage, index, others, old.damaged() if old is not None else {}, old is None)
     for row in old_rows:  # rows that now point elsewhere, or nowhere
         hit = index.get(row.id)
         if hit is None or hit[0] != row.pack or (hit[1].offset, hit[1].stored_len) != (row.offset, row.stored_len):
             res.changed_rows += 1
 
-    # snapshots: record files, plus old rows whose record is missing (rewritten)
-    snaps = _read_records(storage)
+    # snapshots: record files, plus old rows whose record is missing or unreadable
+    # (rewritten), plus what can be recovered from unreadable records
+    snaps, unreadable = read_records(storage)
     if old is not None:
         for s in old.snapshots():
             if s.id not in snaps:
-                body = json.dumps(s.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-                storage.write_atomic(f"snapshots/{s.id}.json", body)
+                write_record(storage, s)
                 res.records_written += 1
                 snaps[s.id] = s
+                reason = unreadable.pop(f"snapshots/{s.id}.json", None)
+                if reason is not None:
+                    res.recovered_records.append({"id": s.id, "reason": reason, "from": "catalog", "stood_in": []})
+    _recover_records(storage, unreadable, index, snaps, res)
 
     complete: set[bytes] = set()  # tree nodes whose whole subtree is present
 
@@ -217,8 +220,10 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
             if hit is None:
                 raise DamagedData("not found in any pack")
             name, e = hit
-            level, items = parse(bytes(read_verified(storage, BlobLocation(nid, e.type, name, e.offset, e.stored_len, e.raw_len, e.flags))))
+            level, items = parse(bytes(read_verified(storage, _loc(nid, name, e))))
         except DamagedData as exc:
+            if hit is not None:
+                damaged.setdefault(nid, (str(exc), _now()))
             lost.append((off, covered))
             why.append(node_problem(nid, exc))
             return False
@@ -247,7 +252,71 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
     # write the new catalog beside the old one
     tmp, res.packs = write_catalog(cat_path, old, config["id"], storage,
                                    [(old_ids.get(name), name, tables[name]) for name in ordered if name in tables],
-                                   index, snaps.values())
+                                   index, snaps.values(), damaged)
+    res.damaged_blobs = len(damaged)
     res.blobs = len(index)
     res.snapshots = len(snaps)
     return tmp
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _loc(ident: bytes, name: str, e: Entry) -> BlobLocation:
+    return BlobLocation(ident, e.type, name, e.offset, e.stored_len, e.raw_len, e.flags)
+
+
+def _verify_suspects(storage: LocalStorage, index: dict[bytes, tuple[str, Entry]],
+                     others: dict[bytes, list[tuple[str, Entry]]], known: dict[bytes, tuple[str, str]],
+                     all_copies: bool) -> dict[bytes, tuple[str, str]]:
+    """Verify the indexed copy of every blob ``known`` to be damaged (the old catalog's
+    ``damaged`` table) and, with ``all_copies`` (no old catalog to say which copy was in
+    use), of every blob stored more than once: the index takes an intact copy where there
+    is one. Returns the blobs left without one (id -> (reason, time found))."""
+    damaged: dict[bytes, tuple[str, str]] = {}
+    suspects = set(known) | (set(others) if all_copies else set())
+    for ident in sorted(suspects):
+        if ident not in index:
+            continue  # not in any pack: absent, which deduplication knows without the table
+        reason = ""
+        for name, e in [index[ident], *others.get(ident, ())]:
+            try:
+                read_verified(storage, _loc(ident, name, e))
+            except DamagedData as exc:
+                reason = reason or str(exc)
+                continue
+            index[ident] = (name, e)
+            break
+        else:
+            damaged[ident] = known.get(ident) or (reason, _now())
+    return damaged
+
+
+def _recover_records(storage: LocalStorage, unreadable: dict[str, str], index: dict[bytes, tuple[str, Entry]],
+                     snaps: dict[str, SnapshotRecord], res: RepairResult) -> None:
+    """Rebuild the snapshots of unreadable records whose tree root still reads and is
+    intact (``salvage_record``), rewriting their record files; report the others (kept)."""
+
+    def size_of_tree(root: bytes) -> int | None:
+        hit = index.get(root)
+        if hit is None:
+            return None
+        try:
+            _level, items = parse(bytes(read_verified(storage, _loc(root, *hit))))
+        except DamagedData:
+            return None
+        return sum(n for _, n in items)
+
+    for name, reason in sorted(unreadable.items()):
+        try:
+            got = salvage_record(name, storage.read(name), size_of_tree, os.path.getmtime(os.path.join(storage.root, name)))
+        except OSError:
+            got = None
+        if got is None:
+            res.unreadable_records.append({"record": name, "reason": reason})
+            continue
+        rec, stood_in = got
+        write_record(storage, rec)
+        snaps[rec.id] = rec
+        res.recovered_records.append({"id": rec.id, "reason": reason, "from": "tree", "stood_in": stood_in})

@@ -9,16 +9,19 @@ pack format touches pack.py and this module, never the use cases.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from ..errors import DamagedData
 from ..storage import Storage
 from ..storage.local import TMP_MARK
-from .catalog import BlobLocation, Catalog, SnapshotRecord
+from .catalog import DAMAGED_TABLE, BlobLocation, Catalog, SnapshotRecord
 from .hashing import short
 from .pack import Entry, pack_id, read_pack_index
 from .repository import Repository
@@ -171,6 +174,149 @@ def read_verified(storage: Storage, loc: BlobLocation) -> bytes | memoryview:
     return Repository.verify(loc, read_stored(storage, loc))
 
 
+# --- snapshot records ------------------------------------------------------------------------
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+_TEXT_FIELDS = ("time", "host", "source")
+_COUNT_FIELDS = ("data_bytes", "zero_bytes", "chunks", "new_chunks", "new_bytes", "stored_bytes")
+
+
+def record_id(name: str) -> str:
+    """The snapshot id a record file is named after (``snapshots/<id>.json``)."""
+    return name.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def _is_text(v: object) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        v.encode()
+    except UnicodeEncodeError:  # a lone surrogate: not UTF-8 text
+        return False
+    return True
+
+
+def parse_record(name: str, data: bytes) -> SnapshotRecord:
+    """The snapshot record in file ``name`` holding ``data``; raises DamagedData saying why
+    it cannot be read: not UTF-8 JSON, a required field (id matching the file name, time,
+    host, source, size, tags, tree) missing or of the wrong kind. Unknown fields are
+    ignored (written by a newer diskvault), missing figures are 0."""
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DamagedData("it is not UTF-8 text") from None
+    except ValueError as exc:
+        raise DamagedData(f"it is not valid JSON ({exc})") from None
+    if not isinstance(d, dict):
+        raise DamagedData("it is not a JSON object")
+    sid = d.get("id")
+    if sid != record_id(name):
+        raise DamagedData("its id does not match its file name")
+    for k in _TEXT_FIELDS:
+        if not _is_text(d.get(k)):
+            raise DamagedData(f"its {k} is missing or not UTF-8 text")
+    tree = d.get("tree")
+    if not isinstance(tree, str) or len(tree) != 64 or not _HEX.match(tree):
+        raise DamagedData("its tree root is missing or not a 64-digit hex id")
+    for k in ("size", *_COUNT_FIELDS):
+        v = d.get(k, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise DamagedData(f"its {k} is not a count")
+    tags = d.get("tags")
+    if not isinstance(tags, list) or not all(_is_text(t) for t in tags):
+        raise DamagedData("its tags are not a list of UTF-8 texts")
+    duration = d.get("duration", 0.0)
+    if not isinstance(duration, (int, float)) or isinstance(duration, bool):
+        raise DamagedData("its duration is not a number")
+    fields = SnapshotRecord.__dataclass_fields__
+    return SnapshotRecord(**{k: v for k, v in d.items() if k in fields})
+
+
+def read_records(storage: Storage) -> tuple[dict[str, SnapshotRecord], dict[str, str]]:
+    """Every snapshot record file: the readable ones by snapshot id, and the file names of
+    the unreadable ones with why (``parse_record``; an OS error reading it counts)."""
+    good: dict[str, SnapshotRecord] = {}
+    bad: dict[str, str] = {}
+    for name in storage.list("snapshots"):
+        if not name.endswith(".json"):
+            continue
+        try:
+            rec = parse_record(name, storage.read(name))
+        except DamagedData as exc:
+            bad[name] = str(exc)
+            continue
+        except OSError as exc:
+            bad[name] = f"it cannot be read ({exc.strerror})"
+            continue
+        good[rec.id] = rec
+    return good, bad
+
+
+def write_record(storage: Storage, rec: SnapshotRecord) -> None:
+    """Write (atomically) the record file of ``rec``, as Repository.save_snapshot does."""
+    body = json.dumps(rec.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    storage.write_atomic(f"snapshots/{rec.id}.json", body)
+
+
+def _salvage_field(text: str, key: str, pattern: str) -> str | None:
+    m = re.search(rf'"{key}"\s*:\s*({pattern})', text)
+    return m.group(1) if m else None
+
+
+def salvage_record(name: str, data: bytes, size_of_tree: Callable[[bytes], int | None],
+                   mtime: float) -> tuple[SnapshotRecord, list[str]] | None:
+    """A record rebuilt from an unreadable record file, when its tree root can still be
+    read from it and ``size_of_tree(root)`` finds that node intact (the bytes it covers,
+    else None); else None. Every other field is taken from the file where it still
+    reads, else a stand-in (time: the file's ``mtime``; host, source: "unknown"; tags:
+    none; figures: 0). Returns the record and the fields that were stood in for."""
+    sid = record_id(name)
+    if len(sid) != 32 or not _HEX.match(sid):
+        return None
+    text = data.decode("utf-8", "replace")
+    tree = _salvage_field(text, "tree", '"[0-9a-f]{64}"')
+    if tree is None:
+        return None
+    tree = tree.strip('"')
+    size = size_of_tree(bytes.fromhex(tree))
+    if size is None:
+        return None
+    lost: list[str] = []
+
+    def text_field(key: str, fallback: str, check=lambda v: True) -> str:
+        raw = _salvage_field(text, key, r'"(?:[^"\\]|\\.)*"')
+        try:
+            v = json.loads(raw) if raw else None
+        except ValueError:
+            v = None
+        if _is_text(v) and "\ufffd" not in v and check(v):
+            return v
+        lost.append(key)
+        return fallback
+
+    stamp = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    time = text_field("time", stamp, lambda v: bool(_TIME.match(v)))
+    host = text_field("host", "unknown")
+    source = text_field("source", "unknown")
+    tags: list[str] = []
+    raw_tags = _salvage_field(text, "tags", r"\[[^\]]*\]")
+    try:
+        parsed = json.loads(raw_tags) if raw_tags else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, list) and all(_is_text(t) and "\ufffd" not in t for t in parsed):
+        tags = parsed
+    else:
+        lost.append("tags")
+    counts = {}
+    for k in _COUNT_FIELDS:
+        v = _salvage_field(text, k, r"\d+")
+        counts[k] = int(v) if v is not None else 0
+    rec = SnapshotRecord(id=sid, time=time, host=host, source=source, size=size, tags=tags, tree=tree, **counts)
+    return rec, lost
+
+
 # --- the catalog, rebuilt ------------------------------------------------------------------
 
 
@@ -204,10 +350,12 @@ def fold_wal(cat_path: str) -> None:
 
 def write_catalog(cat_path: str, old: Catalog | None, repository_id: str, storage: Storage,
                   packs: Iterable[tuple[int | None, str, list[Entry]]],
-                  index: dict[bytes, tuple[str, Entry]], snaps: Iterable[SnapshotRecord]) -> tuple[str, int]:
+                  index: dict[bytes, tuple[str, Entry]], snaps: Iterable[SnapshotRecord],
+                  damaged: dict[bytes, tuple[str, str]]) -> tuple[str, int]:
     """Write a new catalog beside ``cat_path`` holding ``packs`` (``(old row id or None,
-    name, entries)``, in order), the blob rows ``index`` (id -> (pack name, entry)) and
-    ``snaps``; the old catalog's other tables and meta are kept when ``old`` is given.
+    name, entries)``, in order), the blob rows ``index`` (id -> (pack name, entry)),
+    ``snaps`` and the known damage ``damaged`` (id -> (reason, time)); the old catalog's
+    other tables and meta are kept when ``old`` is given.
     Returns the durable temporary file (for ``swap_catalog``) and the number of packs."""
     tmp = f"{cat_path}{TMP_MARK}{secrets.token_hex(4)}"
     try:
@@ -236,6 +384,9 @@ def write_catalog(cat_path: str, old: Catalog | None, repository_id: str, storag
             )
             for s in snaps:
                 cat.db["snapshots"].insert(s.to_row())
+            conn.execute(DAMAGED_TABLE)
+            conn.execute("DELETE FROM damaged")
+            conn.executemany("INSERT INTO damaged VALUES (?,?,?)", [(i, r, t) for i, (r, t) in damaged.items()])
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to rename
         cat.close()
