@@ -46,8 +46,8 @@ def repair(
             typer.echo(f"  recovered snapshot {r['id'][:12]} from its unreadable record ({r['reason']}) "
                        f"using its {'catalog row' if r['from'] == 'catalog' else 'intact tree'}{stood}")
         for r in res.unreadable_records:
-            typer.echo(f"  snapshot record {r['record']} cannot be read ({r['reason']}) and its tree root is not "
-                       "intact: kept, not indexed; prune refuses to run until it is repaired or removed")
+            typer.echo(f"  snapshot record {r['record']} cannot be read ({r['reason']}) and no intact tree root "
+                       "can be read from it: kept, not indexed; prune refuses to run until it is repaired or removed")
         if res.damaged_blobs:
             typer.echo(f"  {res.damaged_blobs} blobs are known to be damaged: the next snapshot of a source that "
                        "holds their bytes stores them again")

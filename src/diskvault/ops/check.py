@@ -217,7 +217,7 @@ def _check_records(repo: Repository, snaps: list[SnapshotRecord], report: CheckR
                                          "not match the catalog (repair rewrites it)"))
     for name, reason in sorted(unreadable.items()):
         if record_id(name) not in rows:
-            report.errors.append(Finding("record-unreadable", f"snapshot record {name} cannot be read: {reason}: "
+            report.errors.append(Finding("record-unreadable", f"snapshot record {name} cannot be read ({reason}): "
                                          "run diskvault repair (it recovers the snapshot if its tree root is intact); "
                                          "prune deletes nothing until then"))
     for sid in sorted(records.keys() - rows.keys()):

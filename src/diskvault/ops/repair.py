@@ -203,10 +203,11 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
         for s in old.snapshots():
             if s.id not in snaps:
                 write_record(storage, s)
-                res.records_written += 1
                 snaps[s.id] = s
                 reason = unreadable.pop(f"snapshots/{s.id}.json", None)
-                if reason is not None:
+                if reason is None:
+                    res.records_written += 1
+                else:
                     res.recovered_records.append({"id": s.id, "reason": reason, "from": "catalog", "stood_in": []})
     _recover_records(storage, unreadable, index, snaps, res)
 

@@ -410,10 +410,10 @@ class BlobWriter:
         size = pack.seal()
         bad = self.repo.damaged()
         healed = bad.intersection(e.id for e in pack.entries) if bad else set()
-        if self.repoint:
-            self.repo.catalog.switch_pack(pack.name, size, pack.entries)
-        elif healed:
+        if healed:  # new copies (a snapshot's, or verified ones a repack made) take over
             self.repo._healed(pack.name, size, pack.entries, healed)
+        elif self.repoint:
+            self.repo.catalog.switch_pack(pack.name, size, pack.entries)
         else:
             self.repo.catalog.add_pack(pack.name, size, pack.entries)
         self.recent.append(self.open_ids)
