@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,26 @@ def test_a_damaged_chunk_found_by_restore_is_not_trusted_by_the_next_snapshot(tm
         restores(repo_path, sid, data, out)
 
 
+def test_damage_heals_in_a_catalog_made_before_the_damaged_table(tmp_path, repo_path):
+    data = random_bytes(400 * KiB, 8)
+    image = tmp_path / "disk.img"
+    image.write_bytes(data)
+    sa = snapshot(repo_path, image)
+    conn = sqlite3.connect(repo_path / "catalog.sqlite")
+    conn.execute("DROP TABLE damaged")
+    conn.commit()
+    conn.close()
+    assert cli_json("check", "-r", repo_path)["status"] == "sound"  # read: an absent table is empty
+    _, loc = chunk_locations(repo_path, sa)[2]
+    flip(repo_path / loc.pack, loc.offset + 7)
+    cli_json("check", "-r", repo_path, "--read-data", code=EXIT_DAMAGED)  # creates the table
+    sb = snapshot(repo_path, image)
+    assert cli_json("check", "-r", repo_path, "--read-data")["status"] == "sound"
+    out = tmp_path / "out.img"
+    for sid in (sa, sb):
+        restores(repo_path, sid, data, out)
+
+
 def test_deleted_pack_heals_with_the_next_snapshot(tmp_path, repo_path):
     env = cli_env(DISKVAULT_PACK_SIZE="65536")
     data = random_bytes(700 * KiB, 5)
@@ -142,6 +163,24 @@ def test_damaged_tree_node_heals_with_the_next_snapshot(tmp_path, repo_path):
         loc = r.locate([root])[root]
     flip(repo_path / loc.pack, loc.offset + 3)
     cli_json("check", "-r", repo_path, "--read-data", code=EXIT_DAMAGED)
+    sb = snapshot(repo_path, image)
+    assert cli_json("check", "-r", repo_path, "--read-data")["status"] == "sound"
+    out = tmp_path / "out.img"
+    for sid in (sa, sb):
+        restores(repo_path, sid, data, out)
+
+
+def test_a_snapshot_that_finds_its_parent_tree_damaged_stores_the_tree_again(tmp_path, repo_path):
+    """No check ran: the snapshot itself reads the parent's tree (for cutting hints), finds
+    its root damaged, and does not deduplicate against it."""
+    data = random_bytes(600 * KiB, 9)
+    image = tmp_path / "disk.img"
+    image.write_bytes(data)
+    sa = snapshot(repo_path, image)
+    with Repository.open(str(repo_path)) as r:
+        root = bytes.fromhex(r.resolve(sa).tree)
+        loc = r.locate([root])[root]
+    flip(repo_path / loc.pack, loc.offset + 5)
     sb = snapshot(repo_path, image)
     assert cli_json("check", "-r", repo_path, "--read-data")["status"] == "sound"
     out = tmp_path / "out.img"

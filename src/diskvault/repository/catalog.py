@@ -234,6 +234,7 @@ class Catalog:
         no longer used) and ``healed`` leave the ``damaged`` table."""
         with self.transaction():
             self._insert_pack(name, size, entries, repoint=True)
+            self.conn.execute(DAMAGED_TABLE)  # the damage may be known only to this process
             self.conn.executemany("DELETE FROM damaged WHERE id=?", [(i,) for i in healed])
 
     # --- damage ------------------------------------------------------------------
@@ -262,6 +263,7 @@ class Catalog:
         ids = [(i,) for i in ids]
         if ids:
             with self.transaction():
+                self.conn.execute(DAMAGED_TABLE)
                 self.conn.executemany("DELETE FROM damaged WHERE id=?", ids)
 
     def forget_empty_packs(self, names: Iterable[str]) -> None:
