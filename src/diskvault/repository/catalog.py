@@ -114,6 +114,14 @@ class SnapshotRecord:
         d["tags"] = list(self.tags)
         return d
 
+    @classmethod
+    def from_json(cls, d: dict) -> SnapshotRecord:
+        """A record from its JSON form; unknown keys are ignored. Raises ValueError or
+        TypeError for a malformed one."""
+        if not isinstance(d, dict):
+            raise TypeError("a snapshot record is a JSON object")
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
 
 def connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)

@@ -179,7 +179,9 @@ def read_verified(storage: Storage, loc: BlobLocation) -> bytes | memoryview:
 _HEX = re.compile(r"^[0-9a-f]+$")
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 _TEXT_FIELDS = ("time", "host", "source")
-_COUNT_FIELDS = ("data_bytes", "zero_bytes", "chunks", "new_chunks", "new_bytes", "stored_bytes")
+# the figures of a record: every count it has beside its size (data_bytes, chunks, ...)
+_COUNT_FIELDS = tuple(k for k, f in SnapshotRecord.__dataclass_fields__.items()
+                      if type(f.default) is int and k != "size")
 
 
 def record_id(name: str) -> str:
@@ -229,8 +231,10 @@ def parse_record(name: str, data: bytes) -> SnapshotRecord:
     duration = d.get("duration", 0.0)
     if not isinstance(duration, (int, float)) or isinstance(duration, bool):
         raise DamagedData("its duration is not a number")
-    fields = SnapshotRecord.__dataclass_fields__
-    return SnapshotRecord(**{k: v for k, v in d.items() if k in fields})
+    try:
+        return SnapshotRecord.from_json(d)
+    except (TypeError, ValueError) as exc:
+        raise DamagedData(f"it does not describe a snapshot ({exc})") from None
 
 
 def read_records(storage: Storage) -> tuple[dict[str, SnapshotRecord], dict[str, str]]:
