@@ -92,6 +92,11 @@ def test_flipped_chunk_is_never_deduplicated_again_and_the_next_snapshot_heals_i
     with Repository.open(str(repo_path)) as r:
         assert r.catalog.damaged() == {}
         assert r.locate([loc.id])[loc.id].pack != loc.pack  # the row points at the new copy
+    run_cli("prune", "-r", repo_path, "--max-unused", "0")  # the damaged bytes are unused: reclaimed
+    assert not any(loc.pack in str(p) for p in repo_path.rglob("*.pack"))
+    assert cli_json("check", "-r", repo_path, "--read-data")["status"] == "sound"
+    for sid, want in ((sa, a), (sb, b), (sc, b)):
+        restores(repo_path, sid, want, out)
 
 
 def test_a_damaged_chunk_found_by_restore_is_not_trusted_by_the_next_snapshot(tmp_path, repo_path):
