@@ -22,7 +22,7 @@ from diskvault.repository.chunking import ChunkerParams
 from diskvault.repository.hashing import ZERO_ID
 from diskvault.ops.check import check
 from diskvault.ops.snapshot import take_snapshot
-from diskvault.repository.pack import FOOTER, TYPE_CHUNK, read_table
+from diskvault.repository.pack import FOOTER, TYPE_CHUNK, read_pack_index
 from diskvault.repository import Repository
 from diskvault.storage.local import LocalStorage
 
@@ -56,7 +56,7 @@ def leaves_of(repo: Path, sid: str):
 
 
 def first_chunk(pack: Path, repo: Path):
-    entries = read_table(LocalStorage(str(repo)), str(pack.relative_to(repo)))
+    entries = read_pack_index(LocalStorage(str(repo)), str(pack.relative_to(repo)))
     return next(e for e in entries if e.type == TYPE_CHUNK)
 
 

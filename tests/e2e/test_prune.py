@@ -82,9 +82,10 @@ def test_prune_removes_leftovers_of_interrupted_commands(tmp_path, repo_path):
         w.seal()
         orphan_pack = repo_path / w.name
         r.storage.create(new_pack_name()).write(b"partial")  # .tmp- file, never committed
-    orphan_record = repo_path / "snapshots" / ("ab" * 16 + ".json")
-    orphan_record.write_text("{}")  # a record whose catalog row was already removed
+    orphan_record = repo_path / "snapshots" / f"{series[0][0]}.json"
+    body = orphan_record.read_bytes()
     run_cli("forget", "-r", repo_path, series[0][0], series[1][0])
+    orphan_record.write_bytes(body)  # a forget interrupted after the catalog row went, before the file
 
     dry = json.loads(run_cli("prune", "-r", repo_path, "--dry-run", "--json").stdout)
     assert dry["dry_run"] and dry["orphan_packs_removed"] == 1 and dry["orphan_records_removed"] == 1

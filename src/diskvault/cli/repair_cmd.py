@@ -1,7 +1,8 @@
 """diskvault repair: rebuild the catalog's index from pack trailers and snapshot records.
 
 Exit codes: 0 the repository is sound afterwards, 8 damage remains (unrecoverable
-snapshots are listed), 3 not a repository.
+snapshots, unreadable snapshot records and known damaged blobs are listed), 3 not a
+repository.
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ def repair(
             typer.echo(f"  {plural(res.changed_rows, 'catalog row')} corrected or dropped", err=True)
         if res.records_written:
             typer.echo(f"  rewrote {plural(res.records_written, 'missing snapshot record')}", err=True)
+        for r in res.recovered_records:
+            stood = f"; stood in for its {', '.join(r['stood_in'])}" if r["stood_in"] else ""
+            typer.echo(f"  recovered snapshot {r['id'][:12]} from its unreadable record ({r['reason']}) "
+                       f"using its {'catalog row' if r['from'] == 'catalog' else 'intact tree'}{stood}", err=True)
+        for r in res.unreadable_records:
+            typer.echo(f"  snapshot record {r['record']} cannot be read ({r['reason']}) and no intact tree root "
+                       "can be read from it: kept, not indexed; prune refuses to run until it is repaired or removed",
+                       err=True)
+        if res.damaged_blobs:
+            typer.echo(f"  {plural(res.damaged_blobs, 'blob')} known to be damaged: the next snapshot of a source "
+                       "that holds their bytes stores them again", err=True)
         for u in res.unrecoverable:
             typer.echo(f"  snapshot {u['id'][:12]} cannot be fully recovered: {human(u['bytes'])} lost in "
                        f"{plural(len(u['ranges']), 'range')} ({u['reason']}); restore --skip-damaged saves the rest", err=True)

@@ -141,7 +141,7 @@ def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], ze
             if zeros.test(view, off, n, ident):
                 ident = ZERO_ID
         items.append(_Item(ident, n))
-    known = repo.catalog.known({it.id for it in items if it.id != ZERO_ID})
+    known = repo.known({it.id for it in items if it.id != ZERO_ID})
     seen: set[bytes] = set()
     fresh: list[_Item] = []
     data = 0

@@ -1,8 +1,10 @@
 """The SQLite catalog (``catalog.sqlite``): an index over what the storage holds.
 
 Tables (see docs/design.md): ``meta``, ``packs``, ``blobs`` (content id -> pack, offset,
-lengths) and ``snapshots`` (one row per snapshot; its chunk list is a tree of blobs, so a
-snapshot costs one row plus the tree nodes that changed). Everything here can be rebuilt
+lengths), ``snapshots`` (one row per snapshot; its chunk list is a tree of blobs, so a
+snapshot costs one row plus the tree nodes that changed) and ``damaged`` (blobs whose stored
+copy is known to be damaged or missing: never used for deduplication, see docs/integrity.md;
+created on first use in a catalog made before it, absent means empty). Everything here can be rebuilt
 from the packs and snapshot records (``repair``). WAL mode, synchronous=FULL: a commit that
 returned is durable. Raises sqlite3 errors only for a broken file (``catalog_error`` names
 them). A catalog that must not be written (read-only repository, full disk) is opened
@@ -70,11 +72,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
     size_changed TEXT
 );
 CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(time);
+CREATE TABLE IF NOT EXISTS damaged (
+    id BLOB PRIMARY KEY,
+    reason TEXT NOT NULL,
+    time TEXT NOT NULL
+) WITHOUT ROWID;
 """
 # snapshot columns added after schema version 1 was released: created in new catalogs by
 # SCHEMA, added to an older catalog by its first write of a snapshot row (a catalog opened
 # only for reading may lack them: its rows read as the defaults)
 ADDED_SNAPSHOT_COLUMNS = {"seq": "INTEGER NOT NULL DEFAULT 0", "mounted": "TEXT", "size_changed": "TEXT"}
+DAMAGED_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS damaged"):].strip().rstrip(";")
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,18 +322,39 @@ class Catalog:
             self._lookup_conns.clear()
         self._remove_copy()
 
+    def compact(self) -> None:
+        """Fold the WAL into the database, and VACUUM when a quarter of it is free pages;
+        skipped (until next time) while a reader holds the catalog open."""
+        try:
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            if pages and free * 4 > pages:
+                self.conn.execute("VACUUM")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:  # a reader (e.g. diskvault snapshots) has it open
+            pass
+
     # --- packs and blobs --------------------------------------------------------
     def add_pack(self, name: str, size: int, entries: list[Entry]) -> None:
         """Record a sealed (durable) pack and its entries in one transaction."""
         with self.transaction():
-            cur = self.conn.execute(
-                "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
-            )
-            pid = cur.lastrowid
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO blobs VALUES (?,?,?,?,?,?,?)",
-                [(e.id, e.type, pid, e.offset, e.stored_len, e.raw_len, e.flags) for e in entries],
-            )
+            self._insert_pack(name, size, entries, repoint=False)
+
+    def _insert_pack(self, name: str, size: int, entries: list[Entry], repoint: bool) -> int:
+        """Insert a pack row and its blob rows (inside a transaction); with ``repoint``, rows
+        of blobs already catalogued elsewhere are pointed at this pack, else they are kept."""
+        cur = self.conn.execute(
+            "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
+        )
+        pid = cur.lastrowid
+        conflict = (" ON CONFLICT(id) DO UPDATE SET type=excluded.type, pack=excluded.pack, offset=excluded.offset, "
+                    "stored_len=excluded.stored_len, raw_len=excluded.raw_len, flags=excluded.flags")
+        self.conn.executemany(
+            "INSERT INTO blobs VALUES (?,?,?,?,?,?,?)" + conflict if repoint else
+            "INSERT OR IGNORE INTO blobs VALUES (?,?,?,?,?,?,?)",
+            [(e.id, e.type, pid, e.offset, e.stored_len, e.raw_len, e.flags) for e in entries],
+        )
+        return pid
 
     def blobs_by_pack(self) -> dict[int, list[BlobLocation]]:
         """Every blob row, grouped by pack id, each pack's rows by offset (check, repair).
@@ -344,16 +373,56 @@ class Catalog:
         blobs at it, in one transaction: rows that pointed at an older copy are re-pointed
         (the older copy is deleted only afterwards, see ops/prune.py)."""
         with self.transaction():
-            cur = self.conn.execute(
-                "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
-            )
-            pid = cur.lastrowid
-            self.conn.executemany(
-                "INSERT INTO blobs VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
-                "type=excluded.type, pack=excluded.pack, offset=excluded.offset, "
-                "stored_len=excluded.stored_len, raw_len=excluded.raw_len, flags=excluded.flags",
-                [(e.id, e.type, pid, e.offset, e.stored_len, e.raw_len, e.flags) for e in entries],
-            )
+            self._insert_pack(name, size, entries, repoint=True)
+
+    def heal_pack(self, name: str, size: int, entries: list[Entry], healed: Iterable[bytes]) -> None:
+        """Record a sealed (durable) pack holding new copies of the damaged blobs ``healed``,
+        in one transaction: every blob row of the pack points at it (the damaged copies are
+        no longer used) and ``healed`` leave the ``damaged`` table."""
+        with self.transaction():
+            self._insert_pack(name, size, entries, repoint=True)
+            self.conn.execute(DAMAGED_TABLE)  # the damage may be known only to this process
+            self.conn.executemany("DELETE FROM damaged WHERE id=?", [(i,) for i in healed])
+
+    # --- damage ------------------------------------------------------------------
+    def damaged(self) -> dict[bytes, tuple[str, str]]:
+        """Blobs known to be damaged or missing: id -> (reason, ISO time it was found).
+        Empty for a catalog made before the table existed."""
+        try:
+            rows = self.conn.execute("SELECT id, reason, time FROM damaged").fetchall()
+        except sqlite3.OperationalError:  # no such table
+            return {}
+        return {i: (r, t) for i, r, t in rows}
+
+    def mark_damaged(self, found: dict[bytes, str], when: str) -> None:
+        """Record blobs found damaged or missing (id -> reason) at ``when`` (ISO time), in one
+        transaction; an id already recorded keeps its first reason. Raises sqlite3.Error when
+        the catalog cannot be written (a read-only repository)."""
+        if not found:
+            return
+        with self.transaction():
+            self.conn.execute(DAMAGED_TABLE)
+            self.conn.executemany("INSERT OR IGNORE INTO damaged VALUES (?,?,?)",
+                                  [(i, reason, when) for i, reason in found.items()])
+
+    def clear_damaged(self, ids: Iterable[bytes]) -> None:
+        """Forget that ``ids`` were damaged (a verified read found them intact)."""
+        ids = [(i,) for i in ids]
+        if ids:
+            with self.transaction():
+                self.conn.execute(DAMAGED_TABLE)
+                self.conn.executemany("DELETE FROM damaged WHERE id=?", ids)
+
+    def forget_empty_packs(self, names: Iterable[str]) -> None:
+        """Forget the packs ``names`` that no blob row points at (packs whose file is gone
+        once their blobs were stored again elsewhere)."""
+        names = list(names)
+        if names:
+            with self.transaction():
+                self.conn.execute(
+                    f"DELETE FROM packs WHERE name IN ({','.join('?' * len(names))}) "
+                    "AND NOT EXISTS (SELECT 1 FROM blobs WHERE blobs.pack = packs.id)", names)
+            self._pack_names.clear()
 
     def delete_packs(self, pack_ids: Iterable[int], keep_ids: set[bytes] | None = None) -> int:
         """Forget packs and every blob row pointing at them, in one transaction; returns the
@@ -370,6 +439,8 @@ class Catalog:
                         raise ValueError(f"pack {pid} still holds live blob {bid.hex()[:12]}")
             removed = self.conn.execute(f"DELETE FROM blobs WHERE pack IN ({marks})", pack_ids).rowcount
             self.conn.execute(f"DELETE FROM packs WHERE id IN ({marks})", pack_ids)
+            if self.damaged():  # damage of a blob that is gone no longer matters
+                self.conn.execute("DELETE FROM damaged WHERE NOT EXISTS (SELECT 1 FROM blobs WHERE blobs.id = damaged.id)")
         self._pack_names.clear()  # ids of deleted packs may be reused
         return removed
 

@@ -61,12 +61,21 @@ def storage_at(path: str) -> LocalStorage:
     return LocalStorage(path, NAMES)
 
 
+_DAMAGE_LOCK = threading.Lock()  # guards every repository's record of damage found (rarely taken)
+
+
 class Repository:
     """An open repository. ``read_only`` (with ``read_only_reason``): this process cannot
     change it now (read-only file system or media, a user without write permission, or no
     free space); its catalog is then opened read-only and reading commands skip the lock.
     ``writing``: the caller means to change it (``open(write=True)``). ``note`` receives
     one-line notes for the user (a lock skipped)."""
+
+    # Blobs known to be damaged or missing (the catalog's ``damaged`` table and what this
+    # process found since), loaded on first use; replaced, never changed in place, so
+    # ``known`` reads it without a lock. ``_damage_found``: found here, not yet recorded.
+    _damaged_ids: frozenset[bytes] | None = None
+    _damage_found: dict[bytes, str] | None = None
 
     def __init__(self, path: str, config: dict, write: bool = True, lock: bool = True) -> None:
         self.path = path
@@ -214,6 +223,7 @@ class Repository:
                 f"run chmod -R go= {self.path}"]
 
     def close(self) -> None:
+        self.record_damage()
         self.catalog.close()
         self.storage.close()
 
@@ -309,6 +319,8 @@ class Repository:
             data = self.storage.read_range(pack, offset, length)
         except FileNotFoundError:
             what = f"chunk {short(ident)}" if ident else "data"
+            if ident:
+                self.note_damage({ident: f"pack {pack_id(pack)} is missing"})
             raise DamagedData(f"{what} is in pack {pack_id(pack)}, which is missing") from None
         if len(data) != length:
             what = f"chunk {short(ident)}" if ident else "data"
@@ -316,7 +328,18 @@ class Repository:
         return data
 
     def decode(self, loc: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
-        """Decompress and verify one blob's stored bytes."""
+        """Decompress and verify one blob's stored bytes; raises DamagedData naming it (and
+        remembers the blob as damaged: ``note_damage``)."""
+        try:
+            return self.verify(loc, payload)
+        except DamagedData as exc:
+            self.note_damage({loc.id: str(exc)})
+            raise
+
+    @staticmethod
+    def verify(loc: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
+        """``decode`` without a repository: the raw bytes of ``payload`` (the stored bytes of
+        the blob ``loc``), decompressed and re-hashed; raises DamagedData naming the blob."""
         try:
             raw = compression.decompress(payload, loc.flags, loc.raw_len)
         except DamagedData as exc:
@@ -347,6 +370,90 @@ class Repository:
 
     def locate(self, ids) -> dict[bytes, BlobLocation]:
         return self.catalog.locate(ids)
+
+    # --- damage: what is known to be damaged is never used for deduplication -------------
+    def known(self, ids) -> set[bytes]:
+        """Which of ``ids`` the repository holds a copy of that deduplication may use: the
+        catalogued ones, less those known to be damaged or missing (their next copy is
+        stored again and heals every snapshot that needs them, see BlobWriter.seal). Safe to
+        call from any thread."""
+        found = self.catalog.known(ids)
+        bad = self.damaged()
+        return found - bad if bad else found
+
+    def damaged(self) -> frozenset[bytes]:
+        """Ids of the blobs known to be damaged or missing (loaded once, then kept up to date
+        by this process)."""
+        bad = self._damaged_ids
+        if bad is None:
+            with _DAMAGE_LOCK:
+                if self._damaged_ids is None:
+                    self._damaged_ids = frozenset(self.catalog.damaged())
+                bad = self._damaged_ids
+        return bad
+
+    def damage_report(self) -> dict[bytes, tuple[str, str]]:
+        """Known damage: blob id -> (reason, ISO time found), recorded or found here."""
+        out = self.catalog.damaged()
+        when = _now()
+        with _DAMAGE_LOCK:
+            for i, reason in (self._damage_found or {}).items():
+                out.setdefault(i, (reason, when))
+        return out
+
+    def note_damage(self, found: dict[bytes, str]) -> None:
+        """Remember blobs found damaged or missing (id -> reason): from now on they are not
+        used for deduplication, and ``record_damage`` (at the latest ``close``) records them
+        in the catalog."""
+        self.damaged()
+        with _DAMAGE_LOCK:
+            pending = self._damage_found = dict(self._damage_found or {})
+            for i, reason in found.items():
+                pending.setdefault(i, reason)
+            self._damaged_ids = self._damaged_ids | found.keys()
+
+    def record_damage(self, found: dict[bytes, str] | None = None) -> bool:
+        """Record what ``note_damage`` (and ``found``) noted in the catalog's ``damaged``
+        table; False when the catalog cannot be written (a read-only repository: the damage
+        is then only known to this process)."""
+        if found:
+            self.note_damage(found)
+        with _DAMAGE_LOCK:
+            pending, self._damage_found = self._damage_found, None
+        if not pending:
+            return True
+        try:
+            self.catalog.mark_damaged(pending, _now())
+        except sqlite3.Error:
+            return False
+        return True
+
+    def clear_damage(self, ids) -> None:
+        """Forget that ``ids`` were damaged (a verified read of the catalogued copy found
+        them intact); best effort in a read-only repository."""
+        ids = set(ids) & self.damaged()
+        if not ids:
+            return
+        with _DAMAGE_LOCK:
+            self._damaged_ids = self._damaged_ids - ids
+            if self._damage_found:
+                self._damage_found = {i: r for i, r in self._damage_found.items() if i not in ids}
+        try:
+            self.catalog.clear_damaged(ids)
+        except sqlite3.Error:
+            pass
+
+    def _healed(self, name: str, size: int, entries, healed: set[bytes]) -> None:
+        """Record the sealed pack ``name`` that holds new copies of the damaged ``healed``:
+        their rows point at it from now on, they leave the damaged set, and packs whose
+        file is gone and that nothing points at any more are forgotten."""
+        old = {loc.pack for loc in self.catalog.locate(healed).values()}
+        self.catalog.heal_pack(name, size, entries, healed)
+        with _DAMAGE_LOCK:
+            self._damaged_ids = self._damaged_ids - healed
+            if self._damage_found:
+                self._damage_found = {i: r for i, r in self._damage_found.items() if i not in healed}
+        self.catalog.forget_empty_packs(n for n in old if not self.storage.exists(n))
 
     def load_tree_node(self, nid: bytes, any_thread: bool = False) -> bytes:
         """A tree node's bytes (cached). ``any_thread``: safe beside a thread that writes
@@ -417,6 +524,10 @@ class Repository:
             raise SnapshotError(f"snapshot {name} is of host {rec.host}, source {readable(rec.source)}, tags "
                                 f"{','.join(rec.tags) or '(none)'}: not{_filters(want)}")
         return rec
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _filters(want: dict) -> str:
@@ -553,12 +664,14 @@ def pack_target_size() -> int:
 
 class BlobWriter:
     """Writes new blobs into packs. A pack is sealed (durable) at TARGET_PACK_SIZE and then
-    recorded in the catalog, so every catalogued blob is on disk. ``has`` tells whether a
+    recorded in the catalog, so every catalogued blob is on disk. A pack holding a new copy
+    of a blob known to be damaged takes over that blob's row (``Repository._healed``). ``has`` tells whether a
     blob was written in this session but may not be visible to catalog lookups yet."""
 
     def __init__(self, repo: Repository, repoint: bool = False) -> None:
         self.repo = repo
         self.repoint = repoint
+        repo.damaged()  # loaded now, in the thread that starts writing, before any lookup
         self.target_size = pack_target_size()
         self.pack: PackWriter | None = None
         self.open_ids: set[bytes] = set()
@@ -585,7 +698,7 @@ class BlobWriter:
 
     def add_raw(self, ident: bytes, kind: int, data: bytes) -> int:
         """Compress and add ``data`` unless this session or the catalog has it already."""
-        if self.has(ident) or self.repo.catalog.known([ident]):
+        if self.has(ident) or self.repo.known([ident]):
             return 0
         payload, flags = compression.compress(data)
         return self.add(ident, kind, payload, flags, len(data))
@@ -598,8 +711,14 @@ class BlobWriter:
             return
         pack, self.pack = self.pack, None
         size = pack.seal()
-        record = self.repo.catalog.switch_pack if self.repoint else self.repo.catalog.add_pack
-        record(pack.name, size, pack.entries)
+        bad = self.repo.damaged()
+        healed = bad.intersection(e.id for e in pack.entries) if bad else set()
+        if healed:  # new copies (a snapshot's, or verified ones a repack made) take over
+            self.repo._healed(pack.name, size, pack.entries, healed)
+        elif self.repoint:
+            self.repo.catalog.switch_pack(pack.name, size, pack.entries)
+        else:
+            self.repo.catalog.add_pack(pack.name, size, pack.entries)
         self.recent.append(self.open_ids)
         self.open_ids = set()
         self.packs_written += 1
