@@ -18,6 +18,7 @@ have fusermount3 || need+=(fuse3)
 have qemu-io  || need+=(qemu-utils)                          # access tests: NBD writes refused
 ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || need+=(libfuse3-3)   # diskvault mount (mfusepy loads it)
 have mkntfs   || need+=(ntfs-3g)
+have openssl  || need+=(openssl)                            # serve --tls tests: test certificates
 have /usr/bin/time || need+=(time)
 # boot proof (tests/boot): a restored UEFI disk must boot in QEMU with OVMF firmware
 have qemu-system-x86_64 || need+=(qemu-system-x86)

@@ -6,6 +6,9 @@ The exit codes are part of the interface (docs/cli.md) and never change meaning.
 
 from __future__ import annotations
 
+import errno
+import os
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug: unexpected exception
 EXIT_USAGE = 2  # bad command line (click's own code)
@@ -76,3 +79,59 @@ class DamagedData(DiskvaultError):
 
 class Interrupted(DiskvaultError):
     exit_code = EXIT_INTERRUPTED
+
+
+class UsageError(DiskvaultError):
+    """A value the user typed is out of range or unreadable, or options that do not go together
+    (exit 2, as click's own usage errors)."""
+
+    exit_code = EXIT_USAGE
+class RepositoryReadOnly(RepositoryError):
+    """A command that writes met a repository it cannot write (read-only file system or
+    media, or a user without write permission); reading commands still work."""
+
+
+class FileAccessError(DiskvaultError):
+    """The operating system refused a source or target file (permission, read-only file
+    system, I/O error, too many open files)."""
+
+    exit_code = EXIT_SOURCE_TARGET
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_DENIED = (errno.EACCES, errno.EPERM)
+
+
+def os_error(exc: OSError, repository: str | None = None) -> DiskvaultError:
+    """The DiskvaultError for an operating-system error, named by errno (never "internal
+    error"): ENOSPC/EDQUOT -> OutOfSpace (6); with ``repository`` (the error concerns the
+    repository at that path) EROFS -> RepositoryReadOnly and anything else -> RepositoryError
+    (3); without it the file is a source or target -> FileAccessError (5)."""
+    name = exc.filename if exc.filename is not None else (repository or "")
+    file = os.fsdecode(name) if isinstance(name, bytes) else str(name)
+    reason = (exc.strerror or str(exc) or type(exc).__name__).lower()
+    where = f" ({file})" if file else ""
+    if exc.errno in _NO_SPACE:
+        disk = f"the repository's disk ({repository})" if repository else f"device{where}"
+        return OutOfSpace(f"no space left on {disk}: free some space, then run the command again")
+    if exc.errno == errno.EMFILE or exc.errno == errno.ENFILE:
+        cls = RepositoryError if repository else FileAccessError
+        return cls(f"too many open files{where}: raise the limit (ulimit -n), then run the command again")
+    if repository:
+        if exc.errno == errno.EROFS:
+            return RepositoryReadOnly(f"repository {repository} is read-only (read-only file system{where}): "
+                                      "remount it read-write to change it; reading commands work as it is")
+        if exc.errno in _DENIED:
+            return RepositoryError(f"permission denied{where}: run diskvault as a user who may read and write "
+                                   f"the repository {repository}")
+        if exc.errno == errno.EIO:
+            return RepositoryError(f"input/output error{where}: the repository's disk may be failing; "
+                                   "check it (dmesg), then run diskvault check")
+        return RepositoryError(f"{reason}{where}: check the repository {repository}")
+    if exc.errno == errno.EROFS:
+        return FileAccessError(f"{file or 'the file'} is on a read-only file system: choose a writable place")
+    if exc.errno in _DENIED:
+        return FileAccessError(f"permission denied{where}: run diskvault as a user who may access it")
+    if exc.errno == errno.EIO:
+        return FileAccessError(f"input/output error{where}: the disk may be failing; check it (dmesg)")
+    return FileAccessError(f"{reason}{where}: check the path")

@@ -5,6 +5,9 @@ per group (host + source), which snapshots are kept, with the rules that kept ea
 which are removed. Semantics follow restic's ``forget`` (docs/retention.md):
 
 - snapshots are grouped by host and source; each group is decided on its own, newest first;
+  "newest" is by sequence number (the order the snapshots were taken in, whatever the
+  clock said), then time: a clock that was set back cannot make the newest backup look
+  oldest, so ``last N`` and the always-kept newest are the ones taken last;
 - ``last N`` keeps the N newest; ``hourly/daily/weekly/monthly/yearly N`` keep the newest
   snapshot of each of the N most recent hours/days/ISO weeks/months/years that have a
   snapshot (``-1`` = unlimited);
@@ -45,12 +48,16 @@ class Duration:
     hours: int = 0
 
     def before(self, t: datetime) -> datetime:
-        """``t`` minus this duration (months and years by the calendar, days clamped)."""
+        """``t`` minus this duration (months and years by the calendar, days clamped); the
+        earliest datetime when that is before the year 1 (``99999y``: everything is within)."""
         month_index = t.year * 12 + (t.month - 1) - self.years * 12 - self.months
         year, month = divmod(month_index, 12)
         month += 1
-        day = min(t.day, calendar.monthrange(year, month)[1])
-        return t.replace(year=year, month=month, day=day) - timedelta(days=self.days, hours=self.hours)
+        try:
+            day = min(t.day, calendar.monthrange(year, month)[1])
+            return t.replace(year=year, month=month, day=day) - timedelta(days=self.days, hours=self.hours)
+        except (ValueError, OverflowError):  # before the year 1
+            return datetime.min.replace(tzinfo=t.tzinfo)
 
     def __str__(self) -> str:
         parts = [(self.years, "y"), (self.months, "m"), (self.days, "d"), (self.hours, "h")]
@@ -107,6 +114,7 @@ class Snap:
     host: str = ""
     source: str = ""
     tags: frozenset[str] = frozenset()
+    seq: int = 0  # repository-wide sequence number (0: recorded before there were any)
 
 
 @dataclass
@@ -135,7 +143,7 @@ def _decide(snaps: Sequence[Snap], policy: Policy) -> list[list[str]]:
     reasons: list[list[str]] = [[] for _ in snaps]
     if policy.empty() or not snaps:
         return reasons
-    newest = _utc(snaps[0].time)
+    newest = max(_utc(s.time) for s in snaps)
     horizon = policy.within.before(newest) if policy.within is not None else None
     for i, s in enumerate(snaps):
         if policy.last == UNLIMITED or i < policy.last:
@@ -178,7 +186,7 @@ def apply_policy(
         groups.setdefault((s.host, s.source), []).append(s)
     out = []
     for (h, src), members in sorted(groups.items()):
-        members.sort(key=lambda s: (_utc(s.time), s.id), reverse=True)
+        members.sort(key=lambda s: (s.seq, _utc(s.time), s.id), reverse=True)
         g = Group(h, src)
         for s, why in zip(members, _decide(members, policy)):
             if why:

@@ -26,18 +26,19 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 10)
 
 
 @contextmanager
-def nbd_server(repo: Path, bind: str = "127.0.0.1:0"):
-    """Start `diskvault serve` on a free port; yields (process, port); always stops it."""
+def nbd_server(repo: Path, bind: str = "127.0.0.1:0", *args: str, **popen):
+    """Start `diskvault serve` on a free port (more ARGS, Popen keywords such as
+    preexec_fn); yields (process, port); always stops it."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "diskvault", "serve", "-r", str(repo), "--bind", bind, "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(),
+        [sys.executable, "-m", "diskvault", "serve", "-r", str(repo), "--bind", bind, "--json", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), **popen,
     )
     try:
         line = proc.stdout.readline()
         if not line:
             raise AssertionError(f"serve did not start: {proc.wait(10)} {proc.stderr.read().decode()}")
-        info = json.loads(line)
-        yield proc, info["port"]
+        proc.info = json.loads(line)  # the --json start line
+        yield proc, proc.info["port"]
     finally:
         _stop(proc)
 

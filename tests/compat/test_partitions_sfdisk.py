@@ -86,6 +86,8 @@ def test_human_output_and_bare_filesystem(tmp_path, repo_path):
     assert "gpt partition table" in text and "Linux filesystem" in text and "root" in text
     bare = tmp_path / "bare.img"
     bare.write_bytes(bytes(1 << 20))
-    run_cli("snapshot", "-r", repo_path, bare)
-    assert ours(repo_path)["label"] == "none"
-    assert "no partition table" in run_cli("partitions", "-r", repo_path).stdout.decode()
+    snap = json.loads(run_cli("snapshot", "-r", repo_path, bare, "--json").stdout)
+    assert ours(repo_path, snap["id"])["label"] == "none"
+    # two sources now: latest needs --source (a snapshot name then makes --source a filter)
+    assert run_cli("partitions", "-r", repo_path, check=False).returncode == 4
+    assert "no partition table" in run_cli("partitions", "-r", repo_path, "latest", "--source", bare).stdout.decode()

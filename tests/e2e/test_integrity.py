@@ -22,7 +22,7 @@ from diskvault.repository.chunking import ChunkerParams
 from diskvault.repository.hashing import ZERO_ID
 from diskvault.ops.check import check
 from diskvault.ops.snapshot import take_snapshot
-from diskvault.repository.pack import FOOTER, TYPE_CHUNK, read_table
+from diskvault.repository.pack import FOOTER, TYPE_CHUNK, read_pack_index
 from diskvault.repository import Repository
 from diskvault.storage.local import LocalStorage
 
@@ -56,7 +56,7 @@ def leaves_of(repo: Path, sid: str):
 
 
 def first_chunk(pack: Path, repo: Path):
-    entries = read_table(LocalStorage(str(repo)), str(pack.relative_to(repo)))
+    entries = read_pack_index(LocalStorage(str(repo)), str(pack.relative_to(repo)))
     return next(e for e in entries if e.type == TYPE_CHUNK)
 
 
@@ -270,7 +270,7 @@ def test_verify_reports_differing_ranges(world):
     assert cli_json("verify", "-r", w.repo, w.A, w.b, code=9)["differing"] == [
         {"offset": w.a.stat().st_size, "length": 400_000}]
     proc = run_cli("verify", "-r", w.repo, w.B, "-", input=w.b.read_bytes())
-    assert "identical" in proc.stdout.decode()
+    assert "identical" in proc.stderr.decode()
 
 
 def test_check_api_on_repo_fixture(repo):
@@ -293,8 +293,12 @@ def test_interrupted_repair_leaves_the_old_catalog(world, monkeypatch):
     w = world
     e = shift_catalog_offset(w)
 
-    def killed(*args):
-        raise KeyboardInterrupt
+    rename = os.rename
+
+    def killed(src, dst, *args, **kwargs):  # only the catalog's swap: the lock file must still be written
+        if os.fspath(dst).endswith("catalog.sqlite"):
+            raise KeyboardInterrupt
+        return rename(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(repair_mod.os, "rename", killed)
     with pytest.raises(KeyboardInterrupt):

@@ -14,7 +14,7 @@ from diskvault.repository.chunking import ChunkerParams
 from diskvault.errors import EXIT_DAMAGED, EXIT_SNAPSHOT, EXIT_USAGE
 from diskvault.ops.progress import NoProgress
 from diskvault.ops.prune import mark
-from diskvault.repository.pack import PackWriter
+from diskvault.repository.pack import PackWriter, new_pack_name
 from diskvault.repository import Repository
 
 
@@ -69,7 +69,7 @@ def test_forget_dry_run_reports_reasons_and_changes_nothing(tmp_path, repo_path)
     assert keep == {series[5][0]: ["last snapshot"], series[4][0]: ["last snapshot"], series[0][0]: ["tagged golden"]}
     assert {s["id"] for s in group["remove"]} == {series[i][0] for i in (1, 2, 3)}
     assert res["dry_run"] and len(os.listdir(repo_path / "snapshots")) == 6
-    text = run_cli("forget", "-r", repo_path, "--keep-daily", "1", "--tag", "nightly", "--dry-run").stdout.decode()
+    text = run_cli("forget", "-r", repo_path, "--keep-daily", "1", "--tag", "nightly", "--dry-run").stderr.decode()
     assert "would remove 4" in text and "daily snapshot" in text and series[0][0][:12] not in text
     assert len(json.loads(run_cli("snapshots", "-r", repo_path, "--json").stdout)) == 6
 
@@ -81,10 +81,11 @@ def test_prune_removes_leftovers_of_interrupted_commands(tmp_path, repo_path):
         w.add(b"\x01" * 32, 1, 0, b"orphan data", 11)
         w.seal()
         orphan_pack = repo_path / w.name
-        r.storage.create("packs/00/half-written.pack").write(b"partial")  # .tmp- file, never committed
-    orphan_record = repo_path / "snapshots" / ("ab" * 16 + ".json")
-    orphan_record.write_text("{}")  # a record whose catalog row was already removed
+        r.storage.create(new_pack_name()).write(b"partial")  # .tmp- file, never committed
+    orphan_record = repo_path / "snapshots" / f"{series[0][0]}.json"
+    body = orphan_record.read_bytes()
     run_cli("forget", "-r", repo_path, series[0][0], series[1][0])
+    orphan_record.write_bytes(body)  # a forget interrupted after the catalog row went, before the file
 
     dry = json.loads(run_cli("prune", "-r", repo_path, "--dry-run", "--json").stdout)
     assert dry["dry_run"] and dry["orphan_packs_removed"] == 1 and dry["orphan_records_removed"] == 1

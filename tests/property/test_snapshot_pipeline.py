@@ -164,7 +164,7 @@ def test_a_parent_guides_to_the_same_boundaries(tmp_path_factory, segs, changes,
         assert snapshot_mod._parent(repo, str(second), second.stat().st_size, socket.gethostname())
         assert snapshot_leaves(repo, str(second)) == reference_leaves(repo, str(second))
         out = tmp / "out.img"
-        restore(repo, repo.resolve("latest"), str(out))
+        restore(repo, repo.resolve("latest", source=str(second)), str(out))
         assert out.read_bytes() == second.read_bytes()
     assert_consistent(repo_path)
 

@@ -26,3 +26,40 @@ def test_command_is_documented(command):
 def test_help(command):
     out = run_cli(command, "--help").stdout.decode()
     assert "--repo" in out and "--json" in out
+
+
+def _sections() -> dict[str, str]:
+    """docs/cli.md split at its ``## `` headings; key "" is the text before the first."""
+    parts = re.split(r"^## (\S+).*$", (ROOT / "docs" / "cli.md").read_text(), flags=re.M)
+    return {"": parts[0], **dict(zip(parts[1::2], parts[2::2]))}
+
+
+def _flags(command) -> list[str]:
+    return sorted({o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")})
+
+
+def _documented(flag: str, text: str) -> bool:
+    """``flag`` appears inside a `code span` of ``text`` (``-n`` in `-n/--dry-run`, not in `--no-x`)."""
+    return bool(re.search(rf"`[^`]*(?<![\w-]){re.escape(flag)}(?![\w-])[^`]*`", text))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_is_documented(command):
+    """Every flag `diskvault COMMAND --help` lists is in that command's section of docs/cli.md
+    (or, for the flags every command has, in its introduction)."""
+    from typer.main import get_command
+
+    cmd = get_command(app).commands[command]
+    sections = _sections()
+    text = sections.get(command, "") + sections[""]
+    missing = [f for f in _flags(cmd) if not _documented(f, text)]
+    assert not missing, f"docs/cli.md, section {command}: document {', '.join(missing)}"
+    help_text = run_cli(command, "--help", env=None).stdout.decode()
+    assert all(f in help_text for f in _flags(cmd) if f != "-h")  # what --help shows is what we checked
+
+
+def test_global_flags_are_documented():
+    from typer.main import get_command
+
+    missing = [f for f in _flags(get_command(app)) if not _documented(f, _sections()[""])]
+    assert not missing, missing

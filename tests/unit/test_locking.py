@@ -77,7 +77,7 @@ def test_live_lock_blocks_and_only_unlock_all_removes_it(repo_path):
     write_lock(repo_path, "live.json", host="elsewhere", pid=4242)
     with pytest.raises(RepositoryLocked, match="pid 4242 on elsewhere"):
         locking.acquire(str(repo_path), "shared", "restore", wait=0)
-    out = run_cli("unlock", "-r", repo_path).stdout.decode()
+    out = run_cli("unlock", "-r", repo_path).stderr.decode()
     assert "kept exclusive lock of 'prune' (pid 4242 on elsewhere)" in out
     assert lock_files(repo_path) == ["live.json"]
     res = json.loads(run_cli("unlock", "-r", repo_path, "--all", "--json").stdout)

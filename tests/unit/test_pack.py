@@ -5,7 +5,7 @@ import pytest
 from diskvault.repository import compression
 from diskvault.errors import DamagedData
 from diskvault.repository.hashing import content_id
-from diskvault.repository.pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK, TYPE_TREE, PackWriter, read_table
+from diskvault.repository.pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK, TYPE_TREE, PackWriter, read_pack_index
 from diskvault.storage.local import LocalStorage
 from helpers import random_bytes
 
@@ -24,7 +24,7 @@ def test_round_trip(tmp_path):
     blobs = [(random_bytes(5000, 1), TYPE_CHUNK), (b"abc" * 3000, TYPE_CHUNK), (b"tree", TYPE_TREE)]
     storage, name, size = write_pack(tmp_path, blobs)
     assert storage.size(name) == size
-    entries = read_table(storage, name)
+    entries = read_pack_index(storage, name)
     assert [e.id for e in entries] == [content_id(d) for d, _ in blobs]
     assert [e.type for e in entries] == [TYPE_CHUNK, TYPE_CHUNK, TYPE_TREE]
     assert entries[1].flags & compression.FLAG_LZ4 and entries[1].stored_len < entries[1].raw_len
@@ -37,7 +37,7 @@ def test_round_trip(tmp_path):
 
 def test_empty_pack_is_valid(tmp_path):
     storage, name, _ = write_pack(tmp_path, [])
-    assert read_table(storage, name) == []
+    assert read_pack_index(storage, name) == []
 
 
 def test_unsealed_pack_is_invisible(tmp_path):
@@ -65,7 +65,7 @@ def test_damaged_trailer_is_detected(tmp_path, damage):
     path.write_bytes(bytes(data))
     storage.close()
     with pytest.raises(DamagedData, match="pack"):
-        read_table(LocalStorage(str(tmp_path)), name)
+        read_pack_index(LocalStorage(str(tmp_path)), name)
 
 
 def test_compression_falls_back_to_raw_and_detects_bad_payloads():

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..policy import Policy, parse_duration, parse_tag_sets
-from .common import JsonOpt, RepoOpt, open_repo, print_json
+from ..rawnames import readable
+from .common import HostOpt, JsonOpt, RepoOpt, SourceOpt, TagOpt, open_repo, plural, print_json
 from .prune_cmd import DEFAULT_MAX_UNUSED, MaxUnusedOpt, RepackSmallOpt, check_max_unused, print_prune, run_prune
 
 if TYPE_CHECKING:
@@ -45,8 +46,9 @@ def forget(
     keep_yearly: _count("--keep-yearly") = 0,
     keep_within: Annotated[str | None, typer.Option("--keep-within", metavar="DURATION", help="Keep snapshots within DURATION (1y2m3d4h, 2w) of the newest.")] = None,
     keep_tag: Annotated[list[str], typer.Option("--keep-tag", metavar="TAG[,TAG]", help="Keep snapshots with these tags (repeatable).")] = [],  # noqa: B006
-    tag: Annotated[list[str], typer.Option("--tag", help="Only consider snapshots with this tag (repeatable: all of them).")] = [],  # noqa: B006
-    host: Annotated[str | None, typer.Option("--host", help="Only consider snapshots of this host.")] = None,
+    host: HostOpt = None,
+    source: SourceOpt = None,
+    tag: TagOpt = [],  # noqa: B006
     dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Show what would be kept and removed; change nothing.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Run prune afterwards.")] = False,
     max_unused: MaxUnusedOpt = DEFAULT_MAX_UNUSED,
@@ -66,24 +68,24 @@ def forget(
         raise typer.BadParameter(str(exc), param_hint="--keep-within") from None
     check_max_unused(max_unused)
     policy = Policy(*counts.values(), within=within, tags=parse_tag_sets(keep_tag))
-    with open_repo(repo) as r:
+    with open_repo(repo, write=not dry_run) as r:
         if snapshots:
-            if not policy.empty() or tag or host:
+            if not policy.empty():
                 raise typer.BadParameter("give snapshots or keep rules, not both", param_hint="SNAPSHOT")
-            res = forget_snapshots(r, snapshots, dry_run)
+            res = forget_snapshots(r, snapshots, dry_run, host, source, tag)
         else:
             if policy.empty():
                 raise typer.BadParameter(
                     "no keep rule given: say what to keep (e.g. --keep-last 7) or name the snapshots to forget",
                     param_hint="--keep-*")
-            res = forget_by_policy(r, policy, tag, host, dry_run)
+            res = forget_by_policy(r, policy, tag, host, dry_run, source)
     if not json_out:
-        _print(res)
+        _print(res, prune_follows=prune)
     pruned = None
     if prune and not dry_run:
         pruned = run_prune(repo, max_unused, repack_small, False, progress and not json_out)
     elif prune and not json_out:
-        typer.echo("prune skipped: this is a dry run (run diskvault prune --dry-run to see what it would do)")
+        typer.echo("prune skipped: this is a dry run (run diskvault prune --dry-run to see what it would do)", err=True)
     if json_out:
         out = res.to_json()
         out["prune"] = pruned.to_json() if pruned else None
@@ -92,16 +94,16 @@ def forget(
         print_prune(pruned)
 
 
-def _print(res: ForgetResult) -> None:
+def _print(res: ForgetResult, prune_follows: bool) -> None:
     would = "would " if res.dry_run else ""
     for g in res.groups:
-        typer.echo(f"host {g['host']}, source {g['source']}: keep {len(g['keep'])}, {would}remove {len(g['remove'])}")
+        typer.echo(f"host {g['host']}, source {readable(g['source'])}: keep {len(g['keep'])}, {would}remove {len(g['remove'])}", err=True)
         for s in g["keep"]:
-            typer.echo(f"  keep    {s['id'][:12]}  {s['time'][:19].replace('T', ' ')}  {', '.join(s['reasons'])}")
+            typer.echo(f"  keep    {s['id'][:12]}  {s['time'][:19].replace('T', ' ')}  {', '.join(s['reasons'])}", err=True)
         for s in g["remove"]:
-            typer.echo(f"  remove  {s['id'][:12]}  {s['time'][:19].replace('T', ' ')}")
+            typer.echo(f"  remove  {s['id'][:12]}  {s['time'][:19].replace('T', ' ')}", err=True)
     if not res.groups:
         for sid in res.removed:
-            typer.echo(f"  remove  {sid[:12]}")
-    typer.echo(f"{'would forget' if res.dry_run else 'forgot'} {len(res.removed)} snapshots, {res.kept} kept"
-               + ("" if res.dry_run or not res.removed else "; run diskvault prune to reclaim their space"))
+            typer.echo(f"  remove  {sid[:12]}", err=True)
+    typer.echo(f"{'would forget' if res.dry_run else 'forgot'} {plural(len(res.removed), 'snapshot')}, {res.kept} kept"
+               + ("" if res.dry_run or not res.removed or prune_follows else "; run diskvault prune to reclaim their space"), err=True)

@@ -6,19 +6,23 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, RepoOpt, human, open_repo, print_json
+from .common import HostOpt, JsonOpt, NoLockOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, print_json
 
 
 def info(
     repo: RepoOpt,
     snapshot: Annotated[str | None, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")] = None,
+    host: HostOpt = None,
+    source_filter: SourceOpt = None,
+    tag: TagOpt = [],  # noqa: B006
     json_out: JsonOpt = False,
+    no_lock: NoLockOpt = False,
 ) -> None:
     """Sizes, deduplication ratio and unique bytes, of the repository or one snapshot."""
     from ..ops.info import repository_info, snapshot_info
 
-    with open_repo(repo) as r:
-        data = snapshot_info(r, r.resolve(snapshot)) if snapshot else repository_info(r)
+    with open_repo(repo, write=False, no_lock=no_lock) as r:
+        data = snapshot_info(r, r.resolve(snapshot, host, source_filter, tag)) if snapshot else repository_info(r)
     if json_out:
         print_json(data)
         return
@@ -26,5 +30,9 @@ def info(
         if isinstance(value, int) and key.endswith("bytes"):
             value = f"{human(value)} ({value})"
         elif isinstance(value, list):
-            value = ",".join(value)
+            value = ", ".join(v if isinstance(v, str) else " ".join(f"{k}={x}" for k, x in v.items()) for v in value)
+        elif key == "chunker":
+            value = "/".join(f"{value[k] // 1024}K" for k in ("min_size", "avg_size", "max_size")) + " min/avg/max"
+        elif isinstance(value, dict):
+            value = " ".join(f"{k}={x}" for k, x in value.items())
         typer.echo(f"{key.replace('_', ' '):<20} {value}")

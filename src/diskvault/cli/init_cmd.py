@@ -30,4 +30,4 @@ def init(
             print_json({"repository": r.path, "id": r.config["id"], "chunker": r.params.to_dict()})
         else:
             p = r.params
-            typer.echo(f"created repository {r.path} (chunks {p.min_size // 1024}K/{p.avg_size // 1024}K/{p.max_size // 1024}K min/avg/max)")
+            typer.echo(f"created repository {r.path} (chunks {p.min_size // 1024}K/{p.avg_size // 1024}K/{p.max_size // 1024}K min/avg/max)", err=True)

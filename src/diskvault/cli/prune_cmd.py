@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..policy import DEFAULT_MAX_UNUSED, parse_max_unused
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json
+from .common import Bar, JsonOpt, RepoOpt, human, open_repo, plural, print_json
 
 if TYPE_CHECKING:
     from ..ops.prune import PruneResult
@@ -21,6 +21,11 @@ RepackSmallOpt = Annotated[bool, typer.Option("--repack-small", help="Also merge
 
 
 def check_max_unused(value: str) -> None:
+    """Prune's inputs, checked before anything runs: ``--max-unused`` (BadParameter) and
+    ``DISKVAULT_PACK_SIZE`` (UsageError)."""
+    from ..repository import pack_target_size
+
+    pack_target_size()
     try:
         parse_max_unused(value)
     except ValueError as exc:
@@ -30,20 +35,20 @@ def check_max_unused(value: str) -> None:
 def run_prune(path: str, max_unused: str, repack_small: bool, dry_run: bool, progress: bool) -> PruneResult:
     from ..ops.prune import prune as prune_op
 
-    with open_repo(path) as r, Bar(progress) as bar:
+    with open_repo(path, write=not dry_run) as r, Bar(progress) as bar:
         return prune_op(r, max_unused=max_unused, repack_small=repack_small, dry_run=dry_run, progress=bar)
 
 
 def print_prune(res: PruneResult) -> None:
     would = "would " if res.dry_run else ""
-    typer.echo(f"prune{' (dry run)' if res.dry_run else ''}: {res.snapshots} snapshots kept, {res.live_blobs} blobs in use")
-    typer.echo(f"  {would}remove {res.chunks_removed} chunks and {res.tree_nodes_removed} tree nodes nobody references")
-    typer.echo(f"  {would}delete {res.packs_deleted} packs ({res.packs_repacked} after repacking "
-               f"{human(res.bytes_repacked)} of live data), {res.orphan_packs_removed} unknown packs, "
-               f"{res.orphan_records_removed} orphan snapshot records")
+    typer.echo(f"prune{' (dry run)' if res.dry_run else ''}: {plural(res.snapshots, 'snapshot')} kept, {plural(res.live_blobs, 'blob')} in use", err=True)
+    typer.echo(f"  {would}remove {plural(res.chunks_removed, 'chunk')} and {plural(res.tree_nodes_removed, 'tree node')} nobody references", err=True)
+    typer.echo(f"  {would}delete {plural(res.packs_deleted, 'pack')} ({res.packs_repacked} after repacking "
+               f"{human(res.bytes_repacked)} of live data), {plural(res.orphan_packs_removed, 'unknown pack')}, "
+               f"{plural(res.orphan_records_removed, 'orphan snapshot record')}", err=True)
     typer.echo(f"  {would}reclaim {human(res.bytes_reclaimed)}: {human(res.bytes_before)} -> {human(res.bytes_after)} in packs, "
-               f"unused {human(res.unused_before)} -> {human(res.unused_after)}")
-    typer.echo(f"  time {res.duration:.1f} s")
+               f"unused {human(res.unused_before)} -> {human(res.unused_after)}", err=True)
+    typer.echo(f"  time {res.duration:.1f} s", err=True)
 
 
 def prune(

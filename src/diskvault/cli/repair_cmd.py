@@ -1,7 +1,8 @@
 """diskvault repair: rebuild the catalog's index from pack trailers and snapshot records.
 
 Exit codes: 0 the repository is sound afterwards, 8 damage remains (unrecoverable
-snapshots are listed), 3 not a repository.
+snapshots, unreadable snapshot records and known damaged blobs are listed), 3 not a
+repository.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from .common import JsonOpt, RepoOpt, human, print_json
+from .common import JsonOpt, RepoOpt, human, plural, print_json
 
 
 def repair(
@@ -27,23 +28,34 @@ def repair(
     if json_out:
         print_json(res.to_json())
     else:
-        typer.echo(f"old catalog: {res.old_catalog}")
-        typer.echo(f"indexed {res.packs} packs, {res.blobs} blobs, {res.snapshots} snapshots in {res.duration:.1f} s")
+        typer.echo(f"old catalog: {res.old_catalog}", err=True)
+        typer.echo(f"indexed {plural(res.packs, 'pack')}, {plural(res.blobs, 'blob')}, {plural(res.snapshots, 'snapshot')} in {res.duration:.1f} s", err=True)
         for d in res.damaged_packs:
-            typer.echo(f"  damaged pack {d['pack']}: {d['reason']}")
+            typer.echo(f"  damaged pack {d['pack']}: {d['reason']}", err=True)
         if res.salvaged_blobs:
-            typer.echo(f"  salvaged {res.salvaged_blobs} intact blobs from damaged packs into new pack(s) "
-                       f"{', '.join(res.salvage_packs)}")
+            typer.echo(f"  salvaged {plural(res.salvaged_blobs, 'intact blob')} from damaged packs into new pack(s) "
+                       f"{', '.join(res.salvage_packs)}", err=True)
         if res.lost_blobs:
-            typer.echo(f"  {res.lost_blobs} catalogued blobs could not be recovered")
+            typer.echo(f"  {plural(res.lost_blobs, 'catalogued blob')} could not be recovered", err=True)
         if res.changed_rows:
-            typer.echo(f"  {res.changed_rows} catalog rows corrected or dropped")
+            typer.echo(f"  {plural(res.changed_rows, 'catalog row')} corrected or dropped", err=True)
         if res.records_written:
-            typer.echo(f"  rewrote {res.records_written} missing snapshot records")
+            typer.echo(f"  rewrote {plural(res.records_written, 'missing snapshot record')}", err=True)
+        for r in res.recovered_records:
+            stood = f"; stood in for its {', '.join(r['stood_in'])}" if r["stood_in"] else ""
+            typer.echo(f"  recovered snapshot {r['id'][:12]} from its unreadable record ({r['reason']}) "
+                       f"using its {'catalog row' if r['from'] == 'catalog' else 'intact tree'}{stood}", err=True)
+        for r in res.unreadable_records:
+            typer.echo(f"  snapshot record {r['record']} cannot be read ({r['reason']}) and no intact tree root "
+                       "can be read from it: kept, not indexed; prune refuses to run until it is repaired or removed",
+                       err=True)
+        if res.damaged_blobs:
+            typer.echo(f"  {plural(res.damaged_blobs, 'blob')} known to be damaged: the next snapshot of a source "
+                       "that holds their bytes stores them again", err=True)
         for u in res.unrecoverable:
             typer.echo(f"  snapshot {u['id'][:12]} cannot be fully recovered: {human(u['bytes'])} lost in "
-                       f"{len(u['ranges'])} ranges ({u['reason']}); restore --skip-damaged saves the rest")
+                       f"{plural(len(u['ranges']), 'range')} ({u['reason']}); restore --skip-damaged saves the rest", err=True)
         typer.echo(f"structure is {res.status_after} after repair" +
-                   (" (check --read-data verifies the data itself)" if res.status_after == "sound" else ": see diskvault check"))
+                   (" (check --read-data verifies the data itself)" if res.status_after == "sound" else ": see diskvault check"), err=True)
     if res.status_after != "sound":
         raise typer.Exit(EXIT_DAMAGED)

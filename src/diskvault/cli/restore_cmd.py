@@ -1,8 +1,10 @@
-"""diskvault restore: write a snapshot to a file or block device.
+"""diskvault restore: write a snapshot to a file, a block device or stdout (``-``).
 
-With ``--skip-damaged`` damaged chunks are written as zeros, the restore finishes, the
-ranges not restored are listed (and written as a ddrescue mapfile with ``--map``), and
-the exit code is 8 if there were any.
+stdout carries only the image (``-``) or, otherwise, ``--json``; the human summary goes to
+stderr, and with ``-`` so does the ``--json`` document (never mixed into the image). With
+``--skip-damaged`` damaged chunks are written as zeros, the restore finishes, the ranges not
+restored are listed (and written as a ddrescue mapfile with ``--map``), and the exit code
+is 8 if there were any.
 """
 
 from __future__ import annotations
@@ -13,7 +15,26 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
+from .common import Bar, HostOpt, JsonOpt, NoLockOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, plural, print_json, rate
+
+
+def _report(res, json_out: bool, what: str) -> None:
+    """The --json document (stdout; stderr when the image went to stdout) or the human
+    summary line (stderr): WHAT restored to where, how (new file, in place), how fast."""
+    if json_out:
+        print_json(asdict(res), err=res.kind == "stdout")
+        return
+    where = "stdout" if res.kind == "stdout" else res.target
+    if res.symlink:
+        where += f" (through the symbolic link {res.symlink})"
+    how = {"file": "new file", "device": "device", "stdout": "streamed in order", "null": "nothing kept"}[res.kind]
+    if res.in_place:
+        how = f"{res.kind}, overwritten in place"
+        if res.kind == "file" and res.target_size > res.size:
+            how += f"; it keeps its size of {human(res.target_size)}, the bytes past {human(res.size)} unchanged"
+    holes = f", {human(res.zero_bytes)} of zeros left as holes" if res.kind == "file" else ""
+    typer.echo(f"restored {what} to {where} ({how}): {human(res.size)} in {res.duration:.1f} s "
+               f"({rate(res.size, res.duration)}){holes}", err=True)
 
 
 def ddrescue_map(size: int, lost: list[dict]) -> str:
@@ -36,8 +57,13 @@ def ddrescue_map(size: int, lost: list[dict]) -> str:
 def restore(
     repo: RepoOpt,
     snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")],
-    target: Annotated[str, typer.Argument(help="Image file to create, or block device to overwrite.")],
-    force: Annotated[bool, typer.Option("--force", help="Overwrite a block device or a non-empty file.")] = False,
+    target: Annotated[str, typer.Argument(
+        help="Image file to create, existing file or block device to overwrite in place, or - for stdout.")],
+    host: HostOpt = None,
+    source_filter: SourceOpt = None,
+    tag: TagOpt = [],  # noqa: B006
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite a block device or a non-empty file in place; follow a symbolic link.")] = False,
     skip_damaged: Annotated[bool, typer.Option(
         "--skip-damaged", help="Write zeros for damaged or missing chunks, go on, and list what was not restored.")] = False,
     map_file: Annotated[str | None, typer.Option(
@@ -46,48 +72,37 @@ def restore(
                                                   help="Restore only partition N (see diskvault partitions).")] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
+    no_lock: NoLockOpt = False,
 ) -> None:
     """Restore a snapshot, verifying every chunk's blake3 on the way."""
     from ..ops.restore import restore as restore_op
 
     if partition is not None:
-        _restore_partition(repo, snapshot, target, partition, force, json_out, progress)
+        _restore_partition(repo, snapshot, target, partition, force, json_out, progress, no_lock,
+                           (host, source_filter, tag))
         return
-    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
-        res = restore_op(r, r.resolve(snapshot), target, force=force, progress=bar, skip_damaged=skip_damaged)
+    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
+        res = restore_op(r, r.resolve(snapshot, host, source_filter, tag), target, force=force, progress=bar,
+                         skip_damaged=skip_damaged)
     if map_file:
         with open(map_file, "w") as f:
             f.write(ddrescue_map(res.size, res.unrestored))
-    if json_out:
-        print_json(asdict(res))
-    else:
-        typer.echo(
-            f"restored snapshot {res.snapshot[:12]} to {res.target} ({res.kind}): {human(res.size)} in "
-            f"{res.duration:.1f} s ({rate(res.size, res.duration)}), {human(res.zero_bytes)} of zeros left as holes"
-            if res.kind == "file" else
-            f"restored snapshot {res.snapshot[:12]} to {res.target} ({res.kind}): {human(res.size)} in "
-            f"{res.duration:.1f} s ({rate(res.size, res.duration)})"
-        )
-        if res.unrestored:
-            typer.echo(f"NOT restored (written as zeros): {human(res.unrestored_bytes)} in {len(res.unrestored)} ranges")
-            typer.echo("#      pos        size  status  reason")
-            for u in res.unrestored:
-                typer.echo(f"0x{u['offset']:08X}  0x{u['length']:08X}  -       {u['reason']}")
+    _report(res, json_out, f"snapshot {res.snapshot[:12]}")
+    if res.unrestored and not json_out:
+        typer.echo(f"NOT restored (written as zeros): {human(res.unrestored_bytes)} in {plural(len(res.unrestored), 'range')}", err=True)
+        typer.echo("#      pos        size  status  reason", err=True)
+        for u in res.unrestored:
+            typer.echo(f"0x{u['offset']:08X}  0x{u['length']:08X}  -       {u['reason']}", err=True)
     if res.unrestored:
         raise typer.Exit(EXIT_DAMAGED)
 
 
 def _restore_partition(repo: str, snapshot: str, target: str, number: int, force: bool, json_out: bool,
-                       progress: bool) -> None:
+                       progress: bool, no_lock: bool, filters: tuple) -> None:
     from ..ops.restore_partition import restore_partition
 
-    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
-        res = restore_partition(r, r.resolve(snapshot), number, target, force=force, progress=bar)
-    if json_out:
-        print_json(asdict(res))
-        return
-    holes = f", {human(res.zero_bytes)} of zeros left as holes" if res.kind == "file" else ""
-    typer.echo(
-        f"restored partition {res.partition} (at byte {res.offset}) of snapshot {res.snapshot[:12]} to {res.target} "
-        f"({res.kind}): {human(res.size)} in {res.duration:.1f} s ({rate(res.size, res.duration)}){holes}"
-    )
+    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
+        res = restore_partition(r, r.resolve(snapshot, *filters), number, target, force=force, progress=bar)
+    for line in res.warnings:
+        typer.echo(line, err=True)
+    _report(res, json_out, f"partition {res.partition} (at byte {res.offset}) of snapshot {res.snapshot[:12]}")

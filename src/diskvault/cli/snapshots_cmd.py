@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from .common import JsonOpt, RepoOpt, human, open_repo, print_json
+from ..rawnames import readable
+from .common import JsonOpt, NoLockOpt, RepoOpt, human, open_repo, print_json
 
 
-def snapshots(repo: RepoOpt, json_out: JsonOpt = False) -> None:
+def snapshots(repo: RepoOpt, json_out: JsonOpt = False, no_lock: NoLockOpt = False) -> None:
     """List snapshots, oldest first."""
-    with open_repo(repo) as r:
+    with open_repo(repo, write=False, no_lock=no_lock) as r:
         snaps = r.snapshots()
     if json_out:
         print_json([s.to_json() for s in snaps])
@@ -24,6 +25,6 @@ def snapshots(repo: RepoOpt, json_out: JsonOpt = False) -> None:
     for col in ("ID", "TIME", "HOST", "SOURCE", "SIZE", "STORED", "TAGS"):
         table.add_column(col, justify="right" if col in ("SIZE", "STORED") else "left")
     for s in snaps:
-        table.add_row(s.id[:12], s.time[:19].replace("T", " "), s.host, s.source, human(s.size),
+        table.add_row(s.id[:12], s.time[:19].replace("T", " "), readable(s.host), readable(s.source), human(s.size),
                       human(s.stored_bytes), ",".join(s.tags))
     Console(width=200).print(table)

@@ -23,8 +23,8 @@ def unlock(
         print_json(res)
         return
     for lock in res["removed"]:
-        typer.echo(f"removed {lock['kind']} lock of '{lock['command']}' (pid {lock['pid']} on {lock['host']}): {lock['reason']}")
+        typer.echo(f"removed {lock['kind']} lock of '{lock['command']}' (pid {lock['pid']} on {lock['host']}): {lock['reason']}", err=True)
     for lock in res["kept"]:
-        typer.echo(f"kept {lock['kind']} lock of '{lock['command']}' (pid {lock['pid']} on {lock['host']}): still running; --all removes it")
+        typer.echo(f"kept {lock['kind']} lock of '{lock['command']}' (pid {lock['pid']} on {lock['host']}): still running; --all removes it", err=True)
     if not res["removed"] and not res["kept"]:
-        typer.echo("no locks")
+        typer.echo("no locks", err=True)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED, EXIT_DIFFERS
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
+from .common import Bar, HostOpt, JsonOpt, NoLockOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, plural, print_json, rate
 
 SHOW = 50
 
@@ -20,39 +20,44 @@ def verify(
     repo: RepoOpt,
     snapshot: Annotated[str, typer.Argument(help="Snapshot id, prefix, latest or latest:TAG.")],
     source: Annotated[str, typer.Argument(help="Device, image file, or - for stdin, to compare with.")],
+    host: HostOpt = None,
+    source_filter: SourceOpt = None,
+    tag: TagOpt = [],  # noqa: B006
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
+    no_lock: NoLockOpt = False,
 ) -> None:
     """Compare a snapshot with a device or image and report the byte ranges that differ."""
     from ..ops.verify import verify as verify_op
 
-    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
-        res = verify_op(r, r.resolve(snapshot), source, progress=bar)
+    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
+        res = verify_op(r, r.resolve(snapshot, host, source_filter, tag), source, progress=bar)
     if json_out:
         print_json(res.to_json())
     else:
         head = f"snapshot {res.snapshot[:12]} vs {res.source}"
         if res.identical:
             typer.echo(f"{head}: identical ({human(res.compared_bytes)} compared in {res.duration:.1f} s, "
-                       f"{rate(res.compared_bytes, res.duration)})")
+                       f"{rate(res.compared_bytes, res.duration)})", err=True)
             if res.table_adjusted:
                 grown = f", partition {res.grown_partition} grown" if res.grown_partition else ""
-                typer.echo(f"  partition table fitted to the target's size ({len(res.table_adjusted)} ranges{grown})")
+                typer.echo(f"  partition table fitted to the target's size ({plural(len(res.table_adjusted), 'range')}"
+                           f"{grown})", err=True)
             if res.not_compared:
                 o, n = res.not_compared
                 typer.echo(f"  not compared: {human(n)} from byte {o} (beyond the "
-                           f"{'snapshot' if res.source_size > res.snapshot_size else 'target'})")
+                           f"{'snapshot' if res.source_size > res.snapshot_size else 'target'})", err=True)
         else:
             if res.source_size != res.snapshot_size:
-                typer.echo(f"{head}: sizes differ: snapshot {res.snapshot_size} bytes, source {res.source_size} bytes")
+                typer.echo(f"{head}: sizes differ: snapshot {plural(res.snapshot_size, 'byte')}, source {plural(res.source_size, 'byte')}", err=True)
             if res.differing:
-                typer.echo(f"{head}: {human(res.differing_bytes)} differ in {len(res.differing)} ranges:")
+                typer.echo(f"{head}: {human(res.differing_bytes)} differ in {plural(len(res.differing), 'range')}:", err=True)
                 for o, n in res.differing[:SHOW]:
-                    typer.echo(f"  bytes {o}..{o + n - 1} ({n} bytes)")
+                    typer.echo(f"  bytes {o}..{o + n - 1} ({plural(n, 'byte')})", err=True)
                 if len(res.differing) > SHOW:
-                    typer.echo(f"  … and {len(res.differing) - SHOW} more (see --json)")
+                    typer.echo(f"  … and {len(res.differing) - SHOW} more (see --json)", err=True)
             for u in res.unreadable[:SHOW]:
-                typer.echo(f"  not compared: bytes {u['offset']}..{u['offset'] + u['length'] - 1}: {u['reason']}")
+                typer.echo(f"  not compared: bytes {u['offset']}..{u['offset'] + u['length'] - 1}: {u['reason']}", err=True)
     if res.unreadable:
         raise typer.Exit(EXIT_DAMAGED)
     if not res.identical:

@@ -1,13 +1,18 @@
-"""Block device helpers: is it mounted or held, how big is it, zero a range of it.
+"""Block device helpers: is it mounted or held, zero a range of it or of a file.
 
 ``mount_holder`` reads /proc/self/mountinfo and /sys/dev/block to tell whether a device or
-any of its partitions is mounted (or held by device-mapper, md, …). ``zero_range`` uses the
-BLKZEROOUT ioctl and falls back to writing zeros.
+any of its partitions is mounted (or held by device-mapper, md, …); ``loop_holder`` tells
+whether an image file backs a loop device that is mounted or held. ``zero_range`` uses the
+BLKZEROOUT ioctl on a device, ``punch_hole`` fallocate(PUNCH_HOLE) on a file; both fall
+back to writing zeros. ``partition_path`` names partition N of a disk (``/dev/sdb2``,
+``/dev/nvme0n1p2``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import glob
 import os
 import struct
 
@@ -61,12 +66,70 @@ def mount_holder(rdev: int) -> str | None:
     return None
 
 
+def loop_holder(st: os.stat_result) -> str | None:
+    """For an image file (its ``os.stat``): "LOOPDEV, which is mounted on X" (or held by …)
+    when a loop device backed by it is mounted or held, else None."""
+    for backing in glob.glob("/sys/block/loop*/loop/backing_file"):
+        try:
+            with open(backing) as f:
+                path = f.read().rstrip("\n")
+            bst = os.stat(path)
+        except OSError:
+            continue
+        if (bst.st_dev, bst.st_ino) != (st.st_dev, st.st_ino):
+            continue
+        loop = backing.split("/")[3]
+        try:
+            rdev = os.stat(f"/dev/{loop}").st_rdev
+        except OSError:
+            continue
+        holder = mount_holder(rdev)
+        if holder:
+            return f"/dev/{loop}, which is {holder}"
+    return None
+
+
+def partition_path(rdev: int, number: int) -> str:
+    """The device path of partition ``number`` of the disk ``rdev`` (``/dev/sdb2``,
+    ``/dev/nvme0n1p2``, ``/dev/loop0p2``), as the kernel names it."""
+    name = _dev_name(rdev) or "DISK"
+    return f"/dev/{name}{'p' if name[-1].isdigit() else ''}{number}"
+
+
 def zero_range(fd: int, offset: int, length: int) -> None:
+    """Zero ``length`` bytes of a block device from ``offset`` (BLKZEROOUT, else write zeros)."""
     try:
         fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", offset, length))
         return
     except OSError:
         pass
+    _write_zeros(fd, offset, length)
+
+
+FALLOC_FL_KEEP_SIZE = 1
+FALLOC_FL_PUNCH_HOLE = 2
+_libc: ctypes.CDLL | None = None
+
+
+def libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Make ``length`` bytes of a regular file read as zeros from ``offset``, keeping its
+    size: a hole where the file system can punch one, else written zeros."""
+    fallocate = getattr(libc(), "fallocate64", None) or getattr(libc(), "fallocate", None)
+    if fallocate is not None:
+        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        if fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+            return
+    _write_zeros(fd, offset, length)
+
+
+def _write_zeros(fd: int, offset: int, length: int) -> None:
     end = offset + length
     while offset < end:
         n = os.pwrite(fd, memoryview(_ZERO)[: min(len(_ZERO), end - offset)], offset)

@@ -4,6 +4,12 @@
 sparse files), so holes are never read. ``Source.filler(offset, length)`` returns a function
 that reads the extent sequentially into caller-given buffers. Opening raises SourceError with
 a one-line reason (missing, permission denied, a directory, unreadable).
+
+``open_command(argv)`` streams a producer's standard output; ``Source.finish()`` raises
+SourceError unless the producer exited 0. ``Source.mounts()`` tells where a device (or a
+loop device over an image file, or a partition or device-mapper holder of either) is
+mounted; ``Source.current_size()`` re-reads the size, to tell a source that changed size
+while it was read.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +33,7 @@ class Source:
     kind: str  # "file", "device" or "stdin"
     fd: int
     size: int | None  # None for stdin
+    proc: subprocess.Popen | None = None  # the producer, for a command's output
 
     def extents(self) -> Iterator[tuple[int, int, bool]]:
         """``(offset, length, is_data)`` covering the source in order; one data extent of
@@ -39,7 +47,7 @@ class Source:
             yield 0, self.size, True
 
     def filler(self, offset: int, length: int) -> Callable[[memoryview], int]:
-        fd, path = self.fd, self.path
+        fd, path, size = self.fd, self.path, self.size
         pos = offset
         end = None if length < 0 else offset + length
 
@@ -58,16 +66,137 @@ class Source:
                 if n == 0:
                     if end is None:
                         break
-                    raise SourceError(f"{path} ended at byte {pos}, before its size {end}: it changed while being read")
+                    raise SourceError(f"{path} ended at byte {pos}, before its size {size} when opened: it shrank while "
+                                      "being read; snapshot it while nothing writes to it")
                 got += n
                 pos += n
             return got
 
         return fill
 
+    def current_size(self) -> int | None:
+        """The source's size now (None for a stream): compared with ``size`` afterwards."""
+        if self.size is None:
+            return None
+        st = os.fstat(self.fd)
+        return os.lseek(self.fd, 0, os.SEEK_END) if stat.S_ISBLK(st.st_mode) else st.st_size
+
+    def mounts(self) -> list[dict]:
+        """Where this source is mounted: ``[{"device", "mountpoint", "mode": "ro"|"rw"}]``
+        for the device itself, its partitions and device-mapper holders (LVM, crypt), and,
+        for an image file, the loop devices over it and theirs; [] for a stream."""
+        if self.size is None:
+            return []
+        st = os.fstat(self.fd)
+        if stat.S_ISBLK(st.st_mode):
+            roots = [f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"]
+        else:
+            roots = _loop_devices_over(st)
+        devices: set[str] = set()
+        for root in roots:
+            _add_related(root, devices)
+        return [{k: v for k, v in m.items() if k != "dev"} for m in _mountinfo() if m["dev"] in devices]
+
+    def finish(self) -> None:
+        """After the last byte: raises SourceError when the producing command failed."""
+        if self.proc is None:
+            return
+        self.proc.stdout.close()
+        code = self.proc.wait()
+        if code != 0:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            raise SourceError(f"{self.path} {how}: the snapshot is not saved; fix the command and take it again")
+
     def close(self) -> None:
-        if self.path != "-":  # never close the process's own stdin
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.stdout.close()
+            self.proc.wait()
+        elif self.path != "-":  # never close the process's own stdin
             os.close(self.fd)
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """Mountinfo writes space, tab, newline and backslash as octal escapes (``\\040``)."""
+    out = bytearray()
+    raw = os.fsencode(field)
+    i = 0
+    while i < len(raw):
+        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit() and len(raw[i + 1 : i + 4]) == 3:
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def _mountinfo() -> list[dict]:
+    """Every mount of this process's namespace: ``{"dev": "M:m", "device", "mountpoint", "mode"}``."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        fields = os.fsdecode(line).split(" ")
+        if len(fields) < 10 or "-" not in fields[6:]:
+            continue
+        sep = fields.index("-", 6)
+        opts = fields[5].split(",")
+        out.append({"dev": fields[2], "device": _unescape_mountinfo(fields[sep + 2]),
+                    "mountpoint": _unescape_mountinfo(fields[4]), "mode": "ro" if "ro" in opts else "rw"})
+    return out
+
+
+def _add_related(dev: str, out: set[str]) -> None:
+    """Add block device ``dev`` (``"M:m"``), its partitions and its holders, recursively."""
+    if dev in out:
+        return
+    out.add(dev)
+    base = os.path.realpath(f"/sys/dev/block/{dev}")
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:  # partitions: subfolders with a ``partition`` file
+        if os.path.exists(os.path.join(base, name, "partition")):
+            _add_related(_read_dev(os.path.join(base, name)), out)
+    try:
+        holders = os.listdir(os.path.join(base, "holders"))
+    except OSError:
+        holders = []
+    for name in holders:
+        _add_related(_read_dev(f"/sys/class/block/{name}"), out)
+
+
+def _read_dev(folder: str) -> str:
+    try:
+        with open(os.path.join(folder, "dev")) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _loop_devices_over(st: os.stat_result) -> list[str]:
+    """The loop devices (``"M:m"``) whose backing file is the file ``st`` describes."""
+    out = []
+    try:
+        names = [n for n in os.listdir("/sys/block") if n.startswith("loop")]
+    except OSError:
+        return out
+    for name in names:
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file", "rb") as f:
+                backing = os.fsdecode(f.read().rstrip(b"\n"))
+            bst = os.stat(backing)
+        except OSError:
+            continue
+        if (bst.st_dev, bst.st_ino) == (st.st_dev, st.st_ino):
+            out.append(_read_dev(f"/sys/block/{name}"))
+    return out
 
 
 def _sparse_extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
@@ -95,6 +224,18 @@ def _sparse_extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
         pos = end
     if pos < size:
         yield pos, size - pos, False
+
+
+def open_command(argv: list[str]) -> Source:
+    """Run ``argv`` and stream its standard output (its stderr stays ours); raises
+    SourceError when it cannot be started."""
+    name = "command " + " ".join(argv)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise SourceError(f"cannot run {argv[0]}: {exc.strerror}: give a command that writes the image to stdout") from None
+    assert proc.stdout is not None
+    return Source(name, "stdin", proc.stdout.fileno(), None, proc)
 
 
 def open_source(path: str) -> Source:

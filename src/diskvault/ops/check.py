@@ -1,10 +1,16 @@
 """Check a repository: structure (catalog <-> packs <-> snapshots) and, optionally, all data.
 
 Structure: every catalogued pack exists with the recorded size and a valid trailer
-(``pack.read_table``) whose entries match the catalog's rows; no row points outside its
+(``maintenance.pack_states``) whose entries match the catalog's rows; no row points outside its
 pack; every tree node and chunk reachable from every snapshot is catalogued; every snapshot
 row has its record file (``snapshots/<id>.json``, which ``repair`` rebuilds from). Pack
-files the catalog does not know (orphans) and records without a catalog row are warnings.
+files the catalog does not know (orphans) and records without a catalog row are warnings;
+a record file that cannot be read is an error (prune refuses to run while there is one).
+
+Known damage: every blob a check finds unavailable is recorded in the catalog's ``damaged``
+table (never used for deduplication, so the next snapshot holding those bytes stores them
+again and heals every snapshot that needs them); blobs read intact are cleared; recorded
+damage that a snapshot still needs is an error of its own (``blob-known-damaged``).
 
 Data (``read_data``): the selected packs are read sequentially in large reads by two
 threads; every catalogued blob is decompressed and re-hashed (blake3). ``subset`` picks a
@@ -17,18 +23,19 @@ it); errors opening the repository propagate from Repository.open.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..repository.catalog import BlobLocation, SnapshotRecord
 from ..errors import DamagedData
 from ..repository.hashing import ZERO_ID, content_id, short
-from ..repository.pack import TYPE_TREE, pack_id, read_table
+from ..repository.maintenance import (
+    PackState, orphan_packs, pack_states, read_records, record_id, runs, verify_run,
+)
+from ..repository.pack import TYPE_TREE, pack_id
 from ..repository import Repository
 from ..repository.tree import parse
 from .damage import merge, node_problem
@@ -140,44 +147,41 @@ def parse_subset(spec: str, next_start: int = 0) -> Subset:
 # --- structure -----------------------------------------------------------------------
 
 
-def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[tuple[dict, list[BlobLocation]]], dict[str, int]]:
+def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[PackState], dict[str, int]]:
     """Pack rows vs pack files and trailers. Returns the packs with their rows and the
     size of each pack file that exists (for read-data)."""
-    packs = repo.catalog.packs()
+    packs = pack_states(repo)
     report.packs = len(packs)
-    out = []
     present: dict[str, int] = {}
-    by_pack = repo.catalog.blobs_by_pack()
     for p in packs:
-        name, pid = p["name"], pack_id(p["name"])
-        rows = by_pack[p["id"]]
+        name, pid, rows = p.name, pack_id(p.name), p.rows
         report.blobs += len(rows)
-        out.append((p, rows))
-        try:
-            size = repo.storage.size(name)
-        except FileNotFoundError:
+        if p.missing and not rows:
+            report.warnings.append(Finding("pack-missing", f"pack {pid} is missing but holds no catalogued blob "
+                                           "(its blobs were stored again elsewhere; prune forgets it)", pack=pid))
+            continue
+        if p.missing:
             report.errors.append(Finding("pack-missing", f"pack {pid} is missing ({len(rows)} blobs catalogued in it)",
                                          pack=pid, ids={r.id for r in rows}))
             continue
-        except OSError as exc:
-            report.errors.append(Finding("pack-missing", f"pack {pid} cannot be read: {exc.strerror}",
+        if p.file_size is None:
+            report.errors.append(Finding("pack-missing", f"pack {pid} cannot be read: {p.problem}",
                                          pack=pid, ids={r.id for r in rows}))
             continue
-        present[name] = size
-        if size != p["size"]:
-            report.errors.append(Finding("pack-size", f"pack {pid} is {size} bytes, the catalog recorded {p['size']}",
+        size = present[name] = p.file_size
+        if size != p.size:
+            report.errors.append(Finding("pack-size", f"pack {pid} is {size} bytes, the catalog recorded {p.size}",
                                          pack=pid))
-        try:
-            table = read_table(repo.storage, name)
-        except (DamagedData, OSError) as exc:
+        if p.entries is None:
             beyond = {r.id for r in rows if r.offset + r.stored_len > size}
             extra = f"; {len(beyond)} catalogued blobs lie past its end" if beyond else ""
-            report.errors.append(Finding("pack-trailer", f"{exc}{extra}", pack=pid, ids={r.id for r in rows}))
+            report.errors.append(Finding("pack-trailer", f"{p.problem}{extra}", pack=pid, ids={r.id for r in rows}))
             continue
-        if len(table) != p["entries"]:
+        if len(p.entries) != p.entry_count:
             report.errors.append(Finding(
-                "pack-entries", f"pack {pid} holds {len(table)} entries, the catalog recorded {p['entries']}", pack=pid))
-        entries = {e.id: e for e in table}
+                "pack-entries", f"pack {pid} holds {len(p.entries)} entries, the catalog recorded {p.entry_count}",
+                pack=pid))
+        entries = {e.id: e for e in p.entries}
         for r in rows:
             e = entries.get(r.id)
             if e is None:
@@ -189,40 +193,41 @@ def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[tuple[dict
                     f"catalog row of blob {short(r.id)} (offset {r.offset}, {r.stored_len} bytes) disagrees with "
                     f"pack {pid}'s trailer (offset {e.offset}, {e.stored_len} bytes)",
                     pack=pid, blob=r.id.hex(), ids={r.id}))
-    known = {p["name"] for p in packs}
-    for name in repo.storage.list("packs"):
-        if name.endswith(".pack") and name not in known:
-            try:
-                n = len(read_table(repo.storage, name))
-                what = f"{n} entries, not in the catalog (left by an interrupted command; repair indexes it)"
-            except (DamagedData, OSError) as exc:
-                what = f"not in the catalog and unreadable: {exc}"
-            report.warnings.append(Finding("orphan-pack", f"pack {pack_id(name)}: {what}", pack=pack_id(name)))
-    return out, present
+    for name, n in orphan_packs(repo, {p.name for p in packs}):
+        if isinstance(n, int):
+            what = f"{n} entries, not in the catalog (left by an interrupted command; repair indexes it)"
+        else:
+            what = f"not in the catalog and unreadable: {n}"
+        report.warnings.append(Finding("orphan-pack", f"pack {pack_id(name)}: {what}", pack=pack_id(name)))
+    return packs, present
 
 
 def _check_records(repo: Repository, snaps: list[SnapshotRecord], report: CheckReport) -> None:
     rows = {s.id: s for s in snaps}
-    files = {n.rsplit("/", 1)[-1].removesuffix(".json") for n in repo.storage.list("snapshots") if n.endswith(".json")}
+    records, unreadable = read_records(repo.storage)
+    files = {record_id(n) for n in repo.storage.list("snapshots") if n.endswith(".json")}
     for sid, s in rows.items():
         if sid not in files:
             report.errors.append(Finding("record-missing", f"snapshot {sid[:12]} has no record file snapshots/{sid}.json "
                                          "(repair rewrites it; a rebuilt catalog would lose this snapshot)"))
             continue
-        try:
-            rec = json.loads(repo.storage.read(f"snapshots/{sid}.json"))
-            same = rec.get("tree") == s.tree and rec.get("size") == s.size
-        except (ValueError, OSError, AttributeError):
-            same = False
-        if not same:
+        rec = records.get(sid)
+        if rec is None or rec.tree != s.tree or rec.size != s.size:
             report.errors.append(Finding("record-mismatch", f"snapshot {sid[:12]}: record file snapshots/{sid}.json does "
                                          "not match the catalog (repair rewrites it)"))
-    for sid in sorted(files - rows.keys()):
+    for name, reason in sorted(unreadable.items()):
+        if record_id(name) not in rows:
+            report.errors.append(Finding("record-unreadable", f"snapshot record {name} cannot be read ({reason}): "
+                                         "run diskvault repair (it recovers the snapshot if its tree root is intact); "
+                                         "prune deletes nothing until then"))
+    for sid in sorted(records.keys() - rows.keys()):
         report.warnings.append(Finding("record-without-row", f"snapshot record {sid[:12]} is not in the catalog "
                                        "(an interrupted snapshot or forget; repair adds it back)"))
 
 
-def _check_trees(repo: Repository, snaps: list[SnapshotRecord], report: CheckReport, bad: set[bytes]) -> None:
+def _check_trees(repo: Repository, snaps: list[SnapshotRecord], report: CheckReport, bad: set[bytes]) -> set[bytes]:
+    """Every tree node and chunk reachable from a snapshot is catalogued and every node
+    reads; returns the ids of all of them."""
     seen: set[bytes] = set()
     referenced: set[bytes] = set()
     for snap in snaps:
@@ -250,55 +255,17 @@ def _check_trees(repo: Repository, snaps: list[SnapshotRecord], report: CheckRep
         report.errors.append(Finding(
             "chunk-missing", f"{len(missing)} chunks referenced by snapshots are not in the catalog (first {short(first)})",
             blob=first.hex() if len(missing) == 1 else None, ids=missing))
+    return seen | referenced
 
 
 # --- data ----------------------------------------------------------------------------
 
 
-def _segments(rows: list[BlobLocation]) -> list[list[BlobLocation]]:
-    """A pack's rows (by offset) in runs that each span at most SEGMENT bytes (one read each)."""
-    out: list[list[BlobLocation]] = []
-    i = 0
-    while i < len(rows):
-        start, j = rows[i].offset, i + 1
-        while j < len(rows) and rows[j].offset + rows[j].stored_len - start <= SEGMENT:
-            j += 1
-        out.append(rows[i:j])
-        i = j
-    return out
-
-
-def _verify_segment(repo: Repository, name: str, size: int, rows: list[BlobLocation],
-                    advance: Callable[[int], None]) -> tuple[list[tuple[BlobLocation, str]], int]:
-    """Read one run of a pack's data area and verify each of its blobs; returns
-    ``[(row, message)]`` of the bad ones and the bytes read."""
-    start = rows[0].offset
-    end = min(max(r.offset + r.stored_len for r in rows), size)
-    try:
-        data = memoryview(repo.storage.read_range(name, start, max(0, end - start)))
-    except FileNotFoundError:
-        return [(r, f"blob {short(r.id)}: pack {pack_id(name)} is missing") for r in rows], 0
-    except OSError as exc:
-        return [(r, f"blob {short(r.id)}: pack {pack_id(name)} cannot be read: {exc.strerror}") for r in rows], 0
-    bad: list[tuple[BlobLocation, str]] = []
-    for r in rows:
-        a = r.offset - start
-        piece = data[a : a + r.stored_len]
-        if len(piece) != r.stored_len:
-            bad.append((r, f"blob {short(r.id)} lies past the end of pack {pack_id(name)} (truncated)"))
-            continue
-        try:
-            repo.decode(r, piece)
-        except DamagedData as exc:
-            bad.append((r, str(exc)))
-    advance(len(data))
-    return bad, len(data)
-
-
-def _read_data(repo: Repository, packs: list[tuple[dict, list[BlobLocation]]], present: dict[str, int],
-               subset: Subset | None, report: CheckReport, progress: Progress) -> None:
-    chosen = [(p, rows) for p, rows in packs if p["name"] in present and (subset is None or subset.contains(p["name"]))]
-    total = sum(p["size"] for p, _ in chosen)
+def _read_data(repo: Repository, packs: list[PackState], present: dict[str, int],
+               subset: Subset | None, report: CheckReport, progress: Progress) -> set[bytes]:
+    """Read and verify every catalogued blob of the chosen packs; returns the ids read intact."""
+    chosen = [p for p in packs if p.name in present and (subset is None or subset.contains(p.name))]
+    total = sum(p.size for p in chosen)
     lock = threading.Lock()
 
     def advance(n: int) -> None:
@@ -308,20 +275,20 @@ def _read_data(repo: Repository, packs: list[tuple[dict, list[BlobLocation]]], p
     started = time.monotonic()
     progress.start(total, "read data")
     # Work is dealt out by segment, not by pack: both threads stay busy to the end.
-    bad: list[tuple[dict, BlobLocation, str]] = []
-    jobs = [(p, present[p["name"]], seg) for p, rows in chosen for seg in _segments(rows)]
+    bad: list[tuple[PackState, BlobLocation, str]] = []
+    jobs = [(p, seg) for p in chosen for seg in runs(p.rows, SEGMENT)]
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="diskvault-check") as pool:
-        results = list(pool.map(lambda job: _verify_segment(repo, job[0]["name"], job[1], job[2], advance), jobs))
+        results = list(pool.map(lambda job: verify_run(repo, job[0].name, present[job[0].name], job[1], advance), jobs))
     bytes_read = 0
-    for (p, _, _), (seg_bad, done) in zip(jobs, results):
+    for (p, _), (seg_bad, done) in zip(jobs, results):
         bytes_read += done
         bad.extend((p, r, reason) for r, reason in seg_bad)
     seconds = time.monotonic() - started
     for p, r, reason in bad:
         if r.type == TYPE_TREE:
             reason = f"{reason} (a tree node)"
-        report.errors.append(Finding("blob-damaged", reason, pack=pack_id(p["name"]), blob=r.id.hex(), ids={r.id}))
-    blobs = sum(len(rows) for _, rows in chosen)
+        report.errors.append(Finding("blob-damaged", reason, pack=pack_id(p.name), blob=r.id.hex(), ids={r.id}))
+    blobs = sum(len(p.rows) for p in chosen)
     report.read_data = {
         "subset": subset.spec if subset else "all",
         "packs": len(chosen),
@@ -331,6 +298,7 @@ def _read_data(repo: Repository, packs: list[tuple[dict, list[BlobLocation]]], p
         "seconds": round(seconds, 3),
         "mb_per_s": round(bytes_read / seconds / 1e6, 1) if seconds > 0 else None,
     }
+    return {r.id for p in chosen for r in p.rows} - {r.id for _, r, _ in bad}
 
 
 # --- attribution -----------------------------------------------------------------------
@@ -415,16 +383,43 @@ def check_unlocked(
         sub = parse_subset(subset, int(repo.catalog.meta().get(SUBSET_META, "0")))
         read_data = True
     report = CheckReport(repository=repo.path)
+    report.warnings.extend(Finding("modes", w) for w in repo.mode_problems())
+    repo.damaged()  # loaded here, before the read-data threads may add to it
     snaps = repo.snapshots()
     report.snapshots = len(snaps)
     packs, present = _check_packs(repo, report)
     _check_records(repo, snaps, report)
     unavailable = set().union(*(f.ids for f in report.errors)) if report.errors else set()
-    _check_trees(repo, snaps, report, unavailable)
+    needed = _check_trees(repo, snaps, report, unavailable)
+    intact: set[bytes] = set()
     if read_data:
-        _read_data(repo, packs, present, sub, report, progress)
+        intact = _read_data(repo, packs, present, sub, report, progress)
         if sub is not None and sub.spec.endswith("%"):
-            repo.catalog.set_meta(SUBSET_META, str(sub.end % PPM))
+            why = repo.save_meta(SUBSET_META, str(sub.end % PPM))
+            if why:  # a read-only repository or a full disk: check still reports
+                report.warnings.append(Finding("subset-not-saved", f"the next slice was not saved ({why}): "
+                                               f"the next --read-data-subset {sub.spec} reads this slice again"))
+    _known_damage(repo, report, needed, intact)
     _attribute(repo, snaps, report)
     report.duration = round(time.monotonic() - started, 3)
     return report
+
+
+def _known_damage(repo: Repository, report: CheckReport, needed: set[bytes], intact: set[bytes]) -> None:
+    """Keep the catalog's record of damage (never used for deduplication, docs/integrity.md)
+    up to date: blobs this check found unavailable are recorded, blobs it read intact are
+    cleared; blobs recorded earlier that a snapshot needs and this check did not read are
+    errors too (``blob-known-damaged``): the damage stays until a snapshot stores them again."""
+    found: dict[bytes, str] = {}
+    for f in report.errors:
+        for i in f.ids:
+            found.setdefault(i, f.message)
+    repo.clear_damage(intact - found.keys())
+    repo.record_damage(found)
+    known = repo.damage_report()
+    for i in sorted((needed & known.keys()) - found.keys()):
+        reason, when = known[i]
+        report.errors.append(Finding(
+            "blob-known-damaged",
+            f"blob {short(i)} is known to be damaged since {when} ({reason}): snapshot a source that holds "
+            "these bytes again to store them anew, or forget the snapshots that need them", blob=i.hex(), ids={i}))

@@ -9,6 +9,7 @@ SnapshotError for an unknown name, RepositoryLocked when another command holds t
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ class ForgetResult:
 
 
 def _snap(rec: SnapshotRecord) -> Snap:
-    return Snap(rec.id, parse_time(rec.time), rec.host, rec.source, frozenset(rec.tags))
+    return Snap(rec.id, parse_time(rec.time), rec.host, rec.source, frozenset(rec.tags), rec.seq)
 
 
 def _remove(repo: Repository, ids: list[str]) -> None:
@@ -45,7 +46,7 @@ def _remove(repo: Repository, ids: list[str]) -> None:
 def _group_json(g: Group, records: dict[str, SnapshotRecord]) -> dict:
     def item(s: Snap) -> dict:
         r = records[s.id]
-        return {"id": s.id, "time": r.time, "tags": r.tags}
+        return {"id": s.id, "time": r.time, "seq": r.seq, "tags": r.tags}
 
     return {
         "host": g.host,
@@ -56,14 +57,15 @@ def _group_json(g: Group, records: dict[str, SnapshotRecord]) -> dict:
 
 
 def forget_by_policy(repo: Repository, policy: Policy, tags: list[str] | None = None,
-                     host: str | None = None, dry_run: bool = False) -> ForgetResult:
-    """Apply ``policy`` to the snapshots carrying all ``tags`` (and of ``host``)."""
+                     host: str | None = None, dry_run: bool = False, source: str | None = None) -> ForgetResult:
+    """Apply ``policy`` to the snapshots carrying all ``tags`` (and of ``host``, of
+    ``source``: matched as by Repository.resolve)."""
     if policy.empty():
         raise ValueError("no keep rule given: say which snapshots to keep (e.g. --keep-last 7), or name snapshots to forget")
     started = time.monotonic()
     kind, command = ("shared", "forget --dry-run") if dry_run else ("exclusive", "forget")
     with repo.lock(kind, command):
-        records = {r.id: r for r in repo.snapshots()}
+        records = {r.id: r for r in repo.snapshots() if source is None or r.source in (source, os.path.abspath(source))}
         groups = apply_policy((_snap(r) for r in records.values()), policy, tags or (), host)
         res = ForgetResult(dry_run, [_group_json(g, records) for g in groups])
         res.removed = [s.id for g in groups for s in g.remove]
@@ -74,13 +76,15 @@ def forget_by_policy(repo: Repository, policy: Policy, tags: list[str] | None = 
     return res
 
 
-def forget_snapshots(repo: Repository, names: list[str], dry_run: bool = False) -> ForgetResult:
-    """Forget the named snapshots (ids, prefixes, latest, latest:TAG); all names are
-    resolved before anything is removed."""
+def forget_snapshots(repo: Repository, names: list[str], dry_run: bool = False, host: str | None = None,
+                     source: str | None = None, tags: list[str] | None = None) -> ForgetResult:
+    """Forget the named snapshots (ids, prefixes, latest, latest:TAG; ``host``, ``source``
+    and ``tags`` filter as in Repository.resolve); all names are resolved before anything
+    is removed."""
     started = time.monotonic()
     kind, command = ("shared", "forget --dry-run") if dry_run else ("exclusive", "forget")
     with repo.lock(kind, command):
-        ids = list(dict.fromkeys(repo.resolve(n).id for n in names))
+        ids = list(dict.fromkeys(repo.resolve(n, host, source, tags).id for n in names))
         res = ForgetResult(dry_run, removed=ids, kept=len(repo.snapshots()) - len(ids))
         if not dry_run:
             _remove(repo, ids)

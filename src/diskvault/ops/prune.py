@@ -1,5 +1,7 @@
 """diskvault prune: mark and sweep, under the exclusive repository lock.
 
+0. Refuse (DamagedData, nothing deleted) while a snapshot record file cannot be read: the
+   snapshot it names may need data that would otherwise look unused.
 1. Clean: remove ``.tmp-`` files, snapshot record files without a catalog row (left by an
    interrupted forget or snapshot) and pack files the catalog does not know (left by an
    interrupted snapshot or prune). Only safe because the exclusive lock guarantees that no
@@ -23,14 +25,14 @@ anywhere leaves every snapshot restorable, and the next prune removes what was l
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 
 from ..repository.catalog import BlobLocation
 from ..errors import DamagedData
 from ..repository.hashing import ZERO_ID, short
-from ..repository.pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK
+from ..repository.maintenance import copy_verified, read_records
+from ..repository.pack import TYPE_CHUNK, pack_overhead
 from ..policy import DEFAULT_MAX_UNUSED, parse_max_unused
 from ..repository import Repository, pack_target_size
 from .progress import NoProgress, Progress
@@ -55,8 +57,7 @@ class PackStat:
     def unused(self) -> int:
         if not self.live:
             return self.size
-        overhead = HEADER.size + FOOTER.size + ENTRY.size * len(self.live)
-        return max(0, self.size - self.live_bytes - overhead)
+        return max(0, self.size - self.live_bytes - pack_overhead(len(self.live)))
 
 
 @dataclass
@@ -123,6 +124,15 @@ def _prune(repo: Repository, limit: tuple[str, float], repack_small: bool, dry_r
            progress: Progress) -> PruneResult:
     started = time.monotonic()
     storage, catalog = repo.storage, repo.catalog
+
+    # 0. never delete what cannot be accounted for: a record that does not read may name
+    # a snapshot whose data would otherwise look unused
+    _records, unreadable = read_records(storage)
+    if unreadable:
+        name, reason = min(unreadable.items())
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise DamagedData(f"snapshot record {name}{more} cannot be read ({reason}): prune deletes nothing while a "
+                          "record is unreadable; run diskvault repair, which recovers the snapshot if it can")
 
     # 1. clean what interrupted commands left behind
     tmp_removed = 0 if dry_run else storage.clean_temporary()
@@ -194,8 +204,7 @@ def _prune(repo: Repository, limit: tuple[str, float], repack_small: bool, dry_r
     if dry_run:
         kept = [st for st in stats.values() if st.id not in gone_ids]
         new_packs = -(-result.bytes_repacked // pack_target_size()) if repack else 0
-        new_bytes = (result.bytes_repacked + new_packs * (HEADER.size + FOOTER.size)
-                     + sum(ENTRY.size * len(st.live) for st in repack))
+        new_bytes = result.bytes_repacked + pack_overhead(sum(len(st.live) for st in repack), new_packs)
         result.bytes_after = sum(st.size for st in kept) + new_bytes
         result.unused_after = sum(st.unused for st in kept)
     else:
@@ -204,7 +213,7 @@ def _prune(repo: Repository, limit: tuple[str, float], repack_small: bool, dry_r
         writer = repo.blob_writer(repoint=True)
         try:
             for st in repack:
-                _copy_live(repo, st, writer, progress)
+                copy_verified(repo, st.name, st.live, writer, progress.advance)
             writer.seal()
         except BaseException:
             writer.abort()
@@ -220,40 +229,10 @@ def _prune(repo: Repository, limit: tuple[str, float], repack_small: bool, dry_r
         for st in gone:
             storage.delete(st.name)
             progress.advance(st.size)
-        _compact_catalog(repo)
+        catalog.compact()
         after = catalog.packs()
         result.bytes_after = sum(p["size"] for p in after)
         result.unused_after = sum(st.unused for st in stats.values() if st.id not in gone_ids)
     result.bytes_reclaimed = result.bytes_before - result.bytes_after
     result.duration = round(time.monotonic() - started, 3)
     return result
-
-
-def _copy_live(repo: Repository, st: PackStat, writer, progress: Progress) -> None:
-    """Copy a pack's live entries, verified but still compressed, into the writer."""
-    locs = sorted(st.live, key=lambda loc: loc.offset)
-    start, end = locs[0].offset, max(loc.offset + loc.stored_len for loc in locs)
-    try:
-        data = memoryview(repo.storage.read_range(st.name, start, end - start))
-    except FileNotFoundError:
-        raise DamagedData(f"pack {st.name} holds live data but is missing: prune stopped, nothing deleted") from None
-    if len(data) != end - start:
-        raise DamagedData(f"pack {st.name} is truncated: prune stopped, nothing deleted")
-    for loc in locs:
-        payload = data[loc.offset - start : loc.offset - start + loc.stored_len]
-        repo.decode(loc, payload)  # raises DamagedData: never copy damaged data
-        writer.add(loc.id, loc.type, payload, loc.flags, loc.raw_len)
-        progress.advance(loc.stored_len)
-
-
-def _compact_catalog(repo: Repository) -> None:
-    """Fold the WAL into the database, and VACUUM when a quarter of it is free pages."""
-    conn = repo.catalog.conn
-    try:
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        if pages and free * 4 > pages:
-            conn.execute("VACUUM")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    except sqlite3.OperationalError:  # a reader (e.g. diskvault snapshots) has it open: next time
-        pass

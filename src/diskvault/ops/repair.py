@@ -4,17 +4,23 @@ Packs are self-describing (each trailer lists its blobs) and every snapshot has 
 file ``snapshots/<id>.json`` naming the root of its chunk-list tree, whose nodes are
 blobs in packs. So the whole catalog can be rebuilt without the old one:
 
-1. read every pack's trailer (``pack.read_table``); packs whose trailer is damaged or
+1. read every pack's trailer (``pack.read_pack_index``); packs whose trailer is damaged or
    missing are reported and left out of the index;
 2. if the old catalog is readable (and ``rebuild`` was not asked), keep its locations
    where the pack agrees, and *salvage* blobs it locates in packs with a damaged trailer:
    each is read and verified (blake3) and, if sound, copied into a new sealed pack;
-3. snapshots: every record file, plus (old catalog readable) rows whose record is missing,
-   whose record file is then rewritten;
-4. every snapshot's tree is walked against the new index; snapshots with missing tree
+3. damage: blobs the old catalog knows to be damaged (its ``damaged`` table) and, without an
+   old catalog, blobs stored more than once are verified; the index takes an intact copy
+   where there is one, the others stay known as damaged (never used for deduplication);
+4. snapshots: every readable record file, plus (old catalog readable) rows whose record is
+   missing or unreadable, whose record file is then rewritten; an unreadable record whose
+   tree root still reads and is intact is rebuilt around it (fields that cannot be read
+   are stood in for and reported); the others are reported and kept, untouched;
+5. every snapshot's tree is walked against the new index; snapshots with missing tree
    nodes or chunks are reported as unrecoverable with the byte ranges lost (they stay
-   listed, so ``restore --skip-damaged`` can still save the rest);
-5. the new catalog is written to a temporary file, made durable and renamed over
+   listed, so ``restore --skip-damaged`` can still save the rest); a tree node that does
+   not verify is known as damaged from then on;
+6. the new catalog is written to a temporary file, made durable and renamed over
    ``catalog.sqlite`` (an interrupted repair leaves the old catalog in place). The old
    catalog's other tables and meta are kept unless it is unreadable or ``rebuild``.
 
@@ -26,24 +32,26 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import sqlite3
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
-from ..repository import compression, locking
+from ..repository import locking
 from ..repository.catalog import BlobLocation, Catalog, SnapshotRecord
 from ..errors import DamagedData, RepositoryNotFound
-from ..repository.hashing import ZERO_ID, content_id, short
-from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_table
-from ..repository import CATALOG, CONFIG, FORMAT_VERSION, Repository
-from ..storage.local import TMP_MARK, LocalStorage
+from ..repository.hashing import ZERO_ID, short
+from ..repository.maintenance import (
+    fold_wal, pack_files, probe_catalog, read_records, read_stored, read_verified, salvage_record, swap_catalog,
+    write_catalog, write_record,
+)
+from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_pack_index
+from ..repository import (
+    CATALOG, CONFIG, FORMAT_VERSION, Repository, check_config, repository_errors, require_writable, storage_at,
+)
+from ..storage.local import LocalStorage
 from ..repository.tree import parse
 from .check import check_unlocked
 from .damage import merge, node_problem
-
-CATALOG_TABLES = ("meta", "packs", "blobs", "snapshots")
-
 
 @dataclass
 class RepairResult:
@@ -58,6 +66,9 @@ class RepairResult:
     lost_blobs: int = 0  # located by the old catalog, unreadable now
     changed_rows: int = 0  # old blob rows now pointing elsewhere (fixed, salvaged) or dropped
     records_written: int = 0
+    recovered_records: list[dict] = field(default_factory=list)  # {id, reason, from, stood_in}
+    unreadable_records: list[dict] = field(default_factory=list)  # {record, reason}: kept, not indexed
+    damaged_blobs: int = 0  # blobs known to be damaged, never used for deduplication
     unrecoverable: list[dict] = field(default_factory=list)  # {id, ranges, bytes, reason}
     status_after: str = ""
     duration: float = 0.0
@@ -76,93 +87,40 @@ def _load_config(path: str) -> dict:
         raise RepositoryNotFound(f"{path}/{CONFIG} is unreadable ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != "diskvault" or config.get("version") != FORMAT_VERSION:
         raise RepositoryNotFound(f"{path}/{CONFIG} is not a diskvault configuration of format {FORMAT_VERSION}")
+    check_config(path, config)
     return config
 
 
-def _probe(cat_path: str) -> str:
-    """'used' when the catalog opens and its tables read, else why not."""
-    if not os.path.exists(cat_path):
-        return "missing"
-    try:
-        conn = sqlite3.connect(f"file:{cat_path}?mode=ro", uri=True)
-        try:
-            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if ok != "ok":
-                return f"unreadable: {ok}"
-            if not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                return "missing"  # an empty file (e.g. created by opening a deleted catalog)
-            for table in CATALOG_TABLES:
-                conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        return f"unreadable: {exc}"
-    return "used"
-
-
-def _read(storage: LocalStorage, loc: BlobLocation) -> bytes | memoryview:
-    """Read and verify one blob (DamagedData when it is not what ``loc`` says)."""
-    try:
-        payload = storage.read_range(loc.pack, loc.offset, loc.stored_len)
-    except FileNotFoundError:
-        raise DamagedData(f"pack {pack_id(loc.pack)} is missing") from None
-    return _check(loc, payload)
-
-
-def _check(loc: BlobLocation, payload: bytes) -> bytes | memoryview:
-    if len(payload) != loc.stored_len:
-        raise DamagedData(f"blob {short(loc.id)} lies past the end of pack {pack_id(loc.pack)}")
-    raw = compression.decompress(payload, loc.flags, loc.raw_len)
-    if content_id(raw) != loc.id:
-        raise DamagedData(f"blob {short(loc.id)} in pack {pack_id(loc.pack)} is damaged (hash mismatch)")
-    return raw
-
-
-def _read_records(storage: LocalStorage) -> dict[str, SnapshotRecord]:
-    out: dict[str, SnapshotRecord] = {}
-    fields = SnapshotRecord.__dataclass_fields__
-    for name in storage.list("snapshots"):
-        if not name.endswith(".json"):
-            continue
-        try:
-            d = json.loads(storage.read(name))
-            rec = SnapshotRecord(**{k: v for k, v in d.items() if k in fields and k != "extra"})
-            bytes.fromhex(rec.tree)
-        except (ValueError, TypeError, OSError):
-            continue  # not a record: reported by check as a snapshot without record
-        out[rec.id] = rec
-    return out
-
-
 def repair(path: str, rebuild: bool = False) -> RepairResult:
-    """Rebuild the catalog under the exclusive repository lock: no other command runs."""
+    """Rebuild the catalog under the exclusive repository lock: no other command runs.
+    A read-only repository raises RepositoryReadOnly, a full disk OutOfSpace (nothing changed:
+    the new catalog replaces the old one only once complete)."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise RepositoryNotFound(f"repository {path} does not exist")
-    with locking.locked(path, "exclusive", "repair"):
+    require_writable(path)
+    with repository_errors(path), locking.locked(path, "exclusive", "repair"):
         return _repair_locked(path, rebuild)
 
 
 def _repair_locked(path: str, rebuild: bool) -> RepairResult:
     started = time.monotonic()
     config = _load_config(path)
-    storage = LocalStorage(path)
+    storage = storage_at(path)
     cat_path = os.path.join(path, CATALOG)
-    state = _probe(cat_path)
+    state = probe_catalog(cat_path)
     use_old = state == "used" and not rebuild
     if state == "used":  # fold its WAL into the file: the swap below removes a stale WAL
-        conn = sqlite3.connect(cat_path)
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.close()
+        fold_wal(cat_path)
     res = RepairResult(path, "ignored (--rebuild-catalog)" if rebuild and state == "used" else state)
     old: Catalog | None = Catalog(cat_path) if use_old else None
     try:
-        _repair(storage, config, cat_path, old, res)
+        tmp = _repair(storage, config, cat_path, old, res)
     finally:
         if old is not None:
             old.close()
         storage.close()
-    _swap(cat_path, res)
+    swap_catalog(cat_path, tmp)
     with Repository.open(path) as r:
         report = check_unlocked(r)
     res.status_after = "sound" if report.sound else "damaged"
@@ -170,15 +128,16 @@ def _repair_locked(path: str, rebuild: bool) -> RepairResult:
     return res
 
 
-def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | None, res: RepairResult) -> None:
+def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | None, res: RepairResult) -> str:
+    """Build the new catalog; returns its temporary file."""
     old_packs = old.packs() if old is not None else []
     old_ids = {p["name"]: p["id"] for p in old_packs}
-    files = [n for n in storage.list("packs") if n.endswith(".pack")]
+    files = pack_files(storage)
     ordered = [p["name"] for p in old_packs if p["name"] in set(files)] + sorted(set(files) - old_ids.keys())
     tables: dict[str, list[Entry]] = {}
     for name in ordered:
         try:
-            tables[name] = read_table(storage, name)
+            tables[name] = read_pack_index(storage, name)
         except (DamagedData, OSError) as exc:
             res.damaged_packs.append({"pack": pack_id(name), "reason": str(exc)})
     for name in old_ids:
@@ -196,9 +155,12 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
             if e is not None and (e.offset, e.stored_len, e.raw_len, e.flags, e.type) == (
                     row.offset, row.stored_len, row.raw_len, row.flags, row.type):
                 index[row.id] = (row.pack, e)
+    others: dict[bytes, list[tuple[str, Entry]]] = {}  # copies of a blob besides the one indexed
     for name in ordered:
         for e in tables.get(name, ()):
-            index.setdefault(e.id, (name, e))
+            hit = index.setdefault(e.id, (name, e))
+            if hit[0] != name:
+                others.setdefault(e.id, []).append((name, e))
 
     # salvage blobs the old catalog locates in packs whose trailer is gone: verified, then
     # copied (stored bytes as they are) into new packs, sealed before the catalog uses them
@@ -218,9 +180,8 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
             if row.id in index or row.pack in tables:
                 continue
             try:
-                payload = storage.read_range(row.pack, row.offset, row.stored_len)
-                _check(row, payload)
-            except (DamagedData, OSError):
+                payload = read_stored(storage, row)
+            except DamagedData:
                 res.lost_blobs += 1
                 continue
             if writer is None:
@@ -235,20 +196,26 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
         if writer is not None:
             writer.abort()
         raise
+    damaged = _verify_suspects(storage, index, others, old.damaged() if old is not None else {}, old is None)
     for row in old_rows:  # rows that now point elsewhere, or nowhere
         hit = index.get(row.id)
         if hit is None or hit[0] != row.pack or (hit[1].offset, hit[1].stored_len) != (row.offset, row.stored_len):
             res.changed_rows += 1
 
-    # snapshots: record files, plus old rows whose record is missing (rewritten)
-    snaps = _read_records(storage)
+    # snapshots: record files, plus old rows whose record is missing or unreadable
+    # (rewritten), plus what can be recovered from unreadable records
+    snaps, unreadable = read_records(storage)
     if old is not None:
         for s in old.snapshots():
             if s.id not in snaps:
-                body = json.dumps(s.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-                storage.write_atomic(f"snapshots/{s.id}.json", body)
-                res.records_written += 1
+                write_record(storage, s)
                 snaps[s.id] = s
+                reason = unreadable.pop(f"snapshots/{s.id}.json", None)
+                if reason is None:
+                    res.records_written += 1
+                else:
+                    res.recovered_records.append({"id": s.id, "reason": reason, "from": "catalog", "stood_in": []})
+    _recover_records(storage, unreadable, index, snaps, res)
 
     complete: set[bytes] = set()  # tree nodes whose whole subtree is present
 
@@ -260,8 +227,10 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
             if hit is None:
                 raise DamagedData("not found in any pack")
             name, e = hit
-            level, items = parse(bytes(_read(storage, BlobLocation(nid, e.type, name, e.offset, e.stored_len, e.raw_len, e.flags))))
+            level, items = parse(bytes(read_verified(storage, _loc(nid, name, e))))
         except DamagedData as exc:
+            if hit is not None:
+                damaged.setdefault(nid, (str(exc), _now()))
             lost.append((off, covered))
             why.append(node_problem(nid, exc))
             return False
@@ -288,64 +257,73 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
             res.unrecoverable.append({"id": s.id, "ranges": ranges, "bytes": sum(n for _, n in ranges), "reason": reason})
 
     # write the new catalog beside the old one
-    tmp = f"{cat_path}{TMP_MARK}{secrets.token_hex(4)}"
-    try:
-        if old is not None:
-            new = sqlite3.connect(tmp)
-            old.conn.backup(new)
-            new.close()
-            cat = Catalog(tmp)
-        else:
-            cat = Catalog(tmp)
-            cat.create({"repository_id": config["id"]})
-        conn = cat.conn
-        conn.execute("PRAGMA foreign_keys=OFF")
-        with cat.transaction():
-            conn.execute("DELETE FROM blobs")
-            conn.execute("DELETE FROM packs")
-            conn.execute("DELETE FROM snapshots")
-            rowid: dict[str, int] = {}
-            for name in ordered:
-                if name not in tables:
-                    continue
-                cur = conn.execute("INSERT INTO packs(id, name, size, entries) VALUES (?,?,?,?)",
-                                   (old_ids.get(name), name, storage.size(name), len(tables[name])))
-                rowid[name] = cur.lastrowid
-            conn.executemany(
-                "INSERT INTO blobs VALUES (?,?,?,?,?,?,?)",
-                [(i, e.type, rowid[name], e.offset, e.stored_len, e.raw_len, e.flags) for i, (name, e) in index.items()],
-            )
-            for s in snaps.values():
-                cat.db["snapshots"].insert(s.to_row())
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to rename
-        cat.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except BaseException:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.unlink(tmp + suffix)
-            except FileNotFoundError:
-                pass
-        raise
-    res.packs = len(rowid)
+    tmp, res.packs = write_catalog(cat_path, old, config["id"], storage,
+                                   [(old_ids.get(name), name, tables[name]) for name in ordered if name in tables],
+                                   index, snaps.values(), damaged)
+    res.damaged_blobs = len(damaged)
     res.blobs = len(index)
     res.snapshots = len(snaps)
-    res._tmp = tmp  # type: ignore[attr-defined]
+    return tmp
 
 
-def _swap(cat_path: str, res: RepairResult) -> None:
-    """Replace the catalog by the new one. The old WAL was checkpointed when its last
-    connection closed; a stale -wal/-shm must not be applied to the new file."""
-    tmp = res.__dict__.pop("_tmp")
-    for suffix in ("-wal", "-shm"):
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _loc(ident: bytes, name: str, e: Entry) -> BlobLocation:
+    return BlobLocation(ident, e.type, name, e.offset, e.stored_len, e.raw_len, e.flags)
+
+
+def _verify_suspects(storage: LocalStorage, index: dict[bytes, tuple[str, Entry]],
+                     others: dict[bytes, list[tuple[str, Entry]]], known: dict[bytes, tuple[str, str]],
+                     all_copies: bool) -> dict[bytes, tuple[str, str]]:
+    """Verify the indexed copy of every blob ``known`` to be damaged (the old catalog's
+    ``damaged`` table) and, with ``all_copies`` (no old catalog to say which copy was in
+    use), of every blob stored more than once: the index takes an intact copy where there
+    is one. Returns the blobs left without one (id -> (reason, time found))."""
+    damaged: dict[bytes, tuple[str, str]] = {}
+    suspects = set(known) | (set(others) if all_copies else set())
+    for ident in sorted(suspects):
+        if ident not in index:
+            continue  # not in any pack: absent, which deduplication knows without the table
+        reason = ""
+        for name, e in [index[ident], *others.get(ident, ())]:
+            try:
+                read_verified(storage, _loc(ident, name, e))
+            except DamagedData as exc:
+                reason = reason or str(exc)
+                continue
+            index[ident] = (name, e)
+            break
+        else:
+            damaged[ident] = known.get(ident) or (reason, _now())
+    return damaged
+
+
+def _recover_records(storage: LocalStorage, unreadable: dict[str, str], index: dict[bytes, tuple[str, Entry]],
+                     snaps: dict[str, SnapshotRecord], res: RepairResult) -> None:
+    """Rebuild the snapshots of unreadable records whose tree root still reads and is
+    intact (``salvage_record``), rewriting their record files; report the others (kept)."""
+
+    def size_of_tree(root: bytes) -> int | None:
+        hit = index.get(root)
+        if hit is None:
+            return None
         try:
-            os.unlink(cat_path + suffix)
-        except FileNotFoundError:
-            pass
-    os.rename(tmp, cat_path)
-    fd = os.open(os.path.dirname(cat_path), os.O_RDONLY | os.O_DIRECTORY)
-    os.fsync(fd)
-    os.close(fd)
+            _level, items = parse(bytes(read_verified(storage, _loc(root, *hit))))
+        except DamagedData:
+            return None
+        return sum(n for _, n in items)
+
+    for name, reason in sorted(unreadable.items()):
+        try:
+            got = salvage_record(name, storage.read(name), size_of_tree, os.path.getmtime(os.path.join(storage.root, name)))
+        except OSError:
+            got = None
+        if got is None:
+            res.unreadable_records.append({"record": name, "reason": reason})
+            continue
+        rec, stood_in = got
+        write_record(storage, rec)
+        snaps[rec.id] = rec
+        res.recovered_records.append({"id": rec.id, "reason": reason, "from": "tree", "stood_in": stood_in})

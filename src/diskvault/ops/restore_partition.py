@@ -4,9 +4,12 @@ The partition (numbered as ``diskvault partitions`` shows) is found in the snaps
 partition table; its bytes are read through a SnapshotReader (the chunk-list tree is
 descended to the partition's start, so only the chunks covering it are read, and edges
 inside chunks are cut exactly) with sequential prefetch, and written at offset 0 of the
-target. The target rules are restore's own (``restore._Target``): a file is written under
-a temporary name and renamed at the end, a device needs ``force`` and is never written when
-mounted or too small; zero extents stay holes in a file and are zeroed on a device.
+target, in order. The target rules are restore's own (``images.target.Target``): a new file
+is written under a temporary name and renamed at the end, an existing file or a device is
+overwritten in place (a device needs ``force`` and is never written when mounted or too
+small), ``-`` is stdout; zero extents stay holes in a file and are zeroed on a device. A
+target holding a partition table (a whole disk) is refused unless ``force``: the partition
+would be written over the table.
 
 Raises PartitionError (exit 5) for an unknown partition number, DamagedData for a damaged
 chunk (naming its offset in the image), TargetError/OutOfSpace for the target.
@@ -15,14 +18,14 @@ chunk (naming its offset in the image), TargetError/OutOfSpace for the target.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..repository.catalog import SnapshotRecord
 from ..errors import DamagedData, TargetError
+from ..images.target import Target, os_error
 from ..repository import Repository
 from .partitions import snapshot_partitions
 from .progress import NoProgress, Progress
-from .restore import _os_error, _Target
 from .access.snapshot_reader import ReadContext, SnapshotReader, Stream
 
 STEP = 8 << 20
@@ -33,12 +36,16 @@ class PartitionRestoreResult:
     snapshot: str
     partition: int
     offset: int  # of the partition in the image, bytes
-    target: str
-    kind: str  # "file" or "device" (or "null")
+    target: str  # the path written (a symbolic link's resolved path), or "stdout"
+    kind: str  # "file", "device", "stdout" or "null"
     size: int
     data_bytes: int
     zero_bytes: int
     duration: float
+    in_place: bool = False  # an existing file or a device was overwritten (same inode, mode, owner)
+    target_size: int = 0  # bytes of the target once written (a bigger file keeps its size)
+    symlink: str | None = None  # the symbolic link given as the target (followed with force)
+    warnings: list[str] = field(default_factory=list)  # e.g. written over a partition table (--force)
 
 
 def restore_partition(repo: Repository, snap: SnapshotRecord, number: int, target_path: str,
@@ -49,14 +56,12 @@ def restore_partition(repo: Repository, snap: SnapshotRecord, number: int, targe
 
 def _restore_partition(repo: Repository, snap: SnapshotRecord, number: int, target_path: str,
                        force: bool, progress: Progress) -> PartitionRestoreResult:
-    import os
-
     started = time.monotonic()
     part = snapshot_partitions(repo, snap).get(number)
     lo, hi = part.offset, min(part.offset + part.length, snap.size)
     if lo >= hi:
         raise TargetError(f"partition {number} lies past the end of the {snap.size}-byte image")
-    target = _Target(target_path, hi - lo, force)
+    target = Target(target_path, hi - lo, force, protect=repo.path, partition=number)
     ctx = ReadContext(repo, cache_bytes=64 << 20)
     reader, stream = SnapshotReader(ctx, snap), Stream()
     data = zeros = 0
@@ -75,19 +80,21 @@ def _restore_partition(repo: Repository, snap: SnapshotRecord, number: int, targ
                     zeros += length
                     continue
                 try:
-                    while view:
-                        w = os.pwrite(target.fd, view, off - lo)
-                        view, off = view[w:], off + w
+                    target.write(off - lo, view)
                 except OSError as exc:
-                    raise _os_error(exc, target_path) from None
+                    raise os_error(exc, target.path) from None
                 data += length
             progress.advance(n)
             pos += n
-        target.commit()
+        try:
+            target.commit()
+        except OSError as exc:
+            raise os_error(exc, target.path) from None
     except BaseException:
         target.abort()
         raise
     finally:
         ctx.close()
-    return PartitionRestoreResult(snap.id, number, lo, target_path, target.kind, hi - lo, data, zeros,
-                                  round(time.monotonic() - started, 3))
+    return PartitionRestoreResult(snap.id, number, lo, target.path, target.kind, hi - lo, data, zeros,
+                                  round(time.monotonic() - started, 3), target.in_place, target.target_size,
+                                  target.via, target.warnings)

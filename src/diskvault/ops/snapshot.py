@@ -27,12 +27,18 @@ page fault per 4 KiB on every use).
 The snapshot is recorded only after all its packs are durable (repository write order):
 the writer thread seals each pack (fsync, rename) before the catalog records it.
 Ctrl-C or any error aborts the open pack; sealed packs stay as reusable, unreferenced data.
+
+Before reading, a source mounted read-write (the device, a partition or LVM/crypt holder of
+it, or a loop device over the image file) is refused with SourceError unless
+``allow_mounted``: its image would be inconsistent. A stream produced by a command
+(``command``) is recorded only when the command exits 0. A source whose size changed while
+it was read is recorded with ``size_changed`` and a warning; a clock older than the newest
+snapshot of the same host and source gives a warning (order is by sequence number anyway).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import queue
 import socket
@@ -45,9 +51,11 @@ from datetime import datetime, timezone
 
 from ..repository import compression
 from ..repository.catalog import SnapshotRecord
-from ..errors import DamagedData
+from ..errors import DamagedData, SourceError
 from ..repository.hashing import ZERO_ID, content_id
-from ..images.source import open_source
+from ..images.source import Source, open_command, open_source
+from ..policy import parse_time
+from ..rawnames import readable
 from ..repository.pack import TYPE_CHUNK
 from ..repository import Repository
 from ..repository.tree import TreeBuilder, TreeReader
@@ -133,7 +141,7 @@ def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], ze
             if zeros.test(view, off, n, ident):
                 ident = ZERO_ID
         items.append(_Item(ident, n))
-    known = repo.catalog.known({it.id for it in items if it.id != ZERO_ID})
+    known = repo.known({it.id for it in items if it.id != ZERO_ID})
     seen: set[bytes] = set()
     fresh: list[_Item] = []
     data = 0
@@ -196,7 +204,7 @@ def _parent(repo: Repository, source: str, size: int | None, host: str) -> Snaps
     is safe: it only speeds the cutting up where its chunks recur."""
     mine = [s for s in repo.snapshots() if s.host == host]
     same = [s for s in mine if s.source == source] or [s for s in mine if size is not None and s.size == size]
-    return max(same, key=lambda s: s.time, default=None)
+    return max(same, key=lambda s: (s.seq, s.time), default=None)
 
 
 @dataclass
@@ -259,9 +267,36 @@ def _stitch(repo: Repository, w: _Window, head: bytes | None, zeros: _Zeros,
 
 
 def take_snapshot(repo: Repository, source_path: str, *args, **kwargs) -> SnapshotRecord:
-    """Take a snapshot while holding a shared repository lock (prune waits or fails)."""
+    """Take a snapshot while holding a shared repository lock (prune waits or fails);
+    arguments, result and errors as ``_take_snapshot``."""
     with repo.lock("shared", "snapshot"):
         return _take_snapshot(repo, source_path, *args, **kwargs)
+
+
+MOUNTED_HELP = ("snapshot an LVM or filesystem snapshot of it instead, freeze it with fsfreeze for a short read, "
+                "or boot rescue media; --allow-mounted takes it anyway")
+
+
+def _check_mounted(source: Source, allow_mounted: bool) -> list[dict]:
+    """Where ``source`` is mounted; raises SourceError when read-write, unless allowed."""
+    mounts = source.mounts()
+    rw = [m for m in mounts if m["mode"] == "rw"]
+    if rw and not allow_mounted:
+        where = ", ".join(f"{readable(m['device'])} on {readable(m['mountpoint'])}" for m in rw)
+        raise SourceError(f"{readable(source.path)} is mounted read-write ({where}): an image of a live filesystem is "
+                          f"inconsistent: {MOUNTED_HELP}")
+    return mounts
+
+
+def _clock_warning(repo: Repository, host: str, source: str, when: datetime) -> list[str]:
+    """A warning when ``when`` is older than the newest snapshot of (host, source)."""
+    group = [s for s in repo.snapshots() if s.host == host and s.source == source]
+    newest = max(group, key=lambda s: (s.seq, s.time, s.id), default=None)
+    if newest is None or parse_time(newest.time) <= when:
+        return []
+    return [f"the clock reads {when.isoformat(timespec='seconds')}, before snapshot {newest.id[:12]} of this source "
+            f"({newest.time[:19]}): was it set back? latest and forget follow the sequence number, so this "
+            "snapshot still counts as the newest"]
 
 
 def _take_snapshot(
@@ -272,15 +307,33 @@ def _take_snapshot(
     progress: Progress | None = None,
     compression_mode: str = "auto",
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    stdin_filename: str | None = None,
+    command: list[str] | None = None,
+    allow_mounted: bool = False,
 ) -> SnapshotRecord:
+    """Snapshot ``source_path`` (a path, or ``-`` for stdin), or the output of ``command``
+    (an argv list; ``source_path`` is then ignored). A stream is recorded under the source
+    name ``stdin_filename`` (default ``stdin``); a path under its absolute path. Raises
+    SourceError (missing, unreadable, mounted read-write, command failed), OutOfSpace,
+    Interrupted, DamagedData (a parent it cannot read is skipped, not raised)."""
     progress = progress or NoProgress()
     codec = _Codec(compression_mode, expect_known=repo.catalog.has_snapshots())
     tags = sorted(set(tags or []))
     started = time.monotonic()
     when = now()
-    source = open_source(source_path)
+    source = open_command(command) if command else open_source(source_path)
+    try:
+        mounted = _check_mounted(source, allow_mounted)
+    except BaseException:
+        source.close()
+        raise
     host = host or socket.gethostname()
-    source_name = "stdin" if source.kind == "stdin" else os.path.abspath(source_path)
+    stream = command is not None or source_path == "-"
+    source_name = (stdin_filename or "stdin") if stream else os.path.abspath(source_path)
+    warnings = _clock_warning(repo, host, source_name, when)
+    warnings += [f"{readable(m['device'])} is mounted read-only on {readable(m['mountpoint'])}" if m["mode"] == "ro" else
+                 f"{readable(m['device'])} is mounted read-write on {readable(m['mountpoint'])} (--allow-mounted): "
+                 "the image may be inconsistent" for m in mounted]
     parent = _parent(repo, source_name, source.size, host)
     guide = _Guide(repo, parent) if parent else None
     writer = repo.blob_writer()
@@ -385,6 +438,8 @@ def _take_snapshot(
         write_thread.join()
         if failure:
             raise failure[0]
+        source.finish()  # a producing command that failed: nothing is recorded
+        size_now = source.current_size()
         root = builder.finish()
         writer.seal()
     except BaseException:
@@ -407,9 +462,14 @@ def _take_snapshot(
         tags=tags,
         tree=root.hex(),
         duration=round(time.monotonic() - started, 3),
+        mounted=mounted or None,
+        size_changed={"before": source.size, "after": size_now} if size_now != source.size else None,
+        warnings=warnings,
         **stats,
     )
-    body = json.dumps(record.to_json(), sort_keys=True).encode()
-    record.id = content_id(body).hex()[:32]
-    repo.save_snapshot(record)
+    if record.size_changed:
+        record.warnings.append(
+            f"{readable(source_name)} changed size while it was read ({source.size} -> {size_now} bytes): the "
+            f"snapshot holds its first {source.size} bytes; take it again from a stable copy (an LVM or filesystem snapshot)")
+    repo.save_snapshot(record)  # gives it its sequence number and id
     return record

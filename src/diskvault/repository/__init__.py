@@ -3,6 +3,11 @@ made of, lowest layer last: the catalog and locks; packs, trees and the chunker;
 compression. Below it, ``diskvault.storage`` holds the files; above it, ``diskvault.ops``
 uses only what this package exports and its modules' public names."""
 
-from .repository import CATALOG, CONFIG, FORMAT_VERSION, BlobWriter, Repository, pack_target_size
+from .repository import (
+    CATALOG, CONFIG, FORMAT_VERSION, BlobWriter, Repository, check_config, pack_target_size, repository_errors,
+    require_writable, storage_at,
+)
 
-__all__ = ["Repository", "BlobWriter", "pack_target_size", "CATALOG", "CONFIG", "FORMAT_VERSION"]
+__all__ = ["Repository", "BlobWriter", "check_config", "pack_target_size", "repository_errors", "require_writable",
+           "storage_at", "CATALOG", "CONFIG",
+           "FORMAT_VERSION"]

@@ -1,10 +1,14 @@
 """The SQLite catalog (``catalog.sqlite``): an index over what the storage holds.
 
 Tables (see docs/design.md): ``meta``, ``packs``, ``blobs`` (content id -> pack, offset,
-lengths) and ``snapshots`` (one row per snapshot; its chunk list is a tree of blobs, so a
-snapshot costs one row plus the tree nodes that changed). Everything here can be rebuilt
+lengths), ``snapshots`` (one row per snapshot; its chunk list is a tree of blobs, so a
+snapshot costs one row plus the tree nodes that changed) and ``damaged`` (blobs whose stored
+copy is known to be damaged or missing: never used for deduplication, see docs/integrity.md;
+created on first use in a catalog made before it, absent means empty). Everything here can be rebuilt
 from the packs and snapshot records (``repair``). WAL mode, synchronous=FULL: a commit that
-returned is durable. Raises sqlite3 errors only for a broken file.
+returned is durable. Raises sqlite3 errors only for a broken file (``catalog_error`` names
+them). A catalog that must not be written (read-only repository, full disk) is opened
+read-only, immutable where nothing can change it (``read_only_uri``).
 
 sqlite-utils serves the whole-repository commands (``packs``); the statements every command
 runs (meta, snapshot rows, lookups) use sqlite3 directly, because importing sqlite-utils
@@ -15,11 +19,17 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 import sqlite3
+import tempfile
 import threading
+import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..errors import DiskvaultError, OutOfSpace, RepositoryError, RepositoryLocked, RepositoryReadOnly
+from ..rawnames import escape, is_raw, unescape
 from .pack import Entry
 
 SCHEMA_VERSION = 1
@@ -56,10 +66,23 @@ CREATE TABLE IF NOT EXISTS snapshots (
     new_chunks INTEGER NOT NULL,
     new_bytes INTEGER NOT NULL,
     stored_bytes INTEGER NOT NULL,
-    duration REAL NOT NULL
+    duration REAL NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
+    mounted TEXT,
+    size_changed TEXT
 );
 CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(time);
+CREATE TABLE IF NOT EXISTS damaged (
+    id BLOB PRIMARY KEY,
+    reason TEXT NOT NULL,
+    time TEXT NOT NULL
+) WITHOUT ROWID;
 """
+# snapshot columns added after schema version 1 was released: created in new catalogs by
+# SCHEMA, added to an older catalog by its first write of a snapshot row (a catalog opened
+# only for reading may lack them: its rows read as the defaults)
+ADDED_SNAPSHOT_COLUMNS = {"seq": "INTEGER NOT NULL DEFAULT 0", "mounted": "TEXT", "size_changed": "TEXT"}
+DAMAGED_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS damaged"):].strip().rstrip(";")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +98,18 @@ class BlobLocation:
 
 @dataclass
 class SnapshotRecord:
+    """One snapshot, as its record file (``to_json``) and catalog row (``to_row``) hold it.
+
+    ``host`` and ``source`` are str as Python gives paths (``os.fsdecode``): a name that is not
+    UTF-8 is kept byte for byte, as a BLOB in the catalog and as ``source`` (readable) plus
+    ``source_raw`` (base64 of the bytes) in JSON (rawnames.py). ``seq``: repository-wide
+    sequence number, one more than the highest in the catalog when saved (0: a record from
+    before sequence numbers; these order by time). ``mounted``: where the source device was
+    mounted when read (``{"mountpoint", "mode": "ro"|"rw", "device"}`` list), else None.
+    ``size_changed``: ``{"before", "after"}`` bytes when the source's size changed while it
+    was read (the snapshot holds the first ``before`` bytes), else None. ``warnings``: what
+    the snapshot command reported (not stored)."""
+
     id: str
     time: str  # ISO 8601, UTC
     host: str
@@ -89,25 +124,58 @@ class SnapshotRecord:
     new_bytes: int = 0
     stored_bytes: int = 0
     duration: float = 0.0
+    seq: int = 0
+    mounted: list[dict] | None = None
+    size_changed: dict | None = None
+    warnings: list[str] = field(default_factory=list, compare=False)
+
+    _TRANSIENT = ("warnings",)
+    _JSON_COLUMNS = ("tags", "mounted", "size_changed")
+
+    def _fields(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in self._TRANSIENT}
 
     def to_row(self) -> dict:
-        row = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        row["tags"] = json.dumps(self.tags)
+        row = self._fields()
+        for k in self._JSON_COLUMNS:
+            row[k] = None if row[k] is None else json.dumps(row[k])
+        for k in ("host", "source"):
+            if is_raw(row[k]):
+                row[k] = os.fsencode(row[k])  # a BLOB: the exact bytes
         return row
 
     @classmethod
     def from_row(cls, row: dict) -> SnapshotRecord:
         row = dict(row)
-        row["tags"] = json.loads(row["tags"])
+        for k in cls._JSON_COLUMNS:
+            if row.get(k) is not None:
+                row[k] = json.loads(row[k])
+        for k in ("host", "source"):
+            if isinstance(row[k], bytes):
+                row[k] = os.fsdecode(row[k])
         return cls(**row)
 
     def to_json(self) -> dict:
-        d = self.to_row()
+        """The record as strict JSON-ready data (names that are not UTF-8: see rawnames)."""
+        d = self._fields()
         d["tags"] = list(self.tags)
-        return d
+        return escape(d)
+
+    @classmethod
+    def from_json(cls, d: dict) -> SnapshotRecord:
+        """A record from its JSON form; unknown keys are ignored. Raises ValueError or
+        TypeError for a malformed one."""
+        if not isinstance(d, dict):
+            raise TypeError("a snapshot record is a JSON object")
+        d = unescape(d)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k not in cls._TRANSIENT})
 
 
-def connect(path: str) -> sqlite3.Connection:
+def connect(path: str, uri: str | None = None) -> sqlite3.Connection:
+    """A connection to the catalog at ``path``: read-write in WAL mode, or read-only through
+    ``uri`` (see ``read_only_uri``)."""
+    if uri is not None:
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=60)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -115,14 +183,99 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def read_only_uri(path: str) -> tuple[str, str | None]:
+    """How to read the catalog at ``path`` without writing anything beside it: ``(uri, copy
+    directory or None)``. In order: ``mode=ro`` when SQLite can share the WAL index (the
+    ``-shm`` file exists, or the directory is writable); else, when the WAL holds committed
+    transactions, a private copy of the catalog and its WAL in a temporary directory (the
+    caller removes it); else ``immutable=1``: no WAL content, and SQLite could not create the
+    ``-shm``, so nobody who writes as SQLite expects can be writing it now (a read-only file
+    system, a full disk, or a directory this user cannot write; a writer that ignores the
+    repository lock could still change it, and then a read sees an error, never wrong data,
+    because every blob read is verified). Raises sqlite3.Error when none of them opens."""
+    base = f"file:{urllib.parse.quote(path)}"
+    try:
+        probe = sqlite3.connect(f"{base}?mode=ro", uri=True)
+        try:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return f"{base}?mode=ro", None
+        finally:
+            probe.close()
+    except sqlite3.OperationalError:  # cannot open or create the -shm: not damage
+        pass
+    wal = f"{path}-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        folder = tempfile.mkdtemp(prefix="diskvault-catalog-")
+        try:
+            copy = os.path.join(folder, os.path.basename(path))
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, f"{copy}-wal")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return f"file:{urllib.parse.quote(copy)}?mode=ro", folder
+    return f"{base}?mode=ro&immutable=1", None
+
+
+def catalog_error(exc: sqlite3.Error, repository: str | None = None) -> DiskvaultError | None:
+    """The DiskvaultError for an SQLite error on the catalog of ``repository``, or None when
+    it is none of these (a bug): damaged (CORRUPT, NOTADB) -> RepositoryError with the hint
+    to run repair; FULL -> OutOfSpace; READONLY -> RepositoryReadOnly; IOERR, CANTOPEN ->
+    RepositoryError (OutOfSpace when the disk is full); BUSY, LOCKED -> RepositoryLocked."""
+    code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+    repo = repository or "the repository"
+    full = _disk_full(repository) if repository else False
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        r = repository or "REPO"
+        return RepositoryError(f"the catalog of {repo} is damaged ({exc}): rebuild it with diskvault repair -r {r}")
+    if code == sqlite3.SQLITE_FULL or (full and code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN)):
+        return OutOfSpace(f"no space left on the repository's disk ({repo}): free some space, then run the command again")
+    if code == sqlite3.SQLITE_READONLY:
+        return RepositoryReadOnly(f"repository {repo} is read-only ({exc}): make it writable to change it; "
+                                  "reading commands work as it is")
+    if code == sqlite3.SQLITE_IOERR:
+        return RepositoryError(f"input/output error on the catalog of {repo} ({exc}): the disk may be failing; "
+                               "check it (dmesg)")
+    if code == sqlite3.SQLITE_CANTOPEN:
+        return RepositoryError(f"cannot open the catalog of {repo} ({exc}): check that this user may read it "
+                               "and that the open-files limit (ulimit -n) is not reached")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return RepositoryLocked(f"the catalog of {repo} is busy ({exc}): another process holds it; try again later")
+    return None
+
+
+def _disk_full(path: str) -> bool:
+    """Less than 1 MiB available to ordinary users where ``path`` is: after a failure, the
+    likely cause (SQLite reports a full disk as an I/O error when it cannot grow the
+    ``-shm`` file)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
 class Catalog:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, read_only: bool = False) -> None:
+        """Open the catalog at ``path``; ``read_only``: write nothing, not even beside it
+        (see ``read_only_uri``); its writes raise sqlite3.OperationalError (READONLY)."""
         self.path = path
-        self.conn = connect(path)
+        self.read_only = read_only
+        self._uri, self._copy = read_only_uri(path) if read_only else (None, None)
+        try:
+            self.conn = connect(path, self._uri)
+        except BaseException:
+            self._remove_copy()
+            raise
         self._pack_names: dict[int, str] = {}
         self._lookup_lock = threading.Lock()
         self._lookup_conns: list[sqlite3.Connection] = []
         self._local = threading.local()
+
+    def _remove_copy(self) -> None:
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
     @functools.cached_property
     def db(self):
@@ -156,29 +309,52 @@ class Catalog:
 
     def close(self) -> None:
         """Close; folds the WAL back into the database file first (best effort: another
-        process reading the catalog may keep part of it)."""
-        try:
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
+        process reading the catalog may keep part of it; never when read-only)."""
+        if not self.read_only:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
         self.conn.close()
         with self._lookup_lock:
             for conn in self._lookup_conns:
                 conn.close()
             self._lookup_conns.clear()
+        self._remove_copy()
+
+    def compact(self) -> None:
+        """Fold the WAL into the database, and VACUUM when a quarter of it is free pages;
+        skipped (until next time) while a reader holds the catalog open."""
+        try:
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            if pages and free * 4 > pages:
+                self.conn.execute("VACUUM")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:  # a reader (e.g. diskvault snapshots) has it open
+            pass
 
     # --- packs and blobs --------------------------------------------------------
     def add_pack(self, name: str, size: int, entries: list[Entry]) -> None:
         """Record a sealed (durable) pack and its entries in one transaction."""
         with self.transaction():
-            cur = self.conn.execute(
-                "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
-            )
-            pid = cur.lastrowid
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO blobs VALUES (?,?,?,?,?,?,?)",
-                [(e.id, e.type, pid, e.offset, e.stored_len, e.raw_len, e.flags) for e in entries],
-            )
+            self._insert_pack(name, size, entries, repoint=False)
+
+    def _insert_pack(self, name: str, size: int, entries: list[Entry], repoint: bool) -> int:
+        """Insert a pack row and its blob rows (inside a transaction); with ``repoint``, rows
+        of blobs already catalogued elsewhere are pointed at this pack, else they are kept."""
+        cur = self.conn.execute(
+            "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
+        )
+        pid = cur.lastrowid
+        conflict = (" ON CONFLICT(id) DO UPDATE SET type=excluded.type, pack=excluded.pack, offset=excluded.offset, "
+                    "stored_len=excluded.stored_len, raw_len=excluded.raw_len, flags=excluded.flags")
+        self.conn.executemany(
+            "INSERT INTO blobs VALUES (?,?,?,?,?,?,?)" + conflict if repoint else
+            "INSERT OR IGNORE INTO blobs VALUES (?,?,?,?,?,?,?)",
+            [(e.id, e.type, pid, e.offset, e.stored_len, e.raw_len, e.flags) for e in entries],
+        )
+        return pid
 
     def blobs_by_pack(self) -> dict[int, list[BlobLocation]]:
         """Every blob row, grouped by pack id, each pack's rows by offset (check, repair).
@@ -197,16 +373,56 @@ class Catalog:
         blobs at it, in one transaction: rows that pointed at an older copy are re-pointed
         (the older copy is deleted only afterwards, see ops/prune.py)."""
         with self.transaction():
-            cur = self.conn.execute(
-                "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
-            )
-            pid = cur.lastrowid
-            self.conn.executemany(
-                "INSERT INTO blobs VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
-                "type=excluded.type, pack=excluded.pack, offset=excluded.offset, "
-                "stored_len=excluded.stored_len, raw_len=excluded.raw_len, flags=excluded.flags",
-                [(e.id, e.type, pid, e.offset, e.stored_len, e.raw_len, e.flags) for e in entries],
-            )
+            self._insert_pack(name, size, entries, repoint=True)
+
+    def heal_pack(self, name: str, size: int, entries: list[Entry], healed: Iterable[bytes]) -> None:
+        """Record a sealed (durable) pack holding new copies of the damaged blobs ``healed``,
+        in one transaction: every blob row of the pack points at it (the damaged copies are
+        no longer used) and ``healed`` leave the ``damaged`` table."""
+        with self.transaction():
+            self._insert_pack(name, size, entries, repoint=True)
+            self.conn.execute(DAMAGED_TABLE)  # the damage may be known only to this process
+            self.conn.executemany("DELETE FROM damaged WHERE id=?", [(i,) for i in healed])
+
+    # --- damage ------------------------------------------------------------------
+    def damaged(self) -> dict[bytes, tuple[str, str]]:
+        """Blobs known to be damaged or missing: id -> (reason, ISO time it was found).
+        Empty for a catalog made before the table existed."""
+        try:
+            rows = self.conn.execute("SELECT id, reason, time FROM damaged").fetchall()
+        except sqlite3.OperationalError:  # no such table
+            return {}
+        return {i: (r, t) for i, r, t in rows}
+
+    def mark_damaged(self, found: dict[bytes, str], when: str) -> None:
+        """Record blobs found damaged or missing (id -> reason) at ``when`` (ISO time), in one
+        transaction; an id already recorded keeps its first reason. Raises sqlite3.Error when
+        the catalog cannot be written (a read-only repository)."""
+        if not found:
+            return
+        with self.transaction():
+            self.conn.execute(DAMAGED_TABLE)
+            self.conn.executemany("INSERT OR IGNORE INTO damaged VALUES (?,?,?)",
+                                  [(i, reason, when) for i, reason in found.items()])
+
+    def clear_damaged(self, ids: Iterable[bytes]) -> None:
+        """Forget that ``ids`` were damaged (a verified read found them intact)."""
+        ids = [(i,) for i in ids]
+        if ids:
+            with self.transaction():
+                self.conn.execute(DAMAGED_TABLE)
+                self.conn.executemany("DELETE FROM damaged WHERE id=?", ids)
+
+    def forget_empty_packs(self, names: Iterable[str]) -> None:
+        """Forget the packs ``names`` that no blob row points at (packs whose file is gone
+        once their blobs were stored again elsewhere)."""
+        names = list(names)
+        if names:
+            with self.transaction():
+                self.conn.execute(
+                    f"DELETE FROM packs WHERE name IN ({','.join('?' * len(names))}) "
+                    "AND NOT EXISTS (SELECT 1 FROM blobs WHERE blobs.pack = packs.id)", names)
+            self._pack_names.clear()
 
     def delete_packs(self, pack_ids: Iterable[int], keep_ids: set[bytes] | None = None) -> int:
         """Forget packs and every blob row pointing at them, in one transaction; returns the
@@ -223,6 +439,8 @@ class Catalog:
                         raise ValueError(f"pack {pid} still holds live blob {bid.hex()[:12]}")
             removed = self.conn.execute(f"DELETE FROM blobs WHERE pack IN ({marks})", pack_ids).rowcount
             self.conn.execute(f"DELETE FROM packs WHERE id IN ({marks})", pack_ids)
+            if self.damaged():  # damage of a blob that is gone no longer matters
+                self.conn.execute("DELETE FROM damaged WHERE NOT EXISTS (SELECT 1 FROM blobs WHERE blobs.id = damaged.id)")
         self._pack_names.clear()  # ids of deleted packs may be reused
         return removed
 
@@ -254,7 +472,7 @@ class Catalog:
         per thread: the snapshot's workers and its parent walk never wait for each other)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = connect(self.path)
+            conn = self._local.conn = connect(self.path, self._uri)
             with self._lookup_lock:
                 self._lookup_conns.append(conn)
         return conn
@@ -302,15 +520,35 @@ class Catalog:
 
     # --- snapshots ---------------------------------------------------------------
     def add_snapshot(self, snap: SnapshotRecord) -> None:
+        """Insert a snapshot row (one statement: atomic); adds missing columns first."""
+        self.upgrade()
         row = snap.to_row()
-        self.conn.execute(  # one statement: atomic
+        self.conn.execute(
             f"INSERT INTO snapshots ({','.join(row)}) VALUES ({','.join(':' + k for k in row)})", row)
+
+    def upgrade(self) -> None:
+        """Add the snapshot columns an older catalog lacks (ADDED_SNAPSHOT_COLUMNS); writes."""
+        if getattr(self, "_upgraded", False):
+            return
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(snapshots)")}
+        for name, decl in ADDED_SNAPSHOT_COLUMNS.items():
+            if name not in have:
+                self.conn.execute(f"ALTER TABLE snapshots ADD COLUMN {name} {decl}")
+        self._upgraded = True
+
+    def next_seq(self) -> int:
+        """One more than the highest snapshot sequence number (1 for the first)."""
+        self.upgrade()
+        return self.conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM snapshots").fetchone()[0]
 
     def has_snapshots(self) -> bool:
         return self.conn.execute("SELECT 1 FROM snapshots LIMIT 1").fetchone() is not None
 
     def snapshots(self) -> list[SnapshotRecord]:
-        return [SnapshotRecord.from_row(r) for r in self._dicts("SELECT * FROM snapshots ORDER BY time, id")]
+        """Every snapshot, oldest first: by sequence number, then time (records from before
+        sequence numbers have seq 0 and order by time), then id."""
+        rows = [SnapshotRecord.from_row(r) for r in self._dicts("SELECT * FROM snapshots")]
+        return sorted(rows, key=lambda s: (s.seq, s.time, s.id))
 
     def snapshot_ids_with_prefix(self, prefix: str) -> list[str]:
         return [r[0] for r in self.conn.execute(

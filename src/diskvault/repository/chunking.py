@@ -33,6 +33,21 @@ class ChunkerParams:
             )
         return cls(min_size=avg // 4, avg_size=avg, max_size=avg * 4)
 
+    @classmethod
+    def from_config(cls, value: object) -> ChunkerParams:
+        """The parameters config.json records, checked: raises ValueError unless they are
+        ones ``init`` writes (``for_average`` of a power of two from 4K to 4M: sizes in bytes,
+        min = avg / 4, max = 4 avg)."""
+        keys = {"min_size", "avg_size", "max_size"}
+        if not isinstance(value, dict) or set(value) != keys or any(type(v) is not int for v in value.values()):
+            raise ValueError(f"chunker {value!r} is not {{min_size, avg_size, max_size}} in bytes")
+        params = cls(**value)
+        expected = cls.for_average(params.avg_size)
+        if params != expected:
+            raise ValueError(f"chunker sizes {params.min_size}/{params.avg_size}/{params.max_size} (min/avg/max) are not "
+                             f"{expected.min_size}/{expected.avg_size}/{expected.max_size}")
+        return params
+
     def to_dict(self) -> dict[str, int]:
         return {"min_size": self.min_size, "avg_size": self.avg_size, "max_size": self.max_size}
 

@@ -11,11 +11,14 @@ process started at another time) or when it was not refreshed for STALE_AFTER (a
 rewrites its ``time`` every REFRESH seconds). Stale locks of dead processes on this host are
 removed when a lock is taken; other stale locks are ignored and removed by
 ``diskvault unlock``. A conflict raises RepositoryLocked (exit 7) naming the holder, after
-waiting up to ``wait`` seconds (``DISKVAULT_LOCK_WAIT``) for it to go away.
+waiting up to ``wait`` seconds (``DISKVAULT_LOCK_WAIT``) for it to go away. A lock that
+cannot be written raises RepositoryReadOnly (read-only file system, permission) or OutOfSpace;
+a reading command then goes on without it (Repository.lock).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -28,7 +31,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from ..errors import RepositoryError, RepositoryLocked
+from ..errors import RepositoryError, RepositoryLocked, RepositoryReadOnly, UsageError, os_error
+from ..storage.local import private_dir, private_file
 
 LOCKS = "locks"
 STALE_AFTER = 30 * 60  # seconds without refresh
@@ -90,7 +94,7 @@ def stale_reason(lock: LockInfo, now: float | None = None) -> str | None:
 
 def _dir(repo_path: str) -> str:
     path = os.path.join(repo_path, LOCKS)
-    os.makedirs(path, exist_ok=True)
+    private_dir(path)
     return path
 
 
@@ -117,11 +121,18 @@ def _write(folder: str, lock: LockInfo) -> None:
     path = os.path.join(folder, lock.name)
     tmp = f"{path}.tmp-{secrets.token_hex(4)}"
     body = {k: v for k, v in lock.to_json().items() if k != "name"}
-    with open(tmp, "w") as f:
-        json.dump(body, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+    try:
+        with os.fdopen(private_file(tmp), "w") as f:
+            json.dump(body, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:  # e.g. no space: leave no half-written lock behind
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -177,20 +188,33 @@ class RepositoryLock:
             _remove(self.folder, self.info.name)
 
 
+def lock_wait() -> float:
+    """``DISKVAULT_LOCK_WAIT`` in seconds (default 0); raises UsageError (exit 2) unless it
+    is a finite number >= 0."""
+    text = os.environ.get("DISKVAULT_LOCK_WAIT", "0")
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait < float("inf"):  # NaN fails too
+        raise UsageError(f"DISKVAULT_LOCK_WAIT={text!r} is not a number of seconds: set it to 0 or more (e.g. 30), or unset it")
+    return wait
+
+
 def acquire(repo_path: str, kind: str, command: str, wait: float | None = None) -> RepositoryLock:
     """Take a lock or raise RepositoryLocked naming the holder (after ``wait`` seconds)."""
     assert kind in ("shared", "exclusive")
     if wait is None:
-        try:
-            wait = float(os.environ.get("DISKVAULT_LOCK_WAIT", "0"))
-        except ValueError:
-            wait = 0.0
+        wait = lock_wait()
     try:
         return _acquire(repo_path, kind, command, wait)
-    except PermissionError as exc:
-        raise RepositoryError(
-            f"cannot lock repository {repo_path}: {exc.strerror} writing {exc.filename}: run as its owner"
-        ) from None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise RepositoryReadOnly(
+                f"cannot lock repository {repo_path} ({(exc.strerror or str(exc)).lower()}: {exc.filename}): run as a "
+                "user who may write it, or read without a lock (--no-lock)"
+            ) from None
+        raise os_error(exc, repo_path) from None  # e.g. ENOSPC: OutOfSpace
 
 
 def _acquire(repo_path: str, kind: str, command: str, wait: float) -> RepositoryLock:

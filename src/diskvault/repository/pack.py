@@ -7,8 +7,10 @@ Layout (all integers little-endian; see docs/design.md):
     table    52 B × n   per entry: id[32] type u8 flags u8 reserved u16 offset u64 stored u32 raw u32
     footer   48 B   u32 n, u32 reserved, blake3(table)[32], magic "DVTRAIL1"
 
-A pack can be read without the catalog: ``read_table`` parses and checks the trailer. Any
-mismatch (magic, checksum, entry outside the data area) raises DamagedData naming the pack.
+A pack can be read without the catalog: ``read_pack_index`` parses and checks the trailer.
+Any mismatch (magic, checksum, entry outside the data area) raises DamagedData naming the pack.
+This module is the only one that knows the byte layout: the rest of the program asks it for
+a pack's index (``read_pack_index``) and its size overhead (``pack_overhead``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import DamagedData
+from .compression import FLAG_LZ4, FLAG_ZSTD
 from .hashing import content_id
 from ..storage import FileWriter, Storage
 
@@ -30,6 +33,8 @@ FOOTER = struct.Struct("<II32s8s")
 
 TYPE_CHUNK = 1  # a piece of a source image
 TYPE_TREE = 2  # a node of a snapshot's chunk list (see tree.py)
+ENTRY_TYPES = (TYPE_CHUNK, TYPE_TREE)
+ENTRY_FLAGS = (0, FLAG_LZ4, FLAG_ZSTD)  # raw, an lz4 block, a zstd frame (compression.py)
 
 TARGET_PACK_SIZE = 32 << 20
 
@@ -42,6 +47,12 @@ class Entry:
     offset: int
     stored_len: int
     raw_len: int
+
+
+def pack_overhead(n_entries: int, n_packs: int = 1) -> int:
+    """Bytes that are not payload in ``n_packs`` packs holding ``n_entries`` entries in all
+    (headers, index tables, footers)."""
+    return n_packs * (HEADER.size + FOOTER.size) + n_entries * ENTRY.size
 
 
 def new_pack_name() -> str:
@@ -92,29 +103,54 @@ class PackWriter:
         self._w.abort()
 
 
-def read_table(storage: Storage, name: str) -> list[Entry]:
-    """Parse and check a pack's trailer; raises DamagedData, FileNotFoundError."""
+def read_pack_index(storage: Storage, name: str) -> list[Entry]:
+    """A pack's entries (in file order), parsed from its trailer and checked; raises
+    DamagedData naming the pack, FileNotFoundError, OSError.
+
+    Every documented field is checked: header magic, version and flags (0); footer magic,
+    reserved word (0), entry count and table checksum; per entry the type (chunk or tree),
+    the flags (raw, lz4 or zstd), the reserved word (0), a raw entry's two lengths (equal)
+    and the offsets: the payloads lie back to back from the end of the header to the table,
+    so every byte of the pack belongs to exactly one field or payload."""
+    pid = pack_id(name)
     size = storage.size(name)
     if size < HEADER.size + FOOTER.size:
-        raise DamagedData(f"pack {pack_id(name)} is truncated ({size} bytes)")
-    magic, version, _flags = HEADER.unpack(storage.read_range(name, 0, HEADER.size))
+        raise DamagedData(f"pack {pid} is truncated ({size} bytes)")
+    magic, version, flags = HEADER.unpack(storage.read_range(name, 0, HEADER.size))
     if magic != MAGIC:
-        raise DamagedData(f"pack {pack_id(name)} has no pack header")
+        raise DamagedData(f"pack {pid} has no pack header")
     if version != VERSION:
-        raise DamagedData(f"pack {pack_id(name)} has format version {version}, expected {VERSION}")
-    count, _r, digest, tmagic = FOOTER.unpack(storage.read_range(name, size - FOOTER.size, FOOTER.size))
+        raise DamagedData(f"pack {pid} has format version {version}, expected {VERSION}")
+    if flags:
+        raise DamagedData(f"pack {pid} has header flags {flags:#x}, which this version does not know (expected 0)")
+    count, reserved, digest, tmagic = FOOTER.unpack(storage.read_range(name, size - FOOTER.size, FOOTER.size))
     if tmagic != TRAILER_MAGIC:
-        raise DamagedData(f"pack {pack_id(name)} has no trailer (truncated or overwritten)")
+        raise DamagedData(f"pack {pid} has no trailer (truncated or overwritten)")
+    if reserved:
+        raise DamagedData(f"pack {pid} has a reserved trailer word set ({reserved:#x}, expected 0)")
     table_len = count * ENTRY.size
     table_start = size - FOOTER.size - table_len
     if table_start < HEADER.size:
-        raise DamagedData(f"pack {pack_id(name)} trailer claims {count} entries, more than fit")
+        raise DamagedData(f"pack {pid} trailer claims {count} entries, more than fit")
     table = storage.read_range(name, table_start, table_len)
     if content_id(table) != digest:
-        raise DamagedData(f"pack {pack_id(name)} trailer checksum does not match")
+        raise DamagedData(f"pack {pid} trailer checksum does not match")
     entries = []
-    for ident, kind, flags, _r2, off, stored, raw in ENTRY.iter_unpack(table):
-        if off < HEADER.size or off + stored > table_start:
-            raise DamagedData(f"pack {pack_id(name)} entry {ident.hex()[:12]} lies outside the data area")
-        entries.append(Entry(ident, kind, flags, off, stored, raw))
+    end = HEADER.size  # where the next payload must start
+    for ident, kind, eflags, reserved, off, stored, raw in ENTRY.iter_unpack(table):
+        what = f"pack {pid} entry {ident.hex()[:12]}"
+        if kind not in ENTRY_TYPES:
+            raise DamagedData(f"{what} has unknown type {kind}")
+        if eflags not in ENTRY_FLAGS:
+            raise DamagedData(f"{what} has unknown flags {eflags:#x}")
+        if reserved:
+            raise DamagedData(f"{what} has its reserved word set ({reserved:#x}, expected 0)")
+        if not eflags and stored != raw:
+            raise DamagedData(f"{what} is stored raw in {stored} bytes but records {raw} raw bytes")
+        if off != end or off + stored > table_start:
+            raise DamagedData(f"{what} lies outside the data area")
+        end = off + stored
+        entries.append(Entry(ident, kind, eflags, off, stored, raw))
+    if end != table_start:
+        raise DamagedData(f"pack {pid} has {table_start - end} bytes between its last payload and its table")
     return entries

@@ -11,53 +11,130 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import sqlite3
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from . import compression, locking
-from .catalog import BlobLocation, Catalog, SnapshotRecord
+from .catalog import BlobLocation, Catalog, SnapshotRecord, catalog_error
 from .chunking import Chunker, ChunkerParams
-from ..errors import DamagedData, FormatVersionError, RepositoryExists, RepositoryNotFound, SnapshotError
+from ..errors import (
+    DamagedData,
+    DiskvaultError,
+    FormatVersionError,
+    OutOfSpace,
+    RepositoryError,
+    RepositoryExists,
+    RepositoryNotFound,
+    RepositoryReadOnly,
+    SnapshotError,
+    UsageError,
+    os_error,
+)
+from ..rawnames import readable
 from .hashing import content_id, short
 from .pack import TARGET_PACK_SIZE, TYPE_CHUNK, TYPE_TREE, PackWriter, pack_id
-from ..storage.local import LocalStorage
+from ..storage.local import TMP_MARK, LocalStorage, private_dir, private_file
 from .tree import TreeReader
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 CATALOG = "catalog.sqlite"
+FOLDERS = ("packs", "snapshots", "locks")
+# every name the repository stores: its storage lists, deletes and cleans up only these
+NAMES = re.compile(
+    r"config\.json|catalog\.sqlite"
+    r"|packs/(?P<dir>[0-9a-f]{2})/(?P=dir)[0-9a-f]{30}\.pack"  # pack.new_pack_name
+    r"|snapshots/[0-9a-f]{32}\.json"  # a snapshot record (ops/snapshot.py: 32 hex digits)
+    r"|locks/[0-9a-f]{16}\.json"  # locking.py
+)
+
+
+def storage_at(path: str) -> LocalStorage:
+    """The storage of the repository at ``path``, holding only the repository's own names."""
+    return LocalStorage(path, NAMES)
+
+
+_DAMAGE_LOCK = threading.Lock()  # guards every repository's record of damage found (rarely taken)
 
 
 class Repository:
-    def __init__(self, path: str, config: dict) -> None:
+    """An open repository. ``read_only`` (with ``read_only_reason``): this process cannot
+    change it now (read-only file system or media, a user without write permission, or no
+    free space); its catalog is then opened read-only and reading commands skip the lock.
+    ``writing``: the caller means to change it (``open(write=True)``). ``note`` receives
+    one-line notes for the user (a lock skipped)."""
+
+    # Blobs known to be damaged or missing (the catalog's ``damaged`` table and what this
+    # process found since), loaded on first use; replaced, never changed in place, so
+    # ``known`` reads it without a lock. ``_damage_found``: found here, not yet recorded.
+    _damaged_ids: frozenset[bytes] | None = None
+    _damage_found: dict[bytes, str] | None = None
+
+    def __init__(self, path: str, config: dict, write: bool = True, lock: bool = True) -> None:
         self.path = path
         self.config = config
         self.params = ChunkerParams(**config["chunker"])
         self.chunker = Chunker(self.params)
-        self.storage = LocalStorage(path)
-        if not os.path.exists(os.path.join(path, CATALOG)):
+        self.writing = write
+        self.locking = lock
+        self.note: Callable[[str], None] = lambda message: None
+        self.read_only_reason = _unwritable(path)
+        self.read_only = self.read_only_reason is not None
+        if self.read_only and write:
+            raise self.read_only_error()
+        self.storage = storage_at(path)
+        for folder in FOLDERS:  # a link or a stranger's folder would lead reads, writes and deletes elsewhere
+            self.storage.check_folder(folder)
+        cat_path = os.path.join(path, CATALOG)
+        if not os.path.exists(cat_path):
             raise RepositoryNotFound(f"the catalog of {path} is missing: rebuild it with diskvault repair -r {path}")
+        if not os.access(cat_path, os.R_OK):
+            raise RepositoryError(f"permission denied reading {cat_path}: run diskvault as a user who may read it")
         try:
-            self.catalog = Catalog(os.path.join(path, CATALOG))
-            if "schema_version" not in self.catalog.meta():
+            try:
+                self.catalog = Catalog(cat_path, read_only=self.read_only)
+            except sqlite3.OperationalError as exc:  # e.g. no room for the -shm on a full disk
+                if self.read_only or write:
+                    raise
+                full = isinstance(catalog_error(exc, path), OutOfSpace)
+                self.catalog = Catalog(cat_path, read_only=True)
+                self.read_only, self.read_only_reason = True, FULL if full else f"its catalog cannot be written: {exc}"
+            try:
+                empty = "schema_version" not in self.catalog.meta()
+            except BaseException:
                 self.catalog.close()
-                raise sqlite3.DatabaseError("it is empty")
-        except sqlite3.DatabaseError as exc:
-            raise RepositoryNotFound(
+                raise
+            if empty:
+                self.catalog.close()
+                raise RepositoryNotFound(
+                    f"the catalog of {path} is empty: rebuild it with diskvault repair -r {path}")
+        except sqlite3.Error as exc:
+            raise catalog_error(exc, path) or RepositoryError(
                 f"the catalog of {path} cannot be read ({exc}): rebuild it with diskvault repair -r {path}"
             ) from None
+        except OSError as exc:  # a private copy of a catalog with a WAL (read_only_uri)
+            raise os_error(exc, None if exc.filename and not _inside(exc.filename, path) else path) from None
         self._nodes: OrderedDict[bytes, bytes] = OrderedDict()
         self._nodes_lock = threading.Lock()
+
+    def read_only_error(self) -> DiskvaultError:
+        """What a command that writes meets here (see ``read_only_error``)."""
+        return read_only_error(self.path, self.read_only_reason or "")
 
     # --- life cycle --------------------------------------------------------------
     @classmethod
     def init(cls, path: str, params: ChunkerParams, now: datetime | None = None) -> Repository:
         """Create a repository: built in a temporary sibling directory, then renamed into
-        place, so an interrupted init leaves nothing behind."""
+        place, so an interrupted init leaves nothing behind. Every file is 0600 and every
+        folder 0700 (docs/security.md). Raises RepositoryExists for a non-empty path or a
+        path inside another repository, RepositoryNotFound for a missing parent."""
         path = os.path.abspath(path)
         if os.path.exists(os.path.join(path, CONFIG)):
             raise RepositoryExists(f"{path} is already a diskvault repository: use it, or choose another path")
@@ -66,8 +143,14 @@ class Repository:
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
             raise RepositoryNotFound(f"parent directory {parent} does not exist: create it first")
+        outer = enclosing_repository(parent)
+        if outer is not None:
+            raise RepositoryExists(
+                f"{path} is inside the diskvault repository {outer}, whose commands would take the new "
+                "repository's files for their own: choose a path outside it"
+            )
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-        os.mkdir(tmp)
+        private_dir(tmp, adopt=False)  # root's repository stays root's, wherever it is made
         try:
             now = now or datetime.now(timezone.utc)
             config = {
@@ -77,13 +160,14 @@ class Repository:
                 "created": now.isoformat().replace("+00:00", "Z"),
                 "chunker": params.to_dict(),
             }
-            for sub in ("packs", "snapshots", "locks"):
-                os.mkdir(os.path.join(tmp, sub))
+            for sub in FOLDERS:
+                private_dir(os.path.join(tmp, sub))
+            os.close(private_file(os.path.join(tmp, CATALOG)))  # SQLite gives its -wal, -shm this mode
             cat = Catalog(os.path.join(tmp, CATALOG))
             cat.create({"repository_id": config["id"]})
             cat.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             cat.close()
-            LocalStorage(tmp).write_atomic(CONFIG, json.dumps(config, indent=2).encode() + b"\n")
+            storage_at(tmp).write_atomic(CONFIG, json.dumps(config, indent=2).encode() + b"\n")
             os.rename(tmp, path)  # replaces an empty directory atomically
             fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
             os.fsync(fd)
@@ -94,7 +178,12 @@ class Repository:
         return cls(path, config)
 
     @classmethod
-    def open(cls, path: str) -> Repository:
+    def open(cls, path: str, write: bool = True, lock: bool = True) -> Repository:
+        """Open the repository at ``path``. ``write``: the caller changes it, so a read-only
+        one raises RepositoryReadOnly (OutOfSpace on a full disk) at once; a reader
+        (``write=False``) works on either, and skips a lock it cannot take. ``lock=False``
+        (``--no-lock``): take no lock at all. Raises RepositoryError (not found, damaged,
+        unreadable), FormatVersionError."""
         path = os.path.abspath(path)
         if not os.path.isdir(path):
             raise RepositoryNotFound(f"repository {path} does not exist: create it with diskvault init -r {path}")
@@ -106,7 +195,8 @@ class Repository:
                 f"{path} is not a diskvault repository (no {CONFIG}): create one with diskvault init -r {path}"
             ) from None
         except PermissionError:
-            raise RepositoryNotFound(f"permission denied reading {path}: run as its owner") from None
+            raise RepositoryError(f"permission denied reading {path}/{CONFIG}: run diskvault as a user who may "
+                                  "read the repository") from None
         except (ValueError, OSError) as exc:
             raise RepositoryNotFound(f"{path}/{CONFIG} is unreadable ({exc})") from None
         if not isinstance(config, dict) or config.get("format") != "diskvault":
@@ -116,17 +206,38 @@ class Repository:
                 f"{path} has repository format version {config.get('version')}, this diskvault reads "
                 f"version {FORMAT_VERSION}: use a matching diskvault release"
             )
-        return cls(path, config)
+        check_config(path, config)
+        return cls(path, config, write, lock)
+
+    def mode_problems(self) -> list[str]:
+        """Warnings (one line each, empty when none) about files and folders of the repository
+        that others than its owner may read or change: wider than 0600 (files) or 0700 (folders),
+        e.g. made by an older diskvault. Nothing is changed (docs/security.md)."""
+        wide = self.storage.mode_problems()
+        if not wide:
+            return []
+        name, mode = wide[0]
+        example = f"{os.path.join(self.path, name) if name else self.path} is {mode:04o}"
+        more = f" and {len(wide) - 1} more" if len(wide) > 1 else ""
+        return [f"other users may read or change files of this repository ({example}{more}): "
+                f"run chmod -R go= {self.path}"]
 
     def close(self) -> None:
+        self.record_damage()
         self.catalog.close()
         self.storage.close()
 
     def __enter__(self) -> Repository:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Close; an SQLite error, or an operating-system error on a file of the repository,
+        that ends the block is raised as the DiskvaultError it means (``catalog_error``,
+        ``os_error``): a damaged catalog found mid-command says to run repair."""
         self.close()
+        translated = _translate(exc, self.path)
+        if translated is not None:
+            raise translated from None
 
     # --- writing -----------------------------------------------------------------
     def blob_writer(self, repoint: bool = False) -> BlobWriter:
@@ -134,17 +245,69 @@ class Repository:
         the catalog rows of the blobs it holds (Catalog.switch_pack)."""
         return BlobWriter(self, repoint=repoint)
 
-    def lock(self, kind: str, command: str, wait: float | None = None):
+    @contextmanager
+    def lock(self, kind: str, command: str, wait: float | None = None) -> Iterator[locking.RepositoryLock | None]:
         """Context manager holding a shared or exclusive repository lock (locking.py);
-        raises RepositoryLocked naming the holder."""
-        return locking.locked(self.path, kind, command, wait)
+        raises RepositoryLocked naming the holder. Yields None without locking when opened
+        with ``lock=False``, and for a reader (``write=False``) when the lock cannot be taken
+        (read-only repository, full disk), saying so through ``note``."""
+        held = None
+        if self.locking:
+            if self.read_only and not self.writing:
+                why = _NOTE.get(self.read_only_reason or "", f"the repository cannot be written ({self.read_only_reason})")
+                self.note(f"{why}: reading without a lock")
+            else:
+                try:
+                    held = locking.acquire(self.path, kind, command, wait)
+                except (RepositoryReadOnly, OutOfSpace) as exc:
+                    if self.writing:
+                        raise
+                    why = _NOTE[FULL] if isinstance(exc, OutOfSpace) else "the repository lock cannot be written"
+                    self.note(f"{why}: reading without a lock")
+        try:
+            yield held
+        finally:
+            if held is not None:
+                held.release()
 
     def save_snapshot(self, record: SnapshotRecord) -> None:
-        """Record a snapshot whose blobs are all durable and catalogued: the record file
-        first (so ``repair`` can find it), then the catalog row that makes it visible."""
-        body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-        self.storage.write_atomic(f"snapshots/{record.id}.json", body)
-        self.catalog.add_snapshot(record)
+        """Record a snapshot whose blobs are all durable and catalogued: gives it the next
+        repository-wide sequence number (``seq``) and its id (the content id of its JSON),
+        then writes the record file (so ``repair`` can find it) and the catalog row that
+        makes it visible, in one catalog transaction. Anything failing on the way removes
+        the record file again: a snapshot that is not saved leaves no record."""
+        written = False
+        try:
+            with self.catalog.transaction():
+                record.seq = self.catalog.next_seq()
+                record.id = ""
+                record.id = content_id(json.dumps(record.to_json(), sort_keys=True).encode()).hex()[:32]
+                body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+                self.storage.write_atomic(f"snapshots/{record.id}.json", body)
+                written = True
+                self.catalog.add_snapshot(record)
+        except BaseException:
+            if written:
+                try:
+                    self.storage.delete(f"snapshots/{record.id}.json")
+                except OSError:
+                    pass  # left for check/repair to report, as an interrupted snapshot's
+            raise
+
+    def save_meta(self, key: str, value: str) -> str | None:
+        """Keep ``key`` = ``value`` in the catalog's meta table for a later run; returns None,
+        or why it was not kept (the repository cannot be written): a reading command that
+        only remembers where it stopped goes on without it."""
+        if self.read_only:
+            return self.read_only_reason
+        try:
+            self.catalog.set_meta(key, value)
+        except sqlite3.OperationalError as exc:
+            error = catalog_error(exc, self.path)
+            if not isinstance(error, (OutOfSpace, RepositoryReadOnly)):
+                raise
+            return FULL if isinstance(error, OutOfSpace) else str(exc)
+        return None
 
     # --- reading -----------------------------------------------------------------
     def read_blob(self, loc: BlobLocation) -> bytes | memoryview:
@@ -156,6 +319,8 @@ class Repository:
             data = self.storage.read_range(pack, offset, length)
         except FileNotFoundError:
             what = f"chunk {short(ident)}" if ident else "data"
+            if ident:
+                self.note_damage({ident: f"pack {pack_id(pack)} is missing"})
             raise DamagedData(f"{what} is in pack {pack_id(pack)}, which is missing") from None
         if len(data) != length:
             what = f"chunk {short(ident)}" if ident else "data"
@@ -163,7 +328,18 @@ class Repository:
         return data
 
     def decode(self, loc: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
-        """Decompress and verify one blob's stored bytes."""
+        """Decompress and verify one blob's stored bytes; raises DamagedData naming it (and
+        remembers the blob as damaged: ``note_damage``)."""
+        try:
+            return self.verify(loc, payload)
+        except DamagedData as exc:
+            self.note_damage({loc.id: str(exc)})
+            raise
+
+    @staticmethod
+    def verify(loc: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
+        """``decode`` without a repository: the raw bytes of ``payload`` (the stored bytes of
+        the blob ``loc``), decompressed and re-hashed; raises DamagedData naming the blob."""
         try:
             raw = compression.decompress(payload, loc.flags, loc.raw_len)
         except DamagedData as exc:
@@ -195,6 +371,90 @@ class Repository:
     def locate(self, ids) -> dict[bytes, BlobLocation]:
         return self.catalog.locate(ids)
 
+    # --- damage: what is known to be damaged is never used for deduplication -------------
+    def known(self, ids) -> set[bytes]:
+        """Which of ``ids`` the repository holds a copy of that deduplication may use: the
+        catalogued ones, less those known to be damaged or missing (their next copy is
+        stored again and heals every snapshot that needs them, see BlobWriter.seal). Safe to
+        call from any thread."""
+        found = self.catalog.known(ids)
+        bad = self.damaged()
+        return found - bad if bad else found
+
+    def damaged(self) -> frozenset[bytes]:
+        """Ids of the blobs known to be damaged or missing (loaded once, then kept up to date
+        by this process)."""
+        bad = self._damaged_ids
+        if bad is None:
+            with _DAMAGE_LOCK:
+                if self._damaged_ids is None:
+                    self._damaged_ids = frozenset(self.catalog.damaged())
+                bad = self._damaged_ids
+        return bad
+
+    def damage_report(self) -> dict[bytes, tuple[str, str]]:
+        """Known damage: blob id -> (reason, ISO time found), recorded or found here."""
+        out = self.catalog.damaged()
+        when = _now()
+        with _DAMAGE_LOCK:
+            for i, reason in (self._damage_found or {}).items():
+                out.setdefault(i, (reason, when))
+        return out
+
+    def note_damage(self, found: dict[bytes, str]) -> None:
+        """Remember blobs found damaged or missing (id -> reason): from now on they are not
+        used for deduplication, and ``record_damage`` (at the latest ``close``) records them
+        in the catalog."""
+        self.damaged()
+        with _DAMAGE_LOCK:
+            pending = self._damage_found = dict(self._damage_found or {})
+            for i, reason in found.items():
+                pending.setdefault(i, reason)
+            self._damaged_ids = self._damaged_ids | found.keys()
+
+    def record_damage(self, found: dict[bytes, str] | None = None) -> bool:
+        """Record what ``note_damage`` (and ``found``) noted in the catalog's ``damaged``
+        table; False when the catalog cannot be written (a read-only repository: the damage
+        is then only known to this process)."""
+        if found:
+            self.note_damage(found)
+        with _DAMAGE_LOCK:
+            pending, self._damage_found = self._damage_found, None
+        if not pending:
+            return True
+        try:
+            self.catalog.mark_damaged(pending, _now())
+        except sqlite3.Error:
+            return False
+        return True
+
+    def clear_damage(self, ids) -> None:
+        """Forget that ``ids`` were damaged (a verified read of the catalogued copy found
+        them intact); best effort in a read-only repository."""
+        ids = set(ids) & self.damaged()
+        if not ids:
+            return
+        with _DAMAGE_LOCK:
+            self._damaged_ids = self._damaged_ids - ids
+            if self._damage_found:
+                self._damage_found = {i: r for i, r in self._damage_found.items() if i not in ids}
+        try:
+            self.catalog.clear_damaged(ids)
+        except sqlite3.Error:
+            pass
+
+    def _healed(self, name: str, size: int, entries, healed: set[bytes]) -> None:
+        """Record the sealed pack ``name`` that holds new copies of the damaged ``healed``:
+        their rows point at it from now on, they leave the damaged set, and packs whose
+        file is gone and that nothing points at any more are forgotten."""
+        old = {loc.pack for loc in self.catalog.locate(healed).values()}
+        self.catalog.heal_pack(name, size, entries, healed)
+        with _DAMAGE_LOCK:
+            self._damaged_ids = self._damaged_ids - healed
+            if self._damage_found:
+                self._damage_found = {i: r for i, r in self._damage_found.items() if i not in healed}
+        self.catalog.forget_empty_packs(n for n in old if not self.storage.exists(n))
+
     def load_tree_node(self, nid: bytes, any_thread: bool = False) -> bytes:
         """A tree node's bytes (cached). ``any_thread``: safe beside a thread that writes
         the catalog (see Catalog.locate)."""
@@ -220,15 +480,36 @@ class Repository:
     def snapshots(self) -> list[SnapshotRecord]:
         return self.catalog.snapshots()
 
-    def resolve(self, name: str) -> SnapshotRecord:
-        """A snapshot by id, unique id prefix, ``latest`` or ``latest:TAG``."""
+    def resolve(self, name: str, host: str | None = None, source: str | None = None,
+                tags: list[str] | None = None, across_sources: bool = False) -> SnapshotRecord:
+        """A snapshot by id, unique id prefix, ``latest`` or ``latest:TAG``, among those of
+        ``host``, of ``source`` (the recorded source: an absolute path, or a stream's name;
+        a relative ``source`` is also tried as an absolute path) and carrying all ``tags``.
+        ``latest`` is the snapshot with the highest sequence number (then time) among them;
+        when they come from more than one (host, source), ``latest`` is ambiguous and raises
+        SnapshotError listing the choices (unless ``across_sources``: the newest of all, for
+        read-only exports that list their names). An id that does not match the filters raises
+        SnapshotError too, as does no match at all."""
+        want = dict(host=host, source=source, tags=tags)
+
+        def matches(s: SnapshotRecord) -> bool:
+            return (host is None or s.host == host) and (
+                source is None or s.source in (source, os.path.abspath(source))) and set(tags or ()) <= set(s.tags)
+
         if name == "latest" or name.startswith("latest:"):
             tag = name.partition(":")[2]
-            snaps = [s for s in self.snapshots() if not tag or tag in s.tags]
+            snaps = [s for s in self.snapshots() if matches(s) and (not tag or tag in s.tags)]
             if not snaps:
-                what = f"with tag {tag!r} " if tag else ""
-                raise SnapshotError(f"no snapshot {what}in {self.path}: take one with diskvault snapshot")
-            return snaps[-1]
+                what = _filters(dict(want, tags=[*(tags or ()), *([tag] if tag else [])]))
+                raise SnapshotError(f"no snapshot{what} in {self.path}: list them with diskvault snapshots")
+            groups = sorted({(s.host, s.source) for s in snaps})
+            if len(groups) > 1 and not across_sources:
+                shown = ", ".join(f"{h} {readable(src)}" for h, src in groups[:10])
+                more = f" and {len(groups) - 10} more" if len(groups) > 10 else ""
+                raise SnapshotError(
+                    f"{name} is ambiguous: {len(groups)} sources in this repository ({shown}{more}): "
+                    "narrow it with --host/--source")
+            return max(snaps, key=lambda s: (s.seq, s.time, s.id))
         ident = name.lower()
         if not ident or any(c not in "0123456789abcdef" for c in ident):
             raise SnapshotError(f"{name!r} is not a snapshot id: use an id (or a prefix), latest or latest:TAG")
@@ -239,25 +520,158 @@ class Repository:
             raise SnapshotError(f"snapshot prefix {name} is ambiguous ({len(found)} match): give more characters")
         rec = self.catalog.get_snapshot(found[0])
         assert rec is not None
+        if not matches(rec):
+            raise SnapshotError(f"snapshot {name} is of host {rec.host}, source {readable(rec.source)}, tags "
+                                f"{','.join(rec.tags) or '(none)'}: not{_filters(want)}")
         return rec
 
 
-def pack_target_size() -> int:
-    """TARGET_PACK_SIZE, or ``DISKVAULT_PACK_SIZE`` bytes (min 4 KiB) for tests and tuning."""
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _filters(want: dict) -> str:
+    """`` of host H, of source S, tagged T`` for the filters given (for messages)."""
+    parts = []
+    if want.get("host") is not None:
+        parts.append(f"of host {want['host']}")
+    if want.get("source") is not None:
+        parts.append(f"of source {readable(want['source'])}")
+    if want.get("tags"):
+        parts.append(f"tagged {','.join(want['tags'])}")
+    return (" " + ", ".join(parts)) if parts else ""
+
+
+READ_ONLY_FS = "read-only file system"
+NOT_WRITABLE = "not writable by this user"
+FULL = "no space left on its disk"
+_NOTE = {READ_ONLY_FS: "repository is read-only", NOT_WRITABLE: "repository is not writable by this user",
+         FULL: "no space left on the repository's disk"}
+
+
+def _unwritable(path: str) -> str | None:
+    """Why this process cannot change the repository at ``path`` (READ_ONLY_FS,
+    NOT_WRITABLE), or None. Decided before anything is opened: the catalog is then opened
+    read-only. A full disk is found by trying (free-block counts do not tell whether root
+    may still write: ext4 keeps clusters back even from root)."""
     try:
-        return max(4096, int(os.environ["DISKVAULT_PACK_SIZE"]))
-    except (KeyError, ValueError):
+        st = os.statvfs(path)
+    except OSError:
+        return None  # the open that follows reports it
+    if st.f_flag & os.ST_RDONLY:
+        return READ_ONLY_FS
+    names = (path, *(os.path.join(path, n) for n in (CATALOG, "packs", "snapshots", locking.LOCKS)))
+    if any(os.path.exists(p) and not os.access(p, os.W_OK) for p in names):
+        return NOT_WRITABLE
+    return None
+
+
+def read_only_error(path: str, reason: str) -> DiskvaultError:
+    """What a command that writes meets on a repository it cannot change for ``reason``:
+    OutOfSpace (exit 6) on a full disk, else RepositoryReadOnly (exit 3)."""
+    if reason == FULL:
+        return OutOfSpace(f"no space left on the repository's disk ({path}): free some space, then run "
+                          "the command again; reading commands work as it is")
+    return RepositoryReadOnly(f"repository {path} is read-only ({reason}): this command changes it; make it "
+                              "writable first (remount read-write, or run as a user who may write it); reading "
+                              "commands work as it is")
+
+
+def require_writable(path: str) -> None:
+    """Raise ``read_only_error`` unless this process can change the repository at ``path``."""
+    reason = _unwritable(os.path.abspath(path))
+    if reason is not None:
+        raise read_only_error(os.path.abspath(path), reason)
+
+
+def _inside(filename: str | bytes, path: str) -> bool:
+    """Whether ``filename`` is ``path``, inside it, or a temporary sibling of it (init)."""
+    name = os.path.abspath(os.fsdecode(filename))
+    return name == path or name.startswith(path + os.sep) or name.startswith(path + TMP_MARK)
+
+
+def _translate(exc: BaseException | None, path: str) -> DiskvaultError | None:
+    """The DiskvaultError for an SQLite error, or an OSError naming a file of the repository
+    at ``path``; else None (an OSError about a source or target is the CLI's to report)."""
+    if isinstance(exc, sqlite3.Error):
+        return catalog_error(exc, path)
+    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+        if exc.filename is not None and _inside(exc.filename, path):
+            return os_error(exc, path)
+    return None
+
+
+@contextmanager
+def repository_errors(path: str) -> Iterator[None]:
+    """Raise SQLite errors and OSErrors on files of the repository at ``path`` (or being
+    created there) inside the block as the DiskvaultError they mean (exit 3, or 6 when out
+    of space), for code that works on the repository without an open Repository (init, repair)."""
+    path = os.path.abspath(path)
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        translated = _translate(exc, path)
+        if translated is None:
+            raise
+        raise translated from None
+
+
+def is_repository(path: str) -> bool:
+    """Whether ``path`` holds a readable diskvault ``config.json``."""
+    try:
+        with open(os.path.join(path, CONFIG), "rb") as f:
+            return json.load(f).get("format") == "diskvault"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def enclosing_repository(path: str) -> str | None:
+    """The repository that ``path`` (a folder, links resolved) is or lies in, or None."""
+    here = os.path.realpath(path)
+    while True:
+        if is_repository(here):
+            return here
+        up = os.path.dirname(here)
+        if up == here:
+            return None
+        here = up
+
+
+def check_config(path: str, config: dict) -> None:
+    """Raise RepositoryError (exit 3) when config.json's chunker sizes are impossible
+    (missing, not integers, not what init writes): nothing could be read or stored right."""
+    try:
+        ChunkerParams.from_config(config.get("chunker"))
+    except ValueError as exc:
+        raise RepositoryError(f"{path}/{CONFIG} is damaged: {exc}: restore config.json from a copy "
+                              "(its chunker sizes are fixed when the repository is created)") from None
+
+
+def pack_target_size() -> int:
+    """TARGET_PACK_SIZE, or ``DISKVAULT_PACK_SIZE`` bytes for tests and tuning; raises
+    UsageError (exit 2) unless that is a whole number from 4096 (4 KiB) to 4294967296 (4 GiB)."""
+    text = os.environ.get("DISKVAULT_PACK_SIZE")
+    if text is None:
         return TARGET_PACK_SIZE
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if not 4096 <= size <= 1 << 32:
+        raise UsageError(f"DISKVAULT_PACK_SIZE={text!r} is out of range: set it to bytes from 4096 to 4294967296, or unset it")
+    return size
 
 
 class BlobWriter:
     """Writes new blobs into packs. A pack is sealed (durable) at TARGET_PACK_SIZE and then
-    recorded in the catalog, so every catalogued blob is on disk. ``has`` tells whether a
+    recorded in the catalog, so every catalogued blob is on disk. A pack holding a new copy
+    of a blob known to be damaged takes over that blob's row (``Repository._healed``). ``has`` tells whether a
     blob was written in this session but may not be visible to catalog lookups yet."""
 
     def __init__(self, repo: Repository, repoint: bool = False) -> None:
         self.repo = repo
         self.repoint = repoint
+        repo.damaged()  # loaded now, in the thread that starts writing, before any lookup
         self.target_size = pack_target_size()
         self.pack: PackWriter | None = None
         self.open_ids: set[bytes] = set()
@@ -284,7 +698,7 @@ class BlobWriter:
 
     def add_raw(self, ident: bytes, kind: int, data: bytes) -> int:
         """Compress and add ``data`` unless this session or the catalog has it already."""
-        if self.has(ident) or self.repo.catalog.known([ident]):
+        if self.has(ident) or self.repo.known([ident]):
             return 0
         payload, flags = compression.compress(data)
         return self.add(ident, kind, payload, flags, len(data))
@@ -297,8 +711,14 @@ class BlobWriter:
             return
         pack, self.pack = self.pack, None
         size = pack.seal()
-        record = self.repo.catalog.switch_pack if self.repoint else self.repo.catalog.add_pack
-        record(pack.name, size, pack.entries)
+        bad = self.repo.damaged()
+        healed = bad.intersection(e.id for e in pack.entries) if bad else set()
+        if healed:  # new copies (a snapshot's, or verified ones a repack made) take over
+            self.repo._healed(pack.name, size, pack.entries, healed)
+        elif self.repoint:
+            self.repo.catalog.switch_pack(pack.name, size, pack.entries)
+        else:
+            self.repo.catalog.add_pack(pack.name, size, pack.entries)
         self.recent.append(self.open_ids)
         self.open_ids = set()
         self.packs_written += 1
@@ -309,4 +729,4 @@ class BlobWriter:
             self.pack = None
 
 
-__all__ = ["Repository", "BlobWriter", "TYPE_CHUNK", "TYPE_TREE", "FORMAT_VERSION"]
+__all__ = ["Repository", "BlobWriter", "TYPE_CHUNK", "TYPE_TREE", "FORMAT_VERSION", "repository_errors", "require_writable"]

@@ -2,10 +2,10 @@
 
 Protocol (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md): fixed newstyle
 handshake; options NBD_OPT_GO, INFO, LIST, EXPORT_NAME, ABORT, STRUCTURED_REPLY,
-LIST_META_CONTEXT and SET_META_CONTEXT (the one context is ``base:allocation``; anything
-else, e.g. STARTTLS, is answered NBD_REP_ERR_UNSUP); commands READ, DISC, CACHE,
-BLOCK_STATUS and FLUSH (a no-op); WRITE, TRIM and WRITE_ZEROES are refused with EPERM
-(exports are flagged read-only). With structured replies, zero extents of a read are sent
+LIST_META_CONTEXT and SET_META_CONTEXT (the one context is ``base:allocation``), and
+STARTTLS when the server has a TLS context (anything else is answered NBD_REP_ERR_UNSUP);
+commands READ, DISC, CACHE, BLOCK_STATUS and FLUSH (a no-op); WRITE, TRIM and WRITE_ZEROES
+are refused with EPERM (exports are flagged read-only). With structured replies, zero extents of a read are sent
 as holes and block status reports them as ``NBD_STATE_HOLE|NBD_STATE_ZERO``.
 
 Export names: a snapshot id, a unique id prefix, ``latest`` or ``latest:TAG`` (the empty
@@ -30,22 +30,43 @@ be SIGBUS rather than EIO).
 A failing read (damaged chunk) is answered EIO and logged on stderr; the connection stays
 up. ``serve`` binds loopback by default, reports a busy port as TargetError, and stops on
 KeyboardInterrupt by closing the listening socket and every connection.
+
+Exposure (docs/access.md, "Who can read what"): a TCP address that is not loopback is refused
+(UsageError) unless the server has a TLS context or ``insecure``; a Unix socket is made 0600
+before it listens. With TLS the server runs the protocol's FORCEDTLS mode: every option but
+STARTTLS and ABORT is answered NBD_REP_ERR_TLS_REQD (EXPORT_NAME, which cannot be answered
+with an error, closes the connection) until the TLS handshake is done; ``ssl`` cannot
+``sendmsg``, so TLS replies are joined into writes of up to 1 MiB.
+
+Floods: at most ``max_connections`` connections are served at once; one over the limit is
+accepted and closed at once, so the others are not affected. A connection must choose its
+export within ``timeout`` seconds of being accepted (TLS handshake included): the accept
+loop, which wakes at least every 0.5 s, shuts down the late ones, and every socket operation
+of the handshake times out after ``timeout`` too. Connections in transmission never time
+out (a kernel client may idle for hours). The open-file soft limit is raised to the hard
+limit at start; an accept that fails (EMFILE, ENFILE, ENOBUFS, ECONNABORTED, ...) is
+counted, reported and retried after 0.1 s: the server never exits because accept failed.
+Refusals, timeouts and failed accepts are logged as one summary line at most every 5 s.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
+import resource
 import socket
+import ssl
 import stat
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...repository.catalog import SnapshotRecord
-from ...errors import DiskvaultError, SourceError, TargetError
+from ...errors import DiskvaultError, SourceError, TargetError, UsageError
 from ...images.partitions import read_table
 from ...repository import Repository
 from .snapshot_reader import ZEROS, ReadContext, SnapshotReader, Stream
@@ -69,6 +90,7 @@ REP_ACK, REP_SERVER, REP_INFO, REP_META_CONTEXT = 1, 2, 3, 4
 REP_ERR_UNSUP = (1 << 31) + 1
 REP_ERR_POLICY = (1 << 31) + 2
 REP_ERR_INVALID = (1 << 31) + 3
+REP_ERR_TLS_REQD = (1 << 31) + 5
 REP_ERR_UNKNOWN = (1 << 31) + 6
 REP_ERR_TOO_BIG = (1 << 31) + 9
 
@@ -97,6 +119,15 @@ IOV_BATCH = 512
 REQUEST = struct.Struct(">IHHQQI")  # magic, flags, command, cookie, offset, length
 READAHEAD = 2 << 20  # a sequential reader's chunks are fetched (and verified) this far ahead
 SNDBUF = 4 << 20  # socket send buffer: a few replies queued while the client reads
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_TIMEOUT = 30  # seconds from accept to the chosen export
+TICK = 0.5  # the accept loop wakes this often to close late handshakes
+REPORT_EVERY = 5.0  # seconds between two summary lines about refused/late/failed connections
+ACCEPT_BACKOFF = 0.1  # seconds to wait after a failed accept (EMFILE ...) before trying again
+FDS_PER_CONNECTION = 4  # the socket and the thread's SQLite read connection (db, -wal, -shm)
+FDS_RESERVED = 128  # the repository: catalog, lock, cached pack descriptors (64), the listener
+TLS_WRITE = 1 << 20  # TLS replies are joined into writes of at most this many bytes
+TLS_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem")  # as nbdkit --tls-certificates, qemu tls-creds-x509
 
 
 class _Closed(Exception):
@@ -119,7 +150,7 @@ def parse_bind(text: str) -> tuple[str, int]:
     text = text.strip()
     if text.startswith("unix:"):
         if len(text) == 5:
-            raise SourceError("--bind unix:PATH needs the path of the socket to create, e.g. unix:/run/diskvault.sock")
+            raise UsageError("--bind unix:PATH needs the path of the socket to create, e.g. unix:/run/diskvault.sock")
         return text, 0
     host, port = text, str(DEFAULT_PORT)
     if text.startswith("["):
@@ -132,33 +163,105 @@ def parse_bind(text: str) -> tuple[str, int]:
         host, port = text.split(":")
     host = host or "127.0.0.1"
     if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise SourceError(f"--bind {text!r}: the port must be a number from 0 to 65535")
+        raise UsageError(f"--bind {text!r}: the port must be a number from 0 to 65535")
     return host, int(port)
 
 
+def tls_context(folder: str, verify_peer: bool = False) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2 or later) from a certificates folder laid out as
+    nbdkit's ``--tls-certificates`` and qemu's ``tls-creds-x509``: ``server-cert.pem``,
+    ``server-key.pem`` and, needed with ``verify_peer`` (clients must then present a
+    certificate signed by it), ``ca-cert.pem``. Raises SourceError (exit 5) naming the missing
+    or unusable file."""
+    folder = os.path.abspath(folder)
+    if not os.path.isdir(folder):
+        raise SourceError(f"--tls-certificates {folder}: no such directory: give the folder holding {', '.join(TLS_FILES)}")
+    need = TLS_FILES if verify_peer else TLS_FILES[1:]
+    missing = [f for f in need if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise SourceError(f"--tls-certificates {folder}: missing {', '.join(missing)}: "
+                          f"create them (docs/access.md shows how with openssl)")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(os.path.join(folder, "server-cert.pem"), os.path.join(folder, "server-key.pem"))
+        if verify_peer:
+            ctx.load_verify_locations(os.path.join(folder, "ca-cert.pem"))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise SourceError(f"--tls-certificates {folder}: cannot load the certificates ({reason}): "
+                          f"check that server-key.pem is the key of server-cert.pem, all in PEM") from None
+    return ctx
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit; returns the soft limit now
+    in force (unchanged if raising it failed)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (a numeric address, as bound)."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
 class NbdServer:
-    """Serves a repository's snapshots; ``serve_forever`` until KeyboardInterrupt or ``stop``."""
+    """Serves a repository's snapshots; ``serve_forever`` until KeyboardInterrupt or ``stop``.
+
+    ``max_connections`` (>= 1) connections at once, each choosing its export within
+    ``timeout`` seconds; ``tls`` (see ``tls_context``) makes TLS mandatory. A TCP address that
+    is not loopback needs ``tls`` or ``insecure`` (else UsageError, exit 2). Raises
+    TargetError/SourceError for an address that cannot be bound."""
 
     def __init__(self, repo: Repository, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 timeout: float = DEFAULT_TIMEOUT, tls: ssl.SSLContext | None = None, insecure: bool = False) -> None:
         self.repo = repo
-        self.ctx = ReadContext(repo, prefetch=False, readahead=READAHEAD)
         self.log = log or (lambda msg: print(f"diskvault serve: {msg}", file=sys.stderr, flush=True))
+        self.max_connections = max_connections
+        self.timeout = timeout
+        self.tls = tls
+        self.fd_limit = raise_fd_limit()
+        if self.fd_limit < max_connections * FDS_PER_CONNECTION + FDS_RESERVED:
+            self.log(f"the open-file limit ({self.fd_limit}) is low for {max_connections} connections: some may be "
+                     f"refused; raise it (ulimit -Hn) or lower --max-connections")
         self._readers: dict[str, SnapshotReader] = {}
         self._tables: dict[str, object] = {}
         self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
+        self._conns: set[_Connection] = set()
         self._stopping = threading.Event()
+        self._next_tick = self._next_report = 0.0
+        self._refused = self._late = self._failed = 0
+        self._accept_error = ""
         self.socket_path: str | None = None
         self._socket_file: str | None = None
         if host.startswith("unix:"):
             self._bind_unix(host[5:])
-            return
+        else:
+            self._bind_tcp(host, port, insecure)
+        self.ctx = ReadContext(repo, prefetch=False, readahead=READAHEAD)
+
+    def _bind_tcp(self, host: str, port: int, insecure: bool) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise SourceError(f"cannot bind to {host}:{port}: {exc.strerror}") from None
+        if self.tls is None and not insecure and not is_loopback(infos[0][4][0]):
+            raise UsageError(f"--bind {host}:{port} is not a loopback address, so anyone who reaches it could read "
+                             f"every snapshot: add --tls --tls-certificates DIR, or --insecure to serve it in clear")
         self.sock = socket.socket(infos[0][0], socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -172,7 +275,7 @@ class NbdServer:
             if exc.errno == errno.EACCES:
                 raise TargetError(f"permission denied binding {host}:{port}: use a port above 1023 or run as root") from None
             raise TargetError(f"cannot bind to {host}:{port}: {exc.strerror}") from None
-        self.sock.listen(64)
+        self.sock.listen(socket.SOMAXCONN)
         self.host, self.port = self.sock.getsockname()[:2]
 
     def _bind_unix(self, path: str) -> None:
@@ -192,19 +295,22 @@ class NbdServer:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.bind(path)
+            # Owner only, before listen: nobody can connect to a socket that does not listen yet.
+            os.chmod(path, 0o600)
         except OSError as exc:
             self.sock.close()
             raise TargetError(f"cannot create socket {path}: {exc.strerror}") from None
-        self.sock.listen(64)
+        self.sock.listen(socket.SOMAXCONN)
         self.socket_path = self._socket_file = path
         self.host, self.port = path, None
 
     @property
     def url(self) -> str:
+        scheme = "nbds" if self.tls is not None else "nbd"
         if self.socket_path is not None:
-            return f"nbd+unix:///?socket={self.socket_path}"
+            return f"{scheme}+unix:///?socket={self.socket_path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"nbd://{host}:{self.port}"
+        return f"{scheme}://{host}:{self.port}"
 
     # --- exports ------------------------------------------------------------------------
     def export(self, name: str) -> Export:
@@ -232,7 +338,7 @@ class NbdServer:
     def serve_forever(self) -> None:
         """Accept clients until ``stop`` (or KeyboardInterrupt), holding the repository's
         shared lock all along: prune cannot remove packs while they are served."""
-        self.sock.settimeout(0.5)
+        self.sock.settimeout(TICK)
         try:
             with self.repo.lock("shared", "serve"):
                 self._accept_loop()
@@ -241,27 +347,84 @@ class NbdServer:
 
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
+            self._tick()
             try:
                 conn, peer = self.sock.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ECONNABORTED ...: never fatal
                 if self._stopping.is_set():
                     break
-                raise
-            conn.settimeout(None)
+                with self._lock:
+                    self._failed += 1
+                self._accept_error = exc.strerror or str(exc)
+                self._stopping.wait(ACCEPT_BACKOFF)
+                continue
+            self._start(conn, peer if self.socket_path is None else ("unix", 0))
+
+    def _start(self, conn: socket.socket, peer) -> None:
+        with self._lock:
+            full = len(self._conns) >= self.max_connections
+            self._refused += full
+        if full:  # refused at once: the connections being served are not affected
+            conn.close()
+            return
+        try:
             if self.socket_path is None:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if SNDBUF:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+            conn.settimeout(self.timeout)  # each handshake read/write; the whole handshake: _tick
+            c = _Connection(self, conn, peer, time.monotonic() + self.timeout)
+        except OSError:  # reset before we got to it
+            conn.close()
+            return
+        with self._lock:
+            self._conns.add(c)
+        try:
+            threading.Thread(target=self._client, args=(c,), daemon=True, name=f"nbd-{peer[0]}:{peer[1]}").start()
+        except RuntimeError:  # can't start new thread: as refused
             with self._lock:
-                self._conns.add(conn)
-            peer = peer if self.socket_path is None else ("unix", 0)
-            threading.Thread(target=self._client, args=(conn, peer), daemon=True,
-                             name=f"nbd-{peer[0]}:{peer[1]}").start()
+                self._conns.discard(c)
+                self._refused += 1
+            c.close()
+
+    def _tick(self) -> None:
+        """Every TICK: close handshakes past their deadline; every REPORT_EVERY at most, one
+        line about connections refused, timed out or not accepted since the last one."""
+        now = time.monotonic()
+        if now < self._next_tick:
+            return
+        self._next_tick = now + TICK
+        with self._lock:
+            late = [c for c in self._conns if c.deadline is not None and c.deadline <= now]
+            for c in late:
+                c.deadline, c.timed_out = None, True
+        for c in late:
+            c.abort()  # counted when its thread ends
+        if now >= self._next_report:
+            self._report(now)
+
+    def _report(self, now: float) -> None:
+        with self._lock:
+            refused, late, failed = self._refused, self._late, self._failed
+            self._refused = self._late = self._failed = 0
+        if not (refused or late or failed):
+            return
+        self._next_report = now + REPORT_EVERY
+        parts = []
+        if refused:
+            parts.append(f"refused {refused} connection(s) over the limit of {self.max_connections} (--max-connections)")
+        if late:
+            parts.append(f"closed {late} connection(s) that chose no export within {self.timeout:g} s (--timeout)")
+        if failed:
+            parts.append(f"could not accept {failed} connection(s): {self._accept_error} "
+                         f"(open-file limit {self.fd_limit}: lower --max-connections or raise ulimit -Hn)")
+        self.log("; ".join(parts))
 
     def stop(self) -> None:
         self._stopping.set()
+        self._report(time.monotonic())  # what happened since the last summary line
         try:
             self.sock.close()
         except OSError:
@@ -275,36 +438,67 @@ class NbdServer:
         with self._lock:
             conns = list(self._conns)
         for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            c.abort()
         self.ctx.close()
 
-    def _client(self, conn: socket.socket, peer) -> None:
-        c = _Connection(self, conn)
+    def _client(self, c: _Connection) -> None:
         try:
             c.run()
+        except TimeoutError:  # only handshake reads and writes have a timeout
+            c.timed_out = True
         except (_Closed, ConnectionError, OSError):
             pass
         except Exception as exc:  # a bug: keep serving the other clients
-            self.log(f"connection from {peer[0]} ended by an internal error: {type(exc).__name__}: {exc}")
+            self.log(f"connection from {c.peer[0]} ended by an internal error: {type(exc).__name__}: {exc}")
         finally:
             with self._lock:
-                self._conns.discard(conn)
-            c.rfile.close()
-            conn.close()
+                self._conns.discard(c)
+                self._late += c.timed_out
+            c.close()
 
 
 class _Connection:
-    def __init__(self, server: NbdServer, sock: socket.socket) -> None:
+    def __init__(self, server: NbdServer, sock: socket.socket, peer, deadline: float | None) -> None:
         self.server = server
-        self.sock = sock
+        self.sock = sock  # the SSLSocket once TLS is up
+        self.peer = peer
+        self.deadline = deadline  # handshake deadline (time.monotonic); None in transmission
+        self.timed_out = False  # closed for not choosing an export in time
+        self.tls = False
         self.structured = False
         self.meta = False  # base:allocation selected
         self.no_zeroes = False
         self.stream = Stream()
         self.rfile = sock.makefile("rb", buffering=64 << 10)  # many request headers per recv
+
+    def abort(self) -> None:
+        """Shut the socket down from another thread: the connection's blocked read returns."""
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)  # the file descriptor, even under TLS
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.rfile.close()
+        self.sock.close()
+
+    def start_tls(self) -> None:
+        """Upgrade after NBD_OPT_STARTTLS was acknowledged; the handshake is bounded by the
+        socket timeout and the connection's deadline. Raises _Closed if it fails."""
+        self.rfile.close()  # the client waits for our ACK: nothing can be buffered past the option
+        tls = self.server.tls.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+        with self.server._lock:
+            self.sock = tls
+        try:
+            tls.do_handshake()
+        except TimeoutError:
+            raise
+        except (ssl.SSLError, OSError) as exc:
+            if not self.timed_out:
+                self.server.log(f"TLS handshake with {self.peer[0]} failed: {getattr(exc, 'reason', None) or exc}")
+            raise _Closed from None
+        self.rfile = tls.makefile("rb", buffering=64 << 10)
+        self.tls = True
 
     # --- socket helpers -------------------------------------------------------------------
     def recv(self, n: int) -> bytes:
@@ -321,6 +515,18 @@ class _Connection:
             n -= len(part)
 
     def send(self, bufs: list) -> None:
+        if self.tls:  # SSLSocket has no sendmsg: joined writes of up to TLS_WRITE bytes
+            group: list = []
+            size = 0
+            for b in bufs:
+                group.append(b)
+                size += len(b)
+                if size >= TLS_WRITE:
+                    self.sock.sendall(b"".join(group))
+                    group, size = [], 0
+            if size:
+                self.sock.sendall(b"".join(group))
+            return
         bufs = [b for b in bufs if len(b)]
         while bufs:
             batch = bufs[:IOV_BATCH]
@@ -346,6 +552,9 @@ class _Connection:
         export = None
         while export is None:
             export = self.option()
+        with self.server._lock:
+            self.deadline = None
+        self.sock.settimeout(None)  # transmission: a client may idle as long as it likes
         self.transmission(export)
 
     def tflags(self) -> int:
@@ -363,6 +572,20 @@ class _Connection:
             self.reply_opt(opt, REP_ERR_TOO_BIG)
             return None
         data = self.recv(length)
+        if opt == OPT_STARTTLS:
+            if self.server.tls is None:
+                self.reply_opt(opt, REP_ERR_UNSUP, b"this server was started without --tls")
+            elif self.tls or length:
+                self.reply_opt(opt, REP_ERR_INVALID, b"TLS is already up" if self.tls else b"STARTTLS takes no data")
+            else:
+                self.reply_opt(opt, REP_ACK)
+                self.start_tls()
+            return None
+        if self.server.tls is not None and not self.tls and opt != OPT_ABORT:  # FORCEDTLS
+            if opt == OPT_EXPORT_NAME:  # cannot be answered with an error
+                raise _Closed
+            self.reply_opt(opt, REP_ERR_TLS_REQD, b"this server requires TLS: connect with nbds:// and tls-certificates")
+            return None
         if opt == OPT_EXPORT_NAME:
             try:
                 export = self.server.export(data.decode("utf-8", "replace"))

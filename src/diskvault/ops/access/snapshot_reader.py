@@ -102,8 +102,10 @@ class ReadContext:
             return self.repo.locate(ids)
 
     def resolve(self, name: str) -> SnapshotRecord:
+        """A snapshot by export name; ``latest`` is the newest of all sources (exports are
+        read-only and list what they serve)."""
         with self.db_lock:
-            return self.repo.resolve(name)
+            return self.repo.resolve(name, across_sources=True)
 
     def snapshots(self) -> list[SnapshotRecord]:
         with self.db_lock:
