@@ -19,6 +19,12 @@ def _zero(fd):
     return zero
 
 
+def _write(fd):
+    def write(off, data):
+        os.pwrite(fd, data, off)
+    return write
+
+
 def test_delta_writes_only_what_differs(tmp_path, repo):
     size = 24 * MiB
     img = bytearray(random_bytes(size, 7))
@@ -38,9 +44,9 @@ def test_delta_writes_only_what_differs(tmp_path, repo):
     tpath.write_bytes(target)
     fd = os.open(tpath, os.O_RDWR)
     try:
-        dry = delta_restore(repo, snap, fd, _zero(fd), dry_run=True)
+        dry = delta_restore(repo, snap, fd, _write(fd), _zero(fd), dry_run=True)
         assert tpath.read_bytes() == bytes(target)  # nothing written
-        res = delta_restore(repo, snap, fd, _zero(fd))
+        res = delta_restore(repo, snap, fd, _write(fd), _zero(fd))
     finally:
         os.close(fd)
     assert tpath.read_bytes() == bytes(img)
@@ -52,7 +58,7 @@ def test_delta_writes_only_what_differs(tmp_path, repo):
     assert res.bytes_read_target == size
     fd = os.open(tpath, os.O_RDWR)
     try:  # once more: nothing left to do
-        again = delta_restore(repo, snap, fd, _zero(fd))
+        again = delta_restore(repo, snap, fd, _write(fd), _zero(fd))
     finally:
         os.close(fd)
     assert again.bytes_written == 0 and again.chunks_written == 0

@@ -28,13 +28,26 @@ def _report(res, json_out: bool, what: str) -> None:
     if res.symlink:
         where += f" (through the symbolic link {res.symlink})"
     how = {"file": "new file", "device": "device", "stdout": "streamed in order", "null": "nothing kept"}[res.kind]
+    mode = getattr(res, "mode", "full")
     if res.in_place:
-        how = f"{res.kind}, overwritten in place"
-        if res.kind == "file" and res.target_size > res.size:
+        how = f"{res.kind}, overwritten in place" if mode != "delta-dry-run" else f"{res.kind}, nothing written"
+        if res.kind == "file" and res.target_size > res.size and not getattr(res, "table_adjusted", None):
             how += f"; it keeps its size of {human(res.target_size)}, the bytes past {human(res.size)} unchanged"
-    holes = f", {human(res.zero_bytes)} of zeros left as holes" if res.kind == "file" else ""
-    typer.echo(f"restored {what} to {where} ({how}): {human(res.size)} in {res.duration:.1f} s "
+    holes = f", {human(res.zero_bytes)} of zeros left as holes" if res.kind == "file" and not res.in_place else ""
+    verb = "compared (dry run, nothing written)" if mode == "delta-dry-run" else "restored"
+    typer.echo(f"{verb} {what} to {where} ({how}): {human(res.size)} in {res.duration:.1f} s "
                f"({rate(res.size, res.duration)}){holes}", err=True)
+    if mode != "full":
+        would = "would write" if mode == "delta-dry-run" else "wrote"
+        typer.echo(f"  delta: read {human(res.bytes_read_target)} of the target, {plural(res.chunks_unchanged, 'chunk')} "
+                   f"already right, {would} {human(res.bytes_written)}", err=True)
+    if getattr(res, "table_adjusted", None):
+        typer.echo(f"  partition table fitted to the target's {human(res.target_size)} "
+                   f"({plural(len(res.table_adjusted), 'range')} rewritten)", err=True)
+    if getattr(res, "grown", None):
+        g = res.grown
+        typer.echo(f"  partition {g['partition']} grown from {human(g['old_size'])} to {human(g['new_size'])}; its file "
+                   f"system is unchanged: grow it with {g['grow_hint']}", err=True)
 
 
 def ddrescue_map(size: int, lost: list[dict]) -> str:
@@ -72,6 +85,16 @@ def restore(
                                                   help="Restore only partition N (see diskvault partitions).")] = None,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
+    grow_partition: Annotated[int | None, typer.Option(
+        "--grow-partition", min=1, metavar="N",
+        help="Extend partition N (the last one) to the end of a bigger target; its file system is left as it is.")] = None,
+    delta: Annotated[bool | None, typer.Option(
+        "--delta/--no-delta", help="Read the target and write only the chunks that differ (default: when at least "
+        "half of a sample of chunks already match).", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", "-n", help="With an existing target: compare and report what a delta restore would write.")] = False,
+    discard: Annotated[bool, typer.Option(
+        "--discard", help="Discard (unmap) zero ranges of a block device instead of writing zeros.")] = False,
     no_lock: NoLockOpt = False,
 ) -> None:
     """Restore a snapshot, verifying every chunk's blake3 on the way."""
@@ -83,7 +106,7 @@ def restore(
         return
     with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
         res = restore_op(r, r.resolve(snapshot, host, source_filter, tag), target, force=force, progress=bar,
-                         skip_damaged=skip_damaged)
+                         skip_damaged=skip_damaged, grow=grow_partition, delta=delta, dry_run=dry_run, discard=discard)
     if map_file:
         with open(map_file, "w") as f:
             f.write(ddrescue_map(res.size, res.unrestored))

@@ -4,7 +4,8 @@
 any of its partitions is mounted (or held by device-mapper, md, …); ``loop_holder`` tells
 whether an image file backs a loop device that is mounted or held. ``zero_range`` uses the
 BLKZEROOUT ioctl on a device, ``punch_hole`` fallocate(PUNCH_HOLE) on a file; both fall
-back to writing zeros. ``partition_path`` names partition N of a disk (``/dev/sdb2``,
+back to writing zeros (``punch_hole`` on a block device zeroes with discard, where it can).
+``logical_sector_size`` asks a device its sector size. ``partition_path`` names partition N of a disk (``/dev/sdb2``,
 ``/dev/nvme0n1p2``).
 """
 
@@ -17,6 +18,7 @@ import os
 import struct
 
 BLKZEROOUT = 0x127F
+BLKSSZGET = 0x1268  # logical sector size of a block device (int)
 _ZERO = bytes(1 << 20)
 
 
@@ -94,6 +96,11 @@ def partition_path(rdev: int, number: int) -> str:
     ``/dev/nvme0n1p2``, ``/dev/loop0p2``), as the kernel names it."""
     name = _dev_name(rdev) or "DISK"
     return f"/dev/{name}{'p' if name[-1].isdigit() else ''}{number}"
+
+
+def logical_sector_size(fd: int) -> int:
+    """The logical sector size of the block device open as ``fd`` (512 or 4096), in bytes."""
+    return struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
 
 
 def zero_range(fd: int, offset: int, length: int) -> None:

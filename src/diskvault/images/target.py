@@ -18,7 +18,9 @@ in place, stdout, or /dev/null. Knows nothing of the repository.
   file grows to the image size, a bigger one keeps its size (bytes past the image are left
   as they were). Refused while the file backs a mounted loop device.
 - a block device (only with ``force``): never when it or a partition of it is mounted or
-  held, never when smaller than the image.
+  held, never when smaller than ``min_size`` (default: the image); writes past its end are
+  cut off (a whole disk restored onto a smaller one whose partitions fit, see
+  images/table_adjust.py); ``sector_size`` is its logical sector size.
 - ``/dev/null``: nothing is kept (a restore there only verifies).
 
 A symbolic link as the target is refused unless ``force``; then the file or device it
@@ -26,7 +28,10 @@ resolves to is the target (``path`` is the resolved path, ``via`` the link). A t
 the folder ``protect`` (the repository) is always refused. When ``partition`` (a partition
 number) is given, the bytes are one partition: a target that holds a partition table is
 refused unless ``force`` (it would be overwritten from byte 0), naming the partition's own
-device. Raises TargetError (exit 5) with the reason, OutOfSpace when the file system is full.
+device. ``read``: an in-place target is opened for reading too (delta restore).
+``discard``: zero ranges of a device are discarded (fallocate PUNCH_HOLE: the kernel
+guarantees zeros) instead of written. Raises TargetError (exit 5) with the reason,
+OutOfSpace when the file system is full.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import stat
 
 from ..errors import OutOfSpace, TargetError
 from ..writeback import start_writeback
-from .device import libc, loop_holder, mount_holder, partition_path, punch_hole, zero_range
+from .device import libc, logical_sector_size, loop_holder, mount_holder, partition_path, punch_hole, zero_range
 from .partitions import PartitionError, read_table
 
 TEMP_TAG = ".diskvault-restore-"
@@ -131,8 +136,14 @@ class Target:
     ``target_size`` the target's size in bytes once written; ``warnings`` human lines."""
 
     def __init__(self, path: str, size: int, force: bool, protect: str | None = None,
-                 partition: int | None = None) -> None:
+                 partition: int | None = None, min_size: int | None = None, read: bool = False,
+                 discard: bool = False) -> None:
         self.path = path
+        self.min_size = size if min_size is None else min_size
+        self.read = read
+        self.discard = discard
+        self.limit: int | None = None  # a device's size: nothing is written past it
+        self.sector_size: int | None = None  # a device's logical sector size
         self.via: str | None = None  # the symbolic link given, when force followed it
         self.size = size
         self.fd = -1
@@ -256,12 +267,16 @@ class Target:
         self._check_table(path, st, force, partition)
         if not force:
             raise TargetError(f"{path} is a block device: its contents would be overwritten; add --force to do so")
-        self.fd = self._open(path, os.O_WRONLY | os.O_EXCL, st)
+        self.fd = self._open(path, (os.O_RDWR if self.read else os.O_WRONLY) | os.O_EXCL, st)
         dev_size = os.lseek(self.fd, 0, os.SEEK_END)
-        if dev_size < self.size:
+        if dev_size < self.min_size:
             self.abort()
-            raise TargetError(f"{path} holds {dev_size} bytes, the snapshot needs {self.size}: use a larger device")
-        self.target_size = dev_size
+            raise TargetError(f"{path} holds {dev_size} bytes, the snapshot needs {self.min_size}: use a larger device")
+        self.target_size = self.limit = dev_size
+        try:
+            self.sector_size = logical_sector_size(self.fd)
+        except OSError:
+            self.sector_size = None
 
     def _open_file(self, path: str, st: os.stat_result, force: bool, partition: int | None) -> None:
         self.kind, self.in_place, self.old_size = "file", True, st.st_size
@@ -276,7 +291,7 @@ class Target:
                               "add --force to write it anyway")
         folder, name = os.path.split(path)
         remove_stale_temps(folder or ".", name)
-        self.fd = self._open(path, os.O_WRONLY, st)
+        self.fd = self._open(path, os.O_RDWR if self.read else os.O_WRONLY, st)
         self.target_size = max(st.st_size, self.size)
         try:
             if st.st_size < self.size:
@@ -321,6 +336,8 @@ class Target:
         """Write ``data`` at ``offset`` of the image (thread-safe except for stdout, which
         takes writes in order only; a gap before ``offset`` is written as zeros)."""
         view = memoryview(data)
+        if self.limit is not None and offset + len(view) > self.limit:  # a smaller device: its end
+            view = view[: max(0, self.limit - offset)]
         if self.kind == "stdout":
             if offset < self.pos:
                 raise ValueError(f"stdout written out of order: byte {offset} after {self.pos}")
@@ -340,7 +357,13 @@ class Target:
     def zero(self, offset: int, length: int) -> None:
         """The image holds zeros there (a new file's holes and stdout's gaps need nothing)."""
         if self.kind == "device":
-            zero_range(self.fd, offset, length)
+            length = min(length, self.limit - offset) if self.limit is not None else length
+            if length <= 0:
+                return
+            if self.discard:
+                punch_hole(self.fd, offset, length)
+            else:
+                zero_range(self.fd, offset, length)
         elif self.kind == "file" and self.in_place and offset < self.old_size:
             punch_hole(self.fd, offset, min(length, self.old_size - offset))
 

@@ -17,27 +17,45 @@ restore with DamagedData naming the chunk and its offset in the image. With ``sk
 a damaged or missing chunk (or tree node) is left as zeros instead, the restore goes on,
 and every range not restored is listed in ``RestoreResult.unrestored`` (a ddrescue-like
 map). ``/dev/null`` is accepted as a target: a restore there verifies without writing.
+
+A whole disk onto a disk of another size (images/table_adjust.py): when the snapshot holds a
+partition table and the target is a device or file of another size, or ``grow`` names a
+partition, the image's first ``copy_bytes`` are written and then the sectors that fit the
+table to the target (backup GPT moved to the end, CRCs, protective MBR; partition ``grow``
+extended to the end). A smaller device is accepted when every partition fits.
+
+Delta restore (ops/restore_delta.py) onto a target that already holds a copy: only chunks
+that differ are written. ``delta=True`` always, ``False`` never, ``None`` (the default) when
+the target is an existing file or device on which at least half of up to SAMPLE chunks,
+sampled evenly over the image, already hold the snapshot's bytes.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..repository.catalog import BlobLocation, SnapshotRecord
-from ..errors import DamagedData, SnapshotError
+from ..errors import DamagedData, SnapshotError, TargetError
 from ..repository.hashing import ZERO_ID, short
+from ..images.partitions import PartitionError, read_table
+from ..images.table_adjust import Adjustment, plan_adjustment
 from ..images.target import Target, os_error
 from ..repository import Repository
+from ..repository.hashing import content_id
 from ..repository.tree import Leaf
+from .access.snapshot_reader import ReadContext, SnapshotReader
 from .damage import Lost, merge, walk
 from .progress import NoProgress, Progress
+from .restore_delta import delta_restore
 
 BATCH = 16 << 20
 DEPTH = 4
 WORKERS = 2
+SAMPLE = 64  # chunks compared to choose a delta restore by itself
 
 
 @dataclass
@@ -54,6 +72,12 @@ class RestoreResult:
     in_place: bool = False  # an existing file or a device was overwritten (same inode, mode, owner)
     target_size: int = 0  # bytes of the target once written (a bigger file keeps its size)
     symlink: str | None = None  # the symbolic link given as the target (followed with force)
+    table_adjusted: list[dict] = field(default_factory=list)  # {offset, length} rewritten to fit the table
+    grown: dict | None = None  # {partition, old_size, new_size, grow_hint}: --grow-partition
+    mode: str = "full"  # "full", "delta" or "delta-dry-run"
+    bytes_read_target: int = 0  # delta: bytes of the target read and compared
+    bytes_written: int = 0  # bytes written to the target (chunks, zeros, table sectors)
+    chunks_unchanged: int = 0  # delta: chunks the target already held
 
 
 def _write_batch(repo: Repository, write, leaves: list[Leaf], locs: dict[bytes, BlobLocation],
@@ -106,10 +130,32 @@ def _restore(
     force: bool = False,
     progress: Progress | None = None,
     skip_damaged: bool = False,
+    grow: int | None = None,
+    delta: bool | None = None,
+    dry_run: bool = False,
+    discard: bool = False,
 ) -> RestoreResult:
     progress = progress or NoProgress()
     started = time.monotonic()
-    target = Target(target_path, snap.size, force, protect=repo.path)
+    ctx = ReadContext(repo, cache_bytes=16 << 20, prefetch=False)
+    try:
+        reader = SnapshotReader(ctx, snap)
+        has_table = _has_table(reader)
+        if dry_run and (not os.path.exists(target_path) or target_path == "-"):
+            raise TargetError(f"--dry-run compares the snapshot with an existing target: {target_path} is none")
+        target = Target(target_path, snap.size, force, protect=repo.path, min_size=1 if has_table else None,
+                        read=delta is not False or dry_run, discard=discard)
+        try:
+            adj = _fit(reader, snap, target, has_table, grow)
+            mode = _choose(reader, target, delta, dry_run)
+        except BaseException:
+            target.abort()
+            raise
+    finally:
+        ctx.close()
+    limit = adj.copy_bytes if adj else snap.size
+    if mode != "full":
+        return _delta(repo, snap, target, adj, mode, limit, progress, started)
     stream = target.kind == "stdout"  # written in order by the calling thread
     depth = 1 if stream else DEPTH  # a stream keeps finished batches in memory until their turn
     pending: deque[tuple[Future, list[Leaf], int, dict[int, bytes] | None]] = deque()
@@ -163,6 +209,8 @@ def _restore(
         batch_bytes = 0
         root = bytes.fromhex(snap.tree)
         for leaf in walk(repo.load_tree_node, root, snap.size):
+            if leaf.offset >= limit:  # a smaller disk: the unpartitioned rest is not written
+                break
             if isinstance(leaf, Lost):
                 if not skip_damaged:
                     raise DamagedData(f"restore of snapshot {snap.id[:12]} stopped at byte {leaf.offset} of the image: "
@@ -185,6 +233,7 @@ def _restore(
             submit(batch)
         while pending:
             drain_one()
+        _apply(target, adj)
         try:
             target.commit()
         except OSError as exc:
@@ -198,6 +247,89 @@ def _restore(
     pool.shutdown()
     lost.sort()
     spans = merge((o, n) for o, n, _ in lost)
+    table = sum(len(w.data) for w in adj.writes) if adj else 0
     return RestoreResult(snap.id, target.path, target.kind, snap.size, data, zeros, round(time.monotonic() - started, 3),
                          [{"offset": o, "length": n, "reason": r} for o, n, r in lost], sum(n for _, n in spans),
-                         target.in_place, target.target_size, target.via)
+                         target.in_place, target.target_size, target.via, adj.to_json() if adj else [],
+                         adj.grown if adj else None, "full", 0, data + table, 0)
+
+
+def _has_table(reader: SnapshotReader) -> bool:
+    """Whether the snapshot is a whole disk (a GPT or MBR partition table that reads)."""
+    try:
+        return read_table(reader.read, reader.size).label != "none"
+    except (PartitionError, DamagedData):
+        return False
+
+
+def _fit(reader: SnapshotReader, snap: SnapshotRecord, target: Target, has_table: bool,
+         grow: int | None) -> Adjustment | None:
+    """The table adjustment for this target, or None when the image goes on as it is."""
+    if grow is not None and target.kind in ("stdout", "null"):
+        raise TargetError("--grow-partition needs a file or block device as the target")
+    if target.kind in ("stdout", "null") or not has_table:
+        if grow is not None:
+            raise TargetError(f"snapshot {snap.id[:12]} holds no partition table: --grow-partition needs a whole disk")
+        return None
+    if target.target_size == snap.size and grow is None:
+        return None
+    adj = plan_adjustment(reader.read, snap.size, target.target_size, target.sector_size, grow)
+    return adj if adj.needed or adj.copy_bytes != snap.size else None
+
+
+def _apply(target: Target, adj: Adjustment | None) -> None:
+    """Write the table sectors, after the image's bytes."""
+    for w in adj.writes if adj else ():
+        target.write(w.offset, w.data)
+
+
+def _choose(reader: SnapshotReader, target: Target, delta: bool | None, dry_run: bool) -> str:
+    """"full", "delta" or "delta-dry-run" (see the module docstring for the rule)."""
+    if target.kind not in ("file", "device") or not target.in_place or target.old_size == 0 and target.kind == "file":
+        if delta or dry_run:
+            raise TargetError(f"{target.path} holds nothing to compare with: --delta and --dry-run need an existing "
+                              "file or device")
+        return "full"
+    if dry_run:
+        return "delta-dry-run"
+    if delta is not None:
+        return "delta" if delta else "full"
+    same = total = 0
+    for k in range(SAMPLE):
+        piece = next(reader.pieces(reader.size * k // SAMPLE, reader.size * k // SAMPLE + 1), None)
+        if piece is None or piece.id == ZERO_ID:
+            continue
+        total += 1
+        try:
+            have = os.pread(target.fd, piece.length, piece.offset)
+        except OSError:
+            return "full"
+        same += content_id(have) == piece.id
+    return "delta" if total and same * 2 >= total else "full"
+
+
+def _delta(repo: Repository, snap: SnapshotRecord, target: Target, adj: Adjustment | None, mode: str, limit: int,
+           progress: Progress, started: float) -> RestoreResult:
+    dry = mode == "delta-dry-run"
+    try:
+        d = delta_restore(repo, snap, target.fd, target.write, target.zero, dry_run=dry, progress=progress, end=limit)
+        table = 0
+        if not dry:
+            _apply(target, adj)
+            table = sum(len(w.data) for w in adj.writes) if adj else 0
+            target.commit()
+        else:
+            target.abort()
+    except DamagedData as exc:
+        target.abort()
+        raise DamagedData(f"restore of snapshot {snap.id[:12]} stopped: {exc}") from None
+    except OSError as exc:
+        target.abort()
+        raise os_error(exc, target.path) from None
+    except BaseException:
+        target.abort()
+        raise
+    return RestoreResult(snap.id, target.path, target.kind, snap.size, snap.data_bytes, snap.zero_bytes,
+                         round(time.monotonic() - started, 3), [], 0, target.in_place, target.target_size, target.via,
+                         adj.to_json() if adj else [], adj.grown if adj else None, mode, d.bytes_read_target,
+                         d.bytes_written + table, d.chunks_unchanged)

@@ -26,7 +26,6 @@ from ..errors import DamagedData
 from ..repository import Repository
 from ..repository.catalog import SnapshotRecord
 from ..repository.hashing import ZERO_ID, content_id, short
-from ..repository.tree import Leaf
 from .damage import Lost, walk
 from .progress import NoProgress, Progress
 
@@ -47,17 +46,20 @@ class DeltaResult:
 Item = tuple[int, int, bytes]  # (offset, length, chunk id or ZERO_ID)
 
 
-def _items(repo: Repository, snap: SnapshotRecord) -> Iterator[list[Item]]:
-    """The snapshot's chunk list in batches of about BATCH bytes (zero extents cut to fit)."""
+def _items(repo: Repository, snap: SnapshotRecord, end: int) -> Iterator[list[Item]]:
+    """The snapshot's chunk list up to byte ``end`` in batches of about BATCH bytes (zero
+    extents cut to fit)."""
     batch: list[Item] = []
     size = 0
     for leaf in walk(repo.load_tree_node, bytes.fromhex(snap.tree), snap.size):
+        if leaf.offset >= end:
+            break
         if isinstance(leaf, Lost):
             raise DamagedData(f"delta restore of snapshot {snap.id[:12]} stopped at byte {leaf.offset}: {leaf.reason}")
         pieces = [(leaf.offset, leaf.length)]
         if leaf.id == ZERO_ID:
-            pieces = [(o, min(BATCH, leaf.offset + leaf.length - o)) for o in range(leaf.offset, leaf.offset + leaf.length,
-                                                                                   BATCH)]
+            stop = min(end, leaf.offset + leaf.length)
+            pieces = [(o, min(BATCH, stop - o)) for o in range(leaf.offset, stop, BATCH)]
         for off, n in pieces:
             batch.append((off, n, leaf.id))
             size += n
@@ -91,16 +93,20 @@ def _compare(fd: int, batch: list[Item]) -> tuple[list[Item], list[tuple[int, in
     return differ, zero, len(data)
 
 
-def delta_restore(repo: Repository, snap: SnapshotRecord, fd: int, zero: Callable[[int, int], None],
-                  dry_run: bool = False, progress: Progress | None = None) -> DeltaResult:
-    """Make ``fd`` (open for reading and writing, at least ``snap.size`` bytes) hold the
-    snapshot, writing only what differs; ``zero(offset, length)`` zeroes a range of it."""
+Writer = Callable[[int, bytes | memoryview], None]
+
+
+def delta_restore(repo: Repository, snap: SnapshotRecord, fd: int, write: Writer, zero: Callable[[int, int], None],
+                  dry_run: bool = False, progress: Progress | None = None, end: int | None = None) -> DeltaResult:
+    """Make the target read through ``fd`` hold the snapshot's first ``end`` bytes (default:
+    all), writing only what differs with ``write(offset, data)`` and ``zero(offset, length)``."""
     progress = progress or NoProgress()
     res = DeltaResult()
+    end = snap.size if end is None else min(end, snap.size)
     pool = ThreadPoolExecutor(1, thread_name_prefix="diskvault-delta")
     try:
-        progress.start(snap.size, "delta restore")
-        batches = _items(repo, snap)
+        progress.start(end, "delta restore")
+        batches = _items(repo, snap, end)
         current = next(batches, None)
         nxt = pool.submit(_compare, fd, current) if current else None
         while current is not None:
@@ -114,7 +120,7 @@ def delta_restore(repo: Repository, snap: SnapshotRecord, fd: int, zero: Callabl
             res.bytes_written += sum(n for _, n, _ in differ) + sum(n for _, n in zeros)
             res.zero_bytes_zeroed += sum(n for _, n in zeros)
             if not dry_run:
-                _write(repo, snap, fd, differ)
+                _write(repo, snap, write, differ)
                 for off, length in zeros:
                     zero(off, length)
             progress.advance(sum(n for _, n, _ in current))
@@ -124,7 +130,7 @@ def delta_restore(repo: Repository, snap: SnapshotRecord, fd: int, zero: Callabl
     return res
 
 
-def _write(repo: Repository, snap: SnapshotRecord, fd: int, differ: list[Item]) -> None:
+def _write(repo: Repository, snap: SnapshotRecord, write: Writer, differ: list[Item]) -> None:
     if not differ:
         return
     at: dict[bytes, list[int]] = {}
@@ -137,10 +143,7 @@ def _write(repo: Repository, snap: SnapshotRecord, fd: int, differ: list[Item]) 
                               f"from the catalog")
     for loc, raw in repo.read_ranges(list(locs.values())):
         for off in at[loc.id]:
-            view = memoryview(raw)
-            while view:
-                n = os.pwrite(fd, view, off)
-                view, off = view[n:], off + n
+            write(off, raw)
 
 
-__all__ = ["DeltaResult", "Leaf", "delta_restore"]
+__all__ = ["DeltaResult", "delta_restore"]
