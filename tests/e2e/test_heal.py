@@ -81,7 +81,7 @@ def test_flipped_chunk_is_never_deduplicated_again_and_the_next_snapshot_heals_i
     # repair keeps the knowledge and does not call the repository sound
     proc = run_cli("repair", "-r", repo_path, check=False)
     assert proc.returncode == EXIT_DAMAGED, proc.stderr.decode()
-    assert b"1 blobs are known to be damaged" in proc.stdout
+    assert b"1 blob known to be damaged" in proc.stderr
 
     sc = snapshot(repo_path, image)  # the intact source again: the chunk is stored anew
     assert cli_json("check", "-r", repo_path, "--read-data")["status"] == "sound"
@@ -220,7 +220,7 @@ def test_record_with_a_flipped_byte_in_its_tree_root_is_reported_and_stops_prune
 
     proc = run_cli("repair", "-r", repo, check=False)
     assert proc.returncode == EXIT_DAMAGED, proc.stdout.decode() + proc.stderr.decode()
-    assert f"snapshot record snapshots/{sid}.json cannot be read (it is not UTF-8 text)".encode() in proc.stdout
+    assert f"snapshot record snapshots/{sid}.json cannot be read (it is not UTF-8 text)".encode() in proc.stderr
     rep = cli_json("check", "-r", repo, "--read-data", code=EXIT_DAMAGED)
     assert [e["kind"] for e in rep["errors"]] == ["record-unreadable"] and sid in rep["errors"][0]["message"]
 

@@ -256,9 +256,12 @@ def test_prune_deletes_only_names_of_its_own(repo_path, tmp_path):
     garbage = [repo_path / "snapshots" / ("f" * 32 + ".json"), repo_path / "packs" / "ab" / ("ab" + "1" * 30 + ".pack"),
                repo_path / "packs" / "ab" / ("ab" + "2" * 30 + ".pack.tmp-0123abcd"),
                repo_path / "catalog.sqlite.tmp-0123abcd-wal"]
+    record = json.loads(next((repo_path / "snapshots").glob("*.json")).read_text())
     for p in strangers + garbage:
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(b"x")
+    record["id"] = "f" * 32  # a readable record without a catalog row (an unreadable one stops prune)
+    garbage[0].write_text(json.dumps(record))
     res = json.loads(run_cli("prune", "-r", repo_path, "--json").stdout)
     assert (res["orphan_records_removed"], res["orphan_packs_removed"], res["tmp_files_removed"]) == (1, 1, 2)
     assert [p for p in strangers if not p.exists()] == []
