@@ -45,3 +45,24 @@ def test_export_refuses_to_overwrite_and_unknown_formats(tmp_path, repo_path, di
     assert not list(tmp_path.glob(".*diskvault-export*"))
     run_cli("export", "-r", repo_path, "latest", out, "--force")
     assert out.read_bytes()[:4] == b"QFI\xfb"
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "vhdx", "vmdk", "vdi"])
+def test_snapshot_of_a_virtual_disk_restores_the_disk_inside(tmp_path, repo_path, fmt):
+    """A .qcow2/.vhdx/.vmdk/.vdi source is read through qemu: the snapshot holds the disk inside."""
+    disk, _, _, _ = make_gpt_disk(tmp_path)
+    vdisk = tmp_path / f"vm.{fmt}"
+    subprocess.run([tool("qemu-img"), "convert", "-f", "raw", "-O", fmt, str(disk), str(vdisk)], check=True)
+    rec = json.loads(run_cli("snapshot", "-r", repo_path, vdisk, "--json").stdout)
+    assert rec["format"] == fmt and rec["size"] == disk.stat().st_size and rec["source"] == str(vdisk)
+    out = tmp_path / "out.img"
+    run_cli("restore", "-r", repo_path, "latest", out)
+    assert out.read_bytes() == disk.read_bytes()
+    # a file that is not what its name says is refused, and nothing is recorded
+    fake = tmp_path / "fake.qcow2"
+    fake.write_bytes(b"not a disk" * 1000)
+    proc = run_cli("snapshot", "-r", repo_path, fake, check=False)
+    assert proc.returncode == 5 and b"cannot be read as a qcow2 virtual disk" in proc.stderr
+    assert len(json.loads(run_cli("snapshots", "-r", repo_path, "--json").stdout)) == 1
+    for p in (disk, vdisk, out):
+        p.unlink()

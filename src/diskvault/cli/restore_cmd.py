@@ -40,7 +40,8 @@ def _report(res, json_out: bool, what: str) -> None:
     if mode != "full":
         would = "would write" if mode == "delta-dry-run" else "wrote"
         typer.echo(f"  delta: read {human(res.bytes_read_target)} of the target, {plural(res.chunks_unchanged, 'chunk')} "
-                   f"already right, {would} {human(res.bytes_written)}", err=True)
+                   f"already right, {would} {human(res.bytes_written)}"
+                   + (f", zero {human(res.bytes_zeroed)}" if res.bytes_zeroed else ""), err=True)
     if getattr(res, "table_adjusted", None):
         typer.echo(f"  partition table fitted to the target's {human(res.target_size)} "
                    f"({plural(len(res.table_adjusted), 'range')} rewritten)", err=True)

@@ -15,7 +15,9 @@ while it was read.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -34,6 +36,8 @@ class Source:
     fd: int
     size: int | None  # None for stdin
     proc: subprocess.Popen | None = None  # the producer, for a command's output
+    format: str | None = None  # a virtual disk's format (vhdx, vmdk, qcow2, vdi), read through qemu
+    virtual_size: int | None = None  # a virtual disk's size in bytes: what its stream must hold
 
     def extents(self) -> Iterator[tuple[int, int, bool]]:
         """``(offset, length, is_data)`` covering the source in order; one data extent of
@@ -97,12 +101,16 @@ class Source:
             _add_related(root, devices)
         return [{k: v for k, v in m.items() if k != "dev"} for m in _mountinfo() if m["dev"] in devices]
 
-    def finish(self) -> None:
-        """After the last byte: raises SourceError when the producing command failed."""
+    def finish(self, read: int | None = None) -> None:
+        """After the last byte (``read`` bytes in all): raises SourceError when the producing
+        command failed, or a virtual disk's stream did not hold its size."""
         if self.proc is None:
             return
         self.proc.stdout.close()
         code = self.proc.wait()
+        if code == 0 and self.virtual_size is not None and read is not None and read != self.virtual_size:
+            raise SourceError(f"{self.path} gave {read} bytes, its virtual size is {self.virtual_size}: "
+                              "the snapshot is not saved")
         if code != 0:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             raise SourceError(f"{self.path} {how}: the snapshot is not saved; fix the command and take it again")
@@ -236,6 +244,35 @@ def open_command(argv: list[str]) -> Source:
         raise SourceError(f"cannot run {argv[0]}: {exc.strerror}: give a command that writes the image to stdout") from None
     assert proc.stdout is not None
     return Source(name, "stdin", proc.stdout.fileno(), None, proc)
+
+
+VIRTUAL_DISKS = {".vhdx": "vhdx", ".vmdk": "vmdk", ".qcow2": "qcow2", ".vdi": "vdi"}
+
+
+def virtual_disk_format(path: str) -> str | None:
+    """The virtual-disk format a source's name announces (``.vhdx``, ``.vmdk``, ``.qcow2``,
+    ``.vdi``), or None for a raw image, a device or a stream."""
+    return VIRTUAL_DISKS.get(os.path.splitext(path)[1].lower())
+
+
+def open_virtual_disk(path: str, fmt: str) -> Source:
+    """Stream the disk inside a virtual-disk file through qemu (``qemu-nbd`` serves it,
+    ``nbdcopy`` copies it to a pipe): diskvault has no virtual-disk code of its own. Raises
+    SourceError when the file is missing, not of format ``fmt``, or the tools are absent."""
+    if not os.path.exists(path):
+        raise SourceError(f"source {path} does not exist: give an image file, a block device or - for stdin")
+    for tool, package in (("qemu-img", "qemu-utils"), ("qemu-nbd", "qemu-utils"), ("nbdcopy", "libnbd-bin")):
+        if shutil.which(tool) is None:
+            raise SourceError(f"reading a {fmt} file needs {tool}: install it (Debian: apt-get install {package})")
+    info = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt, path], capture_output=True, text=True)
+    if info.returncode != 0:
+        why = (info.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SourceError(f"{path} cannot be read as a {fmt} virtual disk ({why}): check the file, or rename a raw "
+                          "image to .img")
+    size = int(json.loads(info.stdout)["virtual-size"])
+    src = open_command(["nbdcopy", "--", "[", "qemu-nbd", "--read-only", "--format", fmt, path, "]", "-"])
+    src.path, src.format, src.virtual_size = path, fmt, size
+    return src
 
 
 def open_source(path: str) -> Source:

@@ -76,7 +76,8 @@ class RestoreResult:
     grown: dict | None = None  # {partition, old_size, new_size, grow_hint}: --grow-partition
     mode: str = "full"  # "full", "delta" or "delta-dry-run"
     bytes_read_target: int = 0  # delta: bytes of the target read and compared
-    bytes_written: int = 0  # bytes written to the target (chunks, zeros, table sectors)
+    bytes_written: int = 0  # data bytes written to the target (chunks, table sectors)
+    bytes_zeroed: int = 0  # delta: bytes zeroed where the snapshot holds zeros (holes in a file)
     chunks_unchanged: int = 0  # delta: chunks the target already held
 
 
@@ -251,7 +252,7 @@ def _restore(
     return RestoreResult(snap.id, target.path, target.kind, snap.size, data, zeros, round(time.monotonic() - started, 3),
                          [{"offset": o, "length": n, "reason": r} for o, n, r in lost], sum(n for _, n in spans),
                          target.in_place, target.target_size, target.via, adj.to_json() if adj else [],
-                         adj.grown if adj else None, "full", 0, data + table, 0)
+                         adj.grown if adj else None, "full", 0, data + table, 0, 0)
 
 
 def _has_table(reader: SnapshotReader) -> bool:
@@ -312,7 +313,8 @@ def _delta(repo: Repository, snap: SnapshotRecord, target: Target, adj: Adjustme
            progress: Progress, started: float) -> RestoreResult:
     dry = mode == "delta-dry-run"
     try:
-        d = delta_restore(repo, snap, target.fd, target.write, target.zero, dry_run=dry, progress=progress, end=limit)
+        d = delta_restore(repo, snap, target.fd, target.write, target.zero, dry_run=dry, progress=progress, end=limit,
+                          sparse=target.kind == "file")
         table = 0
         if not dry:
             _apply(target, adj)
@@ -332,4 +334,4 @@ def _delta(repo: Repository, snap: SnapshotRecord, target: Target, adj: Adjustme
     return RestoreResult(snap.id, target.path, target.kind, snap.size, snap.data_bytes, snap.zero_bytes,
                          round(time.monotonic() - started, 3), [], 0, target.in_place, target.target_size, target.via,
                          adj.to_json() if adj else [], adj.grown if adj else None, mode, d.bytes_read_target,
-                         d.bytes_written + table, d.chunks_unchanged)
+                         d.bytes_written + table, d.bytes_zeroed, d.chunks_unchanged)

@@ -1,11 +1,12 @@
 """Delta restore: bring a target that holds an older or changed copy of a snapshot back to
 the snapshot's bytes, writing only the chunks that differ.
 
-The target is read in the snapshot's chunk order, BATCH bytes at a time, one batch ahead
-on a worker thread; each chunk's range of the target is hashed (blake3, the chunk's content
-id) and compared with the chunk's id. Only chunks whose bytes differ are fetched from the
-repository (verified) and written; a zero extent of the snapshot is compared with zeros and
-zeroed only where the target holds something else. The same idea as casync's seeds and
+The target is read in the snapshot's chunk order, BATCH bytes at a time, AHEAD batches
+ahead on WORKERS threads; each chunk's range of the target is hashed (blake3, the chunk's
+content id) and compared with the chunk's id. Only chunks whose bytes differ are fetched
+from the repository (verified) and written; a zero extent of the snapshot is compared with
+zeros and zeroed only where the target holds something else (on a regular file it is not
+read at all: the parts that are not holes are punched). The same idea as casync's seeds and
 Macrium's Rapid Delta Restore, for any file system, since it works on the image's bytes.
 
 Idempotent: every chunk is either already right or rewritten with the same bytes, so a
@@ -19,7 +20,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import DamagedData
@@ -30,6 +32,8 @@ from .damage import Lost, walk
 from .progress import NoProgress, Progress
 
 BATCH = 16 << 20
+WORKERS = 2  # pread and blake3 release the GIL: two batches are compared at once
+AHEAD = 3  # batches in flight
 ZERO_BLOCK = 64 << 10  # a zero extent is zeroed where the target holds something, by this unit
 _ZEROS = bytes(BATCH)
 
@@ -37,10 +41,10 @@ _ZEROS = bytes(BATCH)
 @dataclass
 class DeltaResult:
     bytes_read_target: int = 0
-    bytes_written: int = 0  # chunk bytes written plus bytes zeroed
+    bytes_written: int = 0  # chunk bytes written
+    bytes_zeroed: int = 0  # bytes zeroed where the snapshot holds zeros (holes punched in a file)
     chunks_unchanged: int = 0
     chunks_written: int = 0
-    zero_bytes_zeroed: int = 0
 
 
 Item = tuple[int, int, bytes]  # (offset, length, chunk id or ZERO_ID)
@@ -70,62 +74,109 @@ def _items(repo: Repository, snap: SnapshotRecord, end: int) -> Iterator[list[It
         yield batch
 
 
-def _compare(fd: int, batch: list[Item]) -> tuple[list[Item], list[tuple[int, int]], int]:
-    """Read the batch's range of the target: ``(chunks that differ, zero ranges to zero, bytes read)``."""
-    start = batch[0][0]
-    end = batch[-1][0] + batch[-1][1]
-    data = memoryview(os.pread(fd, end - start, start))
+def _data_ranges(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
+    """The ``(offset, length)`` ranges of a regular file in ``[offset, offset+length)`` that
+    are not holes (lseek SEEK_DATA/SEEK_HOLE)."""
+    out: list[tuple[int, int]] = []
+    pos, end = offset, offset + length
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole (or the end of the file) from here
+            break
+        if data >= end:
+            break
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        out.append((data, hole - data))
+        pos = hole
+    return out
+
+
+def _zero_blocks(have: memoryview, off: int, n: int, out: list[tuple[int, int]]) -> None:
+    """Append the ZERO_BLOCK-sized pieces of ``have`` (read at ``off``, ``n`` bytes wanted)
+    that are not all zeros."""
+    if len(have) == n and _ZEROS.startswith(have):  # memcmp, no copy
+        return
+    for o in range(0, n, ZERO_BLOCK):
+        part = have[o : o + ZERO_BLOCK]
+        size = min(ZERO_BLOCK, n - o)
+        if len(part) < size or not _ZEROS.startswith(part):
+            if out and out[-1][0] + out[-1][1] == off + o:
+                out[-1] = (out[-1][0], out[-1][1] + size)
+            else:
+                out.append((off + o, size))
+
+
+def _compare(fd: int, batch: list[Item], sparse: bool) -> tuple[list[Item], list[tuple[int, int]], int]:
+    """Compare the batch with the target: ``(chunks that differ, ranges to zero, bytes read)``.
+    Runs of neighbouring items are read with one pread each. With ``sparse`` (a regular
+    file), a zero extent is not read: the parts of it that are not holes are zeroed."""
     differ: list[Item] = []
     zero: list[tuple[int, int]] = []
-    for off, n, ident in batch:
-        have = data[off - start : off - start + n]
-        if ident == ZERO_ID:
-            if len(have) < n or not _ZEROS.startswith(have):  # memcmp, no copy
-                for o in range(0, n, ZERO_BLOCK):  # zero only the blocks that hold something
-                    part = have[o : o + ZERO_BLOCK]
-                    if len(part) < min(ZERO_BLOCK, n - o) or not _ZEROS.startswith(part):
-                        if zero and zero[-1][0] + zero[-1][1] == off + o:
-                            zero[-1] = (zero[-1][0], zero[-1][1] + min(ZERO_BLOCK, n - o))
-                        else:
-                            zero.append((off + o, min(ZERO_BLOCK, n - o)))
-        elif len(have) < n or content_id(have) != ident:
-            differ.append((off, n, ident))
-    return differ, zero, len(data)
+    read = 0
+    i = 0
+    while i < len(batch):
+        if sparse and batch[i][2] == ZERO_ID:
+            zero.extend(_data_ranges(fd, batch[i][0], batch[i][1]))
+            i += 1
+            continue
+        j = i + 1
+        while j < len(batch) and not (sparse and batch[j][2] == ZERO_ID):
+            j += 1
+        start = batch[i][0]
+        data = memoryview(os.pread(fd, batch[j - 1][0] + batch[j - 1][1] - start, start))
+        read += len(data)
+        for off, n, ident in batch[i:j]:
+            have = data[off - start : off - start + n]
+            if ident == ZERO_ID:
+                _zero_blocks(have, off, n, zero)
+            elif len(have) < n or content_id(have) != ident:
+                differ.append((off, n, ident))
+        i = j
+    return differ, zero, read
 
 
 Writer = Callable[[int, bytes | memoryview], None]
 
 
 def delta_restore(repo: Repository, snap: SnapshotRecord, fd: int, write: Writer, zero: Callable[[int, int], None],
-                  dry_run: bool = False, progress: Progress | None = None, end: int | None = None) -> DeltaResult:
+                  dry_run: bool = False, progress: Progress | None = None, end: int | None = None,
+                  sparse: bool = False) -> DeltaResult:
     """Make the target read through ``fd`` hold the snapshot's first ``end`` bytes (default:
-    all), writing only what differs with ``write(offset, data)`` and ``zero(offset, length)``."""
+    all), writing only what differs with ``write(offset, data)`` and ``zero(offset, length)``.
+    ``sparse``: the target is a regular file (zero extents are found by its holes, not read)."""
     progress = progress or NoProgress()
     res = DeltaResult()
     end = snap.size if end is None else min(end, snap.size)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="diskvault-delta")
+    pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="diskvault-delta")
+    ahead: deque[tuple[Future, list[Item]]] = deque()
     try:
         progress.start(end, "delta restore")
         batches = _items(repo, snap, end)
-        current = next(batches, None)
-        nxt = pool.submit(_compare, fd, current) if current else None
-        while current is not None:
-            differ, zeros, n = nxt.result()  # type: ignore[union-attr]
-            following = next(batches, None)
-            nxt = pool.submit(_compare, fd, following) if following else None
+        while True:
+            while len(ahead) < AHEAD:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                ahead.append((pool.submit(_compare, fd, batch, sparse), batch))
+            if not ahead:
+                break
+            fut, current = ahead.popleft()
+            differ, zeros, n = fut.result()
             res.bytes_read_target += n
             chunks = sum(1 for it in current if it[2] != ZERO_ID)
             res.chunks_unchanged += chunks - len(differ)
             res.chunks_written += len(differ)
-            res.bytes_written += sum(n for _, n, _ in differ) + sum(n for _, n in zeros)
-            res.zero_bytes_zeroed += sum(n for _, n in zeros)
+            res.bytes_written += sum(n for _, n, _ in differ)
+            res.bytes_zeroed += sum(n for _, n in zeros)
             if not dry_run:
                 _write(repo, snap, write, differ)
                 for off, length in zeros:
                     zero(off, length)
             progress.advance(sum(n for _, n, _ in current))
-            current = following
     finally:
+        for fut, _ in ahead:
+            fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
     return res
 

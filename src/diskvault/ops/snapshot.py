@@ -53,7 +53,7 @@ from ..repository import compression
 from ..repository.catalog import SnapshotRecord
 from ..errors import DamagedData, SourceError
 from ..repository.hashing import ZERO_ID, content_id
-from ..images.source import Source, open_command, open_source
+from ..images.source import Source, open_command, open_source, open_virtual_disk, virtual_disk_format
 from ..policy import parse_time
 from ..rawnames import readable
 from ..repository.pack import TYPE_CHUNK
@@ -321,7 +321,11 @@ def _take_snapshot(
     tags = sorted(set(tags or []))
     started = time.monotonic()
     when = now()
-    source = open_command(command) if command else open_source(source_path)
+    fmt = None if command or source_path == "-" else virtual_disk_format(source_path)
+    if command:
+        source = open_command(command)
+    else:
+        source = open_virtual_disk(source_path, fmt) if fmt else open_source(source_path)
     try:
         mounted = _check_mounted(source, allow_mounted)
     except BaseException:
@@ -438,7 +442,7 @@ def _take_snapshot(
         write_thread.join()
         if failure:
             raise failure[0]
-        source.finish()  # a producing command that failed: nothing is recorded
+        source.finish(stats["size"])  # a producing command that failed: nothing is recorded
         size_now = source.current_size()
         root = builder.finish()
         writer.seal()
@@ -463,6 +467,7 @@ def _take_snapshot(
         tree=root.hex(),
         duration=round(time.monotonic() - started, 3),
         mounted=mounted or None,
+        format=source.format,
         size_changed={"before": source.size, "after": size_now} if size_now != source.size else None,
         warnings=warnings,
         **stats,

@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     duration REAL NOT NULL,
     seq INTEGER NOT NULL DEFAULT 0,
     mounted TEXT,
-    size_changed TEXT
+    size_changed TEXT,
+    format TEXT
 );
 CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(time);
 CREATE TABLE IF NOT EXISTS damaged (
@@ -81,7 +82,8 @@ CREATE TABLE IF NOT EXISTS damaged (
 # snapshot columns added after schema version 1 was released: created in new catalogs by
 # SCHEMA, added to an older catalog by its first write of a snapshot row (a catalog opened
 # only for reading may lack them: its rows read as the defaults)
-ADDED_SNAPSHOT_COLUMNS = {"seq": "INTEGER NOT NULL DEFAULT 0", "mounted": "TEXT", "size_changed": "TEXT"}
+ADDED_SNAPSHOT_COLUMNS = {"seq": "INTEGER NOT NULL DEFAULT 0", "mounted": "TEXT", "size_changed": "TEXT",
+                          "format": "TEXT"}
 DAMAGED_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS damaged"):].strip().rstrip(";")
 
 
@@ -107,7 +109,9 @@ class SnapshotRecord:
     before sequence numbers; these order by time). ``mounted``: where the source device was
     mounted when read (``{"mountpoint", "mode": "ro"|"rw", "device"}`` list), else None.
     ``size_changed``: ``{"before", "after"}`` bytes when the source's size changed while it
-    was read (the snapshot holds the first ``before`` bytes), else None. ``warnings``: what
+    was read (the snapshot holds the first ``before`` bytes), else None. ``format``: the
+    virtual-disk format the source was read from (``vhdx``, ``vmdk``, ``qcow2``, ``vdi``;
+    the snapshot holds the disk inside it), None for a raw image. ``warnings``: what
     the snapshot command reported (not stored)."""
 
     id: str
@@ -127,6 +131,7 @@ class SnapshotRecord:
     seq: int = 0
     mounted: list[dict] | None = None
     size_changed: dict | None = None
+    format: str | None = None
     warnings: list[str] = field(default_factory=list, compare=False)
 
     _TRANSIENT = ("warnings",)
