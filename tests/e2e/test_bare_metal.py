@@ -234,3 +234,29 @@ def test_sigkill_during_delta_restore(tmp_path, repo_path):
         run_cli("restore", "-r", repo_path, "latest", target, "--force", "--delta", "--no-progress")
         assert target.read_bytes() == img, f"attempt {attempt}"
     target.unlink()
+
+
+@pytest.mark.root
+def test_discard_zeroes_a_device_by_discarding(tmp_path, repo_path):
+    """--discard: zero extents of a device are discarded (fallocate PUNCH_HOLE on the loop
+    device reaches its backing file as holes) and still read as zeros."""
+    img = random_bytes(4 * MiB, 8) + bytes(24 * MiB) + random_bytes(4 * MiB, 9)
+    src = tmp_path / "a.img"
+    src.write_bytes(img)
+    run_cli("snapshot", "-r", repo_path, src)
+    with loop_device(len(img), 512, tmp_path) as dev:
+        with open(dev, "r+b") as f:
+            f.write(random_bytes(len(img), 10))  # nothing of the snapshot on it yet
+        backing = next(tmp_path.glob("loop-*.img"))
+        res = json.loads(run_cli("restore", "-r", repo_path, "latest", dev, "--force", "--discard", "--json").stdout)
+        assert res["mode"] == "full"
+        subprocess.run(["sync"], check=True)
+        assert backing.stat().st_blocks * 512 < 16 * MiB  # the zeros became holes, not written zeros
+        assert Path(dev).read_bytes() == img
+        with open(dev, "r+b") as f:  # garbage inside the zero extent: delta with --discard clears it
+            f.seek(10 * MiB)
+            f.write(b"x" * 100_000)
+        res = json.loads(run_cli("restore", "-r", repo_path, "latest", dev, "--force", "--delta", "--discard",
+                                 "--json").stdout)
+        assert res["bytes_written"] == 0 and 100_000 <= res["bytes_zeroed"] <= 2 * 64 << 10 + 100_000
+        assert Path(dev).read_bytes() == img

@@ -15,6 +15,7 @@ import ctypes
 import fcntl
 import glob
 import os
+import stat
 import struct
 
 BLKZEROOUT = 0x127F
@@ -103,14 +104,30 @@ def logical_sector_size(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
 
 
+ALIGN = 4096  # block devices zero and discard whole sectors: 4096 suits 512- and 4096-byte ones
+
+
+def _split(offset: int, length: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """``(head, middle, tail)`` of a range: the middle aligned to ALIGN, head and tail not."""
+    end = offset + length
+    lo = min(end, -(-offset // ALIGN) * ALIGN)
+    hi = max(lo, end // ALIGN * ALIGN)
+    return (offset, lo - offset), (lo, hi - lo), (hi, end - hi)
+
+
 def zero_range(fd: int, offset: int, length: int) -> None:
-    """Zero ``length`` bytes of a block device from ``offset`` (BLKZEROOUT, else write zeros)."""
-    try:
-        fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", offset, length))
-        return
-    except OSError:
-        pass
-    _write_zeros(fd, offset, length)
+    """Zero ``length`` bytes of a block device from ``offset``: BLKZEROOUT for the aligned
+    middle (the ioctl takes whole sectors), written zeros for the rest or where it fails."""
+    (ho, hn), (mo, mn), (to, tn) = _split(offset, length)
+    _write_zeros(fd, ho, hn)
+    _write_zeros(fd, to, tn)
+    if mn:
+        try:
+            fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", mo, mn))
+            return
+        except OSError:
+            pass
+        _write_zeros(fd, mo, mn)
 
 
 FALLOC_FL_KEEP_SIZE = 1
@@ -126,10 +143,15 @@ def libc() -> ctypes.CDLL:
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
-    """Make ``length`` bytes of a regular file read as zeros from ``offset``, keeping its
-    size: a hole where the file system can punch one, else written zeros."""
+    """Make ``length`` bytes from ``offset`` read as zeros, keeping the size: a hole in a
+    regular file, a discard on a block device (whose aligned middle the kernel zeroes with
+    unmap allowed), written zeros where neither can be done."""
     fallocate = getattr(libc(), "fallocate64", None) or getattr(libc(), "fallocate", None)
-    if fallocate is not None:
+    if stat.S_ISBLK(os.fstat(fd).st_mode):
+        (ho, hn), (offset, length), (to, tn) = _split(offset, length)
+        _write_zeros(fd, ho, hn)
+        _write_zeros(fd, to, tn)
+    if fallocate is not None and length:
         fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
         if fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
             return
