@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import random_bytes
 
-import diskvault.repository.repository as repository
+import diskvault.repository.writer as writer
 from diskvault.ops.check import check, parse_subset
 from diskvault.ops.damage import merge
 from diskvault.ops.snapshot import take_snapshot
@@ -13,7 +13,7 @@ from diskvault.ops.snapshot import take_snapshot
 
 @pytest.fixture
 def many_packs(repo, tmp_path, monkeypatch):
-    monkeypatch.setattr(repository, "TARGET_PACK_SIZE", 64 << 10)
+    monkeypatch.setattr(writer, "TARGET_PACK_SIZE", 64 << 10)
     img = tmp_path / "a.img"
     img.write_bytes(random_bytes(2 << 20, 5))
     take_snapshot(repo, str(img))

@@ -18,7 +18,6 @@ written (the chunks already right need nothing from the repository), OSError fro
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor

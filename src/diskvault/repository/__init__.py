@@ -1,13 +1,13 @@
-"""The repository: the facade (write order, deduplication, verified reads) and what it is
-made of, lowest layer last: the catalog and locks; packs, trees and the chunker; hashing and
-compression. Below it, ``diskvault.storage`` holds the files; above it, ``diskvault.ops``
-uses only what this package exports and its modules' public names."""
+"""The repository, highest layer first: maintenance (check, repair and prune's building
+blocks); the facade (write order, deduplication, verified reads); what it cannot change
+(writable) and how it writes packs (writer); the catalog and locks; packs, trees and the
+chunker; hashing and compression. Below it, ``diskvault.storage`` holds the files; above it,
+``diskvault.ops`` uses only what this package exports and its modules' public names."""
 
-from .repository import (
-    CATALOG, CONFIG, FORMAT_VERSION, BlobWriter, Repository, check_config, pack_target_size, repository_errors,
-    require_writable, storage_at,
-)
+from .catalog import CATALOG
+from .repository import CONFIG, FORMAT_VERSION, Repository, check_config, storage_at
+from .writable import repository_errors, require_writable
+from .writer import BlobWriter, pack_target_size
 
 __all__ = ["Repository", "BlobWriter", "check_config", "pack_target_size", "repository_errors", "require_writable",
-           "storage_at", "CATALOG", "CONFIG",
-           "FORMAT_VERSION"]
+           "storage_at", "CATALOG", "CONFIG", "FORMAT_VERSION"]

@@ -33,6 +33,7 @@ from ..rawnames import escape, is_raw, unescape
 from .pack import Entry
 
 SCHEMA_VERSION = 1
+CATALOG = "catalog.sqlite"  # its file name in the repository
 LOOKUP_BATCH = 500
 
 SCHEMA = """

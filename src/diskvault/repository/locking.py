@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from ..errors import RepositoryError, RepositoryLocked, RepositoryReadOnly, UsageError, os_error
+from ..errors import RepositoryLocked, RepositoryReadOnly, UsageError, os_error
 from ..storage.local import private_dir, private_file
 
 LOCKS = "locks"

@@ -16,13 +16,13 @@ import secrets
 import shutil
 import sqlite3
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from . import compression, locking
-from .catalog import BlobLocation, Catalog, SnapshotRecord, catalog_error
+from .catalog import CATALOG, BlobLocation, Catalog, SnapshotRecord, catalog_error
 from .chunking import Chunker, ChunkerParams
 from ..errors import (
     DamagedData,
@@ -34,18 +34,18 @@ from ..errors import (
     RepositoryNotFound,
     RepositoryReadOnly,
     SnapshotError,
-    UsageError,
     os_error,
 )
 from ..rawnames import readable
 from .hashing import content_id, short
-from .pack import TARGET_PACK_SIZE, TYPE_CHUNK, TYPE_TREE, PackWriter, pack_id
-from ..storage.local import TMP_MARK, LocalStorage, private_dir, private_file
+from .pack import TYPE_CHUNK, TYPE_TREE, pack_id
+from ..storage.local import LocalStorage, private_dir, private_file
 from .tree import TreeReader
+from .writer import BlobWriter
+from .writable import FULL, NOTES, inside, read_only_error, translate, unwritable
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
-CATALOG = "catalog.sqlite"
 FOLDERS = ("packs", "snapshots", "locks")
 # every name the repository stores: its storage lists, deletes and cleans up only these
 NAMES = re.compile(
@@ -85,7 +85,7 @@ class Repository:
         self.writing = write
         self.locking = lock
         self.note: Callable[[str], None] = lambda message: None
-        self.read_only_reason = _unwritable(path)
+        self.read_only_reason = unwritable(path)
         self.read_only = self.read_only_reason is not None
         if self.read_only and write:
             raise self.read_only_error()
@@ -120,7 +120,7 @@ class Repository:
                 f"the catalog of {path} cannot be read ({exc}): rebuild it with diskvault repair -r {path}"
             ) from None
         except OSError as exc:  # a private copy of a catalog with a WAL (read_only_uri)
-            raise os_error(exc, None if exc.filename and not _inside(exc.filename, path) else path) from None
+            raise os_error(exc, None if exc.filename and not inside(exc.filename, path) else path) from None
         self._nodes: OrderedDict[bytes, bytes] = OrderedDict()
         self._nodes_lock = threading.Lock()
 
@@ -235,7 +235,7 @@ class Repository:
         that ends the block is raised as the DiskvaultError it means (``catalog_error``,
         ``os_error``): a damaged catalog found mid-command says to run repair."""
         self.close()
-        translated = _translate(exc, self.path)
+        translated = translate(exc, self.path)
         if translated is not None:
             raise translated from None
 
@@ -254,7 +254,7 @@ class Repository:
         held = None
         if self.locking:
             if self.read_only and not self.writing:
-                why = _NOTE.get(self.read_only_reason or "", f"the repository cannot be written ({self.read_only_reason})")
+                why = NOTES.get(self.read_only_reason or "", f"the repository cannot be written ({self.read_only_reason})")
                 self.note(f"{why}: reading without a lock")
             else:
                 try:
@@ -262,7 +262,7 @@ class Repository:
                 except (RepositoryReadOnly, OutOfSpace) as exc:
                     if self.writing:
                         raise
-                    why = _NOTE[FULL] if isinstance(exc, OutOfSpace) else "the repository lock cannot be written"
+                    why = NOTES[FULL] if isinstance(exc, OutOfSpace) else "the repository lock cannot be written"
                     self.note(f"{why}: reading without a lock")
         try:
             yield held
@@ -542,80 +542,6 @@ def _filters(want: dict) -> str:
     return (" " + ", ".join(parts)) if parts else ""
 
 
-READ_ONLY_FS = "read-only file system"
-NOT_WRITABLE = "not writable by this user"
-FULL = "no space left on its disk"
-_NOTE = {READ_ONLY_FS: "repository is read-only", NOT_WRITABLE: "repository is not writable by this user",
-         FULL: "no space left on the repository's disk"}
-
-
-def _unwritable(path: str) -> str | None:
-    """Why this process cannot change the repository at ``path`` (READ_ONLY_FS,
-    NOT_WRITABLE), or None. Decided before anything is opened: the catalog is then opened
-    read-only. A full disk is found by trying (free-block counts do not tell whether root
-    may still write: ext4 keeps clusters back even from root)."""
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None  # the open that follows reports it
-    if st.f_flag & os.ST_RDONLY:
-        return READ_ONLY_FS
-    names = (path, *(os.path.join(path, n) for n in (CATALOG, "packs", "snapshots", locking.LOCKS)))
-    if any(os.path.exists(p) and not os.access(p, os.W_OK) for p in names):
-        return NOT_WRITABLE
-    return None
-
-
-def read_only_error(path: str, reason: str) -> DiskvaultError:
-    """What a command that writes meets on a repository it cannot change for ``reason``:
-    OutOfSpace (exit 6) on a full disk, else RepositoryReadOnly (exit 3)."""
-    if reason == FULL:
-        return OutOfSpace(f"no space left on the repository's disk ({path}): free some space, then run "
-                          "the command again; reading commands work as it is")
-    return RepositoryReadOnly(f"repository {path} is read-only ({reason}): this command changes it; make it "
-                              "writable first (remount read-write, or run as a user who may write it); reading "
-                              "commands work as it is")
-
-
-def require_writable(path: str) -> None:
-    """Raise ``read_only_error`` unless this process can change the repository at ``path``."""
-    reason = _unwritable(os.path.abspath(path))
-    if reason is not None:
-        raise read_only_error(os.path.abspath(path), reason)
-
-
-def _inside(filename: str | bytes, path: str) -> bool:
-    """Whether ``filename`` is ``path``, inside it, or a temporary sibling of it (init)."""
-    name = os.path.abspath(os.fsdecode(filename))
-    return name == path or name.startswith(path + os.sep) or name.startswith(path + TMP_MARK)
-
-
-def _translate(exc: BaseException | None, path: str) -> DiskvaultError | None:
-    """The DiskvaultError for an SQLite error, or an OSError naming a file of the repository
-    at ``path``; else None (an OSError about a source or target is the CLI's to report)."""
-    if isinstance(exc, sqlite3.Error):
-        return catalog_error(exc, path)
-    if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
-        if exc.filename is not None and _inside(exc.filename, path):
-            return os_error(exc, path)
-    return None
-
-
-@contextmanager
-def repository_errors(path: str) -> Iterator[None]:
-    """Raise SQLite errors and OSErrors on files of the repository at ``path`` (or being
-    created there) inside the block as the DiskvaultError they mean (exit 3, or 6 when out
-    of space), for code that works on the repository without an open Repository (init, repair)."""
-    path = os.path.abspath(path)
-    try:
-        yield
-    except (sqlite3.Error, OSError) as exc:
-        translated = _translate(exc, path)
-        if translated is None:
-            raise
-        raise translated from None
-
-
 def is_repository(path: str) -> bool:
     """Whether ``path`` holds a readable diskvault ``config.json``."""
     try:
@@ -647,86 +573,4 @@ def check_config(path: str, config: dict) -> None:
                               "(its chunker sizes are fixed when the repository is created)") from None
 
 
-def pack_target_size() -> int:
-    """TARGET_PACK_SIZE, or ``DISKVAULT_PACK_SIZE`` bytes for tests and tuning; raises
-    UsageError (exit 2) unless that is a whole number from 4096 (4 KiB) to 4294967296 (4 GiB)."""
-    text = os.environ.get("DISKVAULT_PACK_SIZE")
-    if text is None:
-        return TARGET_PACK_SIZE
-    try:
-        size = int(text)
-    except ValueError:
-        size = 0
-    if not 4096 <= size <= 1 << 32:
-        raise UsageError(f"DISKVAULT_PACK_SIZE={text!r} is out of range: set it to bytes from 4096 to 4294967296, or unset it")
-    return size
-
-
-class BlobWriter:
-    """Writes new blobs into packs. A pack is sealed (durable) at TARGET_PACK_SIZE and then
-    recorded in the catalog, so every catalogued blob is on disk. A pack holding a new copy
-    of a blob known to be damaged takes over that blob's row (``Repository._healed``). ``has`` tells whether a
-    blob was written in this session but may not be visible to catalog lookups yet."""
-
-    def __init__(self, repo: Repository, repoint: bool = False) -> None:
-        self.repo = repo
-        self.repoint = repoint
-        repo.damaged()  # loaded now, in the thread that starts writing, before any lookup
-        self.target_size = pack_target_size()
-        self.pack: PackWriter | None = None
-        self.open_ids: set[bytes] = set()
-        self.recent: deque[set[bytes]] = deque(maxlen=2)
-        self.packs_written = 0
-
-    def has(self, ident: bytes) -> bool:
-        return ident in self.open_ids or any(ident in s for s in self.recent)
-
-    def add(self, ident: bytes, kind: int, payload: bytes | memoryview, flags: int, raw_len: int) -> int:
-        if self.pack is None:
-            self.pack = PackWriter(self.repo.storage)
-        self.pack.add(ident, kind, flags, payload, raw_len)
-        self.open_ids.add(ident)
-        if self.pack.size >= self.target_size:
-            self.seal()
-        return len(payload)
-
-    def flush(self) -> None:
-        """Hand the open pack's payloads to storage: until then a payload may be held, not
-        copied, so a caller that reuses its buffers calls this first."""
-        if self.pack is not None:
-            self.pack.flush()
-
-    def add_raw(self, ident: bytes, kind: int, data: bytes) -> int:
-        """Compress and add ``data`` unless this session or the catalog has it already."""
-        if self.has(ident) or self.repo.known([ident]):
-            return 0
-        payload, flags = compression.compress(data)
-        return self.add(ident, kind, payload, flags, len(data))
-
-    def add_tree_node(self, ident: bytes, node: bytes) -> None:
-        self.add_raw(ident, TYPE_TREE, node)
-
-    def seal(self) -> None:
-        if self.pack is None:
-            return
-        pack, self.pack = self.pack, None
-        size = pack.seal()
-        bad = self.repo.damaged()
-        healed = bad.intersection(e.id for e in pack.entries) if bad else set()
-        if healed:  # new copies (a snapshot's, or verified ones a repack made) take over
-            self.repo._healed(pack.name, size, pack.entries, healed)
-        elif self.repoint:
-            self.repo.catalog.switch_pack(pack.name, size, pack.entries)
-        else:
-            self.repo.catalog.add_pack(pack.name, size, pack.entries)
-        self.recent.append(self.open_ids)
-        self.open_ids = set()
-        self.packs_written += 1
-
-    def abort(self) -> None:
-        if self.pack is not None:
-            self.pack.abort()
-            self.pack = None
-
-
-__all__ = ["Repository", "BlobWriter", "TYPE_CHUNK", "TYPE_TREE", "FORMAT_VERSION", "repository_errors", "require_writable"]
+__all__ = ["Repository", "FORMAT_VERSION", "TYPE_CHUNK", "TYPE_TREE"]
