@@ -212,14 +212,15 @@ def _check_records(repo: Repository, snaps: list[SnapshotRecord], report: CheckR
                                          "(repair rewrites it; a rebuilt catalog would lose this snapshot)"))
             continue
         rec = records.get(sid)
-        if rec is None or rec.tree != s.tree or rec.size != s.size:
+        seq = rec.seq if rec is not None and s.seq else s.seq  # a catalog from before sequence numbers reads 0
+        if rec is not None and (rec.tree, rec.size, rec.time, seq) != (s.tree, s.size, s.time, s.seq):
             report.errors.append(Finding("record-mismatch", f"snapshot {sid[:12]}: record file snapshots/{sid}.json does "
                                          "not match the catalog (repair rewrites it)"))
     for name, reason in sorted(unreadable.items()):
-        if record_id(name) not in rows:
-            report.errors.append(Finding("record-unreadable", f"snapshot record {name} cannot be read ({reason}): "
-                                         "run diskvault repair (it recovers the snapshot if its tree root is intact); "
-                                         "prune deletes nothing until then"))
+        fix = ("repair rewrites it from the catalog" if record_id(name) in rows else
+               "run diskvault repair (it recovers the snapshot if its tree root is intact)")
+        report.errors.append(Finding("record-unreadable", f"snapshot record {name} cannot be read ({reason}): "
+                                     f"{fix}; prune deletes nothing until then"))
     for sid in sorted(records.keys() - rows.keys()):
         report.warnings.append(Finding("record-without-row", f"snapshot record {sid[:12]} is not in the catalog "
                                        "(an interrupted snapshot or forget; repair adds it back)"))

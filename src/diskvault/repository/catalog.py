@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from ..errors import DiskvaultError, OutOfSpace, RepositoryError, RepositoryLocked, RepositoryReadOnly
 from ..rawnames import escape, is_raw, unescape
+from .hashing import content_id
 from .pack import Entry
 
 SCHEMA_VERSION = 1
@@ -167,6 +168,14 @@ class SnapshotRecord:
         d["tags"] = list(self.tags)
         return escape(d)
 
+    def file_bytes(self) -> bytes:
+        """The record file: its JSON (``to_json``) with ``checksum``, the blake3 of that JSON
+        without it (sorted keys), so that any change to the file is detected when it is read
+        (``maintenance.parse_record``)."""
+        d = self.to_json()
+        d["checksum"] = record_checksum(d)
+        return json.dumps(d, indent=2, sort_keys=True).encode() + b"\n"
+
     @classmethod
     def from_json(cls, d: dict) -> SnapshotRecord:
         """A record from its JSON form; unknown keys are ignored. Raises ValueError or
@@ -175,6 +184,12 @@ class SnapshotRecord:
             raise TypeError("a snapshot record is a JSON object")
         d = unescape(d)
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k not in cls._TRANSIENT})
+
+
+def record_checksum(d: dict) -> str:
+    """blake3 (hex) of a record's JSON object without its ``checksum`` key, keys sorted."""
+    body = {k: v for k, v in d.items() if k != "checksum"}
+    return content_id(json.dumps(body, sort_keys=True).encode()).hex()
 
 
 def connect(path: str, uri: str | None = None) -> sqlite3.Connection:

@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from ..errors import DamagedData
 from ..storage import Storage
 from ..storage.local import TMP_MARK, private_file
-from .catalog import DAMAGED_TABLE, BlobLocation, Catalog, SnapshotRecord
-from .hashing import short
+from .catalog import DAMAGED_TABLE, BlobLocation, Catalog, SnapshotRecord, record_checksum
+from .hashing import content_id, short
 from .pack import Entry, pack_id, read_pack_index
 from .repository import Repository
 
@@ -223,7 +223,7 @@ def parse_record(name: str, data: bytes) -> SnapshotRecord:
         raise DamagedData("its tree root is missing or not a 64-digit hex id")
     for k in ("size", *_COUNT_FIELDS):
         v = d.get(k, 0)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 63:
             raise DamagedData(f"its {k} is not a count")
     tags = d.get("tags")
     if not isinstance(tags, list) or not all(_is_text(t) for t in tags):
@@ -231,6 +231,15 @@ def parse_record(name: str, data: bytes) -> SnapshotRecord:
     duration = d.get("duration", 0.0)
     if not isinstance(duration, (int, float)) or isinstance(duration, bool):
         raise DamagedData("its duration is not a number")
+    if "checksum" in d:
+        if d["checksum"] != record_checksum(d):
+            raise DamagedData("its checksum does not match its content (it was changed after it was written)")
+    elif d["id"] != content_id(json.dumps({**d, "id": ""}, sort_keys=True).encode()).hex()[:32]:
+        raise DamagedData("its content does not match its id (it was changed after it was written)")
+    try:
+        datetime.fromisoformat(d["time"].replace("Z", "+00:00"))
+    except ValueError:
+        raise DamagedData("its time is not an ISO 8601 date and time") from None
     try:
         return SnapshotRecord.from_json(d)
     except (TypeError, ValueError) as exc:
@@ -259,8 +268,7 @@ def read_records(storage: Storage) -> tuple[dict[str, SnapshotRecord], dict[str,
 
 def write_record(storage: Storage, rec: SnapshotRecord) -> None:
     """Write (atomically) the record file of ``rec``, as Repository.save_snapshot does."""
-    body = json.dumps(rec.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-    storage.write_atomic(f"snapshots/{rec.id}.json", body)
+    storage.write_atomic(f"snapshots/{rec.id}.json", rec.file_bytes())
 
 
 def _salvage_field(text: str, key: str, pattern: str) -> str | None:

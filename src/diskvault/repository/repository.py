@@ -282,8 +282,7 @@ class Repository:
                 record.seq = self.catalog.next_seq()
                 record.id = ""
                 record.id = content_id(json.dumps(record.to_json(), sort_keys=True).encode()).hex()[:32]
-                body = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-                self.storage.write_atomic(f"snapshots/{record.id}.json", body)
+                self.storage.write_atomic(f"snapshots/{record.id}.json", record.file_bytes())
                 written = True
                 self.catalog.add_snapshot(record)
         except BaseException:
