@@ -359,3 +359,44 @@ def test_skip_damaged_to_stdout_and_in_place(tmp_path, repo_path):
     proc = run_cli("restore", "-r", repo_path, "latest", target, "--force", "--skip-damaged", check=False)
     assert proc.returncode == 8 and target.read_bytes() == bytes(want)
     run_cli("snapshot", "-r", repo_path, img)  # the intact source heals the damaged chunk (the fixture checks)
+
+
+def test_map_file_has_the_targets_guards(tmp_path, repo_path):
+    """--map is checked before the restore: never inside the repository, never through a
+    link, an existing file only with --force; the image is untouched by it."""
+    img = tmp_path / "d.img"
+    img.write_bytes(random_bytes(300_000, 3))
+    run_cli("snapshot", "-r", repo_path, img)
+    config = (repo_path / "config.json").read_bytes()
+    out = tmp_path / "out.img"
+    for where, words in ((repo_path / "config.json", b"inside the repository"),
+                         (repo_path / "m.map", b"inside the repository"),
+                         (img, b"exists: add --force")):
+        proc = run_cli("restore", "-r", repo_path, "latest", out, "--skip-damaged", "--map", where, check=False)
+        assert proc.returncode == 5 and words in proc.stderr and not out.exists(), proc.stderr
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "link.map").symlink_to(victim)
+    proc = run_cli("restore", "-r", repo_path, "latest", out, "--map", tmp_path / "link.map", "--force", check=False)
+    assert proc.returncode == 5 and b"symbolic link" in proc.stderr and victim.read_bytes() == b"keep"
+    run_cli("restore", "-r", repo_path, "latest", out, "--skip-damaged", "--map", tmp_path / "ok.map")
+    assert (tmp_path / "ok.map").read_text().startswith("# Mapfile") and out.read_bytes() == img.read_bytes()
+    assert (repo_path / "config.json").read_bytes() == config
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+def test_repository_reached_through_a_bind_mount_is_still_inside(tmp_path, repo_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(random_bytes(300_000, 4))
+    run_cli("snapshot", "-r", repo_path, img)
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    subprocess.run(["mount", "--bind", str(repo_path), str(alias)], check=True)
+    try:
+        pack = next((alias / "packs").rglob("*.pack"))
+        proc = run_cli("restore", "-r", repo_path, "latest", pack, "--force", check=False)
+        assert proc.returncode == 5 and b"inside the repository" in proc.stderr
+        proc = run_cli("export", "-r", repo_path, "latest", alias / "x.qcow2", check=False)
+        assert proc.returncode == 5 and b"inside the repository" in proc.stderr
+    finally:
+        subprocess.run(["umount", str(alias)], check=True)

@@ -322,3 +322,25 @@ def test_outer_prune_leaves_a_nested_repository_alone(repo_path, tmp_path):
     assert {p for p in inner.rglob("*") if p.is_file()} == before
     run_cli("check", "-r", inner, "--read-data")
     shutil.rmtree(inner)
+
+
+def test_a_linked_catalog_is_refused(tmp_path):
+    """The owner of a repository links its catalog to root's other repository: root's snapshot
+    and forget there must not write root's catalog (SQLite follows links)."""
+    victim, own = tmp_path / "victim", tmp_path / "own"
+    image = tmp_path / "disk.img"
+    image.write_bytes(random_bytes(200_000, 6))
+    for repo in (victim, own):
+        run_cli("init", "-r", repo)
+        run_cli("snapshot", "-r", repo, image)
+    before = (victim / "catalog.sqlite").read_bytes()
+    (own / "catalog.sqlite").unlink()
+    (own / "catalog.sqlite").symlink_to(victim / "catalog.sqlite")
+    for args in (["snapshot", "-r", own, image], ["snapshots", "-r", own], ["repair", "-r", own],
+                 ["forget", "-r", own, "latest"]):
+        proc = run_cli(*args, check=False)
+        one_line_error(proc, EXIT_REPOSITORY, "catalog.sqlite is a symbolic link")
+    assert (victim / "catalog.sqlite").read_bytes() == before
+    (own / "catalog.sqlite").unlink()
+    run_cli("repair", "-r", own)  # the real catalog put back: repair rebuilds it
+    assert len(json.loads(run_cli("snapshots", "-r", own, "--json").stdout)) == 1

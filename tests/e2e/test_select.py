@@ -329,3 +329,16 @@ def test_whole_disk_with_a_mounted_partition_is_refused(tmp_path, repo_path):
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
         disk.unlink()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--tag", "g,1"], "cannot hold a comma"),
+    (["--tag", "a\nb"], "control characters"),
+    (["--host", "h\tx"], "control characters"),
+])
+def test_tags_and_hosts_forget_could_not_match_are_refused(tmp_path, repo_path, args, words):
+    img = tmp_path / "a.img"
+    img.write_bytes(random_bytes(100_000, 3))
+    proc = run_cli("snapshot", "-r", repo_path, img, *args, check=False)
+    assert proc.returncode == 2 and words in proc.stderr.decode() and len(proc.stderr.splitlines()) == 1
+    assert not list((repo_path / "snapshots").iterdir())

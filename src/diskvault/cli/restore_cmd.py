@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
+from ..images.target import side_file
 from .common import Bar, HostOpt, JsonOpt, NoLockOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, plural, print_json, rate
 
 
@@ -106,11 +107,11 @@ def restore(
                            (host, source_filter, tag))
         return
     with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
+        write_map = side_file(map_file, force, protect=r.path) if map_file else None  # refused before, not after
         res = restore_op(r, r.resolve(snapshot, host, source_filter, tag), target, force=force, progress=bar,
                          skip_damaged=skip_damaged, grow=grow_partition, delta=delta, dry_run=dry_run, discard=discard)
-    if map_file:
-        with open(map_file, "w") as f:
-            f.write(ddrescue_map(res.size, res.unrestored))
+    if write_map:
+        write_map(ddrescue_map(res.size, res.unrestored).encode())
     _report(res, json_out, f"snapshot {res.snapshot[:12]}")
     if res.unrestored and not json_out:
         typer.echo(f"NOT restored (written as zeros): {human(res.unrestored_bytes)} in {plural(len(res.unrestored), 'range')}", err=True)

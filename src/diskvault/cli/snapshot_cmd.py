@@ -43,9 +43,15 @@ def snapshot(
         raise typer.BadParameter("names a stream: use it with - or --stdin-from-command", param_hint="--stdin-filename")
     if stdin_filename == "" or (stdin_filename and is_raw(stdin_filename)):
         raise typer.BadParameter("give a non-empty UTF-8 name", param_hint="--stdin-filename")
-    for name, values in (("--tag", tag), ("--host", [host] if host else [])):
+    for name, values in (("--tag", tag), ("--host", [host] if host else []),
+                         ("--stdin-filename", [stdin_filename] if stdin_filename else [])):
         if any(not v or is_raw(v) for v in values):
             raise typer.BadParameter("give non-empty UTF-8 text", param_hint=name)
+        if any(ord(c) < 32 or c == "\x7f" for v in values for c in v):
+            raise typer.BadParameter("control characters (a newline, a tab) are not allowed", param_hint=name)
+    if any("," in t for t in tag):  # forget --keep-tag a,b means "a and b": such a tag could never be kept
+        raise typer.BadParameter("a tag cannot hold a comma (--keep-tag a,b means tags a and b); give "
+                                 "--tag once per tag", param_hint="--tag")
     with open_repo(repo) as r, Bar(progress and not json_out) as bar:
         rec = take_snapshot(r, "-" if stdin_from_command else source[0], tags=tag, host=host, progress=bar,
                             compression_mode=compression, stdin_filename=stdin_filename,

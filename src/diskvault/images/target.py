@@ -54,6 +54,76 @@ AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 
 
+def inside(path: str, root: str) -> bool:
+    """Whether ``path`` (existing or not) is ``root`` or lies below it, judged by the folders'
+    device and inode numbers, not by their names: a bind mount or a link to the repository is
+    inside it too."""
+    try:
+        top = os.stat(root)
+    except OSError:
+        return False
+    here = path if os.path.lexists(path) and os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    here = os.path.abspath(here or ".")
+    while True:
+        try:
+            st = os.stat(here)
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == (top.st_dev, top.st_ino):
+            return True
+        up = os.path.dirname(here)
+        if up == here:
+            return False
+        here = up
+
+
+def side_file(path: str, force: bool, protect: str | None = None):
+    """Check now, before a long restore, that a small file such as a ddrescue map can be
+    written at ``path``: not inside ``protect`` (the repository), not a symbolic link, not a
+    device or folder, and an existing file only with ``force``; returns ``write(data)``, which
+    writes it under a temporary name and renames it into place. Raises TargetError."""
+    if protect is not None and inside(path, protect):
+        raise TargetError(f"{path} is inside the repository {protect}: write it somewhere else")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise TargetError(f"cannot use {path}: {exc.strerror}") from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise TargetError(f"{path} is a symbolic link to {os.path.realpath(path)}: give the file itself")
+        if not stat.S_ISREG(st.st_mode):
+            raise TargetError(f"{path} is not a regular file: give a file name")
+        if not force:
+            raise TargetError(f"{path} exists: add --force to replace it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.access(folder, os.W_OK):
+        raise TargetError(f"cannot write in {folder}: choose a folder you may write")
+
+    def write(data: bytes) -> None:
+        temp = os.path.join(folder, f".{os.path.basename(path)}{TEMP_TAG}{secrets.token_hex(4)}")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            (os.replace if force else _rename_noreplace)(temp, path)
+        except FileExistsError:
+            os.unlink(temp)
+            raise TargetError(f"{path} appeared meanwhile (nothing was replaced): run again with another name") from None
+        except OSError as exc:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise os_error(exc, path) from None
+
+    return write
+
+
 def temp_prefix(name: str) -> str:
     """The start of the temporary names of a restore to file NAME: ``.NAME.diskvault-restore-``
     (NAME cut to 200 bytes so that the whole stays within a file name's 255)."""
@@ -197,13 +267,7 @@ class Target:
 
     @staticmethod
     def _refuse_inside(path: str, st: os.stat_result | None, protect: str) -> None:
-        root = os.path.realpath(protect)
-        if st is None:
-            folder, name = os.path.split(path)
-            where = os.path.join(os.path.realpath(folder or "."), name)
-        else:
-            where = os.path.realpath(path)
-        if where == root or where.startswith(root.rstrip(os.sep) + os.sep):
+        if inside(path, protect):
             raise TargetError(f"{path} is inside the repository {protect}: restore somewhere else")
 
     def _open_stdout(self) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ..errors import OutOfSpace, SourceError, TargetError
 from ..repository import Repository
 from ..repository.catalog import SnapshotRecord
+from ..images.target import inside
 from .access.nbd_server import NbdServer
 
 FORMATS = {  # file extension -> (qemu-img format, its creation options)
@@ -69,6 +70,8 @@ def export(repo: Repository, snap: SnapshotRecord, output: str, fmt: str | None 
     if qemu_img is None:
         raise SourceError("qemu-img is not installed: install it (Debian: apt-get install qemu-utils)")
     output = os.path.abspath(output)
+    if inside(output, repo.path):
+        raise TargetError(f"{output} is inside the repository {repo.path}: export somewhere else")
     if os.path.lexists(output) and not force:
         raise TargetError(f"{output} exists: add --force to replace it")
     folder = os.path.dirname(output)

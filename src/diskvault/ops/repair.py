@@ -46,7 +46,7 @@ from ..repository.maintenance import (
 )
 from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_pack_index
 from ..repository import (
-    CATALOG, CONFIG, FORMAT_VERSION, Repository, check_config, repository_errors, require_writable, storage_at,
+    CATALOG, CATALOG_FILES, CONFIG, FORMAT_VERSION, Repository, check_config, repository_errors, require_writable, storage_at,
 )
 from ..storage.local import LocalStorage
 from ..repository.tree import parse
@@ -105,8 +105,10 @@ def repair(path: str, rebuild: bool = False) -> RepairResult:
 
 def _repair_locked(path: str, rebuild: bool) -> RepairResult:
     started = time.monotonic()
-    config = _load_config(path)
     storage = storage_at(path)
+    for name in (CONFIG, *CATALOG_FILES):  # a linked catalog would be read and replaced elsewhere
+        storage.check_file(name)
+    config = _load_config(path)
     cat_path = os.path.join(path, CATALOG)
     state = probe_catalog(cat_path)
     use_old = state == "used" and not rebuild

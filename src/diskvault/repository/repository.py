@@ -47,6 +47,7 @@ from .writable import FULL, NOTES, inside, read_only_error, translate, unwritabl
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 FOLDERS = ("packs", "snapshots", "locks")
+CATALOG_FILES = (CATALOG, CATALOG + "-wal", CATALOG + "-shm", CATALOG + "-journal")
 # every name the repository stores: its storage lists, deletes and cleans up only these
 NAMES = re.compile(
     r"config\.json|catalog\.sqlite"
@@ -92,6 +93,8 @@ class Repository:
         self.storage = storage_at(path)
         for folder in FOLDERS:  # a link or a stranger's folder would lead reads, writes and deletes elsewhere
             self.storage.check_folder(folder)
+        for name in CATALOG_FILES:  # SQLite follows links: a linked catalog would be written elsewhere
+            self.storage.check_file(name)
         cat_path = os.path.join(path, CATALOG)
         if not os.path.exists(cat_path):
             raise RepositoryNotFound(f"the catalog of {path} is missing: rebuild it with diskvault repair -r {path}")
@@ -187,6 +190,7 @@ class Repository:
         path = os.path.abspath(path)
         if not os.path.isdir(path):
             raise RepositoryNotFound(f"repository {path} does not exist: create it with diskvault init -r {path}")
+        storage_at(path).check_file(CONFIG)
         try:
             with open(os.path.join(path, CONFIG), "rb") as f:
                 config = json.load(f)

@@ -246,6 +246,26 @@ class LocalStorage:
                 f"folders must belong to its owner; check who changed it, then chown it to uid {owner}"
             )
 
+    def check_file(self, name: str) -> None:
+        """Raise RepositoryError unless the file ``name`` directly under the root is missing or
+        a regular file (not a link) owned by the owner of the root: SQLite and ``open`` follow
+        links, so a linked catalog would let its owner lead root's writes into another file."""
+        try:
+            st = os.lstat(self._path(name))
+        except FileNotFoundError:
+            return
+        owner = os.stat(self.root).st_uid
+        if not stat.S_ISREG(st.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise RepositoryError(f"{self._path(name)} is {what}: a repository's files must be its own; "
+                                  "check who changed it, then put the real file back (diskvault repair rebuilds "
+                                  "the catalog)")
+        if st.st_uid != owner:
+            raise RepositoryError(
+                f"{self._path(name)} is owned by uid {st.st_uid}, the repository by uid {owner}: a repository's "
+                f"files must belong to its owner; check who changed it, then chown it to uid {owner}"
+            )
+
     def create(self, name: str) -> LocalFileWriter:
         return LocalFileWriter(self, name)
 
