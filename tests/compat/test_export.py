@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import stat
 import subprocess
 
@@ -66,3 +68,17 @@ def test_snapshot_of_a_virtual_disk_restores_the_disk_inside(tmp_path, repo_path
     assert len(json.loads(run_cli("snapshots", "-r", repo_path, "--json").stdout)) == 1
     for p in (disk, vdisk, out):
         p.unlink()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a 4096-byte-sector loop device needs root")
+def test_export_of_a_4096_byte_sector_disk_to_vhdx_is_refused(tmp_path, repo_path):
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_table_adjust import make_gpt
+
+    image = tmp_path / "d4k.img"
+    make_gpt(image, 64 << 20, 4096)
+    run_cli("snapshot", "-r", repo_path, image)
+    proc = run_cli("export", "-r", repo_path, "latest", tmp_path / "d.vhdx", check=False)
+    assert proc.returncode == 5 and b"4096-byte sectors" in proc.stderr and not (tmp_path / "d.vhdx").exists()
+    run_cli("export", "-r", repo_path, "latest", tmp_path / "d.qcow2")  # no sector size in qcow2: fine
+    image.unlink()

@@ -191,3 +191,23 @@ def test_mbr_needs_nothing_moved_and_grows(tmp_path):
     _, parts = sfdisk_dump(str(target))
     assert adj.grown["partition"] == 2 and adj.grown["new_size"] == 96 * MiB - 17 * MiB
     assert f"size={(96 - 17) * 2048}" in parts[1].replace(" ", "")
+
+
+def test_a_hybrid_mbr_stays_valid(tmp_path):
+    """sgdisk -h makes a hybrid MBR (partition 1 also in the MBR): its 0xEE entry is left alone."""
+    image, target = tmp_path / "disk.img", tmp_path / "target.img"
+    make_gpt(image, 64 * MiB, 512)
+    subprocess.run([tool("sgdisk"), "-h", "1", str(image)], check=True, capture_output=True)
+    sgdisk_clean(str(image))
+    restore_onto(image, target, 128 * MiB, 512, grow=4)
+    sgdisk_clean(str(target))
+
+
+def test_mbr_extended_partition_must_fit_a_smaller_disk(tmp_path):
+    image = tmp_path / "mbr.img"
+    image.write_bytes(b"")
+    os.truncate(image, 200 * MiB)
+    subprocess.run([tool("sfdisk"), str(image)], input=",32M,c\n,,5\n,40M,83\n", text=True,
+                   check=True, capture_output=True)
+    with pytest.raises(TargetError, match="partition 2 ends at byte"):
+        plan_adjustment(_reader(image), 200 * MiB, 120 * MiB)

@@ -260,3 +260,50 @@ def test_discard_zeroes_a_device_by_discarding(tmp_path, repo_path):
                                  "--json").stdout)
         assert res["bytes_written"] == 0 and 100_000 <= res["bytes_zeroed"] <= 2 * 64 << 10 + 100_000
         assert Path(dev).read_bytes() == img
+
+
+# --- found by a new user -----------------------------------------------------------------
+def test_dry_run_never_writes_and_partition_refuses_whole_disk_options(tmp_path, repo_path):
+    image = tmp_path / "disk.img"
+    make_gpt(image, 64 * MiB, 512)
+    run_cli("snapshot", "-r", repo_path, image)
+    small = tmp_path / "small.img"
+    small.write_bytes(random_bytes(2 * MiB, 3))
+    before = small.read_bytes()
+    res = json.loads(run_cli("restore", "-r", repo_path, "latest", small, "--force", "--dry-run", "--json").stdout)
+    assert res["mode"] == "delta-dry-run" and small.read_bytes() == before  # not even grown
+    for opt in (["--dry-run"], ["--delta"], ["--grow-partition", "2"], ["--discard"]):
+        proc = run_cli("restore", "-r", repo_path, "latest", small, "--partition", "2", "--force", *opt, check=False)
+        assert proc.returncode == 2 and b"not with --partition" in proc.stderr and small.read_bytes() == before
+    # after a restore that fitted the table, a dry run has nothing left to write
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        f.truncate(96 * MiB)
+    run_cli("restore", "-r", repo_path, "latest", big, "--force", "--no-delta")
+    res = json.loads(run_cli("restore", "-r", repo_path, "latest", big, "--force", "--dry-run", "--json").stdout)
+    assert res["bytes_written"] == 0 and res["bytes_zeroed"] == 0 and res["table_adjusted"] == []
+    for p in (image, small, big):
+        p.unlink()
+
+
+@pytest.mark.root
+def test_a_snapshot_without_a_table_verifies_on_a_bigger_device(tmp_path, repo_path):
+    fs = tmp_path / "fs.img"
+    fs.write_bytes(random_bytes(6 * MiB, 4))
+    run_cli("snapshot", "-r", repo_path, fs)
+    with loop_device(10 * MiB, 512, tmp_path) as dev:
+        run_cli("restore", "-r", repo_path, "latest", dev, "--force")
+        v = verify_json(repo_path, dev, 0)
+        assert v["not_compared"] == {"offset": 6 * MiB, "length": 4 * MiB}
+        with open(dev, "r+b") as f:
+            f.seek(5 * MiB)
+            f.write(b"\xff" * 10)
+        assert verify_json(repo_path, dev, 9)["differing"][0]["offset"] < 6 * MiB
+
+
+def test_verify_against_an_endless_stream_ends(tmp_path, repo_path):
+    img = tmp_path / "a.img"
+    img.write_bytes(random_bytes(MiB, 5))
+    run_cli("snapshot", "-r", repo_path, img)
+    proc = run_cli("verify", "-r", repo_path, "latest", "/dev/zero", "--json", check=False, timeout=120)
+    assert proc.returncode == 9 and json.loads(proc.stdout)["source_size"] > MiB

@@ -103,6 +103,11 @@ def restore(
     from ..ops.restore import restore as restore_op
 
     if partition is not None:
+        given = [name for name, on in (("--grow-partition", grow_partition is not None), ("--delta", delta),
+                                       ("--dry-run", dry_run), ("--discard", discard)) if on]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} work on a whole disk, not with --partition N",
+                                     param_hint="--partition")
         _restore_partition(repo, snapshot, target, partition, force, json_out, progress, no_lock,
                            (host, source_filter, tag))
         return

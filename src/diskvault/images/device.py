@@ -99,6 +99,20 @@ def partition_path(rdev: int, number: int) -> str:
     return f"/dev/{name}{'p' if name[-1].isdigit() else ''}{number}"
 
 
+BLKRRPART = 0x125F  # re-read the partition table
+
+
+def reread_partitions(fd: int) -> bool:
+    """Ask the kernel to read the partition table of the whole disk open as ``fd`` again (so
+    ``/dev/sdb2`` has its restored, perhaps grown, size); False when it cannot (a partition in
+    use, a loop device without partition scanning): then ``partprobe`` or ``partx -u`` does it."""
+    try:
+        fcntl.ioctl(fd, BLKRRPART)
+        return True
+    except OSError:
+        return False
+
+
 def logical_sector_size(fd: int) -> int:
     """The logical sector size of the block device open as ``fd`` (512 or 4096), in bytes."""
     return struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]

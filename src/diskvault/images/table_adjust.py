@@ -10,8 +10,9 @@ Layout"; the same repair as ``sgdisk -e``):
 - GPT: the backup partition entry array and backup header move to the target's last LBAs;
   the primary header's alternate LBA and last usable LBA follow, both header CRC32s and the
   entry-array CRC32 are recomputed, and the protective MBR's size field covers the target
-  (capped at 0xFFFFFFFF). The old backup header and array, now in unpartitioned space, are
-  zeroed so no tool finds a stale table there.
+  (capped at 0xFFFFFFFF; a hybrid MBR, whose other entries describe partitions, is left
+  as it is, as ``sgdisk -e`` does). The old backup header and array, now in unpartitioned
+  space, are zeroed so no tool finds a stale table there.
 - ``grow``: partition N, which must end last, is extended to the end of the usable space
   (its end rounded down to a 1 MiB boundary, as sgdisk aligns). The file system inside is
   left alone: ``grow_hint`` names the tool that grows it.
@@ -149,7 +150,7 @@ def plan_adjustment(read: Reader, image_size: int, target_size: int, target_sect
             raise TargetError(f"partition {grow} is not the last one on the disk (partition {last.number} ends later): "
                               f"only the last partition can grow")
     if table.label == "dos":
-        _plan_mbr(read, adj, parts, grow)
+        _plan_mbr(read, adj, table.partitions, grow)  # an extended container must fit too
     else:
         _plan_gpt(read, adj, parts, grow)
     return adj
@@ -232,9 +233,10 @@ def _plan_gpt(read: Reader, adj: Adjustment, parts: list[Partition], grow: int |
     if adj.grown is not None:
         writes.append(Write(ent_lba * ss, bytes(array).ljust(array_lbas * ss, b"\0")))
     mbr = bytearray(read(0, SECTOR))
-    for i in range(4):
-        e = list(MBR_ENTRY.unpack_from(mbr, 446 + 16 * i))
-        if e[2] == 0xEE and e[4] == 1:
+    entries = [list(MBR_ENTRY.unpack_from(mbr, 446 + 16 * i)) for i in range(4)]
+    hybrid = sum(1 for e in entries if e[2] != 0) > 1  # a hybrid MBR: its 0xEE entry is left alone, as sgdisk -e does
+    for i, e in enumerate(entries):
+        if e[2] == 0xEE and e[4] == 1 and not hybrid:
             e[5] = min(new_lbas - 1, 0xFFFFFFFF)
             MBR_ENTRY.pack_into(mbr, 446 + 16 * i, *e)
             writes.append(Write(0, bytes(mbr)))

@@ -45,7 +45,9 @@ import stat
 
 from ..errors import OutOfSpace, TargetError
 from ..writeback import start_writeback
-from .device import libc, logical_sector_size, loop_holder, mount_holder, partition_path, punch_hole, zero_range
+from .device import (
+    libc, logical_sector_size, loop_holder, mount_holder, partition_path, punch_hole, reread_partitions, zero_range,
+)
 from .partitions import PartitionError, read_table
 
 TEMP_TAG = ".diskvault-restore-"
@@ -207,8 +209,10 @@ class Target:
 
     def __init__(self, path: str, size: int, force: bool, protect: str | None = None,
                  partition: int | None = None, min_size: int | None = None, read: bool = False,
-                 discard: bool = False) -> None:
+                 discard: bool = False, dry_run: bool = False) -> None:
         self.path = path
+        self.dry_run = dry_run  # opened for reading only: nothing is written, not even its size
+        self.reread_table = partition is None  # a whole disk: the kernel reads its new table
         self.min_size = size if min_size is None else min_size
         self.read = read
         self.discard = discard
@@ -280,6 +284,9 @@ class Target:
             raise TargetError(f"stdout is a block device in use ({holder}): unmount it first; "
                               "diskvault never writes a mounted device")
 
+    def _mode(self) -> int:
+        return os.O_RDONLY if self.dry_run else os.O_RDWR if self.read else os.O_WRONLY
+
     def _open(self, path: str, flags: int, st: os.stat_result) -> int:
         """Open the (l)stat-ed path, never through a symlink, and check it is still that file."""
         try:
@@ -331,7 +338,7 @@ class Target:
         self._check_table(path, st, force, partition)
         if not force:
             raise TargetError(f"{path} is a block device: its contents would be overwritten; add --force to do so")
-        self.fd = self._open(path, (os.O_RDWR if self.read else os.O_WRONLY) | os.O_EXCL, st)
+        self.fd = self._open(path, self._mode() | os.O_EXCL, st)
         dev_size = os.lseek(self.fd, 0, os.SEEK_END)
         if dev_size < self.min_size:
             self.abort()
@@ -355,10 +362,10 @@ class Target:
                               "add --force to write it anyway")
         folder, name = os.path.split(path)
         remove_stale_temps(folder or ".", name)
-        self.fd = self._open(path, os.O_RDWR if self.read else os.O_WRONLY, st)
+        self.fd = self._open(path, self._mode(), st)
         self.target_size = max(st.st_size, self.size)
         try:
-            if st.st_size < self.size:
+            if st.st_size < self.size and not self.dry_run:
                 os.ftruncate(self.fd, self.size)
         except OSError as exc:
             self.abort()
@@ -438,12 +445,17 @@ class Target:
 
     def commit(self) -> None:
         """Make the image durable; a new file gets its name only now (TargetError if the
-        name appeared meanwhile)."""
+        name appeared meanwhile); a whole device's partitions are read again by the kernel."""
+        if self.dry_run:
+            self._close()
+            return
         if self.kind == "stdout":
             self._fill(self.size)
             return
         if self.kind != "null":
             os.fsync(self.fd)
+        if self.kind == "device" and self.reread_table:
+            reread_partitions(self.fd)
         if self.temp is not None:
             try:
                 _rename_noreplace(self.temp, self.path)

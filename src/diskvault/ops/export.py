@@ -20,11 +20,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..errors import OutOfSpace, SourceError, TargetError
+from ..errors import DamagedData, OutOfSpace, SourceError, TargetError
+from ..images.partitions import PartitionError, read_table
 from ..repository import Repository
 from ..repository.catalog import SnapshotRecord
 from ..images.target import inside
 from .access.nbd_server import NbdServer
+from .access.snapshot_reader import ReadContext, SnapshotReader
 
 FORMATS = {  # file extension -> (qemu-img format, its creation options)
     ".vhdx": ("vhdx", ["-o", "subformat=dynamic"]),  # Windows attaches it natively; Hyper-V boots it
@@ -69,6 +71,10 @@ def export(repo: Repository, snap: SnapshotRecord, output: str, fmt: str | None 
     qemu_img = shutil.which("qemu-img")
     if qemu_img is None:
         raise SourceError("qemu-img is not installed: install it (Debian: apt-get install qemu-utils)")
+    if name in ("vhdx", "vmdk", "vdi") and _sector_size(repo, snap) != 512:
+        raise TargetError(f"snapshot {snap.id[:12]} holds a partition table for 4096-byte sectors and qemu-img writes "
+                          f"{name} disks with 512-byte sectors, where that table would not be found: export it as "
+                          ".qcow2 or .img instead")
     output = os.path.abspath(output)
     if inside(output, repo.path):
         raise TargetError(f"{output} is inside the repository {repo.path}: export somewhere else")
@@ -111,6 +117,18 @@ def export(repo: Repository, snap: SnapshotRecord, output: str, fmt: str | None 
         raise TargetError(f"cannot write {output}: {exc.strerror}") from None
     return ExportResult(snap.id, output, name, snap.size, os.stat(output).st_blocks * 512,
                         round(time.monotonic() - started, 3))
+
+
+def _sector_size(repo: Repository, snap: SnapshotRecord) -> int:
+    """The sector size the snapshot's partition table is written for (512 when it has none)."""
+    ctx = ReadContext(repo, cache_bytes=16 << 20, prefetch=False)
+    try:
+        reader = SnapshotReader(ctx, snap)
+        return read_table(reader.read, reader.size).sector_size
+    except (PartitionError, DamagedData):
+        return 512
+    finally:
+        ctx.close()
 
 
 def _remove(path: str) -> None:

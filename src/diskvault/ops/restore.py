@@ -145,7 +145,7 @@ def _restore(
         if dry_run and (not os.path.exists(target_path) or target_path == "-"):
             raise TargetError(f"--dry-run compares the snapshot with an existing target: {target_path} is none")
         target = Target(target_path, snap.size, force, protect=repo.path, min_size=1 if has_table else None,
-                        read=delta is not False or dry_run, discard=discard)
+                        read=delta is not False or dry_run, discard=discard, dry_run=dry_run)
         try:
             adj = _fit(reader, snap, target, has_table, grow)
             mode = _choose(reader, target, delta, dry_run)
@@ -313,12 +313,14 @@ def _delta(repo: Repository, snap: SnapshotRecord, target: Target, adj: Adjustme
            progress: Progress, started: float) -> RestoreResult:
     dry = mode == "delta-dry-run"
     try:
+        overlay = [(w.offset, w.data) for w in adj.writes] if adj else []
         d = delta_restore(repo, snap, target.fd, target.write, target.zero, dry_run=dry, progress=progress, end=limit,
-                          sparse=target.kind == "file")
-        table = 0
+                          sparse=target.kind == "file", overlay=overlay)
+        stale = [w for w in (adj.writes if adj else ()) if os.pread(target.fd, len(w.data), w.offset) != w.data]
+        table = sum(len(w.data) for w in stale)
         if not dry:
-            _apply(target, adj)
-            table = sum(len(w.data) for w in adj.writes) if adj else 0
+            for w in stale:
+                target.write(w.offset, w.data)
             target.commit()
         else:
             target.abort()
@@ -333,5 +335,5 @@ def _delta(repo: Repository, snap: SnapshotRecord, target: Target, adj: Adjustme
         raise
     return RestoreResult(snap.id, target.path, target.kind, snap.size, snap.data_bytes, snap.zero_bytes,
                          round(time.monotonic() - started, 3), [], 0, target.in_place, target.target_size, target.via,
-                         adj.to_json() if adj else [], adj.grown if adj else None, mode, d.bytes_read_target,
+                         [w.to_json() for w in stale], adj.grown if adj else None, mode, d.bytes_read_target,
                          d.bytes_written + table, d.bytes_zeroed, d.chunks_unchanged)

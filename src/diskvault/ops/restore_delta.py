@@ -138,12 +138,60 @@ def _compare(fd: int, batch: list[Item], sparse: bool) -> tuple[list[Item], list
 Writer = Callable[[int, bytes | memoryview], None]
 
 
+def _overlaps(off: int, n: int, overlay: list[tuple[int, bytes]]) -> bool:
+    return any(o < off + n and off < o + len(d) for o, d in overlay)
+
+
+def _subtract(ranges: list[tuple[int, int]], overlay: list[tuple[int, bytes]]) -> list[tuple[int, int]]:
+    """``ranges`` without the bytes ``overlay`` writes anyway."""
+    out = ranges
+    for o, d in overlay:
+        cut: list[tuple[int, int]] = []
+        for off, n in out:
+            if o >= off + n or o + len(d) <= off:
+                cut.append((off, n))
+                continue
+            if off < o:
+                cut.append((off, o - off))
+            if o + len(d) < off + n:
+                cut.append((o + len(d), off + n - o - len(d)))
+        out = cut
+    return out
+
+
+def _right_with_overlay(repo: Repository, fd: int, differ: list[Item],
+                        overlay: list[tuple[int, bytes]]) -> set[Item]:
+    """The chunks of ``differ`` that overlap ``overlay`` and whose target bytes equal the
+    chunk with the overlay applied (a partition table fitted earlier): already right."""
+    near = [it for it in differ if _overlaps(it[0], it[1], overlay)]
+    if not near:
+        return set()
+    locs = repo.locate({it[2] for it in near})
+    raw = {loc.id: bytes(data) for loc, data in repo.read_ranges(list(locs.values()))}
+    right: set[Item] = set()
+    for off, n, ident in near:
+        if ident not in raw:
+            continue
+        want = bytearray(raw[ident])
+        for o, d in overlay:
+            lo, hi = max(off, o), min(off + n, o + len(d))
+            if lo < hi:
+                want[lo - off : hi - off] = d[lo - o : hi - o]
+        if os.pread(fd, n, off) == want:
+            right.add((off, n, ident))
+    return right
+
+
 def delta_restore(repo: Repository, snap: SnapshotRecord, fd: int, write: Writer, zero: Callable[[int, int], None],
                   dry_run: bool = False, progress: Progress | None = None, end: int | None = None,
-                  sparse: bool = False) -> DeltaResult:
+                  sparse: bool = False, overlay: list[tuple[int, bytes]] | None = None) -> DeltaResult:
     """Make the target read through ``fd`` hold the snapshot's first ``end`` bytes (default:
     all), writing only what differs with ``write(offset, data)`` and ``zero(offset, length)``.
-    ``sparse``: the target is a regular file (zero extents are found by its holes, not read)."""
+    ``sparse``: the target is a regular file (zero extents are found by its holes, not read).
+    ``overlay``: ``(offset, bytes)`` the caller writes afterwards (a fitted partition table):
+    a chunk that already holds the snapshot's bytes with the overlay applied is left alone, and
+    so are zero ranges the overlay covers."""
+    overlay = overlay or []
     progress = progress or NoProgress()
     res = DeltaResult()
     end = snap.size if end is None else min(end, snap.size)
@@ -162,6 +210,10 @@ def delta_restore(repo: Repository, snap: SnapshotRecord, fd: int, write: Writer
                 break
             fut, current = ahead.popleft()
             differ, zeros, n = fut.result()
+            if overlay:
+                right = _right_with_overlay(repo, fd, differ, overlay)
+                differ = [it for it in differ if it not in right]
+                zeros = _subtract(zeros, overlay)
             res.bytes_read_target += n
             chunks = sum(1 for it in current if it[2] != ZERO_ID)
             res.chunks_unchanged += chunks - len(differ)

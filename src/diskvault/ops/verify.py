@@ -194,10 +194,8 @@ def _verify(repo: Repository, snap: SnapshotRecord, source_path: str, progress: 
         if source.size is not None:
             if source.size > snap.size:
                 diffs.append((snap.size, source.size - snap.size))
-        else:
-            extra = 0
-            while not source_ended:
-                extra += len(read_source(BATCH))
+        else:  # a stream: one batch past the snapshot tells it is longer (/dev/zero never ends)
+            extra = 0 if source_ended else len(read_source(BATCH))
             if extra:
                 diffs.append((snap.size, extra))
             res.source_size = pos
@@ -227,8 +225,15 @@ def _allow_fitted_table(repo: Repository, snap: SnapshotRecord, source: Source, 
 
         try:
             table = read_table(reader.read, snap.size)
-            if table.label == "none":
-                return
+        except (PartitionError, DamagedData):
+            table = None
+        if table is None or table.label == "none":
+            # a bigger device keeps what lies past the image (restore never writes there)
+            if source.kind == "device" and source.size > snap.size and all(o >= snap.size for o, _ in res.differing):
+                res.differing = []
+                res.not_compared = [snap.size, source.size - snap.size]
+            return
+        try:
             grow = None
             mine = read_table(read_source, source.size)
             for p in table.data_partitions():
