@@ -39,7 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..repository.catalog import BlobLocation, SnapshotRecord
-from ..errors import DamagedData, SnapshotError, TargetError
+from ..errors import DamagedData, DiskvaultError, SnapshotError, TargetError
 from ..repository.hashing import ZERO_ID, short
 from ..images.partitions import PartitionError, read_table
 from ..images.table_adjust import Adjustment, plan_adjustment
@@ -239,11 +239,12 @@ def _restore(
             target.commit()
         except OSError as exc:
             raise os_error(exc, target.path) from None
-    except BaseException:
+    except BaseException as exc:
         for fut, *_ in pending:
             fut.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
         target.abort()
+        _partly_written(exc, target)
         raise
     pool.shutdown()
     lost.sort()
@@ -253,6 +254,14 @@ def _restore(
                          [{"offset": o, "length": n, "reason": r} for o, n, r in lost], sum(n for _, n in spans),
                          target.in_place, target.target_size, target.via, adj.to_json() if adj else [],
                          adj.grown if adj else None, "full", 0, data + table, 0, 0)
+
+
+def _partly_written(exc: BaseException, target: Target) -> None:
+    """Say in the error that an in-place target (an existing file, a device) is now partly
+    overwritten and how to finish it (a new file never appears half-written)."""
+    if target.in_place and isinstance(exc, DiskvaultError) and "partly overwritten" not in exc.message:
+        exc.message += f"; {target.path} is partly overwritten: run the restore again to finish it"
+        exc.args = (exc.message,)
 
 
 def _has_table(reader: SnapshotReader) -> bool:
@@ -330,8 +339,10 @@ def _delta(repo: Repository, snap: SnapshotRecord, target: Target, adj: Adjustme
     except OSError as exc:
         target.abort()
         raise os_error(exc, target.path) from None
-    except BaseException:
+    except BaseException as exc:
         target.abort()
+        if not dry:
+            _partly_written(exc, target)
         raise
     return RestoreResult(snap.id, target.path, target.kind, snap.size, snap.data_bytes, snap.zero_bytes,
                          round(time.monotonic() - started, 3), [], 0, target.in_place, target.target_size, target.via,
