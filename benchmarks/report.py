@@ -260,6 +260,26 @@ def write(raw: dict, docs: Path) -> None:
         a("")
         a(f"check speed / restore speed: **{c['check_vs_restore']:.0%}** (goal: ≥ 80%).")
         a("")
+    delta = HERE / "delta.json"
+    if delta.exists():
+        d = json.loads(delta.read_text())
+        a("## Delta restore vs full restore (rolling a disk back)")
+        a("")
+        a(f"`benchmarks/delta_restore.py`: the {d['image_mib']} MiB ext4 image's snapshot restored onto a fully "
+          f"allocated copy of the changed image ({d['change']}), page cache dropped before each run"
+          f"{'' if d['page_cache_dropped'] else ' (not root: caches warm)'}, best of {d['runs']} alternating runs, "
+          "wall time of the whole command; the result is compared with `cmp`.")
+        a("")
+        a("| restore onto the same target | seconds | bytes written (`/proc/PID/io`) |")
+        a("|---|---|---|")
+        a(f"| `--no-delta` (writes everything) | {d['full_restore_s']:.2f} | {d['full_written_bytes'] / 1e6:.1f} MB |")
+        a(f"| `--delta` (reads, writes what differs) | {d['delta_restore_s']:.2f} | {d['delta_written_bytes'] / 1e6:.1f} MB |")
+        a("")
+        a(f"Delta / full wall time: **{d['delta_vs_full_time']:.0%}** (goal, issue 16: ≤ 40%). The delta run read "
+          f"{d['delta_bytes_read_target'] / 1e6:.0f} MB of the target, found {d['delta_chunks_unchanged']} chunks "
+          f"already right and reported `bytes_written` {d['delta_json_bytes_written'] / 1e6:.2f} MB in its `--json` "
+          "(the process's own write_bytes above also count SQLite and page-cache writeback).")
+        a("")
     a("![MB/s per tool and step](benchmarks.png)")
     a("")
     notes = HERE / "notes.md"

@@ -31,7 +31,8 @@ PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
 env REPORT_PYTHON="$PWD/.venv-bench/bin/python" "$PY" benchmarks/bench.py "$@"
 # instant access and integrity figures (fresh repositories), then the report again with them
-rm -rf /var/tmp/dvaccess /var/tmp/dv-integrity-bench
+rm -rf /var/tmp/dvaccess /var/tmp/dv-integrity-bench /var/tmp/dv-delta-bench/repo
 "$PY" benchmarks/nbd_throughput.py --runs 5 --workdir /var/tmp/dvaccess --out benchmarks/nbd.json
 "$PY" benchmarks/integrity.py /var/tmp/dv-integrity-bench 1024 5 benchmarks/integrity.json
+"$PY" benchmarks/delta_restore.py /var/tmp/dv-delta-bench 2048 3 benchmarks/delta.json
 .venv-bench/bin/python benchmarks/report.py docs

@@ -24,7 +24,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compat"))
 
-from test_table_adjust import as_disk, make_gpt, restore_onto, same_partitions, sfdisk_dump, sgdisk_clean  # noqa: E402
+from test_table_adjust import (  # noqa: E402
+    as_disk, loop, make_gpt, restore_onto, same_partitions, sfdisk_dump, sgdisk_clean,
+)
 
 from diskvault.ops.restore import restore  # noqa: E402
 from diskvault.ops.snapshot import take_snapshot  # noqa: E402
@@ -41,15 +43,14 @@ def verify_json(repo, target, code):
 
 @contextlib.contextmanager
 def loop_device(size: int, ss: int, tmp: Path):
+    """A loop device of ``size`` bytes and ``ss``-byte sectors over a new sparse file."""
     backing = tmp / f"loop-{size}-{ss}.img"
     with open(backing, "wb") as f:
         f.truncate(size)
-    dev = subprocess.run(["losetup", "--find", "--show", "--sector-size", str(ss), str(backing)],
-                         capture_output=True, text=True, check=True).stdout.strip()
     try:
-        yield dev
+        with loop(backing, ss) as dev:
+            yield dev
     finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
         backing.unlink()
 
 

@@ -23,6 +23,7 @@ from helpers import SRC, cli_env, random_bytes, run_cli
 
 from diskvault.errors import EXIT_REPOSITORY
 from diskvault.repository import Repository
+from diskvault.repository.catalog import record_checksum
 from diskvault.repository.pack import PackWriter
 
 SECRET = b"TOP-SECRET-PASSWORD=correct-horse-battery-staple"
@@ -261,6 +262,7 @@ def test_prune_deletes_only_names_of_its_own(repo_path, tmp_path):
         p.parent.mkdir(exist_ok=True)
         p.write_bytes(b"x")
     record["id"] = "f" * 32  # a readable record without a catalog row (an unreadable one stops prune)
+    record["checksum"] = record_checksum(record)
     garbage[0].write_text(json.dumps(record))
     res = json.loads(run_cli("prune", "-r", repo_path, "--json").stdout)
     assert (res["orphan_records_removed"], res["orphan_packs_removed"], res["tmp_files_removed"]) == (1, 1, 2)

@@ -252,9 +252,9 @@ class LocalStorage:
         links, so a linked catalog would let its owner lead root's writes into another file."""
         try:
             st = os.lstat(self._path(name))
-        except FileNotFoundError:
+            owner = os.stat(self.root).st_uid
+        except OSError:  # missing, or not ours to look at: opening it reports what is wrong
             return
-        owner = os.stat(self.root).st_uid
         if not stat.S_ISREG(st.st_mode):
             what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
             raise RepositoryError(f"{self._path(name)} is {what}: a repository's files must be its own; "
