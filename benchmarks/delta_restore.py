@@ -99,7 +99,8 @@ def main() -> None:
         "image_mib": mib, "change": desc, "runs": runs, "page_cache_dropped": cold,
         "full_restore_s": round(full_s, 2), "full_written_bytes": full_w,
         "delta_restore_s": round(delta_s, 2), "delta_written_bytes": delta_w,
-        "delta_json_bytes_written": delta_res["bytes_written"], "delta_bytes_read_target": delta_res["bytes_read_target"],
+        "delta_json_bytes_written": delta_res["bytes_written"], "delta_json_bytes_zeroed": delta_res["bytes_zeroed"],
+        "delta_bytes_read_target": delta_res["bytes_read_target"],
         "delta_chunks_unchanged": delta_res["chunks_unchanged"],
         "delta_vs_full_time": round(delta_s / full_s, 3),
     }

@@ -277,8 +277,10 @@ def write(raw: dict, docs: Path) -> None:
         a("")
         a(f"Delta / full wall time: **{d['delta_vs_full_time']:.0%}** (goal, issue 16: ≤ 40%). The delta run read "
           f"{d['delta_bytes_read_target'] / 1e6:.0f} MB of the target, found {d['delta_chunks_unchanged']} chunks "
-          f"already right and reported `bytes_written` {d['delta_json_bytes_written'] / 1e6:.2f} MB in its `--json` "
-          "(the process's own write_bytes above also count SQLite and page-cache writeback).")
+          f"already right and reported `bytes_written` {d['delta_json_bytes_written'] / 1e6:.2f} MB of chunks in its "
+          f"`--json`; the rest of its write_bytes is what punching holes costs where the snapshot holds zeros and "
+          f"the fully allocated target did not (`bytes_zeroed` {d.get('delta_json_bytes_zeroed', 0) / 1e6:.0f} MB "
+          "made holes: partial blocks at their edges and metadata are written, the zeros are not).")
         a("")
     a("![MB/s per tool and step](benchmarks.png)")
     a("")
