@@ -27,6 +27,8 @@ def info(
         print_json(data)
         return
     for key, value in data.items():
+        if value is None:  # a field that does not apply (not mounted, no size change, a raw image)
+            continue
         if isinstance(value, int) and key.endswith("bytes"):
             value = f"{human(value)} ({value})"
         elif isinstance(value, list):
