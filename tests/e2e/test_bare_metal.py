@@ -308,3 +308,13 @@ def test_verify_against_an_endless_stream_ends(tmp_path, repo_path):
     run_cli("snapshot", "-r", repo_path, img)
     proc = run_cli("verify", "-r", repo_path, "latest", "/dev/zero", "--json", check=False, timeout=120)
     assert proc.returncode == 9 and json.loads(proc.stdout)["source_size"] > MiB
+
+
+@pytest.mark.parametrize("opt", [["--grow-partition", "2"], ["--delta"], ["--dry-run"], ["--discard"]])
+def test_whole_disk_options_need_a_file_or_device(tmp_path, repo_path, opt):
+    img = tmp_path / "a.img"
+    img.write_bytes(random_bytes(100_000, 2))
+    run_cli("snapshot", "-r", repo_path, img)
+    for target in ("-", "/dev/null"):
+        proc = run_cli("restore", "-r", repo_path, "latest", target, *opt, check=False)
+        assert proc.returncode == 2 and b"need a file or block device" in proc.stderr and not proc.stdout
