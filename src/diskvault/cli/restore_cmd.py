@@ -9,7 +9,6 @@ is 8 if there were any.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from typing import Annotated
 
@@ -103,12 +102,6 @@ def restore(
     """Restore a snapshot, verifying every chunk's blake3 on the way."""
     from ..ops.restore import restore as restore_op
 
-    if target in ("-", os.devnull):
-        given = [name for name, on in (("--grow-partition", grow_partition is not None), ("--delta", delta),
-                                       ("--dry-run", dry_run), ("--discard", discard)) if on]
-        if given:
-            raise typer.BadParameter(f"{', '.join(given)} need a file or block device as TARGET, not {target}",
-                                     param_hint="TARGET")
     if partition is not None:
         given = [name for name, on in (("--grow-partition", grow_partition is not None), ("--delta", delta),
                                        ("--dry-run", dry_run), ("--discard", discard)) if on]

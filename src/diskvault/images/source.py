@@ -207,23 +207,34 @@ def _loop_devices_over(st: os.stat_result) -> list[str]:
     return out
 
 
-def _sparse_extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
-    data: list[list[int]] = []
-    pos = 0
-    while pos < size:
+def data_ranges(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
+    """The ``(start, end)`` byte ranges of the regular file ``fd`` within ``[offset,
+    offset+length)`` that are not holes (lseek SEEK_DATA/SEEK_HOLE). A file system that
+    cannot tell gives the whole range as data."""
+    out: list[tuple[int, int]] = []
+    pos, stop = offset, offset + length
+    while pos < stop:
         try:
             start = os.lseek(fd, pos, os.SEEK_DATA)
         except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no data after pos
+            if exc.errno == errno.ENXIO:  # only a hole (or the end of the file) from here
                 break
-            data = [[0, size]]  # filesystem without SEEK_DATA: read it all
+            return [(offset, stop)]
+        if start >= stop:
             break
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), stop)
+        out.append((start, end))
+        pos = end
+    return out
+
+
+def _sparse_extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
+    data: list[list[int]] = []
+    for start, end in data_ranges(fd, 0, size):
         if data and start - data[-1][1] < HOLE_MERGE:
             data[-1][1] = end
         else:
             data.append([start, end])
-        pos = end
     pos = 0
     for start, end in data:
         if start > pos:

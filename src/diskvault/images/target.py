@@ -242,8 +242,8 @@ class Target:
             if st is not None and stat.S_ISLNK(st.st_mode):
                 raise TargetError(f"{path} is a loop of symbolic links: give the file or device itself")
         path = self.path
-        if protect is not None:
-            self._refuse_inside(path, st, protect)
+        if protect is not None and inside(path, protect):
+            raise TargetError(f"{path} is inside the repository {protect}: restore somewhere else")
         if st is None:
             self._create(path)
         elif stat.S_ISBLK(st.st_mode):
@@ -268,11 +268,6 @@ class Target:
             return None
         except OSError as exc:
             raise TargetError(f"cannot use {path} as the target: {exc.strerror}") from None
-
-    @staticmethod
-    def _refuse_inside(path: str, st: os.stat_result | None, protect: str) -> None:
-        if inside(path, protect):
-            raise TargetError(f"{path} is inside the repository {protect}: restore somewhere else")
 
     def _open_stdout(self) -> None:
         self.kind, self.path, self.fd = "stdout", "stdout", 1

@@ -21,12 +21,12 @@ import time
 from dataclasses import dataclass
 
 from ..errors import DamagedData, OutOfSpace, SourceError, TargetError
-from ..images.partitions import PartitionError, read_table
+from ..images.partitions import PartitionError
 from ..repository import Repository
 from ..repository.catalog import SnapshotRecord
 from ..images.target import inside
 from .access.nbd_server import NbdServer
-from .access.snapshot_reader import ReadContext, SnapshotReader
+from .partitions import snapshot_partitions
 
 FORMATS = {  # file extension -> (qemu-img format, its creation options)
     ".vhdx": ("vhdx", ["-o", "subformat=dynamic"]),  # Windows attaches it natively; Hyper-V boots it
@@ -121,14 +121,10 @@ def export(repo: Repository, snap: SnapshotRecord, output: str, fmt: str | None 
 
 def _sector_size(repo: Repository, snap: SnapshotRecord) -> int:
     """The sector size the snapshot's partition table is written for (512 when it has none)."""
-    ctx = ReadContext(repo, cache_bytes=16 << 20, prefetch=False)
     try:
-        reader = SnapshotReader(ctx, snap)
-        return read_table(reader.read, reader.size).sector_size
+        return snapshot_partitions(repo, snap).sector_size
     except (PartitionError, DamagedData):
         return 512
-    finally:
-        ctx.close()
 
 
 def _remove(path: str) -> None:

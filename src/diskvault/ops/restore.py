@@ -39,7 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..repository.catalog import BlobLocation, SnapshotRecord
-from ..errors import DamagedData, DiskvaultError, SnapshotError, TargetError
+from ..errors import DamagedData, DiskvaultError, SnapshotError, TargetError, UsageError
 from ..repository.hashing import ZERO_ID, short
 from ..images.partitions import PartitionError, read_table
 from ..images.table_adjust import Adjustment, plan_adjustment
@@ -136,13 +136,17 @@ def _restore(
     dry_run: bool = False,
     discard: bool = False,
 ) -> RestoreResult:
+    given = [name for name, on in (("--grow-partition", grow is not None), ("--delta", delta), ("--dry-run", dry_run),
+                                   ("--discard", discard)) if on]
+    if given and target_path in ("-", os.devnull):
+        raise UsageError(f"{', '.join(given)} need a file or block device as TARGET, not {target_path}")
     progress = progress or NoProgress()
     started = time.monotonic()
     ctx = ReadContext(repo, cache_bytes=16 << 20, prefetch=False)
     try:
         reader = SnapshotReader(ctx, snap)
         has_table = _has_table(reader)
-        if dry_run and (not os.path.exists(target_path) or target_path == "-"):
+        if dry_run and not os.path.exists(target_path):
             raise TargetError(f"--dry-run compares the snapshot with an existing target: {target_path} is none")
         target = Target(target_path, snap.size, force, protect=repo.path, min_size=1 if has_table else None,
                         read=delta is not False or dry_run, discard=discard, dry_run=dry_run)
@@ -275,8 +279,6 @@ def _has_table(reader: SnapshotReader) -> bool:
 def _fit(reader: SnapshotReader, snap: SnapshotRecord, target: Target, has_table: bool,
          grow: int | None) -> Adjustment | None:
     """The table adjustment for this target, or None when the image goes on as it is."""
-    if grow is not None and target.kind in ("stdout", "null"):
-        raise TargetError("--grow-partition needs a file or block device as the target")
     if target.kind in ("stdout", "null") or not has_table:
         if grow is not None:
             raise TargetError(f"snapshot {snap.id[:12]} holds no partition table: --grow-partition needs a whole disk")

@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import DamagedData
+from ..images.source import data_ranges
 from ..repository import Repository
 from ..repository.catalog import SnapshotRecord
 from ..repository.hashing import ZERO_ID, content_id, short
@@ -73,24 +74,6 @@ def _items(repo: Repository, snap: SnapshotRecord, end: int) -> Iterator[list[It
         yield batch
 
 
-def _data_ranges(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
-    """The ``(offset, length)`` ranges of a regular file in ``[offset, offset+length)`` that
-    are not holes (lseek SEEK_DATA/SEEK_HOLE)."""
-    out: list[tuple[int, int]] = []
-    pos, end = offset, offset + length
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:  # ENXIO: only a hole (or the end of the file) from here
-            break
-        if data >= end:
-            break
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-        out.append((data, hole - data))
-        pos = hole
-    return out
-
-
 def _zero_blocks(have: memoryview, off: int, n: int, out: list[tuple[int, int]]) -> None:
     """Append the ZERO_BLOCK-sized pieces of ``have`` (read at ``off``, ``n`` bytes wanted)
     that are not all zeros."""
@@ -116,7 +99,7 @@ def _compare(fd: int, batch: list[Item], sparse: bool) -> tuple[list[Item], list
     i = 0
     while i < len(batch):
         if sparse and batch[i][2] == ZERO_ID:
-            zero.extend(_data_ranges(fd, batch[i][0], batch[i][1]))
+            zero.extend((start, end - start) for start, end in data_ranges(fd, batch[i][0], batch[i][1]))
             i += 1
             continue
         j = i + 1
