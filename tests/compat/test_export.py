@@ -82,3 +82,20 @@ def test_export_of_a_4096_byte_sector_disk_to_vhdx_is_refused(tmp_path, repo_pat
     assert proc.returncode == 5 and b"4096-byte sectors" in proc.stderr and not (tmp_path / "d.vhdx").exists()
     run_cli("export", "-r", repo_path, "latest", tmp_path / "d.qcow2")  # no sector size in qcow2: fine
     image.unlink()
+
+
+def test_export_never_replaces_what_is_not_a_regular_file(tmp_path, repo_path, disk_snapshot):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = run_cli("export", "-r", repo_path, "latest", fifo, "--format", "raw", "--force", check=False)
+    assert proc.returncode == 5 and b"not a regular file" in proc.stderr and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_a_damaged_qcow2_is_refused_not_read_as_zeros(tmp_path, repo_path, disk_snapshot):
+    good = tmp_path / "good.qcow2"
+    subprocess.run([tool("qemu-img"), "convert", "-f", "raw", "-O", "qcow2", str(disk_snapshot), str(good)], check=True)
+    cut = tmp_path / "cut.qcow2"
+    cut.write_bytes(good.read_bytes()[:1_000_000])
+    proc = run_cli("snapshot", "-r", repo_path, cut, check=False)
+    assert proc.returncode == 5 and b"damaged qcow2" in proc.stderr
+    assert len(json.loads(run_cli("snapshots", "-r", repo_path, "--json").stdout)) == 1  # the fixture's only

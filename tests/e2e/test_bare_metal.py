@@ -317,4 +317,4 @@ def test_whole_disk_options_need_a_file_or_device(tmp_path, repo_path, opt):
     run_cli("snapshot", "-r", repo_path, img)
     for target in ("-", "/dev/null"):
         proc = run_cli("restore", "-r", repo_path, "latest", target, *opt, check=False)
-        assert proc.returncode == 2 and b"need a file or block device" in proc.stderr and not proc.stdout
+        assert proc.returncode == 2 and b"only for a file or block device" in proc.stderr and not proc.stdout

@@ -328,3 +328,25 @@ def test_a_flipped_bit_in_a_record_field_is_found_and_repaired_from_the_catalog(
     assert '"seq": 1,' in first.read_text()
     assert cli_json("info", "-r", repo_path, "latest")["id"] == ids[2]
     assert cli_json("check", "-r", repo_path)["status"] == "sound"
+
+
+def test_a_record_rewritten_with_a_matching_checksum_loses_to_the_catalog(tmp_path, repo_path):
+    """Someone edits a record's size and recomputes its (unkeyed) checksum: check reports
+    the disagreement, prune deletes nothing, repair rewrites the record from the catalog."""
+    from diskvault.repository.catalog import record_checksum
+
+    img = tmp_path / "a.img"
+    img.write_bytes(random_bytes(300_000, 51))
+    sid = json.loads(run_cli("snapshot", "-r", repo_path, img, "--json").stdout)["id"]
+    path = repo_path / "snapshots" / f"{sid}.json"
+    original = path.read_bytes()
+    rec = json.loads(original)
+    rec["size"] = 99
+    rec["checksum"] = record_checksum(rec)
+    path.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+    assert [e["kind"] for e in cli_json("check", "-r", repo_path, code=EXIT_DAMAGED)["errors"]] == ["record-mismatch"]
+    proc = run_cli("prune", "-r", repo_path, check=False)
+    assert proc.returncode == EXIT_DAMAGED and b"does not match the catalog" in proc.stderr
+    res = cli_json("repair", "-r", repo_path)
+    assert [r["id"] for r in res["recovered_records"]] == [sid] and path.read_bytes() == original
+    assert cli_json("check", "-r", repo_path)["status"] == "sound"

@@ -400,3 +400,16 @@ def test_repository_reached_through_a_bind_mount_is_still_inside(tmp_path, repo_
         assert proc.returncode == 5 and b"inside the repository" in proc.stderr
     finally:
         subprocess.run(["umount", str(alias)], check=True)
+
+
+def test_map_file_must_be_a_file_of_its_own(tmp_path, repo_path):
+    img = tmp_path / "d.img"
+    img.write_bytes(random_bytes(300_000, 5))
+    run_cli("snapshot", "-r", repo_path, img)
+    target = tmp_path / "t.img"
+    target.write_bytes(img.read_bytes())
+    for args in (["--skip-damaged", "--map", str(target), "--force"], ["--skip-damaged", "--map", "-"],
+                 ["--partition", "1", "--map", str(tmp_path / "m.map")]):
+        proc = run_cli("restore", "-r", repo_path, "latest", target, *args, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert target.read_bytes() == img.read_bytes()

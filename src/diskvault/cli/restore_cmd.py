@@ -9,6 +9,7 @@ is 8 if there were any.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from typing import Annotated
 
@@ -104,13 +105,16 @@ def restore(
 
     if partition is not None:
         given = [name for name, on in (("--grow-partition", grow_partition is not None), ("--delta", delta),
-                                       ("--dry-run", dry_run), ("--discard", discard)) if on]
+                                       ("--dry-run", dry_run), ("--discard", discard),
+                                       ("--skip-damaged", skip_damaged), ("--map", map_file)) if on]
         if given:
-            raise typer.BadParameter(f"{', '.join(given)} work on a whole disk, not with --partition N",
+            raise typer.BadParameter(f"{', '.join(given)}: only for a whole-disk restore, not with --partition N",
                                      param_hint="--partition")
         _restore_partition(repo, snapshot, target, partition, force, json_out, progress, no_lock,
                            (host, source_filter, tag))
         return
+    if map_file is not None and (map_file in ("", "-") or os.path.realpath(map_file) == os.path.realpath(target)):
+        raise typer.BadParameter("give a file name of its own (not -, not TARGET)", param_hint="--map")
     with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
         write_map = side_file(map_file, force, protect=r.path) if map_file else None  # refused before, not after
         res = restore_op(r, r.resolve(snapshot, host, source_filter, tag), target, force=force, progress=bar,

@@ -280,6 +280,11 @@ def open_virtual_disk(path: str, fmt: str) -> Source:
         why = (info.stderr.strip().splitlines() or ["no message"])[-1]
         raise SourceError(f"{path} cannot be read as a {fmt} virtual disk ({why}): check the file, or rename a raw "
                           "image to .img")
+    check = subprocess.run(["qemu-img", "check", "-f", fmt, path], capture_output=True, text=True)
+    if check.returncode in (1, 2):  # 0 clean, 3 leaked clusters only, 63 the format has no check
+        why = (check.stdout.strip().splitlines() or check.stderr.strip().splitlines() or ["errors"])[-1]
+        raise SourceError(f"{path} is a damaged {fmt} virtual disk (qemu-img check: {why}): "
+                          "its missing parts would be read as zeros; repair or replace it first")
     size = int(json.loads(info.stdout)["virtual-size"])
     src = open_command(["nbdcopy", "--", "[", "qemu-nbd", "--read-only", "--format", fmt, path, "]", "-"])
     src.path, src.format, src.virtual_size = path, fmt, size

@@ -33,7 +33,7 @@ from ..repository.catalog import BlobLocation, SnapshotRecord
 from ..errors import DamagedData
 from ..repository.hashing import ZERO_ID, content_id, short
 from ..repository.maintenance import (
-    PackState, orphan_packs, pack_states, read_records, record_id, runs, verify_run,
+    PackState, disagrees, orphan_packs, pack_states, read_records, record_id, runs, verify_run,
 )
 from ..repository.pack import TYPE_TREE, pack_id
 from ..repository import Repository
@@ -212,8 +212,7 @@ def _check_records(repo: Repository, snaps: list[SnapshotRecord], report: CheckR
                                          "(repair rewrites it; a rebuilt catalog would lose this snapshot)"))
             continue
         rec = records.get(sid)
-        seq = rec.seq if rec is not None and s.seq else s.seq  # a catalog from before sequence numbers reads 0
-        if rec is not None and (rec.tree, rec.size, rec.time, seq) != (s.tree, s.size, s.time, s.seq):
+        if rec is not None and disagrees(rec, s):
             report.errors.append(Finding("record-mismatch", f"snapshot {sid[:12]}: record file snapshots/{sid}.json does "
                                          "not match the catalog (repair rewrites it)"))
     for name, reason in sorted(unreadable.items()):

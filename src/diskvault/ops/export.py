@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -78,8 +79,11 @@ def export(repo: Repository, snap: SnapshotRecord, output: str, fmt: str | None 
     output = os.path.abspath(output)
     if inside(output, repo.path):
         raise TargetError(f"{output} is inside the repository {repo.path}: export somewhere else")
-    if os.path.lexists(output) and not force:
-        raise TargetError(f"{output} exists: add --force to replace it")
+    if os.path.lexists(output):
+        if not stat.S_ISREG(os.lstat(output).st_mode):  # a device node, FIFO, link: never replaced by a file
+            raise TargetError(f"{output} exists and is not a regular file: give a file name")
+        if not force:
+            raise TargetError(f"{output} exists: add --force to replace it")
     folder = os.path.dirname(output)
     if not os.path.isdir(folder):
         raise TargetError(f"directory {folder} does not exist")

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from ..repository.catalog import BlobLocation
 from ..errors import DamagedData
 from ..repository.hashing import ZERO_ID, short
-from ..repository.maintenance import copy_verified, read_records
+from ..repository.maintenance import copy_verified, disagrees, read_records
 from ..repository.pack import TYPE_CHUNK, pack_overhead
 from ..policy import DEFAULT_MAX_UNUSED, parse_max_unused
 from ..repository import Repository, pack_target_size
@@ -127,7 +127,11 @@ def _prune(repo: Repository, limit: tuple[str, float], repack_small: bool, dry_r
 
     # 0. never delete what cannot be accounted for: a record that does not read may name
     # a snapshot whose data would otherwise look unused
-    _records, unreadable = read_records(storage)
+    records, unreadable = read_records(storage)
+    for row in catalog.snapshots():
+        if row.id in records and disagrees(records[row.id], row):
+            raise DamagedData(f"snapshot record snapshots/{row.id}.json does not match the catalog: prune deletes "
+                              "nothing until diskvault repair has rewritten it")
     if unreadable:
         name, reason = min(unreadable.items())
         more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""

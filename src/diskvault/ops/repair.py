@@ -41,7 +41,7 @@ from ..repository.catalog import BlobLocation, Catalog, SnapshotRecord
 from ..errors import DamagedData, RepositoryNotFound
 from ..repository.hashing import ZERO_ID, short
 from ..repository.maintenance import (
-    fold_wal, pack_files, probe_catalog, read_records, read_stored, read_verified, salvage_record, swap_catalog,
+    disagrees, fold_wal, pack_files, probe_catalog, read_records, read_stored, read_verified, salvage_record, swap_catalog,
     write_catalog, write_record,
 )
 from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_pack_index
@@ -209,7 +209,12 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
     snaps, unreadable = read_records(storage)
     if old is not None:
         for s in old.snapshots():
-            if s.id not in snaps:
+            if s.id in snaps and disagrees(snaps[s.id], s):  # the catalog row wins, as check says
+                write_record(storage, s)
+                snaps[s.id] = s
+                res.recovered_records.append({"id": s.id, "reason": "it did not match the catalog",
+                                              "from": "catalog", "stood_in": []})
+            elif s.id not in snaps:
                 write_record(storage, s)
                 snaps[s.id] = s
                 reason = unreadable.pop(f"snapshots/{s.id}.json", None)

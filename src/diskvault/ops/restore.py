@@ -139,7 +139,7 @@ def _restore(
     given = [name for name, on in (("--grow-partition", grow is not None), ("--delta", delta), ("--dry-run", dry_run),
                                    ("--discard", discard)) if on]
     if given and target_path in ("-", os.devnull):
-        raise UsageError(f"{', '.join(given)} need a file or block device as TARGET, not {target_path}")
+        raise UsageError(f"{', '.join(given)}: only for a file or block device as TARGET, not {target_path}")
     progress = progress or NoProgress()
     started = time.monotonic()
     ctx = ReadContext(repo, cache_bytes=16 << 20, prefetch=False)

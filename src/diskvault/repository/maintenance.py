@@ -246,6 +246,16 @@ def parse_record(name: str, data: bytes) -> SnapshotRecord:
         raise DamagedData(f"it does not describe a snapshot ({exc})") from None
 
 
+def disagrees(rec: SnapshotRecord, row: SnapshotRecord) -> bool:
+    """Whether a snapshot's record file and its catalog row say different things (tree, size,
+    time, host, source, tags, sequence number; a catalog from before sequence numbers reads
+    0). The catalog row is the one ``repair`` keeps; until then ``check`` reports it and
+    ``prune`` deletes nothing."""
+    seq = rec.seq if row.seq else 0
+    return ((rec.tree, rec.size, rec.time, rec.host, rec.source, sorted(rec.tags), seq)
+            != (row.tree, row.size, row.time, row.host, row.source, sorted(row.tags), row.seq))
+
+
 def read_records(storage: Storage) -> tuple[dict[str, SnapshotRecord], dict[str, str]]:
     """Every snapshot record file: the readable ones by snapshot id, and the file names of
     the unreadable ones with why (``parse_record``; an OS error reading it counts)."""
