@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: the main job end to end on a real ext4 image built from files on this machine.
 #   1. build a 512 MiB ext4 image from real files (mke2fs -t ext4 -d)
-#   2. snapshot it; change it in place like a running system would (debugfs -w); snapshot again
+#   2. init an encrypted repository (the passphrase in a 0600 file), snapshot the image; change
+#      it in place like a running system would (debugfs -w); snapshot again
 #   3. show how little the second snapshot stored
 #   4. restore both snapshots and prove them identical (cmp) and clean (e2fsck -fn)
 set -euo pipefail
@@ -17,7 +18,9 @@ truncate -s 512M "$W/disk.img"
 mke2fs -q -F -t ext4 -d "$W/content" "$W/disk.img"
 echo "   $W/disk.img: 512 MiB ext4 image, $(du -h "$W/disk.img" | cut -f1) allocated"
 
-echo "== 2. init, snapshot, change in place (debugfs -w), snapshot again"
+echo "== 2. init (encrypted), snapshot, change in place (debugfs -w), snapshot again"
+(umask 077; head -c 24 /dev/urandom | base64 > "$W/passphrase")
+export DISKVAULT_PASSWORD_FILE="$PWD/$W/passphrase"   # keep a copy elsewhere: without it nothing restores
 $DV init -r "$W/repo"
 $DV snapshot -r "$W/repo" "$W/disk.img" --tag demo --no-progress
 cp --sparse=always "$W/disk.img" "$W/expected-1.img"
@@ -60,4 +63,13 @@ for id in $($DV snapshots -r "$W/repo" --json | .venv/bin/python -c "import json
   echo "   snapshot ${id:0:12}: identical to the image it was taken from, e2fsck clean, $(du -h "$W/restored-$n.img" | cut -f1) allocated (sparse)"
   n=$((n + 1))
 done
+echo "== 5. encrypted: a wrong passphrase is refused, and no file of the repository shows the image's text"
+if env -u DISKVAULT_PASSWORD_FILE DISKVAULT_PASSWORD=wrong $DV snapshots -r "$W/repo" 2>/dev/null; then
+  echo "a wrong passphrase opened the repository" >&2; exit 1
+fi
+grep -q "changed configuration line 1999" "$W/disk.img"
+if grep -rqa "changed configuration line" "$W/repo"; then
+  echo "plaintext of the image found in the repository" >&2; exit 1
+fi
+echo "   wrong passphrase: exit 10; 'changed configuration line …' (in the image) is in no repository file"
 echo "demo OK"

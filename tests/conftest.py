@@ -16,6 +16,7 @@ from consistency import assert_consistent  # noqa: E402
 
 from diskvault.repository.chunking import ChunkerParams  # noqa: E402
 from diskvault.repository import Repository  # noqa: E402
+from helpers import secret  # noqa: E402
 
 settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile("dev", max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -28,7 +29,7 @@ def repo_path(tmp_path: Path):
     """Path of a new repository (16 KiB average chunks: small tests, many chunks);
     checked for consistency after the test."""
     path = tmp_path / "repo"
-    Repository.init(str(path), ChunkerParams.for_average(16 << 10)).close()
+    Repository.init(str(path), ChunkerParams.for_average(16 << 10), passphrase=secret).close()
     yield path
     if (path / "config.json").exists():
         assert_consistent(path)
@@ -36,5 +37,5 @@ def repo_path(tmp_path: Path):
 
 @pytest.fixture
 def repo(repo_path: Path):
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         yield r

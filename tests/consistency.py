@@ -7,9 +7,10 @@ from pathlib import Path
 
 from diskvault.ops.check import check
 from diskvault.repository import Repository
+from helpers import secret
 
 
 def assert_consistent(path: Path) -> None:
-    with Repository.open(str(path)) as r:
+    with Repository.open(str(path), passphrase=secret) as r:
         report = check(r)
     assert report.sound, "repository is not consistent:\n" + "\n".join(f.message for f in report.errors)

@@ -19,10 +19,22 @@ def random_bytes(n: int, seed: int = 0) -> bytes:
     return blake3.blake3(seed.to_bytes(8, "little")).digest(length=n)
 
 
+# the passphrase of the test repositories (encrypted, as init makes them by default): the
+# CLI gets it as DISKVAULT_PASSWORD (cli_env), in-process code as ``passphrase=secret``
+PASSPHRASE = "correct horse battery staple"
+
+
+def secret() -> str:
+    return PASSPHRASE
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("DISKVAULT_REPO", None)
+    for name in ("DISKVAULT_PASSWORD_FILE", "DISKVAULT_PASSWORD_COMMAND"):
+        env.pop(name, None)
+    env["DISKVAULT_PASSWORD"] = PASSPHRASE
     env.update(extra)
     return env
 

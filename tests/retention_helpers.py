@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import blake3
-from helpers import random_bytes
+from helpers import random_bytes, secret
 
 from diskvault.ops.prune import mark
 from diskvault.ops.progress import NoProgress
@@ -34,7 +34,7 @@ def snapshot_series(repo_path: Path, image: Path, count: int, size: int, changes
     rng = random.Random(seed)
     data = bytearray(random_bytes(size, seed))
     out = []
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         for i in range(count):
             if i:
                 for k in range(changes):
@@ -57,7 +57,7 @@ def repo_bytes(path: Path) -> int:
 def assert_no_unreferenced_packs(repo_path: Path) -> None:
     """Every pack file is catalogued, every catalogued pack exists and holds a live blob,
     no temporary file is left."""
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         names = {p["name"] for p in r.catalog.packs()}
         files = set(r.storage.list("packs"))
         assert files == names, f"unknown pack files {files - names}, missing {names - files}"

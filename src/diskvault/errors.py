@@ -19,6 +19,7 @@ EXIT_NO_SPACE = 6  # out of space
 EXIT_LOCKED = 7  # repository locked by another process
 EXIT_DAMAGED = 8  # data damage found (bad chunk, missing pack)
 EXIT_DIFFERS = 9  # verify: snapshot and source differ
+EXIT_PASSWORD = 10  # encrypted repository: wrong or missing passphrase
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
 
 
@@ -89,6 +90,13 @@ class UsageError(DiskvaultError):
 class RepositoryReadOnly(RepositoryError):
     """A command that writes met a repository it cannot write (read-only file system or
     media, or a user without write permission); reading commands still work."""
+
+
+class PasswordError(DiskvaultError):
+    """An encrypted repository and no passphrase, or one that opens none of its key files
+    (exit 10); nothing has been written."""
+
+    exit_code = EXIT_PASSWORD
 
 
 class FileAccessError(DiskvaultError):

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from access_fixtures import fuse_mount, nbd_server
 
-from helpers import random_bytes, run_cli, tool
+from helpers import random_bytes, run_cli, tool, secret
 
 from diskvault.ops.access.snapshot_reader import ReadContext, SnapshotReader
 from diskvault.repository import Repository
@@ -22,7 +22,7 @@ def damaged(tmp_path, repo_path):
     img = tmp_path / "d.img"
     img.write_bytes(random_bytes(4 * MiB, 11))
     run_cli("snapshot", "-r", repo_path, img)
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         snap = r.resolve("latest")
         ctx = ReadContext(r, prefetch=False)
         piece = next(p for p in SnapshotReader(ctx, snap).pieces(2 * MiB, 2 * MiB + 1))
@@ -76,7 +76,7 @@ def test_read_ahead_past_a_damaged_chunk_serves_the_sound_reads(damaged, repo_pa
 
     img, piece = damaged
     data = img.read_bytes()
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         ctx = ReadContext(r, prefetch=False, readahead=1 * MiB)
         reader, stream = SnapshotReader(ctx, r.resolve("latest")), Stream()
         failed = []

@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import cli_env, random_bytes, run_cli
+from helpers import cli_env, random_bytes, run_cli, secret
 
 from diskvault.errors import EXIT_DAMAGED
 from diskvault.repository import Repository
@@ -43,7 +43,7 @@ def restores(repo: Path, sid: str, want: bytes, out: Path) -> None:
 
 def chunk_locations(repo: Path, sid: str):
     """``[(image offset, BlobLocation)]`` of every data chunk of snapshot ``sid``."""
-    with Repository.open(str(repo)) as r:
+    with Repository.open(str(repo), passphrase=secret) as r:
         snap = r.resolve(sid)
         leaves = [leaf for leaf in r.tree().leaves(bytes.fromhex(snap.tree)) if leaf.id != bytes(32)]
         locs = r.locate({leaf.id for leaf in leaves})
@@ -89,7 +89,7 @@ def test_flipped_chunk_is_never_deduplicated_again_and_the_next_snapshot_heals_i
     out = tmp_path / "out.img"
     for sid, want in ((sa, a), (sb, b), (sc, b)):
         restores(repo_path, sid, want, out)
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         assert r.catalog.damaged() == {}
         assert r.locate([loc.id])[loc.id].pack != loc.pack  # the row points at the new copy
     run_cli("prune", "-r", repo_path, "--max-unused", "0")  # the damaged bytes are unused: reclaimed
@@ -163,7 +163,7 @@ def test_damaged_tree_node_heals_with_the_next_snapshot(tmp_path, repo_path):
     image = tmp_path / "disk.img"
     image.write_bytes(data)
     sa = snapshot(repo_path, image)
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         root = bytes.fromhex(r.resolve(sa).tree)
         loc = r.locate([root])[root]
     flip(repo_path / loc.pack, loc.offset + 3)
@@ -182,7 +182,7 @@ def test_a_snapshot_that_finds_its_parent_tree_damaged_stores_the_tree_again(tmp
     image = tmp_path / "disk.img"
     image.write_bytes(data)
     sa = snapshot(repo_path, image)
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         root = bytes.fromhex(r.resolve(sa).tree)
         loc = r.locate([root])[root]
     flip(repo_path / loc.pack, loc.offset + 5)

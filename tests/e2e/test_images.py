@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import debugfs, e2fsck_clean, make_ext4, make_tree, random_bytes, run_cli
+from helpers import debugfs, e2fsck_clean, make_ext4, make_tree, random_bytes, run_cli, secret
 
 from diskvault.ops.snapshot import take_snapshot
 from diskvault.repository import Repository
@@ -113,7 +113,7 @@ def test_sparse_32_gib_image(tmp_path, repo_path):
         for i in range(20):  # 20 x 10 MiB spread over the disk
             f.seek(i * (32 << 30) // 20 + (i * 4096))
             f.write(random_bytes(10 << 20, 100 + i))
-    with Repository.open(str(repo_path)) as repo:  # in-process: /proc/self/io counts what it reads
+    with Repository.open(str(repo_path), passphrase=secret) as repo:  # in-process: /proc/self/io counts what it reads
         before = _bytes_read()
         s = take_snapshot(repo, str(img)).to_json()
         read = _bytes_read() - before

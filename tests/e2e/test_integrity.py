@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import random_bytes, run_cli
+from helpers import random_bytes, run_cli, secret
 
 from diskvault.repository.chunking import ChunkerParams
 from diskvault.repository.hashing import ZERO_ID
@@ -40,7 +40,7 @@ def world(tmp_path: Path) -> SimpleNamespace:
     b = tmp_path / "b.img"
     a.write_bytes(random_bytes(600_000, 1) + bytes(200_000) + random_bytes(300_000, 2))
     b.write_bytes(a.read_bytes() + random_bytes(400_000, 3))
-    r = Repository.init(str(repo), ChunkerParams.for_average(16 << 10))
+    r = Repository.init(str(repo), ChunkerParams.for_average(16 << 10), passphrase=secret)
     with r:
         sa = take_snapshot(r, str(a))
         sb = take_snapshot(r, str(b))
@@ -50,7 +50,7 @@ def world(tmp_path: Path) -> SimpleNamespace:
 
 
 def leaves_of(repo: Path, sid: str):
-    with Repository.open(str(repo)) as r:
+    with Repository.open(str(repo), passphrase=secret) as r:
         snap = r.resolve(sid)
         return list(r.tree().leaves(bytes.fromhex(snap.tree)))
 
@@ -304,7 +304,7 @@ def test_interrupted_repair_leaves_the_old_catalog(world, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         repair_mod.repair(str(w.repo))
     monkeypatch.undo()
-    with Repository.open(str(w.repo)) as r:  # the old (still wrong) catalog, readable as before
+    with Repository.open(str(w.repo), passphrase=secret) as r:  # the old (still wrong) catalog, readable as before
         assert [f.kind for f in check(r).errors] == ["catalog-row"]
         assert r.storage.clean_temporary() == 1  # the unfinished new catalog
     assert repair_mod.repair(str(w.repo)).status_after == "sound"

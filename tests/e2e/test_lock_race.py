@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import blake3
-from helpers import cli_env, random_bytes
+from helpers import cli_env, random_bytes, secret
 from retention_helpers import assert_no_unreferenced_packs, digest, snapshot_series
 
 from diskvault.errors import EXIT_LOCKED
@@ -17,7 +17,7 @@ from diskvault.repository import Repository
 
 def test_snapshot_and_prune_started_together(tmp_path, repo_path):
     series = snapshot_series(repo_path, tmp_path / "old.img", count=4, size=2 << 20, changes=30)
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         from diskvault.ops.forget import forget_snapshots
         forget_snapshots(r, [sid for sid, _ in series[:3]])
     env = cli_env()
@@ -45,10 +45,10 @@ def test_snapshot_and_prune_started_together(tmp_path, repo_path):
             taken[json.loads(results["snapshot"][1])["id"]] = blake3.blake3(image.read_bytes()).hexdigest()
         outcomes.append((results["snapshot"][0], results["prune"][0]))
     print(f"\n(snapshot, prune) exit codes per round: {outcomes}")
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         assert {s.id for s in r.snapshots()} == set(taken)
     from diskvault.ops.restore import restore
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         for sid, want in taken.items():
             restore(r, r.resolve(sid), str(tmp_path / "out.img"), force=True)
             assert digest(tmp_path / "out.img") == want

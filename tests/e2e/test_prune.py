@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 
-from helpers import cli_env, random_bytes, run_cli
+from helpers import cli_env, random_bytes, run_cli, secret
 from retention_helpers import assert_no_unreferenced_packs, digest, repo_bytes, snapshot_series
 
 from diskvault.repository.chunking import ChunkerParams
@@ -32,7 +32,7 @@ def test_acceptance_30_snapshots_forget_all_but_last(tmp_path, repo_path):
     assert sorted(os.listdir(repo_path / "snapshots")) == [f"{series[-1][0]}.json"]
 
     fresh = tmp_path / "fresh"
-    Repository.init(str(fresh), ChunkerParams.for_average(16 << 10)).close()
+    Repository.init(str(fresh), ChunkerParams.for_average(16 << 10), passphrase=secret).close()
     run_cli("snapshot", "-r", fresh, image)
     after, fresh_size = repo_bytes(repo_path), repo_bytes(fresh)
     print(f"\nrepository: {before} bytes with 30 snapshots, {after} after prune, fresh {fresh_size} "
@@ -76,7 +76,7 @@ def test_forget_dry_run_reports_reasons_and_changes_nothing(tmp_path, repo_path)
 
 def test_prune_removes_leftovers_of_interrupted_commands(tmp_path, repo_path):
     series = snapshot_series(repo_path, tmp_path / "a.img", count=4, size=400_000, changes=4)
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         w = PackWriter(r.storage)  # a sealed pack the catalog never recorded (crash before add_pack)
         w.add(b"\x01" * 32, 1, 0, b"orphan data", 11)
         w.seal()
@@ -109,12 +109,12 @@ def test_repack_small_merges_packs(tmp_path, repo_path):
     image = tmp_path / "a.img"
     image.write_bytes(random_bytes(600_000, 5))
     run_cli("snapshot", "-r", repo_path, image, env=env)
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         packs = len(r.catalog.packs())
     assert packs > 5
     res = json.loads(run_cli("prune", "-r", repo_path, "--repack-small", "--json").stdout)
     assert res["packs_repacked"] == packs and res["packs_written"] == 1 and res["chunks_removed"] == 0
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         assert len(r.catalog.packs()) == 1
     run_cli("restore", "-r", repo_path, "latest", tmp_path / "out.img")
     assert (tmp_path / "out.img").read_bytes() == image.read_bytes()
@@ -126,7 +126,7 @@ def test_prune_never_copies_damaged_data_and_deletes_nothing(tmp_path, repo_path
     damaged = tmp_path / "damaged"
     shutil.copytree(repo_path, damaged)
     run_cli("forget", "-r", damaged, series[0][0])
-    with Repository.open(str(damaged)) as r:
+    with Repository.open(str(damaged), passphrase=secret) as r:
         first = r.catalog.packs()[0]["name"]  # holds live and dead chunks: will be repacked
         live = mark(r, NoProgress())
         loc = next(l for l in r.locate(live).values() if l.pack == first and l.type == 1)
@@ -139,7 +139,7 @@ def test_prune_never_copies_damaged_data_and_deletes_nothing(tmp_path, repo_path
     assert b"damaged" in proc.stderr and proc.stderr.count(b"\n") == 1
     assert files == sorted(str(p) for p in damaged.rglob("*.pack"))  # nothing deleted
 
-    with Repository.open(str(damaged)) as r:  # a live chunk missing from the catalog: refuse
+    with Repository.open(str(damaged), passphrase=secret) as r:  # a live chunk missing from the catalog: refuse
         r.catalog.conn.execute("DELETE FROM blobs WHERE id=?", (loc.id,))
     proc = run_cli("prune", "-r", damaged, check=False)
     assert proc.returncode == EXIT_DAMAGED and b"not in the catalog" in proc.stderr
@@ -153,5 +153,5 @@ def test_forget_everything_then_prune_leaves_no_data(tmp_path, repo_path):
     assert res["snapshots"] == 0 and res["live_blobs"] == 0 and res["bytes_after"] == 0
     assert list((repo_path / "packs").rglob("*.pack")) == [] and os.listdir(repo_path / "snapshots") == []
     assert run_cli("restore", "-r", repo_path, series[0][0], tmp_path / "x.img", check=False).returncode == EXIT_SNAPSHOT
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         assert r.catalog.blob_totals()["chunks"] == 0

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import cli_env
+from helpers import cli_env, secret
 from retention_helpers import assert_no_unreferenced_packs, digest, snapshot_series
 
 from diskvault.ops.forget import forget_snapshots
@@ -28,7 +28,7 @@ PACK_SIZE = "16384"  # small packs: many seal/switch/delete steps to be killed i
 
 def _state(path, original_packs: set[str]) -> str:
     """Which phase the kill interrupted, judged from what it left."""
-    with Repository.open(str(path)) as r:
+    with Repository.open(str(path), passphrase=secret) as r:
         catalogued = {p["name"] for p in r.catalog.packs()}
         files = set(r.storage.list("packs"))
     if catalogued == original_packs:
@@ -42,9 +42,9 @@ def test_prune_survives_sigkill_anywhere(tmp_path, monkeypatch):
     monkeypatch.setenv("DISKVAULT_PACK_SIZE", PACK_SIZE)
     template = tmp_path / "template"
     from diskvault.repository.chunking import ChunkerParams
-    Repository.init(str(template), ChunkerParams.for_average(16 << 10)).close()
+    Repository.init(str(template), ChunkerParams.for_average(16 << 10), passphrase=secret).close()
     series = snapshot_series(template, tmp_path / "a.img", count=8, size=2 << 20, changes=32, seed=3)
-    with Repository.open(str(template)) as r:
+    with Repository.open(str(template), passphrase=secret) as r:
         forget_snapshots(r, [sid for sid, _ in series[:5]])
         plan = prune(r, max_unused="0", dry_run=True)
         original = {p["name"] for p in r.catalog.packs()}
@@ -69,7 +69,7 @@ def test_prune_survives_sigkill_anywhere(tmp_path, monkeypatch):
     assert json.loads(done.stdout)["packs_repacked"] == plan.packs_repacked
 
     def check(repo, label: str) -> None:
-        with Repository.open(str(repo)) as r:
+        with Repository.open(str(repo), passphrase=secret) as r:
             assert [s.id for s in r.snapshots()] == [sid for sid, _ in survivors]
             for sid, want in survivors:
                 out = tmp_path / f"{repo.name}-{sid}.img"

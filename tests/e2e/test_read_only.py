@@ -214,9 +214,10 @@ def test_read_only_repository_with_committed_wal(keep_shm):
         new_repo(repo, first)
         code = ("import os, sys; sys.path.insert(0, sys.argv[3]);"
                 "from diskvault.repository import Repository; from diskvault.ops.snapshot import take_snapshot;"
-                "r = Repository.open(sys.argv[1]); take_snapshot(r, sys.argv[2]); os._exit(0)")
+                "r = Repository.open(sys.argv[1], passphrase=lambda: os.environ['DISKVAULT_PASSWORD']);"
+                "take_snapshot(r, sys.argv[2]); os._exit(0)")
         subprocess.run([sys.executable, "-c", code, str(repo), str(second), str(Path(__file__).parents[2] / "src")],
-                       check=True)
+                       check=True, env=cli_env())
         assert (repo / "catalog.sqlite-wal").stat().st_size > 0  # the second snapshot lives in the WAL only
         if not keep_shm:
             (repo / "catalog.sqlite-shm").unlink()

@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compat"))
 from gpt_image import make_gpt_disk  # noqa: E402
 
-from helpers import cli_env, random_bytes, run_cli  # noqa: E402
+from helpers import cli_env, random_bytes, run_cli  # noqa: E402, secret
 
 MiB = 1 << 20
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -339,7 +339,7 @@ def test_skip_damaged_to_stdout_and_in_place(tmp_path, repo_path):
     img = tmp_path / "d.img"
     img.write_bytes(random_bytes(600_000, 1) + bytes(200_000) + random_bytes(300_000, 2))
     run_cli("snapshot", "-r", repo_path, img)
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         pack = repo_path / r.catalog.packs()[0]["name"]
         snap = r.resolve("latest")
         leaves = list(r.tree().leaves(bytes.fromhex(snap.tree)))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SRC, cli_env, random_bytes, run_cli
+from helpers import SRC, cli_env, random_bytes, run_cli, secret
 
 from diskvault.errors import EXIT_REPOSITORY
 from diskvault.repository import Repository
@@ -126,7 +126,7 @@ def test_every_file_is_0600_and_every_folder_0700_whatever_the_umask(tmp_path, m
         run_cli("snapshot", "-r", repo, image)
         run_cli("repair", "-r", repo)  # a new catalog, written beside the old one
         run_cli("snapshot", "-r", repo, image, "--tag", "again")
-        with Repository.open(str(repo)) as r, r.lock("shared", "test"):
+        with Repository.open(str(repo), passphrase=secret) as r, r.lock("shared", "test"):
             r.catalog.set_meta("test", "1")  # a write: the catalog's -wal and -shm exist now
             writer = PackWriter(r.storage)  # a pack being written: its temporary file
             writer.add(b"\1" * 32, 1, 0, b"data", 4)
@@ -312,7 +312,7 @@ def test_outer_prune_leaves_a_nested_repository_alone(repo_path, tmp_path):
     shutil.move(inner, repo_path / "inner")
     inner = repo_path / "inner"
     before = {p for p in inner.rglob("*") if p.is_file()}
-    with Repository.open(str(inner)) as r:
+    with Repository.open(str(inner), passphrase=secret) as r:
         writer = PackWriter(r.storage)  # the inner repository's snapshot in progress
         writer.add(b"\2" * 32, 1, 0, b"data", 4)
         writer.flush()

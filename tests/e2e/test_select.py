@@ -19,7 +19,7 @@ from diskvault.errors import EXIT_SNAPSHOT, EXIT_SOURCE_TARGET
 from diskvault.ops.snapshot import take_snapshot
 from diskvault.ops.progress import Progress
 from diskvault.repository import Repository
-from helpers import cli_env, make_ext4, make_tree, random_bytes, run_cli
+from helpers import cli_env, make_ext4, make_tree, random_bytes, run_cli, secret
 
 
 def _records(repo_path: Path) -> list[dict]:
@@ -257,7 +257,7 @@ def test_clock_set_back_cannot_make_the_newest_backup_look_oldest(tmp_path, repo
     src = tmp_path / "disk.img"
     old, new = random_bytes(400_000, 21), random_bytes(400_000, 22)
     t0 = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
-    with Repository.open(str(repo_path)) as r:
+    with Repository.open(str(repo_path), passphrase=secret) as r:
         src.write_bytes(old)
         first = take_snapshot(r, str(src), now=lambda: t0)
         assert first.warnings == []

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import random_bytes
+from helpers import random_bytes, secret
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -30,7 +30,7 @@ def template(tmp_path_factory) -> tuple[Path, bytes, str]:
     img = base / "a.img"
     data = random_bytes(150_000, 7) + bytes(40_000) + (b"text " * 20_000)
     img.write_bytes(data)
-    with Repository.init(str(base / "repo"), ChunkerParams.for_average(16 << 10)) as r:
+    with Repository.init(str(base / "repo"), ChunkerParams.for_average(16 << 10), passphrase=secret) as r:
         sid = take_snapshot(r, str(img)).id
     return base / "repo", data, sid
 
@@ -51,7 +51,7 @@ def test_restore_never_writes_wrong_bytes(template, tmp_path_factory, where, how
     else:
         blob[at : at + n] = bytes(len(blob[at : at + n]))
     pack.write_bytes(bytes(blob))
-    with Repository.open(str(repo)) as r:
+    with Repository.open(str(repo), passphrase=secret) as r:
         snap = r.resolve(sid)
         out = work / "out.img"
         try:

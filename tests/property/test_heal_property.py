@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import random_bytes
+from helpers import random_bytes, secret
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,13 +25,14 @@ from diskvault.repository.chunking import ChunkerParams
 from diskvault.repository.pack import read_pack_index
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> tuple[Path, bytes, str]:
+@pytest.fixture(scope="module", params=["aes-256-gcm", "none"])
+def template(tmp_path_factory, request) -> tuple[Path, bytes, str]:
     base = tmp_path_factory.mktemp("heal-tpl")
     img = base / "a.img"
     data = random_bytes(120_000, 9) + (b"log line: all is well\n" * 4_000)  # raw and compressed payloads
     img.write_bytes(data)
-    with Repository.init(str(base / "repo"), ChunkerParams.for_average(16 << 10)) as r:
+    with Repository.init(str(base / "repo"), ChunkerParams.for_average(16 << 10), passphrase=secret,
+                         encryption=request.param) as r:
         sid = take_snapshot(r, str(img)).id
     return base / "repo", data, sid
 
@@ -49,9 +50,9 @@ def test_any_changed_byte_of_a_pack_is_found_or_harmless(template, tmp_path_fact
     shutil.copytree(src, repo)
     packs = sorted((repo / "packs").rglob("*.pack"))
     pack = packs[which % len(packs)]
-    with Repository.open(str(repo)) as r:
+    with Repository.open(str(repo), passphrase=secret) as r:
         compressed = [(e.offset, e.offset + e.stored_len)
-                      for e in read_pack_index(r.storage, str(pack.relative_to(repo))) if e.flags]
+                      for e in read_pack_index(r.storage, str(pack.relative_to(repo)), r.crypto) if e.flags]
     blob = bytearray(pack.read_bytes())
     if isinstance(where, float):
         at = int(where * len(blob))
@@ -59,8 +60,9 @@ def test_any_changed_byte_of_a_pack_is_found_or_harmless(template, tmp_path_fact
         at = where[1] if where[0] == "header" else len(blob) - where[1]
     blob[at] ^= mask
     pack.write_bytes(bytes(blob))
-    with Repository.open(str(repo)) as r:
+    with Repository.open(str(repo), passphrase=secret) as r:
         if check(r, read_data=True).sound:
+            assert not r.crypto.encrypted, f"byte {at} of {len(blob)} changed unnoticed: every byte is authenticated"
             assert any(a <= at < b for a, b in compressed), f"byte {at} of {len(blob)} changed unnoticed"
             restore(r, r.resolve(sid), str(work / "out.img"))
             assert (work / "out.img").read_bytes() == data

@@ -19,6 +19,7 @@ from diskvault.ops.prune import prune
 from diskvault.ops.restore import restore
 from diskvault.ops.snapshot import take_snapshot
 from diskvault.repository import Repository
+from helpers import secret
 
 BLOCK = 4096
 
@@ -42,11 +43,11 @@ def test_prune_keeps_survivors_and_frees_the_rest(history, max_unused, repack_sm
     old = os.environ.get("DISKVAULT_PACK_SIZE")
     os.environ["DISKVAULT_PACK_SIZE"] = str(pack_size)
     try:
-        Repository.init(str(root / "repo"), ChunkerParams.for_average(4096)).close()
+        Repository.init(str(root / "repo"), ChunkerParams.for_average(4096), passphrase=secret).close()
         data = bytearray(blake3.blake3(b"base").digest(length=blocks * BLOCK))
         image = root / "img"
         taken = []
-        with Repository.open(str(root / "repo")) as r:
+        with Repository.open(str(root / "repo"), passphrase=secret) as r:
             for changes in steps:
                 for b, content in changes:
                     data[b * BLOCK : (b + 1) * BLOCK] = bytes(BLOCK) if content == 0 else \

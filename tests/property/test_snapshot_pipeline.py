@@ -9,12 +9,12 @@ import socket
 
 import pytest
 from hypothesis import given, strategies as st
-from helpers import random_bytes
+from helpers import random_bytes, secret
 
 from consistency import assert_consistent
 
 from diskvault.repository.chunking import ChunkerParams
-from diskvault.repository.hashing import ZERO_ID, content_id
+from diskvault.repository.hashing import ZERO_ID
 from diskvault.images.source import open_source
 from diskvault.ops import snapshot as snapshot_mod
 from diskvault.ops.restore import restore
@@ -38,8 +38,8 @@ def reference_leaves(repo, path: str) -> list[tuple[bytes, int]]:
             continue
         for buf, cuts in repo.chunker.stream(src.filler(off, length), 1 << 20):
             for o, n in cuts:
-                ident = content_id(memoryview(buf)[o : o + n])
-                add(ZERO_ID if ident == content_id(bytes(n)) else ident, n)
+                ident = repo.content_id(memoryview(buf)[o : o + n])
+                add(ZERO_ID if ident == repo.content_id(bytes(n)) else ident, n)
     src.close()
     return out
 
@@ -86,10 +86,10 @@ segments = st.lists(
 def test_windows_give_the_stream_boundaries(tmp_path_factory, segs, window):
     tmp = tmp_path_factory.mktemp("img")
     repo_path = tmp / "repo"
-    Repository.init(str(repo_path), ChunkerParams.for_average(16 << 10)).close()
+    Repository.init(str(repo_path), ChunkerParams.for_average(16 << 10), passphrase=secret).close()
     img = tmp / "a.img"
     write_image(img, segs)
-    with window_size(window), Repository.open(str(repo_path)) as repo:
+    with window_size(window), Repository.open(str(repo_path), passphrase=secret) as repo:
         assert snapshot_leaves(repo, str(img)) == reference_leaves(repo, str(img))
         out = tmp / "out.img"
         restore(repo, repo.resolve("latest"), str(out))
@@ -120,9 +120,12 @@ def test_stdin_like_stream_without_size(tmp_path, repo, window, monkeypatch):
     assert got == reference_leaves(repo, str(img))
 
 
-def test_repeat_of_a_replaced_speculative_chunk_is_stored(tmp_path, repo, monkeypatch):
+def test_repeat_of_a_replaced_speculative_chunk_is_stored(tmp_path, monkeypatch):
     """A window's speculative first chunk is replaced by the stitch; when the same chunk comes
-    again later in that window, that later occurrence must be stored (it is the only one)."""
+    again later in that window, that later occurrence must be stored (it is the only one).
+    The data is made for the unseeded chunker: an unencrypted repository."""
+    Repository.init(str(tmp_path / "repo"), ChunkerParams.for_average(16 << 10), encryption="none").close()
+    repo = Repository.open(str(tmp_path / "repo"))
     period = random_bytes(400_000, 33)[:94_260]  # cut by FastCDC (16K) at every multiple of its length
     window = 256 << 10
     # the window at 256K starts with the period: its speculative first chunk (period[:6838],
@@ -139,6 +142,7 @@ def test_repeat_of_a_replaced_speculative_chunk_is_stored(tmp_path, repo, monkey
     restore(repo, rec, str(out))
     assert out.read_bytes() == data
     assert [(leaf.id, leaf.length) for leaf in repo.tree().leaves(bytes.fromhex(rec.tree))] == reference_leaves(repo, str(img))
+    repo.close()
 
 
 @given(segs=segments, changes=st.lists(st.tuples(st.integers(0, 7), segments), min_size=1, max_size=3),
@@ -149,14 +153,14 @@ def test_a_parent_guides_to_the_same_boundaries(tmp_path_factory, segs, changes,
     inserted, extents grown or cut short by holes."""
     tmp = tmp_path_factory.mktemp("img")
     repo_path = tmp / "repo"
-    Repository.init(str(repo_path), ChunkerParams.for_average(16 << 10)).close()
+    Repository.init(str(repo_path), ChunkerParams.for_average(16 << 10), passphrase=secret).close()
     first, second = tmp / "a.img", tmp / ("a.img" if same_path else "b.img")
     write_image(first, segs)
     new = list(segs)
     for at, seg in changes:
         at %= len(new) + 1
         new[at:at + 1] = seg
-    with window_size(window), Repository.open(str(repo_path)) as repo:
+    with window_size(window), Repository.open(str(repo_path), passphrase=secret) as repo:
         snapshot_mod.take_snapshot(repo, str(first))
         write_image(second, new)
         if not same_path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from helpers import random_bytes
+from helpers import random_bytes, secret
 
 from diskvault.ops.snapshot import take_snapshot
 from diskvault.ops.access.snapshot_reader import ReadContext, SnapshotReader, Stream
@@ -20,7 +20,7 @@ def image_and_reader(tmp_path_factory):
     data = random_bytes(700_000, 3) + bytes(2 << 20) + random_bytes(300_000, 4) + bytes(100_000) + random_bytes(5, 5)
     img = tmp / "img"
     img.write_bytes(data)
-    repo = Repository.init(str(tmp / "repo"), ChunkerParams.for_average(16 << 10))
+    repo = Repository.init(str(tmp / "repo"), ChunkerParams.for_average(16 << 10), passphrase=secret)
     snap = take_snapshot(repo, str(img))
     ctx = ReadContext(repo, cache_bytes=256 << 10)  # small: eviction happens
     yield data, SnapshotReader(ctx, snap)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from diskvault.ops.restore import restore
 from diskvault.ops.snapshot import take_snapshot
 from diskvault.repository import Repository
-from helpers import random_bytes
+from helpers import random_bytes, secret
 
 # An image: runs of random bytes, zeros and repeated text, in any order.
 piece = st.one_of(
@@ -26,7 +26,7 @@ def test_any_image_restores_identically(tmp_path_factory, repo_path, data, codec
     tmp = tmp_path_factory.mktemp("img")
     src, out = tmp / "src.img", tmp / "out.img"
     src.write_bytes(data)
-    with Repository.open(str(repo_path)) as repo:
+    with Repository.open(str(repo_path), passphrase=secret) as repo:
         snap = take_snapshot(repo, str(src), compression_mode=codec)
         restore(repo, repo.resolve(snap.id), str(out))
     assert out.read_bytes() == data
@@ -42,7 +42,7 @@ def test_mutated_copy_stores_only_chunks_it_did_not_have(tmp_path_factory, repo_
     for at, blob in edits:
         base[at : at + len(blob)] = blob
     (tmp / "b.img").write_bytes(base)
-    with Repository.open(str(repo_path)) as repo:
+    with Repository.open(str(repo_path), passphrase=secret) as repo:
         take_snapshot(repo, str(tmp / "a.img"))
         before = repo.catalog.blob_totals()
         snap = take_snapshot(repo, str(tmp / "b.img"))
@@ -60,7 +60,7 @@ def test_mutated_copy_stores_only_chunks_it_did_not_have(tmp_path_factory, repo_
 def test_interrupted_snapshot_leaves_repository_consistent(tmp_path, repo_path):
     src = tmp_path / "src.img"
     src.write_bytes(random_bytes(3 << 20, 5))
-    with Repository.open(str(repo_path)) as repo:
+    with Repository.open(str(repo_path), passphrase=secret) as repo:
         first = take_snapshot(repo, str(src))
 
         class Boom(Exception):

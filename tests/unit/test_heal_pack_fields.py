@@ -1,5 +1,6 @@
 """Every documented field of a pack is checked (issue 11 item 14): reserved words, flags,
-types and the payload layout, even where the table checksum was recomputed to match."""
+types and the payload layout, even where the table checksum was recomputed to match (a
+plaintext pack: an encrypted one's table is authenticated, see tests/security)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from helpers import random_bytes
 
 from diskvault.errors import DamagedData
 from diskvault.repository import compression
+from diskvault.repository.crypto import PLAIN
 from diskvault.repository.hashing import content_id
 from diskvault.repository.pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK, TYPE_TREE, PackWriter, read_pack_index
 from diskvault.storage.local import LocalStorage
@@ -15,7 +17,7 @@ from diskvault.storage.local import LocalStorage
 
 def write_pack(tmp_path):
     storage = LocalStorage(str(tmp_path))
-    w = PackWriter(storage)
+    w = PackWriter(storage, PLAIN)
     for data, kind in [(random_bytes(3000, 1), TYPE_CHUNK), (b"abc" * 2000, TYPE_CHUNK), (b"node" * 10, TYPE_TREE)]:
         payload, flags = compression.compress(data)
         w.add(content_id(data), kind, flags, payload, len(data))
@@ -48,14 +50,14 @@ def rewrite_entry(path, k, **change):
 ], ids=["type", "encrypted-flag", "two-codecs", "entry-reserved", "raw-lengths", "gap"])
 def test_entry_fields_are_checked(tmp_path, k, change, message):
     path, name = write_pack(tmp_path)
-    assert read_pack_index(LocalStorage(str(tmp_path)), name)
+    assert read_pack_index(LocalStorage(str(tmp_path)), name, PLAIN)
     rewrite_entry(path, k, **change)
     with pytest.raises(DamagedData, match=message):
-        read_pack_index(LocalStorage(str(tmp_path)), name)
+        read_pack_index(LocalStorage(str(tmp_path)), name, PLAIN)
 
 
 @pytest.mark.parametrize("offset,message", [
-    (8, "header flags 0x1"),
+    (8, "is encrypted, unlike its repository"),
     (-FOOTER.size + 4, "reserved trailer word set"),
 ])
 def test_header_and_footer_reserved_fields_are_checked(tmp_path, offset, message):
@@ -64,7 +66,7 @@ def test_header_and_footer_reserved_fields_are_checked(tmp_path, offset, message
     data[offset] = 1
     path.write_bytes(bytes(data))
     with pytest.raises(DamagedData, match=message):
-        read_pack_index(LocalStorage(str(tmp_path)), name)
+        read_pack_index(LocalStorage(str(tmp_path)), name, PLAIN)
 
 
 def test_bytes_between_the_last_payload_and_the_table_are_refused(tmp_path):
@@ -74,4 +76,4 @@ def test_bytes_between_the_last_payload_and_the_table_are_refused(tmp_path):
     start = len(data) - FOOTER.size - count * ENTRY.size
     path.write_bytes(bytes(data[:start] + b"\0" * 7 + data[start:]))  # the table still checks out
     with pytest.raises(DamagedData, match="7 bytes between its last payload and its table"):
-        read_pack_index(LocalStorage(str(tmp_path)), name)
+        read_pack_index(LocalStorage(str(tmp_path)), name, PLAIN)

@@ -4,54 +4,65 @@ import pytest
 
 from diskvault.repository import compression
 from diskvault.errors import DamagedData
-from diskvault.repository.hashing import content_id
-from diskvault.repository.pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK, TYPE_TREE, PackWriter, read_pack_index
+from diskvault.repository.crypto import PLAIN, Crypto
+from diskvault.repository.pack import ENTRY, FOOTER, HEADER, TYPE_CHUNK, TYPE_TREE, PackWriter, pack_id, read_pack_index
 from diskvault.storage.local import LocalStorage
 from helpers import random_bytes
 
+CRYPTOS = {"plain": PLAIN, "encrypted": Crypto(bytes(range(32)))}
 
-def write_pack(tmp_path, blobs):
+
+def write_pack(tmp_path, blobs, crypto=PLAIN):
     storage = LocalStorage(str(tmp_path))
-    w = PackWriter(storage)
+    w = PackWriter(storage, crypto)
     for data, kind in blobs:
         payload, flags = compression.compress(data)
-        w.add(content_id(data), kind, flags, payload, len(data))
+        w.add(crypto.content_id(data), kind, flags, payload, len(data))
     size = w.seal()
     return storage, w.name, size
 
 
-def test_round_trip(tmp_path):
+@pytest.mark.parametrize("crypto", CRYPTOS.values(), ids=CRYPTOS.keys())
+def test_round_trip(tmp_path, crypto):
     blobs = [(random_bytes(5000, 1), TYPE_CHUNK), (b"abc" * 3000, TYPE_CHUNK), (b"tree", TYPE_TREE)]
-    storage, name, size = write_pack(tmp_path, blobs)
+    storage, name, size = write_pack(tmp_path, blobs, crypto)
     assert storage.size(name) == size
-    entries = read_pack_index(storage, name)
-    assert [e.id for e in entries] == [content_id(d) for d, _ in blobs]
+    entries = read_pack_index(storage, name, crypto)
+    assert [e.id for e in entries] == [crypto.content_id(d) for d, _ in blobs]
     assert [e.type for e in entries] == [TYPE_CHUNK, TYPE_CHUNK, TYPE_TREE]
     assert entries[1].flags & compression.FLAG_LZ4 and entries[1].stored_len < entries[1].raw_len
     assert not entries[0].flags & compression.FLAG_LZ4  # random data is kept raw
     for e, (data, _) in zip(entries, blobs):
-        payload = storage.read_range(name, e.offset, e.stored_len)
+        stored = storage.read_range(name, e.offset, e.stored_len)
+        payload = crypto.open_entry(pack_id(name), e.offset, e.type, e.flags, e.raw_len, e.id, stored)
         assert bytes(compression.decompress(payload, e.flags, e.raw_len)) == data
-    assert size == HEADER.size + sum(e.stored_len for e in entries) + len(entries) * ENTRY.size + FOOTER.size
+        if crypto.encrypted or not e.flags:  # sealed: not even a raw entry shows its bytes
+            assert (data in stored) == (not crypto.encrypted)
+    tags = crypto.overhead  # the table's
+    assert size == HEADER.size + sum(e.stored_len for e in entries) + len(entries) * ENTRY.size + tags + FOOTER.size
+    with pytest.raises(DamagedData, match="unlike its repository"):  # never read with the other setting
+        read_pack_index(storage, name, PLAIN if crypto.encrypted else CRYPTOS["encrypted"])
 
 
-def test_empty_pack_is_valid(tmp_path):
-    storage, name, _ = write_pack(tmp_path, [])
-    assert read_pack_index(storage, name) == []
+@pytest.mark.parametrize("crypto", CRYPTOS.values(), ids=CRYPTOS.keys())
+def test_empty_pack_is_valid(tmp_path, crypto):
+    storage, name, _ = write_pack(tmp_path, [], crypto)
+    assert read_pack_index(storage, name, crypto) == []
 
 
 def test_unsealed_pack_is_invisible(tmp_path):
     storage = LocalStorage(str(tmp_path))
-    w = PackWriter(storage)
+    w = PackWriter(storage, PLAIN)
     w.add(b"x" * 32, TYPE_CHUNK, 0, b"data", 4)
     assert list(storage.list("packs")) == []
     w.abort()
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
 
 
+@pytest.mark.parametrize("crypto", CRYPTOS.values(), ids=CRYPTOS.keys())
 @pytest.mark.parametrize("damage", ["truncate", "zero_trailer", "flip_table", "bad_magic"])
-def test_damaged_trailer_is_detected(tmp_path, damage):
-    storage, name, size = write_pack(tmp_path, [(random_bytes(3000, i), TYPE_CHUNK) for i in range(3)])
+def test_damaged_trailer_is_detected(tmp_path, damage, crypto):
+    storage, name, size = write_pack(tmp_path, [(random_bytes(3000, i), TYPE_CHUNK) for i in range(3)], crypto)
     path = tmp_path / name
     data = bytearray(path.read_bytes())
     if damage == "truncate":
@@ -65,7 +76,7 @@ def test_damaged_trailer_is_detected(tmp_path, damage):
     path.write_bytes(bytes(data))
     storage.close()
     with pytest.raises(DamagedData, match="pack"):
-        read_pack_index(LocalStorage(str(tmp_path)), name)
+        read_pack_index(LocalStorage(str(tmp_path)), name, crypto)
 
 
 def test_compression_falls_back_to_raw_and_detects_bad_payloads():

@@ -25,6 +25,7 @@ from .export_cmd import export
 from .forget_cmd import forget
 from .info_cmd import info
 from .init_cmd import init
+from .key_cmd import key_app
 from .mount_cmd import mount
 from .partitions_cmd import partitions
 from .prune_cmd import prune
@@ -41,6 +42,7 @@ app = typer.Typer(
     help="Deduplicating system-image backup: snapshot disks and images often, restore them exactly.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: rich cuts long option names short on an 80-column terminal
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -72,6 +74,7 @@ click = sys.modules[typer.BadParameter.__module__]
 for command in (init, snapshot, snapshots, info, restore, forget, prune, unlock, check, verify, repair,
                 partitions, serve, mount, export):
     app.command()(command)
+app.add_typer(key_app)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -11,7 +11,10 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from .common import Bar, JsonOpt, NoLockOpt, RepoOpt, human, open_repo, plural, print_json
+from .common import (
+    Bar, JsonOpt, NoLockOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, human, open_repo, passphrase, plural,
+    print_json,
+)
 
 SHOW = 20  # findings printed per kind before "... and N more"
 
@@ -32,11 +35,13 @@ def check(
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
     no_lock: NoLockOpt = False,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Check the repository: catalog, packs and snapshots agree; with --read-data, every chunk re-hashes."""
     from ..ops.check import check as check_op
 
-    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
+    with open_repo(repo, write=False, no_lock=no_lock, secret=passphrase(password_file, password_command)) as r, Bar(progress and not json_out) as bar:
         try:
             report = check_op(r, read_data=read_data, subset=subset, progress=bar)
         except ValueError as exc:

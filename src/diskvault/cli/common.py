@@ -1,10 +1,12 @@
-"""Shared CLI pieces: the repository option, --no-lock, the snapshot filters, JSON output,
-human sizes, plurals, the progress bar."""
+"""Shared CLI pieces: the repository option, the passphrase sources, --no-lock, the snapshot
+filters, JSON output, human sizes, plurals, the progress bar."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -21,6 +23,15 @@ RepoOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
+# the passphrase of an encrypted repository, restic's sources and precedence: a command, else
+# a file, else DISKVAULT_PASSWORD, else a prompt on a terminal (docs/security.md)
+PasswordFileOpt = Annotated[str | None, typer.Option(
+    "--password-file", envvar="DISKVAULT_PASSWORD_FILE", show_envvar=True, metavar="FILE",
+    help="Read the repository passphrase from FILE (surrounding white space is dropped).")]
+PasswordCommandOpt = Annotated[str | None, typer.Option(
+    "--password-command", envvar="DISKVAULT_PASSWORD_COMMAND", show_envvar=True, metavar="COMMAND",
+    help="Run COMMAND (split like a shell, no shell) and read the passphrase from its output.")]
+
 NoLockOpt = Annotated[bool, typer.Option(
     "--no-lock", help="Do not lock the repository (e.g. on read-only media); a prune running meanwhile may remove data being read.")]
 
@@ -34,12 +45,87 @@ TagOpt = Annotated[list[str], typer.Option(
     "--tag", metavar="TAG", help="Only snapshots carrying this tag (repeatable: all of them).")]
 
 
-def open_repo(path: str, write: bool = True, no_lock: bool = False) -> Repository:
-    """Open the repository for a command that changes it (``write``) or only reads it; a
-    reader's notes (a lock skipped) go to stderr as one line each."""
+def passphrase(password_file: str | None = None, password_command: str | None = None,
+               confirm: bool = False, what: str = "repository passphrase", env: bool = True) -> Callable[[], str]:
+    """The passphrase source the user chose, asked only when called (an unencrypted repository
+    never asks): ``--password-command`` (or DISKVAULT_PASSWORD_COMMAND), else ``--password-file``
+    (or DISKVAULT_PASSWORD_FILE), else DISKVAULT_PASSWORD, else a prompt when stdin is a
+    terminal (twice with ``confirm``); ``env=False`` (a new passphrase, ``key add``): not
+    DISKVAULT_PASSWORD, which gives the current one. Raises PasswordError (exit 10): no source and no
+    terminal, an unreadable file, a failing command, an empty passphrase; UsageError when both
+    a file and a command are given (as restic)."""
+    from ..errors import PasswordError, UsageError
+
+    if password_file and password_command:
+        raise UsageError("--password-file and --password-command (or their DISKVAULT_ variables) both given: "
+                         "choose one")
+    got: list[str] = []
+
+    def read() -> str:
+        if got:
+            return got[0]
+        if password_command:
+            secret = _run_password_command(password_command)
+        elif password_file:
+            try:
+                with open(password_file, encoding="utf-8", errors="surrogateescape") as f:
+                    secret = f.read().strip()
+            except OSError as exc:
+                raise PasswordError(f"cannot read the password file {password_file} "
+                                    f"({(exc.strerror or str(exc)).lower()}): fix the path or its permissions") from None
+        elif env and os.environ.get("DISKVAULT_PASSWORD"):
+            secret = os.environ["DISKVAULT_PASSWORD"]
+        elif sys.stdin.isatty():
+            import getpass
+
+            try:
+                secret = getpass.getpass(f"enter {what}: ")
+                if confirm and getpass.getpass(f"enter {what} again: ") != secret:
+                    raise PasswordError("the two passphrases differ: nothing was changed; run the command again")
+            except EOFError:
+                raise PasswordError("no passphrase was typed: nothing was changed") from None
+        elif not env:
+            raise PasswordError(f"no {what} was given: pass --new-password-file FILE, or run on a terminal to be asked")
+        else:
+            first = "the repository is encrypted and no passphrase" if what == "repository passphrase" \
+                else f"no {what}"
+            raise PasswordError(f"{first} was given: set DISKVAULT_PASSWORD_FILE, DISKVAULT_PASSWORD_COMMAND or "
+                                "DISKVAULT_PASSWORD, pass --password-file or --password-command, or run on a "
+                                "terminal to be asked")
+        if not secret:
+            raise PasswordError(f"the {what} is empty: an empty passphrase is refused")
+        got.append(secret)
+        return secret
+
+    return read
+
+
+def _run_password_command(command: str) -> str:
+    import shlex
+    import subprocess
+
+    from ..errors import PasswordError
+
+    try:
+        argv = shlex.split(command)
+        if not argv:
+            raise ValueError("it is empty")
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    except (ValueError, OSError) as exc:
+        raise PasswordError(f"the password command {command!r} cannot run ({exc}): fix --password-command") from None
+    if proc.returncode != 0:
+        raise PasswordError(f"the password command {command!r} exited {proc.returncode}: fix it or its store first")
+    return proc.stdout.decode("utf-8", "surrogateescape").strip()
+
+
+def open_repo(path: str, write: bool = True, no_lock: bool = False,
+              secret: Callable[[], str] | None = None) -> Repository:
+    """Open the repository for a command that changes it (``write``) or only reads it, asking
+    ``secret`` (a ``passphrase`` source) only when it is encrypted; a reader's notes (a lock skipped) go to
+    stderr as one line each."""
     from ..repository import Repository
 
-    r = Repository.open(path, write=write, lock=not no_lock)
+    r = Repository.open(path, write=write, lock=not no_lock, passphrase=secret or passphrase())
     r.note = lambda message: typer.echo(f"note: {message}", err=True)
     return r
 

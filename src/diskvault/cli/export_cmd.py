@@ -6,7 +6,10 @@ from typing import Annotated
 
 import typer
 
-from .common import HostOpt, JsonOpt, NoLockOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, print_json
+from .common import (
+    HostOpt, JsonOpt, NoLockOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo,
+    passphrase, print_json,
+)
 
 
 def export(
@@ -21,11 +24,13 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
     json_out: JsonOpt = False,
     no_lock: NoLockOpt = False,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Write a snapshot as a virtual disk that Windows, Hyper-V, VMware, VirtualBox or QEMU opens."""
     from ..ops.export import export as export_op
 
-    with open_repo(repo, write=False, no_lock=no_lock) as r:
+    with open_repo(repo, write=False, no_lock=no_lock, secret=passphrase(password_file, password_command)) as r:
         res = export_op(r, r.resolve(snapshot, host, source_filter, tag), output, fmt, force)
     if json_out:
         print_json(res.to_json())

@@ -8,7 +8,10 @@ import typer
 
 from ..policy import Policy, parse_duration, parse_tag_sets
 from ..rawnames import readable
-from .common import HostOpt, JsonOpt, RepoOpt, SourceOpt, TagOpt, open_repo, plural, print_json
+from .common import (
+    HostOpt, JsonOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, SourceOpt, TagOpt, open_repo, passphrase, plural,
+    print_json,
+)
 from .prune_cmd import DEFAULT_MAX_UNUSED, MaxUnusedOpt, RepackSmallOpt, check_max_unused, print_prune, run_prune
 
 if TYPE_CHECKING:
@@ -55,6 +58,8 @@ def forget(
     repack_small: RepackSmallOpt = False,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal (prune).")] = True,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Forget snapshots by retention policy (restic semantics) or by name; data goes with prune."""
     from ..ops.forget import forget_by_policy, forget_snapshots
@@ -68,7 +73,8 @@ def forget(
         raise typer.BadParameter(str(exc), param_hint="--keep-within") from None
     check_max_unused(max_unused)
     policy = Policy(*counts.values(), within=within, tags=parse_tag_sets(keep_tag))
-    with open_repo(repo, write=not dry_run) as r:
+    secret = passphrase(password_file, password_command)  # asked once for forget and prune
+    with open_repo(repo, write=not dry_run, secret=secret) as r:
         if snapshots:
             if not policy.empty():
                 raise typer.BadParameter("give snapshots or keep rules, not both", param_hint="SNAPSHOT")
@@ -83,7 +89,7 @@ def forget(
         _print(res, prune_follows=prune)
     pruned = None
     if prune and not dry_run:
-        pruned = run_prune(repo, max_unused, repack_small, False, progress and not json_out)
+        pruned = run_prune(repo, max_unused, repack_small, False, progress and not json_out, secret)
     elif prune and not json_out:
         typer.echo("prune skipped: this is a dry run (run diskvault prune --dry-run to see what it would do)", err=True)
     if json_out:

@@ -6,7 +6,10 @@ from typing import Annotated
 
 import typer
 
-from .common import HostOpt, JsonOpt, NoLockOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, print_json
+from .common import (
+    HostOpt, JsonOpt, NoLockOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo,
+    passphrase, print_json,
+)
 
 
 def info(
@@ -17,11 +20,13 @@ def info(
     tag: TagOpt = [],  # noqa: B006
     json_out: JsonOpt = False,
     no_lock: NoLockOpt = False,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Sizes, deduplication ratio and unique bytes, of the repository or one snapshot."""
     from ..ops.info import repository_info, snapshot_info
 
-    with open_repo(repo, write=False, no_lock=no_lock) as r:
+    with open_repo(repo, write=False, no_lock=no_lock, secret=passphrase(password_file, password_command)) as r:
         data = snapshot_info(r, r.resolve(snapshot, host, source_filter, tag)) if snapshot else repository_info(r)
     if json_out:
         print_json(data)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import Interrupted
-from .common import JsonOpt, NoLockOpt, RepoOpt, open_repo
+from .common import JsonOpt, NoLockOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, open_repo, passphrase
 
 
 def mount(
@@ -19,6 +19,8 @@ def mount(
                                               "user_allow_other in /etc/fuse.conf unless root).")] = False,
     json_out: JsonOpt = False,
     no_lock: NoLockOpt = False,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Mount every snapshot read-only: MOUNT/<id>/disk.img, MOUNT/<id>/p<N>.img, MOUNT/latest. Ctrl-C unmounts."""
     from ..ops.access.fuse_mount import check_mountpoint, mount_repository
@@ -31,7 +33,7 @@ def mount(
         sys.stdout.flush()
 
     check_mountpoint(mountpoint)  # before the repository: permission problems first, in one line
-    with open_repo(repo, write=False, no_lock=no_lock) as r:
+    with open_repo(repo, write=False, no_lock=no_lock, secret=passphrase(password_file, password_command)) as r:
         try:
             mount_repository(r, mountpoint, allow_other=allow_other, on_ready=ready)
         except (KeyboardInterrupt, Interrupted):  # Ctrl-C before libfuse took over its signals: nothing mounted

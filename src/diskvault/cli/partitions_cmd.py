@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-from .common import HostOpt, JsonOpt, NoLockOpt, TagOpt, human, open_repo, print_json
+from .common import (
+    HostOpt, JsonOpt, NoLockOpt, PasswordCommandOpt, PasswordFileOpt, TagOpt, human, open_repo, passphrase, print_json,
+)
 
 
 def partitions(
@@ -20,6 +22,8 @@ def partitions(
     tag: TagOpt = [],  # noqa: B006
     json_out: JsonOpt = False,
     no_lock: NoLockOpt = False,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """List a snapshot's partitions: number, start, size, type, name (as sfdisk --dump counts them)."""
     from ..ops.partitions import snapshot_partitions, source_partitions
@@ -33,7 +37,7 @@ def partitions(
     else:
         if repo is None:
             raise typer.BadParameter("give the repository with -r/--repo (or DISKVAULT_REPO), or --source PATH")
-        with open_repo(repo, write=False, no_lock=no_lock) as r:
+        with open_repo(repo, write=False, no_lock=no_lock, secret=passphrase(password_file, password_command)) as r:
             snap = r.resolve(snapshot or "latest", host, source, tag)
             table = snapshot_partitions(r, snap)
         what = f"snapshot {snap.id[:12]}"

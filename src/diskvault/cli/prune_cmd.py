@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..policy import DEFAULT_MAX_UNUSED, parse_max_unused
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, plural, print_json
+from .common import Bar, JsonOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, human, open_repo, passphrase, plural, print_json
 
 if TYPE_CHECKING:
     from ..ops.prune import PruneResult
@@ -32,10 +33,11 @@ def check_max_unused(value: str) -> None:
         raise typer.BadParameter(str(exc), param_hint="--max-unused") from None
 
 
-def run_prune(path: str, max_unused: str, repack_small: bool, dry_run: bool, progress: bool) -> PruneResult:
+def run_prune(path: str, max_unused: str, repack_small: bool, dry_run: bool, progress: bool,
+              secret: Callable[[], str]) -> PruneResult:
     from ..ops.prune import prune as prune_op
 
-    with open_repo(path, write=not dry_run) as r, Bar(progress) as bar:
+    with open_repo(path, write=not dry_run, secret=secret) as r, Bar(progress) as bar:
         return prune_op(r, max_unused=max_unused, repack_small=repack_small, dry_run=dry_run, progress=bar)
 
 
@@ -58,10 +60,13 @@ def prune(
     repack_small: RepackSmallOpt = False,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Remove data no snapshot references and repack packs that are mostly unused (exclusive lock)."""
     check_max_unused(max_unused)
-    res = run_prune(repo, max_unused, repack_small, dry_run, progress and not json_out)
+    res = run_prune(repo, max_unused, repack_small, dry_run, progress and not json_out,
+                    passphrase(password_file, password_command))
     if json_out:
         print_json(res.to_json())
     else:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED
-from .common import JsonOpt, RepoOpt, human, plural, print_json
+from .common import JsonOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, human, passphrase, plural, print_json
 
 
 def repair(
@@ -20,11 +20,13 @@ def repair(
     rebuild_catalog: Annotated[bool, typer.Option(
         "--rebuild-catalog", help="Ignore the old catalog entirely and build a new one from the packs and records.")] = False,
     json_out: JsonOpt = False,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Rebuild the pack/chunk index from the packs themselves (after a lost or damaged catalog)."""
     from ..ops.repair import repair as repair_op
 
-    res = repair_op(repo, rebuild=rebuild_catalog)
+    res = repair_op(repo, rebuild=rebuild_catalog, passphrase=passphrase(password_file, password_command))
     if json_out:
         print_json(res.to_json())
     else:

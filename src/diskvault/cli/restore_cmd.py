@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from ..errors import EXIT_DAMAGED
 from ..images.target import side_file
-from .common import Bar, HostOpt, JsonOpt, NoLockOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, plural, print_json, rate
+from .common import (
+    Bar, HostOpt, JsonOpt, NoLockOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo,
+    passphrase, plural, print_json, rate,
+)
 
 
 def _report(res, json_out: bool, what: str) -> None:
@@ -99,10 +103,13 @@ def restore(
     discard: Annotated[bool, typer.Option(
         "--discard", help="Discard (unmap) zero ranges of a block device instead of writing zeros.")] = False,
     no_lock: NoLockOpt = False,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Restore a snapshot, verifying every chunk's blake3 on the way."""
     from ..ops.restore import restore as restore_op
 
+    secret = passphrase(password_file, password_command)
     if partition is not None:
         given = [name for name, on in (("--grow-partition", grow_partition is not None), ("--delta", delta),
                                        ("--dry-run", dry_run), ("--discard", discard),
@@ -111,11 +118,11 @@ def restore(
             raise typer.BadParameter(f"{', '.join(given)}: only for a whole-disk restore, not with --partition N",
                                      param_hint="--partition")
         _restore_partition(repo, snapshot, target, partition, force, json_out, progress, no_lock,
-                           (host, source_filter, tag))
+                           (host, source_filter, tag), secret)
         return
     if map_file is not None and (map_file in ("", "-") or os.path.realpath(map_file) == os.path.realpath(target)):
         raise typer.BadParameter("give a file name of its own (not -, not TARGET)", param_hint="--map")
-    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
+    with open_repo(repo, write=False, no_lock=no_lock, secret=secret) as r, Bar(progress and not json_out) as bar:
         write_map = side_file(map_file, force, protect=r.path) if map_file else None  # refused before, not after
         res = restore_op(r, r.resolve(snapshot, host, source_filter, tag), target, force=force, progress=bar,
                          skip_damaged=skip_damaged, grow=grow_partition, delta=delta, dry_run=dry_run, discard=discard)
@@ -132,10 +139,10 @@ def restore(
 
 
 def _restore_partition(repo: str, snapshot: str, target: str, number: int, force: bool, json_out: bool,
-                       progress: bool, no_lock: bool, filters: tuple) -> None:
+                       progress: bool, no_lock: bool, filters: tuple, secret: Callable[[], str]) -> None:
     from ..ops.restore_partition import restore_partition
 
-    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
+    with open_repo(repo, write=False, no_lock=no_lock, secret=secret) as r, Bar(progress and not json_out) as bar:
         res = restore_partition(r, r.resolve(snapshot, *filters), number, target, force=force, progress=bar)
     for line in res.warnings:
         typer.echo(line, err=True)

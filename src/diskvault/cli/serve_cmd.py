@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import Interrupted
-from .common import JsonOpt, NoLockOpt, RepoOpt, open_repo, plural
+from .common import JsonOpt, NoLockOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, open_repo, passphrase, plural
 
 
 def serve(
@@ -37,6 +37,8 @@ def serve(
                                            "it).")] = False,
     json_out: JsonOpt = False,
     no_lock: NoLockOpt = False,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Serve every snapshot read-only over NBD (exports: id, id prefix, latest, latest:TAG; NAME/pN is partition N)."""
     from ..ops.access.nbd_server import NbdServer, parse_bind, tls_context
@@ -48,7 +50,7 @@ def serve(
         raise typer.BadParameter("add --tls to serve with TLS", param_hint="--tls-certificates/--tls-verify-peer")
     host, port = parse_bind(bind)
     context = tls_context(tls_certificates, tls_verify_peer) if tls else None
-    with open_repo(repo, write=False, no_lock=no_lock) as r:
+    with open_repo(repo, write=False, no_lock=no_lock, secret=passphrase(password_file, password_command)) as r:
         server = NbdServer(r, host, port, max_connections=max_connections, timeout=timeout, tls=context,
                            insecure=insecure)
         try:

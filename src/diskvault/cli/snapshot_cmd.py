@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 
 from ..rawnames import is_raw, readable
-from .common import Bar, JsonOpt, RepoOpt, human, open_repo, print_json, rate
+from .common import (
+    Bar, JsonOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, human, open_repo, passphrase, print_json, rate,
+)
 
 
 def snapshot(
@@ -31,6 +33,8 @@ def snapshot(
         "--compression", metavar="auto|lz4|zstd",
         help="Codec for new chunks: lz4 (fastest), zstd (smallest), auto (zstd while at most 1/8 of the data read is new, else lz4).",
     )] = "auto",
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Take a snapshot: store only the chunks the repository does not have yet."""
     from ..ops.snapshot import take_snapshot
@@ -52,7 +56,7 @@ def snapshot(
     if any("," in t for t in tag):  # forget --keep-tag a,b means "a and b": such a tag could never be kept
         raise typer.BadParameter("a tag cannot hold a comma (--keep-tag a,b means tags a and b); give "
                                  "--tag once per tag", param_hint="--tag")
-    with open_repo(repo) as r, Bar(progress and not json_out) as bar:
+    with open_repo(repo, secret=passphrase(password_file, password_command)) as r, Bar(progress and not json_out) as bar:
         rec = take_snapshot(r, "-" if stdin_from_command else source[0], tags=tag, host=host, progress=bar,
                             compression_mode=compression, stdin_filename=stdin_filename,
                             command=source if stdin_from_command else None, allow_mounted=allow_mounted)

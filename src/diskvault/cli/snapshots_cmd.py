@@ -5,12 +5,15 @@ from __future__ import annotations
 import typer
 
 from ..rawnames import readable
-from .common import JsonOpt, NoLockOpt, RepoOpt, human, open_repo, print_json
+from .common import (
+    JsonOpt, NoLockOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, human, open_repo, passphrase, print_json,
+)
 
 
-def snapshots(repo: RepoOpt, json_out: JsonOpt = False, no_lock: NoLockOpt = False) -> None:
+def snapshots(repo: RepoOpt, json_out: JsonOpt = False, no_lock: NoLockOpt = False, password_file: PasswordFileOpt = None,
+              password_command: PasswordCommandOpt = None) -> None:
     """List snapshots, oldest first."""
-    with open_repo(repo, write=False, no_lock=no_lock) as r:
+    with open_repo(repo, write=False, no_lock=no_lock, secret=passphrase(password_file, password_command)) as r:
         snaps = r.snapshots()
     if json_out:
         print_json([s.to_json() for s in snaps])

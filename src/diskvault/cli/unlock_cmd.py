@@ -6,18 +6,20 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, RepoOpt, open_repo, print_json
+from .common import JsonOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, open_repo, passphrase, print_json
 
 
 def unlock(
     repo: RepoOpt,
     remove_all: Annotated[bool, typer.Option("--all", "--force", help="Remove every lock, also of commands that may still run.")] = False,
     json_out: JsonOpt = False,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Remove stale locks (process gone, or not refreshed for 30 minutes)."""
     from ..ops.unlock import unlock as unlock_op
 
-    with open_repo(repo) as r:
+    with open_repo(repo, secret=passphrase(password_file, password_command)) as r:
         res = unlock_op(r, remove_all)
     if json_out:
         print_json(res)

@@ -11,7 +11,10 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_DAMAGED, EXIT_DIFFERS
-from .common import Bar, HostOpt, JsonOpt, NoLockOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo, plural, print_json, rate
+from .common import (
+    Bar, HostOpt, JsonOpt, NoLockOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, SourceOpt, TagOpt, human, open_repo,
+    passphrase, plural, print_json, rate,
+)
 
 SHOW = 50
 
@@ -26,11 +29,13 @@ def verify(
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
     no_lock: NoLockOpt = False,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
 ) -> None:
     """Compare a snapshot with a device or image and report the byte ranges that differ."""
     from ..ops.verify import verify as verify_op
 
-    with open_repo(repo, write=False, no_lock=no_lock) as r, Bar(progress and not json_out) as bar:
+    with open_repo(repo, write=False, no_lock=no_lock, secret=passphrase(password_file, password_command)) as r, Bar(progress and not json_out) as bar:
         res = verify_op(r, r.resolve(snapshot, host, source_filter, tag), source, progress=bar)
     if json_out:
         print_json(res.to_json())

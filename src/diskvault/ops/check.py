@@ -204,7 +204,7 @@ def _check_packs(repo: Repository, report: CheckReport) -> tuple[list[PackState]
 
 def _check_records(repo: Repository, snaps: list[SnapshotRecord], report: CheckReport) -> None:
     rows = {s.id: s for s in snaps}
-    records, unreadable = read_records(repo.storage)
+    records, unreadable = read_records(repo.storage, repo.crypto)
     files = {record_id(n) for n in repo.storage.list("snapshots") if n.endswith(".json")}
     for sid, s in rows.items():
         if sid not in files:

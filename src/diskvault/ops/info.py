@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..repository import keys
 from ..repository.catalog import SnapshotRecord
 from ..repository.hashing import ZERO_ID
 from ..repository import Repository
@@ -33,6 +34,8 @@ def _repository_info(repo: Repository) -> dict:
         "repository": repo.path,
         "id": repo.config["id"],
         "format_version": repo.config["version"],
+        "encryption": repo.crypto.mode,  # aes-256-gcm or none
+        "keys": len(keys.key_names(repo.storage)),  # passphrases (key files)
         "chunker": repo.params.to_dict(),
         "snapshots": len(snaps),
         "logical_bytes": logical,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+from collections.abc import Callable
 
 from ..errors import RepositoryError, os_error
 from ..repository.catalog import catalog_error
@@ -12,12 +13,15 @@ from ..repository.chunking import DEFAULT_AVG, ChunkerParams
 from ..repository import Repository
 
 
-def init_repository(path: str, chunk_size: int = DEFAULT_AVG) -> Repository:
-    """Raises ValueError for a bad chunk size, RepositoryExists / RepositoryNotFound, and
-    RepositoryError / OutOfSpace when the system refuses to create it (read-only, full)."""
+def init_repository(path: str, chunk_size: int = DEFAULT_AVG, encryption: str = "aes-256-gcm",
+                    passphrase: Callable[[], str] | None = None) -> Repository:
+    """Create a repository, encrypted with a new master key wrapped by ``passphrase()`` unless
+    ``encryption`` is "none". Raises ValueError for a bad chunk size, RepositoryExists /
+    RepositoryNotFound, PasswordError, and RepositoryError / OutOfSpace when the system
+    refuses to create it (read-only, full)."""
     params = ChunkerParams.for_average(chunk_size)
     try:
-        return Repository.init(path, params)
+        return Repository.init(path, params, passphrase=passphrase, encryption=encryption)
     except OSError as exc:
         path = os.path.abspath(path)
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

@@ -48,6 +48,7 @@ class PackStat:
     live: list[BlobLocation] = field(default_factory=list)
     dead_chunks: int = 0
     dead_trees: int = 0
+    tag: int = 0  # bytes its trailer's sealing adds (encrypted)
 
     @property
     def live_bytes(self) -> int:
@@ -57,7 +58,7 @@ class PackStat:
     def unused(self) -> int:
         if not self.live:
             return self.size
-        return max(0, self.size - self.live_bytes - pack_overhead(len(self.live)))
+        return max(0, self.size - self.live_bytes - pack_overhead(len(self.live)) - self.tag)
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _prune(repo: Repository, limit: tuple[str, float], repack_small: bool, dry_r
 
     # 0. never delete what cannot be accounted for: a record that does not read may name
     # a snapshot whose data would otherwise look unused
-    records, unreadable = read_records(storage)
+    records, unreadable = read_records(storage, repo.crypto)
     for row in catalog.snapshots():
         if row.id in records and disagrees(records[row.id], row):
             raise DamagedData(f"snapshot record snapshots/{row.id}.json does not match the catalog: prune deletes "
@@ -157,7 +158,7 @@ def _prune(repo: Repository, limit: tuple[str, float], repack_small: bool, dry_r
     live = mark(repo, progress)
 
     # 3. plan
-    stats = {p["id"]: PackStat(p["id"], p["name"], p["size"]) for p in packs}
+    stats = {p["id"]: PackStat(p["id"], p["name"], p["size"], tag=repo.crypto.overhead) for p in packs}
     catalogued: set[bytes] = set()
     for bid, kind, pid, off, stored, raw, flags in list(catalog.blob_rows()):
         st = stats[pid]
@@ -208,7 +209,7 @@ def _prune(repo: Repository, limit: tuple[str, float], repack_small: bool, dry_r
     if dry_run:
         kept = [st for st in stats.values() if st.id not in gone_ids]
         new_packs = -(-result.bytes_repacked // pack_target_size()) if repack else 0
-        new_bytes = result.bytes_repacked + pack_overhead(sum(len(st.live) for st in repack), new_packs)
+        new_bytes = result.bytes_repacked + pack_overhead(sum(len(st.live) for st in repack), new_packs, repo.crypto)
         result.bytes_after = sum(st.size for st in kept) + new_bytes
         result.unused_after = sum(st.unused for st in kept)
     else:

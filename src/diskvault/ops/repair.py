@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -46,8 +47,10 @@ from ..repository.maintenance import (
 )
 from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_pack_index
 from ..repository import (
-    CATALOG, CATALOG_FILES, CONFIG, FORMAT_VERSION, Repository, check_config, repository_errors, require_writable, storage_at,
+    CATALOG, CATALOG_FILES, CONFIG, READ_VERSIONS, Repository, check_config, repository_errors, require_writable, storage_at,
+    unlock,
 )
+from ..repository.crypto import Crypto
 from ..storage.local import LocalStorage
 from ..repository.tree import parse
 from .check import check_unlocked
@@ -85,52 +88,58 @@ def _load_config(path: str) -> dict:
         raise RepositoryNotFound(f"{path} is not a diskvault repository (no {CONFIG})") from None
     except (ValueError, OSError) as exc:
         raise RepositoryNotFound(f"{path}/{CONFIG} is unreadable ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != "diskvault" or config.get("version") != FORMAT_VERSION:
-        raise RepositoryNotFound(f"{path}/{CONFIG} is not a diskvault configuration of format {FORMAT_VERSION}")
+    if not isinstance(config, dict) or config.get("format") != "diskvault" or config.get("version") not in READ_VERSIONS:
+        raise RepositoryNotFound(f"{path}/{CONFIG} is not a diskvault configuration of format "
+                                 f"{' or '.join(map(str, READ_VERSIONS))}")
     check_config(path, config)
     return config
 
 
-def repair(path: str, rebuild: bool = False) -> RepairResult:
+def repair(path: str, rebuild: bool = False, passphrase: Callable[[], str] | None = None) -> RepairResult:
     """Rebuild the catalog under the exclusive repository lock: no other command runs.
     A read-only repository raises RepositoryReadOnly, a full disk OutOfSpace (nothing changed:
-    the new catalog replaces the old one only once complete)."""
+    the new catalog replaces the old one only once complete). An encrypted repository needs
+    ``passphrase()`` (its key reads trailers and records); PasswordError before anything is written."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise RepositoryNotFound(f"repository {path} does not exist")
     require_writable(path)
-    with repository_errors(path), locking.locked(path, "exclusive", "repair"):
-        return _repair_locked(path, rebuild)
+    with repository_errors(path):
+        storage_at(path).check_file(CONFIG)
+        config = _load_config(path)
+        crypto, kid = unlock(path, config, passphrase)
+        with locking.locked(path, "exclusive", "repair"):
+            return _repair_locked(path, rebuild, config, crypto, kid)
 
 
-def _repair_locked(path: str, rebuild: bool) -> RepairResult:
+def _repair_locked(path: str, rebuild: bool, config: dict, crypto: Crypto, kid: str | None) -> RepairResult:
     started = time.monotonic()
     storage = storage_at(path)
     for name in (CONFIG, *CATALOG_FILES):  # a linked catalog would be read and replaced elsewhere
         storage.check_file(name)
-    config = _load_config(path)
     cat_path = os.path.join(path, CATALOG)
     state = probe_catalog(cat_path)
     use_old = state == "used" and not rebuild
     if state == "used":  # fold its WAL into the file: the swap below removes a stale WAL
         fold_wal(cat_path)
     res = RepairResult(path, "ignored (--rebuild-catalog)" if rebuild and state == "used" else state)
-    old: Catalog | None = Catalog(cat_path) if use_old else None
+    old: Catalog | None = Catalog(cat_path, crypto=crypto) if use_old else None
     try:
-        tmp = _repair(storage, config, cat_path, old, res)
+        tmp = _repair(storage, crypto, config, cat_path, old, res)
     finally:
         if old is not None:
             old.close()
         storage.close()
     swap_catalog(cat_path, tmp)
-    with Repository.open(path) as r:
+    with Repository(path, config, crypto=crypto, key_id=kid) as r:
         report = check_unlocked(r)
     res.status_after = "sound" if report.sound else "damaged"
     res.duration = round(time.monotonic() - started, 3)
     return res
 
 
-def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | None, res: RepairResult) -> str:
+def _repair(storage: LocalStorage, crypto: Crypto, config: dict, cat_path: str, old: Catalog | None,
+            res: RepairResult) -> str:
     """Build the new catalog; returns its temporary file."""
     old_packs = old.packs() if old is not None else []
     old_ids = {p["name"]: p["id"] for p in old_packs}
@@ -139,7 +148,7 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
     tables: dict[str, list[Entry]] = {}
     for name in ordered:
         try:
-            tables[name] = read_pack_index(storage, name)
+            tables[name] = read_pack_index(storage, name, crypto)
         except (DamagedData, OSError) as exc:
             res.damaged_packs.append({"pack": pack_id(name), "reason": str(exc)})
     for name in old_ids:
@@ -182,12 +191,12 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
             if row.id in index or row.pack in tables:
                 continue
             try:
-                payload = read_stored(storage, row)
+                payload = read_stored(storage, crypto, row)
             except DamagedData:
                 res.lost_blobs += 1
                 continue
             if writer is None:
-                writer = PackWriter(storage)
+                writer = PackWriter(storage, crypto)
             e = writer.add(row.id, row.type, row.flags, payload, row.raw_len)
             index[row.id] = (writer.name, e)
             res.salvaged_blobs += 1
@@ -198,7 +207,7 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
         if writer is not None:
             writer.abort()
         raise
-    damaged = _verify_suspects(storage, index, others, old.damaged() if old is not None else {}, old is None)
+    damaged = _verify_suspects(storage, crypto, index, others, old.damaged() if old is not None else {}, old is None)
     for row in old_rows:  # rows that now point elsewhere, or nowhere
         hit = index.get(row.id)
         if hit is None or hit[0] != row.pack or (hit[1].offset, hit[1].stored_len) != (row.offset, row.stored_len):
@@ -206,23 +215,23 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
 
     # snapshots: record files, plus old rows whose record is missing or unreadable
     # (rewritten), plus what can be recovered from unreadable records
-    snaps, unreadable = read_records(storage)
+    snaps, unreadable = read_records(storage, crypto)
     if old is not None:
         for s in old.snapshots():
             if s.id in snaps and disagrees(snaps[s.id], s):  # the catalog row wins, as check says
-                write_record(storage, s)
+                write_record(storage, crypto, s)
                 snaps[s.id] = s
                 res.recovered_records.append({"id": s.id, "reason": "it did not match the catalog",
                                               "from": "catalog", "stood_in": []})
             elif s.id not in snaps:
-                write_record(storage, s)
+                write_record(storage, crypto, s)
                 snaps[s.id] = s
                 reason = unreadable.pop(f"snapshots/{s.id}.json", None)
                 if reason is None:
                     res.records_written += 1
                 else:
                     res.recovered_records.append({"id": s.id, "reason": reason, "from": "catalog", "stood_in": []})
-    _recover_records(storage, unreadable, index, snaps, res)
+    _recover_records(storage, crypto, unreadable, index, snaps, res)
 
     complete: set[bytes] = set()  # tree nodes whose whole subtree is present
 
@@ -234,7 +243,7 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
             if hit is None:
                 raise DamagedData("not found in any pack")
             name, e = hit
-            level, items = parse(bytes(read_verified(storage, _loc(nid, name, e))))
+            level, items = parse(bytes(read_verified(storage, crypto, _loc(nid, name, e))))
         except DamagedData as exc:
             if hit is not None:
                 damaged.setdefault(nid, (str(exc), _now()))
@@ -266,7 +275,7 @@ def _repair(storage: LocalStorage, config: dict, cat_path: str, old: Catalog | N
     # write the new catalog beside the old one
     tmp, res.packs = write_catalog(cat_path, old, config["id"], storage,
                                    [(old_ids.get(name), name, tables[name]) for name in ordered if name in tables],
-                                   index, snaps.values(), damaged)
+                                   index, snaps.values(), damaged, crypto)
     res.damaged_blobs = len(damaged)
     res.blobs = len(index)
     res.snapshots = len(snaps)
@@ -281,7 +290,7 @@ def _loc(ident: bytes, name: str, e: Entry) -> BlobLocation:
     return BlobLocation(ident, e.type, name, e.offset, e.stored_len, e.raw_len, e.flags)
 
 
-def _verify_suspects(storage: LocalStorage, index: dict[bytes, tuple[str, Entry]],
+def _verify_suspects(storage: LocalStorage, crypto: Crypto, index: dict[bytes, tuple[str, Entry]],
                      others: dict[bytes, list[tuple[str, Entry]]], known: dict[bytes, tuple[str, str]],
                      all_copies: bool) -> dict[bytes, tuple[str, str]]:
     """Verify the indexed copy of every blob ``known`` to be damaged (the old catalog's
@@ -296,7 +305,7 @@ def _verify_suspects(storage: LocalStorage, index: dict[bytes, tuple[str, Entry]
         reason = ""
         for name, e in [index[ident], *others.get(ident, ())]:
             try:
-                read_verified(storage, _loc(ident, name, e))
+                read_verified(storage, crypto, _loc(ident, name, e))
             except DamagedData as exc:
                 reason = reason or str(exc)
                 continue
@@ -307,7 +316,7 @@ def _verify_suspects(storage: LocalStorage, index: dict[bytes, tuple[str, Entry]
     return damaged
 
 
-def _recover_records(storage: LocalStorage, unreadable: dict[str, str], index: dict[bytes, tuple[str, Entry]],
+def _recover_records(storage: LocalStorage, crypto: Crypto, unreadable: dict[str, str], index: dict[bytes, tuple[str, Entry]],
                      snaps: dict[str, SnapshotRecord], res: RepairResult) -> None:
     """Rebuild the snapshots of unreadable records whose tree root still reads and is
     intact (``salvage_record``), rewriting their record files; report the others (kept)."""
@@ -317,7 +326,7 @@ def _recover_records(storage: LocalStorage, unreadable: dict[str, str], index: d
         if hit is None:
             return None
         try:
-            _level, items = parse(bytes(read_verified(storage, _loc(root, *hit))))
+            _level, items = parse(bytes(read_verified(storage, crypto, _loc(root, *hit))))
         except DamagedData:
             return None
         return sum(n for _, n in items)
@@ -331,6 +340,6 @@ def _recover_records(storage: LocalStorage, unreadable: dict[str, str], index: d
             res.unreadable_records.append({"record": name, "reason": reason})
             continue
         rec, stood_in = got
-        write_record(storage, rec)
+        write_record(storage, crypto, rec)
         snaps[rec.id] = rec
         res.recovered_records.append({"id": rec.id, "reason": reason, "from": "tree", "stood_in": stood_in})

@@ -45,7 +45,6 @@ from ..images.partitions import PartitionError, read_table
 from ..images.table_adjust import Adjustment, plan_adjustment
 from ..images.target import Target, os_error
 from ..repository import Repository
-from ..repository.hashing import content_id
 from ..repository.tree import Leaf
 from .access.snapshot_reader import ReadContext, SnapshotReader
 from .damage import Lost, merge, walk
@@ -316,7 +315,7 @@ def _choose(reader: SnapshotReader, target: Target, delta: bool | None, dry_run:
             have = os.pread(target.fd, piece.length, piece.offset)
         except OSError:
             return "full"
-        same += content_id(have) == piece.id
+        same += reader.ctx.repo.content_id(have) == piece.id
     return "delta" if total and same * 2 >= total else "full"
 
 

@@ -27,7 +27,7 @@ from ..errors import DamagedData
 from ..images.source import data_ranges
 from ..repository import Repository
 from ..repository.catalog import SnapshotRecord
-from ..repository.hashing import ZERO_ID, content_id, short
+from ..repository.hashing import ZERO_ID, short
 from .damage import Lost, walk
 from .progress import NoProgress, Progress
 
@@ -89,7 +89,8 @@ def _zero_blocks(have: memoryview, off: int, n: int, out: list[tuple[int, int]])
                 out.append((off + o, size))
 
 
-def _compare(fd: int, batch: list[Item], sparse: bool) -> tuple[list[Item], list[tuple[int, int]], int]:
+def _compare(fd: int, batch: list[Item], sparse: bool,
+             content_id: Callable[[bytes | memoryview], bytes]) -> tuple[list[Item], list[tuple[int, int]], int]:
     """Compare the batch with the target: ``(chunks that differ, ranges to zero, bytes read)``.
     Runs of neighbouring items are read with one pread each. With ``sparse`` (a regular
     file), a zero extent is not read: the parts of it that are not holes are zeroed."""
@@ -188,7 +189,7 @@ def delta_restore(repo: Repository, snap: SnapshotRecord, fd: int, write: Writer
                 batch = next(batches, None)
                 if batch is None:
                     break
-                ahead.append((pool.submit(_compare, fd, batch, sparse), batch))
+                ahead.append((pool.submit(_compare, fd, batch, sparse, repo.content_id), batch))
             if not ahead:
                 break
             fut, current = ahead.popleft()

@@ -52,7 +52,7 @@ from datetime import datetime, timezone
 from ..repository import compression
 from ..repository.catalog import SnapshotRecord
 from ..errors import DamagedData, SourceError
-from ..repository.hashing import ZERO_ID, content_id
+from ..repository.hashing import ZERO_ID
 from ..images.source import Source, open_command, open_source, open_virtual_disk, virtual_disk_format
 from ..policy import parse_time
 from ..rawnames import readable
@@ -83,7 +83,7 @@ class _Zeros:
     and last bytes are zero, so data chunks almost never pay for the test. Memory: one
     max-size buffer."""
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, content_id: Callable[[bytes], bytes]) -> None:
         self.zeros = bytes(max_size)
         self.max_id = content_id(self.zeros)
 
@@ -137,7 +137,7 @@ def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], ze
     for k, (off, n) in enumerate(cuts):
         ident = ids[k] if ids else None
         if ident is None:
-            ident = content_id(view[off : off + n])
+            ident = repo.content_id(view[off : off + n])
             if zeros.test(view, off, n, ident):
                 ident = ZERO_ID
         items.append(_Item(ident, n))
@@ -341,9 +341,9 @@ def _take_snapshot(
     parent = _parent(repo, source_name, source.size, host)
     guide = _Guide(repo, parent) if parent else None
     writer = repo.blob_writer()
-    builder = TreeBuilder(writer.add_tree_node)
+    builder = TreeBuilder(writer.add_tree_node, repo.content_id)
     stats = dict(size=0, data_bytes=0, zero_bytes=0, chunks=0, new_chunks=0, new_bytes=0, stored_bytes=0)
-    zeros = _Zeros(repo.params.max_size)
+    zeros = _Zeros(repo.params.max_size, repo.content_id)
     free: queue.Queue[bytearray] = queue.Queue()
     made = [0]  # buffers allocated so far (at most BUFFERS)
     ordered: queue.Queue[tuple[Future, bool] | int | None] = queue.Queue()

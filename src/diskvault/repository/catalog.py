@@ -28,8 +28,9 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..errors import DiskvaultError, OutOfSpace, RepositoryError, RepositoryLocked, RepositoryReadOnly
+from ..errors import DamagedData, DiskvaultError, OutOfSpace, RepositoryError, RepositoryLocked, RepositoryReadOnly
 from ..rawnames import escape, is_raw, unescape
+from .crypto import PLAIN, Crypto
 from .hashing import content_id
 from .pack import Entry
 
@@ -72,7 +73,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     seq INTEGER NOT NULL DEFAULT 0,
     mounted TEXT,
     size_changed TEXT,
-    format TEXT
+    format TEXT,
+    sealed BLOB
 );
 CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(time);
 CREATE TABLE IF NOT EXISTS damaged (
@@ -85,7 +87,7 @@ CREATE TABLE IF NOT EXISTS damaged (
 # SCHEMA, added to an older catalog by its first write of a snapshot row (a catalog opened
 # only for reading may lack them: its rows read as the defaults)
 ADDED_SNAPSHOT_COLUMNS = {"seq": "INTEGER NOT NULL DEFAULT 0", "mounted": "TEXT", "size_changed": "TEXT",
-                          "format": "TEXT"}
+                          "format": "TEXT", "sealed": "BLOB"}
 DAMAGED_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS damaged"):].strip().rstrip(";")
 
 
@@ -277,11 +279,15 @@ def _disk_full(path: str) -> bool:
 
 
 class Catalog:
-    def __init__(self, path: str, read_only: bool = False) -> None:
+    def __init__(self, path: str, read_only: bool = False, crypto: Crypto = PLAIN) -> None:
         """Open the catalog at ``path``; ``read_only``: write nothing, not even beside it
-        (see ``read_only_uri``); its writes raise sqlite3.OperationalError (READONLY)."""
+        (see ``read_only_uri``); its writes raise sqlite3.OperationalError (READONLY).
+        An encrypting ``crypto``: snapshot rows keep only id and sequence number in the clear,
+        the rest (host, source, tags, time, figures) is sealed in their ``sealed`` column,
+        since the catalog travels with the repository."""
         self.path = path
         self.read_only = read_only
+        self.crypto = crypto
         self._uri, self._copy = read_only_uri(path) if read_only else (None, None)
         try:
             self.conn = connect(path, self._uri)
@@ -544,6 +550,11 @@ class Catalog:
         """Insert a snapshot row (one statement: atomic); adds missing columns first."""
         self.upgrade()
         row = snap.to_row()
+        if self.crypto.encrypted:
+            sealed = self.crypto.seal(b"DVC1" + snap.id.encode(), json.dumps(snap.to_json()).encode())
+            row = {"id": snap.id, "seq": snap.seq, "time": "", "host": "", "source": "", "size": 0, "tags": "[]",
+                   "tree": "", "data_bytes": 0, "zero_bytes": 0, "chunks": 0, "new_chunks": 0, "new_bytes": 0,
+                   "stored_bytes": 0, "duration": 0.0, "sealed": sealed}
         self.conn.execute(
             f"INSERT INTO snapshots ({','.join(row)}) VALUES ({','.join(':' + k for k in row)})", row)
 
@@ -568,8 +579,21 @@ class Catalog:
     def snapshots(self) -> list[SnapshotRecord]:
         """Every snapshot, oldest first: by sequence number, then time (records from before
         sequence numbers have seq 0 and order by time), then id."""
-        rows = [SnapshotRecord.from_row(r) for r in self._dicts("SELECT * FROM snapshots")]
+        rows = [self._record(r) for r in self._dicts("SELECT * FROM snapshots")]
         return sorted(rows, key=lambda s: (s.seq, s.time, s.id))
+
+    def _record(self, row: dict) -> SnapshotRecord:
+        sealed = row.pop("sealed", None)
+        if sealed is None:
+            if self.crypto.encrypted:
+                raise DamagedData(f"the catalog's row of snapshot {row['id']} is not sealed, unlike its repository: "
+                                  "rebuild the catalog with diskvault repair")
+            return SnapshotRecord.from_row(row)
+        try:
+            return SnapshotRecord.from_json(json.loads(self.crypto.open(b"DVC1" + row["id"].encode(), sealed)))
+        except (DamagedData, ValueError, TypeError):
+            raise DamagedData(f"the catalog's row of snapshot {row['id']} fails authentication: "
+                              "rebuild the catalog with diskvault repair") from None
 
     def snapshot_ids_with_prefix(self, prefix: str) -> list[str]:
         return [r[0] for r in self.conn.execute(
@@ -577,7 +601,7 @@ class Catalog:
 
     def get_snapshot(self, sid: str) -> SnapshotRecord | None:
         rows = self._dicts("SELECT * FROM snapshots WHERE id=?", [sid])
-        return SnapshotRecord.from_row(rows[0]) if rows else None
+        return self._record(rows[0]) if rows else None
 
 
 class _Transaction:

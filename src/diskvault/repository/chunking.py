@@ -53,18 +53,26 @@ class ChunkerParams:
 
 
 class Chunker:
-    """Cuts bytes into (offset, length) pieces; safe to share between threads (stateless)."""
+    """Cuts bytes into (offset, length) pieces; safe to share between threads (stateless).
+    ``seed`` (0: none; an encrypted repository's comes from its key) is XORed into FastCDC's
+    gear table, so the same data is cut elsewhere in another repository; ``content_id`` is
+    the repository's id function (``cut_guided`` compares ids)."""
 
-    def __init__(self, params: ChunkerParams) -> None:
+    def __init__(self, params: ChunkerParams, seed: int = 0,
+                 content_id: Callable[[bytes | bytearray | memoryview], bytes] = content_id) -> None:
         from pyfastcdc import FastCDC  # imported here: the CLI reads DEFAULT_AVG without it
 
+        if not 0 <= seed < 1 << 63:
+            raise ValueError("the chunker seed is a 63-bit number")
         self.params = params
+        self.content_id = content_id
         self._fastcdc = FastCDC
         self._params = dict(
             avg_size=params.avg_size,
             min_size=params.min_size,
             max_size=params.max_size,
             normalized_chunking=1,
+            seed=seed,
         )
 
     def cut(self, buf: bytes | bytearray | memoryview) -> list[tuple[int, int]]:
@@ -94,7 +102,7 @@ class Chunker:
         pos = start
         while pos < n:
             hint = hints.get(pos)
-            if hint is not None and pos + hint[1] <= n and content_id(view[pos : pos + hint[1]]) == hint[0]:
+            if hint is not None and pos + hint[1] <= n and self.content_id(view[pos : pos + hint[1]]) == hint[0]:
                 cuts.append((pos, hint[1]))
                 ids.append(hint[0])
                 pos += hint[1]

@@ -24,7 +24,8 @@ from ..storage.local import TMP_MARK, private_file
 from .catalog import DAMAGED_TABLE, BlobLocation, Catalog, SnapshotRecord, record_checksum
 from .hashing import content_id, short
 from .pack import Entry, pack_id, read_pack_index
-from .repository import Repository
+from .crypto import PLAIN, Crypto
+from .repository import Repository, record_file, verify_blob
 
 CATALOG_TABLES = ("meta", "packs", "blobs", "snapshots")
 
@@ -65,7 +66,7 @@ def pack_states(repo: Repository) -> list[PackState]:
             st.problem = exc.strerror
             continue
         try:
-            st.entries = read_pack_index(repo.storage, st.name)
+            st.entries = read_pack_index(repo.storage, st.name, repo.crypto)
         except (DamagedData, OSError) as exc:
             st.problem = str(exc)
     return out
@@ -78,7 +79,7 @@ def orphan_packs(repo: Repository, known: set[str]) -> list[tuple[str, int | str
     for name in repo.storage.list("packs"):
         if name.endswith(".pack") and name not in known:
             try:
-                out.append((name, len(read_pack_index(repo.storage, name))))
+                out.append((name, len(read_pack_index(repo.storage, name, repo.crypto))))
             except (DamagedData, OSError) as exc:
                 out.append((name, str(exc)))
     return out
@@ -136,8 +137,8 @@ def verify_run(repo: Repository, name: str, size: int, rows: list[BlobLocation],
 
 def copy_verified(repo: Repository, name: str, locs: list[BlobLocation], writer,
                   advance: Callable[[int], None]) -> None:
-    """Copy blobs of pack ``name``, verified but still compressed, into ``writer`` (a
-    BlobWriter); raises DamagedData, before copying a damaged blob, when one is damaged or
+    """Copy blobs of pack ``name``, verified but still compressed (sealed anew in the new
+    pack when encrypted), into ``writer`` (a BlobWriter); raises DamagedData, before copying a damaged blob, when one is damaged or
     the pack is missing or truncated."""
     locs = sorted(locs, key=lambda loc: loc.offset)
     start, end = locs[0].offset, max(loc.offset + loc.stored_len for loc in locs)
@@ -148,30 +149,37 @@ def copy_verified(repo: Repository, name: str, locs: list[BlobLocation], writer,
     if len(data) != end - start:
         raise DamagedData(f"pack {name} is truncated: prune stopped, nothing deleted")
     for loc in locs:
-        payload = data[loc.offset - start : loc.offset - start + loc.stored_len]
-        repo.decode(loc, payload)  # raises DamagedData: never copy damaged data
+        stored = data[loc.offset - start : loc.offset - start + loc.stored_len]
+        payload = repo.payload(loc, stored)  # raises DamagedData: never copy damaged data
         writer.add(loc.id, loc.type, payload, loc.flags, loc.raw_len)
         advance(loc.stored_len)
 
 
-def read_stored(storage: Storage, loc: BlobLocation) -> bytes | memoryview:
-    """The stored (compressed) bytes of one blob, verified against ``loc`` without a
-    Repository (repair runs without a catalog); raises DamagedData naming the blob."""
+def read_stored(storage: Storage, crypto: Crypto, loc: BlobLocation) -> bytes | memoryview:
+    """The compressed payload of one blob (opened when encrypted), verified against ``loc``
+    without a Repository (repair runs without a catalog); raises DamagedData naming the blob."""
     try:
-        payload = storage.read_range(loc.pack, loc.offset, loc.stored_len)
+        stored = storage.read_range(loc.pack, loc.offset, loc.stored_len)
     except FileNotFoundError:
         raise DamagedData(f"pack {pack_id(loc.pack)} is missing") from None
     except OSError as exc:
         raise DamagedData(f"pack {pack_id(loc.pack)} cannot be read: {exc.strerror}") from None
-    if len(payload) != loc.stored_len:
+    if len(stored) != loc.stored_len:
         raise DamagedData(f"blob {short(loc.id)} lies past the end of pack {pack_id(loc.pack)}")
-    Repository.verify(loc, payload)
-    return payload
+    return verify_blob(crypto, loc, stored)[0]
 
 
-def read_verified(storage: Storage, loc: BlobLocation) -> bytes | memoryview:
+def read_verified(storage: Storage, crypto: Crypto, loc: BlobLocation) -> bytes | memoryview:
     """One blob's raw bytes, verified (see ``read_stored``)."""
-    return Repository.verify(loc, read_stored(storage, loc))
+    try:
+        stored = storage.read_range(loc.pack, loc.offset, loc.stored_len)
+    except FileNotFoundError:
+        raise DamagedData(f"pack {pack_id(loc.pack)} is missing") from None
+    except OSError as exc:
+        raise DamagedData(f"pack {pack_id(loc.pack)} cannot be read: {exc.strerror}") from None
+    if len(stored) != loc.stored_len:
+        raise DamagedData(f"blob {short(loc.id)} lies past the end of pack {pack_id(loc.pack)}")
+    return verify_blob(crypto, loc, stored)[1]
 
 
 # --- snapshot records ------------------------------------------------------------------------
@@ -199,11 +207,12 @@ def _is_text(v: object) -> bool:
     return True
 
 
-def parse_record(name: str, data: bytes) -> SnapshotRecord:
+def parse_record(name: str, data: bytes, crypto: Crypto = PLAIN) -> SnapshotRecord:
     """The snapshot record in file ``name`` holding ``data``; raises DamagedData saying why
-    it cannot be read: not UTF-8 JSON, a required field (id matching the file name, time,
+    it cannot be read: its authentication fails (encrypted), not UTF-8 JSON, a required field (id matching the file name, time,
     host, source, size, tags, tree) missing or of the wrong kind. Unknown fields are
     ignored (written by a newer diskvault), missing figures are 0."""
+    data = crypto.open(name.encode(), data)
     try:
         d = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -234,7 +243,7 @@ def parse_record(name: str, data: bytes) -> SnapshotRecord:
     if "checksum" in d:
         if d["checksum"] != record_checksum(d):
             raise DamagedData("its checksum does not match its content (it was changed after it was written)")
-    elif d["id"] != content_id(json.dumps({**d, "id": ""}, sort_keys=True).encode()).hex()[:32]:
+    elif crypto.encrypted or d["id"] != content_id(json.dumps({**d, "id": ""}, sort_keys=True).encode()).hex()[:32]:
         raise DamagedData("its content does not match its id (it was changed after it was written)")
     try:
         datetime.fromisoformat(d["time"].replace("Z", "+00:00"))
@@ -256,7 +265,7 @@ def disagrees(rec: SnapshotRecord, row: SnapshotRecord) -> bool:
             != (row.tree, row.size, row.time, row.host, row.source, sorted(row.tags), row.seq))
 
 
-def read_records(storage: Storage) -> tuple[dict[str, SnapshotRecord], dict[str, str]]:
+def read_records(storage: Storage, crypto: Crypto) -> tuple[dict[str, SnapshotRecord], dict[str, str]]:
     """Every snapshot record file: the readable ones by snapshot id, and the file names of
     the unreadable ones with why (``parse_record``; an OS error reading it counts)."""
     good: dict[str, SnapshotRecord] = {}
@@ -265,7 +274,7 @@ def read_records(storage: Storage) -> tuple[dict[str, SnapshotRecord], dict[str,
         if not name.endswith(".json"):
             continue
         try:
-            rec = parse_record(name, storage.read(name))
+            rec = parse_record(name, storage.read(name), crypto)
         except DamagedData as exc:
             bad[name] = str(exc)
             continue
@@ -276,9 +285,9 @@ def read_records(storage: Storage) -> tuple[dict[str, SnapshotRecord], dict[str,
     return good, bad
 
 
-def write_record(storage: Storage, rec: SnapshotRecord) -> None:
+def write_record(storage: Storage, crypto: Crypto, rec: SnapshotRecord) -> None:
     """Write (atomically) the record file of ``rec``, as Repository.save_snapshot does."""
-    storage.write_atomic(f"snapshots/{rec.id}.json", rec.file_bytes())
+    storage.write_atomic(*record_file(crypto, rec))
 
 
 def _salvage_field(text: str, key: str, pattern: str) -> str | None:
@@ -373,7 +382,7 @@ def fold_wal(cat_path: str) -> None:
 def write_catalog(cat_path: str, old: Catalog | None, repository_id: str, storage: Storage,
                   packs: Iterable[tuple[int | None, str, list[Entry]]],
                   index: dict[bytes, tuple[str, Entry]], snaps: Iterable[SnapshotRecord],
-                  damaged: dict[bytes, tuple[str, str]]) -> tuple[str, int]:
+                  damaged: dict[bytes, tuple[str, str]], crypto: Crypto = PLAIN) -> tuple[str, int]:
     """Write a new catalog beside ``cat_path`` holding ``packs`` (``(old row id or None,
     name, entries)``, in order), the blob rows ``index`` (id -> (pack name, entry)),
     ``snaps`` and the known damage ``damaged`` (id -> (reason, time)); the old catalog's
@@ -386,9 +395,9 @@ def write_catalog(cat_path: str, old: Catalog | None, repository_id: str, storag
             new = sqlite3.connect(tmp)
             old.conn.backup(new)
             new.close()
-            cat = Catalog(tmp)
+            cat = Catalog(tmp, crypto=crypto)
         else:
-            cat = Catalog(tmp)
+            cat = Catalog(tmp, crypto=crypto)
             cat.create({"repository_id": repository_id})
         conn = cat.conn
         conn.execute("PRAGMA foreign_keys=OFF")

@@ -1,7 +1,8 @@
 """The repository facade: configuration, write order, deduplication and verified reads.
 
-On disk (docs/design.md): ``config.json`` (format version, chunker parameters), ``catalog.sqlite``,
-``packs/xx/<id>.pack`` and ``snapshots/<id>.json``. Write order, which makes every crash safe:
+On disk (docs/design.md): ``config.json`` (format version, chunker parameters, encryption),
+``catalog.sqlite``, ``packs/xx/<id>.pack``, ``snapshots/<id>.json`` and, when encrypted,
+``keys/<id>.json`` (keys.py). Write order, which makes every crash safe:
 a pack is sealed and durable before the catalog records it; a snapshot's record file and
 catalog row are written only after every pack it needs is recorded. Reads re-hash every
 blob and raise DamagedData naming it when the bytes are wrong or missing.
@@ -21,14 +22,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-from . import compression, locking
+from . import compression, keys, locking
 from .catalog import CATALOG, BlobLocation, Catalog, SnapshotRecord, catalog_error
+from .crypto import MODE, PLAIN, Crypto
 from .chunking import Chunker, ChunkerParams
 from ..errors import (
     DamagedData,
     DiskvaultError,
     FormatVersionError,
     OutOfSpace,
+    PasswordError,
     RepositoryError,
     RepositoryExists,
     RepositoryNotFound,
@@ -37,16 +40,18 @@ from ..errors import (
     os_error,
 )
 from ..rawnames import readable
-from .hashing import content_id, short
+from .hashing import short
 from .pack import TYPE_CHUNK, TYPE_TREE, pack_id
 from ..storage.local import LocalStorage, private_dir, private_file
 from .tree import TreeReader
 from .writer import BlobWriter
 from .writable import FULL, NOTES, inside, read_only_error, translate, unwritable
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config.json names its encryption ("none" or "aes-256-gcm")
+READ_VERSIONS = (1, 2)  # 1: unencrypted, from before encryption
+ENCRYPTIONS = (MODE, "none")
 CONFIG = "config.json"
-FOLDERS = ("packs", "snapshots", "locks")
+FOLDERS = ("packs", "snapshots", "locks", keys.FOLDER)
 CATALOG_FILES = (CATALOG, CATALOG + "-wal", CATALOG + "-shm", CATALOG + "-journal")
 # every name the repository stores: its storage lists, deletes and cleans up only these
 NAMES = re.compile(
@@ -54,6 +59,7 @@ NAMES = re.compile(
     r"|packs/(?P<dir>[0-9a-f]{2})/(?P=dir)[0-9a-f]{30}\.pack"  # pack.new_pack_name
     r"|snapshots/[0-9a-f]{32}\.json"  # a snapshot record (ops/snapshot.py: 32 hex digits)
     r"|locks/[0-9a-f]{16}\.json"  # locking.py
+    r"|keys/[0-9a-f]{16}\.json"  # keys.py
 )
 
 
@@ -78,11 +84,15 @@ class Repository:
     _damaged_ids: frozenset[bytes] | None = None
     _damage_found: dict[bytes, str] | None = None
 
-    def __init__(self, path: str, config: dict, write: bool = True, lock: bool = True) -> None:
+    def __init__(self, path: str, config: dict, write: bool = True, lock: bool = True,
+                 crypto: Crypto = PLAIN, key_id: str | None = None) -> None:
         self.path = path
         self.config = config
+        self.crypto = crypto
+        self.key_id = key_id  # the key file that opened it (encrypted)
+        self.content_id = crypto.content_id  # chunk and tree ids: keyed blake3 when encrypted
         self.params = ChunkerParams(**config["chunker"])
-        self.chunker = Chunker(self.params)
+        self.chunker = Chunker(self.params, crypto.chunker_seed, crypto.content_id)
         self.writing = write
         self.locking = lock
         self.note: Callable[[str], None] = lambda message: None
@@ -102,12 +112,12 @@ class Repository:
             raise RepositoryError(f"permission denied reading {cat_path}: run diskvault as a user who may read it")
         try:
             try:
-                self.catalog = Catalog(cat_path, read_only=self.read_only)
+                self.catalog = Catalog(cat_path, read_only=self.read_only, crypto=crypto)
             except sqlite3.OperationalError as exc:  # e.g. no room for the -shm on a full disk
                 if self.read_only or write:
                     raise
                 full = isinstance(catalog_error(exc, path), OutOfSpace)
-                self.catalog = Catalog(cat_path, read_only=True)
+                self.catalog = Catalog(cat_path, read_only=True, crypto=crypto)
                 self.read_only, self.read_only_reason = True, FULL if full else f"its catalog cannot be written: {exc}"
             try:
                 empty = "schema_version" not in self.catalog.meta()
@@ -133,11 +143,16 @@ class Repository:
 
     # --- life cycle --------------------------------------------------------------
     @classmethod
-    def init(cls, path: str, params: ChunkerParams, now: datetime | None = None) -> Repository:
+    def init(cls, path: str, params: ChunkerParams, now: datetime | None = None,
+             passphrase: Callable[[], str] | None = None, encryption: str = MODE) -> Repository:
         """Create a repository: built in a temporary sibling directory, then renamed into
         place, so an interrupted init leaves nothing behind. Every file is 0600 and every
-        folder 0700 (docs/security.md). Raises RepositoryExists for a non-empty path or a
-        path inside another repository, RepositoryNotFound for a missing parent."""
+        folder 0700 (docs/security.md). ``encryption``: MODE (a new random master key, wrapped
+        by the passphrase ``passphrase()`` returns, in keys/) or "none". Raises RepositoryExists
+        for a non-empty path or a path inside another repository, RepositoryNotFound for a
+        missing parent, PasswordError when an encrypted one has no passphrase."""
+        if encryption not in ENCRYPTIONS:
+            raise ValueError(f"encryption {encryption!r} is not one of {', '.join(ENCRYPTIONS)}")
         path = os.path.abspath(path)
         if os.path.exists(os.path.join(path, CONFIG)):
             raise RepositoryExists(f"{path} is already a diskvault repository: use it, or choose another path")
@@ -152,6 +167,13 @@ class Repository:
                 f"{path} is inside the diskvault repository {outer}, whose commands would take the new "
                 "repository's files for their own: choose a path outside it"
             )
+        master = None
+        if encryption == MODE:
+            if passphrase is None:
+                raise PasswordError(f"creating the encrypted repository {path} needs a passphrase")
+            secret = passphrase()
+            master = keys.new_master_key()
+        crypto = Crypto(master)
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"
         private_dir(tmp, adopt=False)  # root's repository stays root's, wherever it is made
         try:
@@ -162,9 +184,12 @@ class Repository:
                 "id": secrets.token_hex(16),
                 "created": now.isoformat().replace("+00:00", "Z"),
                 "chunker": params.to_dict(),
+                "encryption": encryption,
             }
             for sub in FOLDERS:
-                private_dir(os.path.join(tmp, sub))
+                if sub != keys.FOLDER or master is not None:
+                    private_dir(os.path.join(tmp, sub))
+            key_id = keys.add_key(storage_at(tmp), master, secret) if master is not None else None
             os.close(private_file(os.path.join(tmp, CATALOG)))  # SQLite gives its -wal, -shm this mode
             cat = Catalog(os.path.join(tmp, CATALOG))
             cat.create({"repository_id": config["id"]})
@@ -178,15 +203,17 @@ class Repository:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return cls(path, config)
+        return cls(path, config, crypto=crypto, key_id=key_id)
 
     @classmethod
-    def open(cls, path: str, write: bool = True, lock: bool = True) -> Repository:
+    def open(cls, path: str, write: bool = True, lock: bool = True,
+             passphrase: Callable[[], str] | None = None) -> Repository:
         """Open the repository at ``path``. ``write``: the caller changes it, so a read-only
         one raises RepositoryReadOnly (OutOfSpace on a full disk) at once; a reader
         (``write=False``) works on either, and skips a lock it cannot take. ``lock=False``
-        (``--no-lock``): take no lock at all. Raises RepositoryError (not found, damaged,
-        unreadable), FormatVersionError."""
+        (``--no-lock``): take no lock at all. ``passphrase()`` is asked for only when the
+        repository is encrypted, before anything is written. Raises RepositoryError (not
+        found, damaged, unreadable), FormatVersionError, PasswordError."""
         path = os.path.abspath(path)
         if not os.path.isdir(path):
             raise RepositoryNotFound(f"repository {path} does not exist: create it with diskvault init -r {path}")
@@ -205,13 +232,14 @@ class Repository:
             raise RepositoryNotFound(f"{path}/{CONFIG} is unreadable ({exc})") from None
         if not isinstance(config, dict) or config.get("format") != "diskvault":
             raise RepositoryNotFound(f"{path}/{CONFIG} is not a diskvault configuration")
-        if config.get("version") != FORMAT_VERSION:
+        if config.get("version") not in READ_VERSIONS:
             raise FormatVersionError(
                 f"{path} has repository format version {config.get('version')}, this diskvault reads "
-                f"version {FORMAT_VERSION}: use a matching diskvault release"
+                f"versions {' and '.join(map(str, READ_VERSIONS))}: use a matching diskvault release"
             )
         check_config(path, config)
-        return cls(path, config, write, lock)
+        crypto, key_id = unlock(path, config, passphrase)
+        return cls(path, config, write, lock, crypto, key_id)
 
     def mode_problems(self) -> list[str]:
         """Warnings (one line each, empty when none) about files and folders of the repository
@@ -276,7 +304,7 @@ class Repository:
 
     def save_snapshot(self, record: SnapshotRecord) -> None:
         """Record a snapshot whose blobs are all durable and catalogued: gives it the next
-        repository-wide sequence number (``seq``) and its id (the content id of its JSON),
+        repository-wide sequence number (``seq``) and its id (the (keyed) content id of its JSON),
         then writes the record file (so ``repair`` can find it) and the catalog row that
         makes it visible, in one catalog transaction. Anything failing on the way removes
         the record file again: a snapshot that is not saved leaves no record."""
@@ -285,8 +313,8 @@ class Repository:
             with self.catalog.transaction():
                 record.seq = self.catalog.next_seq()
                 record.id = ""
-                record.id = content_id(json.dumps(record.to_json(), sort_keys=True).encode()).hex()[:32]
-                self.storage.write_atomic(f"snapshots/{record.id}.json", record.file_bytes())
+                record.id = self.content_id(json.dumps(record.to_json(), sort_keys=True).encode()).hex()[:32]
+                self.storage.write_atomic(*record_file(self.crypto, record))
                 written = True
                 self.catalog.add_snapshot(record)
         except BaseException:
@@ -314,8 +342,8 @@ class Repository:
 
     # --- reading -----------------------------------------------------------------
     def read_blob(self, loc: BlobLocation) -> bytes | memoryview:
-        payload = self._read_range(loc.pack, loc.offset, loc.stored_len, loc.id)
-        return self.decode(loc, payload)
+        stored = self._read_range(loc.pack, loc.offset, loc.stored_len, loc.id)
+        return self.decode(loc, stored)
 
     def _read_range(self, pack: str, offset: int, length: int, ident: bytes | None = None) -> bytes:
         try:
@@ -330,26 +358,23 @@ class Repository:
             raise DamagedData(f"{what} lies past the end of pack {pack_id(pack)} (truncated)")
         return data
 
-    def decode(self, loc: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
-        """Decompress and verify one blob's stored bytes; raises DamagedData naming it (and
-        remembers the blob as damaged: ``note_damage``)."""
+    def decode(self, loc: BlobLocation, stored: bytes | memoryview) -> bytes | memoryview:
+        """Open (encrypted), decompress and verify one blob's stored bytes; raises DamagedData
+        naming it (and remembers the blob as damaged: ``note_damage``)."""
         try:
-            return self.verify(loc, payload)
+            return verify_blob(self.crypto, loc, stored)[1]
         except DamagedData as exc:
             self.note_damage({loc.id: str(exc)})
             raise
 
-    @staticmethod
-    def verify(loc: BlobLocation, payload: bytes | memoryview) -> bytes | memoryview:
-        """``decode`` without a repository: the raw bytes of ``payload`` (the stored bytes of
-        the blob ``loc``), decompressed and re-hashed; raises DamagedData naming the blob."""
+    def payload(self, loc: BlobLocation, stored: bytes | memoryview) -> bytes | memoryview:
+        """The compressed payload of one blob's stored bytes, verified (``decode``), for a
+        copy into a new pack (which seals it anew)."""
         try:
-            raw = compression.decompress(payload, loc.flags, loc.raw_len)
+            return verify_blob(self.crypto, loc, stored)[0]
         except DamagedData as exc:
-            raise DamagedData(f"chunk {short(loc.id)} in pack {pack_id(loc.pack)} is damaged: {exc}") from None
-        if content_id(raw) != loc.id:
-            raise DamagedData(f"chunk {short(loc.id)} in pack {pack_id(loc.pack)} is damaged (hash mismatch)")
-        return raw
+            self.note_damage({loc.id: str(exc)})
+            raise
 
     def read_ranges(self, locs: list[BlobLocation], gap: int = 256 << 10, span: int | None = None):
         """Yield ``(loc, raw bytes)`` for ``locs``, reading neighbouring blobs of a pack in
@@ -564,6 +589,48 @@ def enclosing_repository(path: str) -> str | None:
         if up == here:
             return None
         here = up
+
+
+def verify_blob(crypto: Crypto, loc: BlobLocation, stored: bytes | memoryview) -> tuple[bytes | memoryview, bytes | memoryview]:
+    """``(payload, raw)`` of the blob ``loc`` from its ``stored`` bytes: authenticated and
+    opened (encrypted), decompressed and re-hashed; raises DamagedData naming the blob."""
+    what = f"{'tree node' if loc.type == TYPE_TREE else 'chunk'} {short(loc.id)} in pack {pack_id(loc.pack)}"
+    try:
+        payload = crypto.open_entry(pack_id(loc.pack), loc.offset, loc.type, loc.flags, loc.raw_len, loc.id, stored)
+        raw = compression.decompress(payload, loc.flags, loc.raw_len)
+    except DamagedData as exc:
+        raise DamagedData(f"{what} is damaged: {exc}") from None
+    if crypto.content_id(raw) != loc.id:
+        raise DamagedData(f"{what} is damaged (hash mismatch)")
+    return payload, raw
+
+
+def record_file(crypto: Crypto, record: SnapshotRecord) -> tuple[str, bytes]:
+    """The name and bytes of ``record``'s file (sealed in an encrypted repository)."""
+    name = f"snapshots/{record.id}.json"
+    return name, crypto.seal(name.encode(), record.file_bytes())
+
+
+def unlock(path: str, config: dict, passphrase: Callable[[], str] | None) -> tuple[Crypto, str | None]:
+    """The Crypto of the repository at ``path`` (configured by ``config``) and the id of the
+    key file that opened it. Raises RepositoryError for an unknown encryption or an
+    unencrypted configuration beside key files (an edited config.json), PasswordError
+    (exit 10) for a missing or wrong passphrase; reads only, so a wrong passphrase writes
+    nothing."""
+    mode = config.get("encryption", "none")
+    storage = storage_at(path)
+    if mode not in ENCRYPTIONS:
+        raise RepositoryError(f"{path}/{CONFIG} names encryption {mode!r}, which this diskvault does not know: "
+                              "use a matching diskvault release")
+    if mode == "none":
+        if any(True for _ in keys.key_names(storage)):
+            raise RepositoryError(f"{path}/{CONFIG} says the repository is not encrypted, but it has key files "
+                                  f"in {keys.FOLDER}/: config.json was changed; restore it from a copy")
+        return PLAIN, None
+    if passphrase is None:
+        raise PasswordError(f"{path} is encrypted: give its passphrase")
+    master, kid = keys.unlock(storage, passphrase(), path)
+    return Crypto(master), kid
 
 
 def check_config(path: str, config: dict) -> None:

@@ -4,7 +4,7 @@ A leaf node lists ``(chunk id, length)`` items in image order; a zero extent is 
 ``(ZERO_ID, length)``. Nodes are cut where an item's id ends in FANOUT_BITS one-bits (or at
 MAX_ITEMS), so the cut points depend only on content: an unchanged stretch of an image gives
 the same nodes, and a second snapshot of it adds nothing but changed nodes. Each node is a
-blob (type TREE) whose id is the blake3 of its bytes; inner nodes list ``(node id, bytes
+blob (type TREE) whose id is the (repository's, keyed when encrypted) blake3 of its bytes; inner nodes list ``(node id, bytes
 covered)``. One root id names the whole list. Bytes (little-endian):
 
     header 12 B: magic "DVTN", u8 level, 3 pad, u32 count;   item 40 B: id[32], u64 length
@@ -47,10 +47,13 @@ def parse(node: bytes) -> tuple[int, list[tuple[bytes, int]]]:
 
 
 class TreeBuilder:
-    """Builds the tree while items stream in; ``store(id, node_bytes)`` keeps each node."""
+    """Builds the tree while items stream in; ``store(id, node_bytes)`` keeps each node, whose
+    id is ``content_id(node_bytes)`` (the repository's: keyed blake3 when encrypted)."""
 
-    def __init__(self, store: Callable[[bytes, bytes], None]) -> None:
+    def __init__(self, store: Callable[[bytes, bytes], None],
+                 content_id: Callable[[bytes], bytes] = content_id) -> None:
         self.store = store
+        self.content_id = content_id
         self.levels: list[list[tuple[bytes, int]]] = [[]]
         self.pending_zero = 0
         self.nodes = 0
@@ -79,7 +82,7 @@ class TreeBuilder:
     def _emit(self, level: int) -> None:
         items = self.levels[level]
         node = encode(level, items)
-        nid = content_id(node)
+        nid = self.content_id(node)
         self.store(nid, node)
         self.nodes += 1
         self.levels[level] = []
@@ -97,7 +100,7 @@ class TreeBuilder:
                 if level > 0 and len(items) == 1:
                     return items[0][0]
                 node = encode(level, items)
-                nid = content_id(node)
+                nid = self.content_id(node)
                 self.store(nid, node)
                 self.nodes += 1
                 return nid

@@ -56,12 +56,12 @@ class BlobWriter:
 
     def add(self, ident: bytes, kind: int, payload: bytes | memoryview, flags: int, raw_len: int) -> int:
         if self.pack is None:
-            self.pack = PackWriter(self.repo.storage)
-        self.pack.add(ident, kind, flags, payload, raw_len)
+            self.pack = PackWriter(self.repo.storage, self.repo.crypto)
+        stored = self.pack.add(ident, kind, flags, payload, raw_len).stored_len
         self.open_ids.add(ident)
         if self.pack.size >= self.target_size:
             self.seal()
-        return len(payload)
+        return stored
 
     def flush(self) -> None:
         """Hand the open pack's payloads to storage: until then a payload may be held, not

@@ -1,0 +1,195 @@
+"""Key files: the repository's master key, wrapped by each passphrase (``keys/<id>.json``).
+
+An encrypted repository has one random 32-byte master key (crypto.py derives every key from
+it). Each key file holds it sealed with AES-256-GCM under a key-encryption key that Argon2id
+(RFC 9106, argon2-cffi) derives from one passphrase and the file's random 16-byte salt. The
+Argon2 parameters are stored in the file and are part of the associated data, so an edited
+parameter fails authentication; parameters below the minimums (MIN_PARAMS) are refused
+before any work, so a key file edited to be cheaper to attack is never used, and absurdly
+high ones are refused as damaged (they would only make opening hang). Several key files (one per
+passphrase) wrap the same master key: ``add``, ``remove``, ``passwd`` change files, never data.
+
+Key file (JSON): ``version`` 1, ``kdf`` "argon2id", ``time_cost`` (passes), ``memory_cost``
+(KiB), ``parallelism`` (lanes), ``salt`` and ``nonce`` (base64), ``key`` (base64: sealed master
+key), ``created`` (ISO 8601 UTC), ``host``, ``username`` (who added it; not secret).
+
+Argon2 runs once per key file and passphrase in a process: what it opened is remembered
+(``_opened``, keyed by blake3 of the file and of the passphrase) for the process's next open of
+the same repository (``forget --prune``, a server, a test), holding nothing that the open
+repository does not hold in memory anyway.
+
+Errors: PasswordError (exit 10) when no key file opens with the passphrase; RepositoryError
+when the repository has no usable key file.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import json
+import os
+import re
+import secrets
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import blake3
+
+from ..errors import PasswordError, RepositoryError
+from ..storage import Storage
+
+FOLDER = "keys"
+NAME = re.compile(r"keys/([0-9a-f]{16})\.json")
+MASTER_LEN = 32
+# RFC 9106 §4, second recommended option (64 MiB, 3 passes, 4 lanes): ~0.15 s here
+DEFAULT_PARAMS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 4}
+MIN_PARAMS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 1}
+MAX_PARAMS = {"time_cost": 64, "memory_cost": 4 * 1024 * 1024, "parallelism": 64}
+_opened: dict[tuple[bytes, bytes], bytes] = {}
+_AD = "diskvault key file v1 {id} argon2id t={time_cost} m={memory_cost} p={parallelism}"
+
+
+@dataclass
+class KeyInfo:
+    """A key file as ``key list`` shows it; ``current``: the one that opened the repository."""
+
+    id: str
+    created: str
+    host: str
+    username: str
+    current: bool = False
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "current": self.current, "created": self.created, "host": self.host,
+                "username": self.username}
+
+
+def _memo(data: bytes, passphrase: str) -> tuple[bytes, bytes]:
+    return blake3.blake3(data).digest(), blake3.blake3(passphrase.encode("utf-8", "surrogateescape")).digest()
+
+
+def _kek(passphrase: str, salt: bytes, params: dict) -> bytes:
+    from argon2.low_level import Type, hash_secret_raw
+
+    return hash_secret_raw(passphrase.encode("utf-8", "surrogateescape"), salt, params["time_cost"], params["memory_cost"],
+                           params["parallelism"], 32, Type.ID)
+
+
+def _aesgcm(key: bytes):
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
+def new_master_key() -> bytes:
+    return secrets.token_bytes(MASTER_LEN)
+
+
+def add_key(storage: Storage, master: bytes, passphrase: str, params: dict | None = None) -> str:
+    """Write a new key file wrapping ``master`` with ``passphrase``; returns its id."""
+    params = dict(params or DEFAULT_PARAMS)
+    kid = secrets.token_hex(8)
+    salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
+    sealed = _aesgcm(_kek(passphrase, salt, params)).encrypt(nonce, master, _AD.format(id=kid, **params).encode())
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    doc = {"version": 1, "kdf": "argon2id", **params,
+           "salt": base64.b64encode(salt).decode(), "nonce": base64.b64encode(nonce).decode(),
+           "key": base64.b64encode(sealed).decode(),
+           "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+           "host": socket.gethostname(), "username": user}
+    data = json.dumps(doc, indent=2).encode() + b"\n"
+    storage.write_atomic(f"{FOLDER}/{kid}.json", data)
+    _opened[_memo(data, passphrase)] = master
+    return kid
+
+
+def _load(data: bytes) -> dict:
+    """A key file's JSON, its fields checked; raises ValueError saying what is wrong."""
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or doc.get("version") != 1 or doc.get("kdf") != "argon2id":
+        raise ValueError("it is not a version 1 argon2id key file")
+    for k, low in MIN_PARAMS.items():
+        v = doc.get(k)
+        if type(v) is not int:
+            raise ValueError(f"its {k} is not a whole number")
+        if v < low:
+            raise ValueError(f"its Argon2 {k} {v} is below the minimum {low} (the file was weakened)")
+        if v > MAX_PARAMS[k]:
+            raise ValueError(f"its Argon2 {k} {v} is above the maximum {MAX_PARAMS[k]}")
+    for k in ("salt", "nonce", "key"):
+        doc[k] = base64.b64decode(doc.get(k, ""), validate=True)
+    if len(doc["salt"]) < 16 or len(doc["nonce"]) != 12 or len(doc["key"]) != MASTER_LEN + 16:
+        raise ValueError("its salt, nonce or sealed key has the wrong length")
+    return doc
+
+
+def key_names(storage: Storage) -> list[str]:
+    return sorted(n for n in storage.list(FOLDER) if NAME.fullmatch(n))
+
+
+def unlock(storage: Storage, passphrase: str, repo: str) -> tuple[bytes, str]:
+    """The master key and the id of the key file that ``passphrase`` opens (each key file is
+    tried in turn, as restic does). Raises PasswordError (exit 10) when none opens,
+    RepositoryError when there is no key file, or every one is refused (damaged, weakened)."""
+    names = key_names(storage)
+    refused: list[str] = []
+    tried = 0
+    for name in names:
+        kid = NAME.fullmatch(name).group(1)
+        try:
+            data = storage.read(name)
+            doc = _load(data)
+        except (ValueError, TypeError, OSError) as exc:
+            refused.append(f"{name}: {exc}")
+            continue
+        params = {k: doc[k] for k in DEFAULT_PARAMS}
+        tried += 1
+        memo = _memo(data, passphrase)
+        if memo in _opened:
+            return _opened[memo], kid
+        try:
+            master = _aesgcm(_kek(passphrase, doc["salt"], params)).decrypt(
+                doc["nonce"], doc["key"], _AD.format(id=kid, **params).encode())
+        except Exception:  # InvalidTag: another passphrase's key file
+            continue
+        _opened[memo] = master
+        return master, kid
+    if not tried:
+        why = f" ({'; '.join(refused)})" if refused else ""
+        raise RepositoryError(f"{repo} is encrypted but has no usable key file in {FOLDER}/{why}: "
+                              "restore the keys folder from a copy of the repository")
+    note = f" ({len(refused)} key file{'s' if len(refused) > 1 else ''} refused: {refused[0]})" if refused else ""
+    raise PasswordError(f"wrong passphrase for {repo}: no key file opens with it{note}: check DISKVAULT_PASSWORD, "
+                        "DISKVAULT_PASSWORD_FILE or --password-file/--password-command")
+
+
+def list_keys(storage: Storage, current: str | None = None) -> list[KeyInfo]:
+    """Every readable key file (unreadable ones are skipped), oldest first."""
+    out = []
+    for name in key_names(storage):
+        kid = NAME.fullmatch(name).group(1)
+        try:
+            doc = json.loads(storage.read(name))
+        except (ValueError, OSError):
+            continue
+        if isinstance(doc, dict):
+            out.append(KeyInfo(kid, str(doc.get("created", "")), str(doc.get("host", "")),
+                               str(doc.get("username", "")), kid == current))
+    return sorted(out, key=lambda k: (k.created, k.id))
+
+
+def find_key(storage: Storage, prefix: str) -> str:
+    """The id of the one key file whose id starts with ``prefix``; raises RepositoryError."""
+    found = [k.id for k in list_keys(storage) if k.id.startswith(prefix.lower())] if prefix else []
+    if len(found) != 1:
+        what = "no key" if not found else f"{len(found)} keys"
+        raise RepositoryError(f"{what} with id {prefix!r}: list them with diskvault key list")
+    return found[0]
+
+
+def remove_key(storage: Storage, kid: str) -> None:
+    storage.delete(f"{FOLDER}/{kid}.json")
