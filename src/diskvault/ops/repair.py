@@ -108,7 +108,7 @@ def repair(path: str, rebuild: bool = False, passphrase: Callable[[], str] | Non
         storage_at(path).check_file(CONFIG)
         config = _load_config(path)
         crypto, kid = unlock(path, config, passphrase)
-        with locking.locked(path, "exclusive", "repair"):
+        with locking.locked(path, "exclusive", "repair", crypto=crypto):
             return _repair_locked(path, rebuild, config, crypto, kid)
 
 

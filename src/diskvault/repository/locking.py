@@ -1,6 +1,7 @@
 """Repository locks: shared (snapshot, restore, info) and exclusive (forget, prune).
 
-A lock is a file ``locks/<random>.json`` holding ``{kind, command, pid, host, start, time}``.
+A lock is a file ``locks/<random>.json`` holding ``{kind, command, pid, host, start, time}``
+(sealed in an encrypted repository, like every stored byte: crypto.py).
 Taking a lock runs under ``flock`` on the ``locks`` directory (released by the kernel even when
 the process is killed), so "look at the other locks, then write mine" is atomic between
 processes: two commands can never both believe they hold conflicting locks. Shared locks
@@ -31,8 +32,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from ..errors import RepositoryLocked, RepositoryReadOnly, UsageError, os_error
+from ..errors import DamagedData, RepositoryLocked, RepositoryReadOnly, UsageError, os_error
 from ..storage.local import private_dir, private_file
+from .crypto import PLAIN, Crypto
 
 LOCKS = "locks"
 STALE_AFTER = 30 * 60  # seconds without refresh
@@ -98,7 +100,7 @@ def _dir(repo_path: str) -> str:
     return path
 
 
-def list_locks(repo_path: str) -> list[LockInfo]:
+def list_locks(repo_path: str, crypto: Crypto = PLAIN) -> list[LockInfo]:
     folder = _dir(repo_path)
     out = []
     for name in sorted(os.listdir(folder)):
@@ -106,24 +108,24 @@ def list_locks(repo_path: str) -> list[LockInfo]:
             continue
         try:
             with open(os.path.join(folder, name), "rb") as f:
-                d = json.load(f)
+                d = json.loads(crypto.open(f"{LOCKS}/{name}".encode(), f.read()))
             out.append(LockInfo(d["kind"], d["command"], int(d["pid"]), d["host"], int(d.get("start", 0)),
                                 float(d["time"]), name))
         except FileNotFoundError:
             continue
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, DamagedData):
             # unreadable lock (e.g. half-written by a crashed host): treat as an old stale lock
             out.append(LockInfo("exclusive", "unknown", 0, "unknown", 0, 0.0, name))
     return out
 
 
-def _write(folder: str, lock: LockInfo) -> None:
+def _write(folder: str, lock: LockInfo, crypto: Crypto) -> None:
     path = os.path.join(folder, lock.name)
     tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    body = {k: v for k, v in lock.to_json().items() if k != "name"}
+    body = json.dumps({k: v for k, v in lock.to_json().items() if k != "name"}).encode()
     try:
-        with os.fdopen(private_file(tmp), "w") as f:
-            json.dump(body, f)
+        with os.fdopen(private_file(tmp), "wb") as f:
+            f.write(crypto.seal(f"{LOCKS}/{lock.name}".encode(), body))
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, path)
@@ -166,9 +168,10 @@ def _conflicts(kind: str, others: list[LockInfo]) -> list[LockInfo]:
 class RepositoryLock:
     """A held lock; ``release`` removes its file. A daemon thread refreshes it."""
 
-    def __init__(self, repo_path: str, info: LockInfo) -> None:
+    def __init__(self, repo_path: str, info: LockInfo, crypto: Crypto) -> None:
         self.folder = _dir(repo_path)
         self.info = info
+        self.crypto = crypto
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh, name="diskvault-lock", daemon=True)
         self._thread.start()
@@ -177,7 +180,7 @@ class RepositoryLock:
         while not self._stop.wait(REFRESH):
             self.info.time = time.time()
             try:
-                _write(self.folder, self.info)
+                _write(self.folder, self.info, self.crypto)
             except OSError:
                 pass
 
@@ -201,13 +204,15 @@ def lock_wait() -> float:
     return wait
 
 
-def acquire(repo_path: str, kind: str, command: str, wait: float | None = None) -> RepositoryLock:
-    """Take a lock or raise RepositoryLocked naming the holder (after ``wait`` seconds)."""
+def acquire(repo_path: str, kind: str, command: str, wait: float | None = None,
+            crypto: Crypto = PLAIN) -> RepositoryLock:
+    """Take a lock or raise RepositoryLocked naming the holder (after ``wait`` seconds);
+    ``crypto``: the repository's (its lock files are sealed when it is encrypted)."""
     assert kind in ("shared", "exclusive")
     if wait is None:
         wait = lock_wait()
     try:
-        return _acquire(repo_path, kind, command, wait)
+        return _acquire(repo_path, kind, command, wait, crypto)
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise RepositoryReadOnly(
@@ -217,14 +222,14 @@ def acquire(repo_path: str, kind: str, command: str, wait: float | None = None) 
         raise os_error(exc, repo_path) from None  # e.g. ENOSPC: OutOfSpace
 
 
-def _acquire(repo_path: str, kind: str, command: str, wait: float) -> RepositoryLock:
+def _acquire(repo_path: str, kind: str, command: str, wait: float, crypto: Crypto) -> RepositoryLock:
     folder = _dir(repo_path)
     deadline = time.monotonic() + wait
     pid = os.getpid()
     while True:
         with _guard(folder):
             live = []
-            for other in list_locks(repo_path):
+            for other in list_locks(repo_path, crypto):
                 reason = stale_reason(other)
                 if reason is None:
                     live.append(other)
@@ -234,8 +239,8 @@ def _acquire(repo_path: str, kind: str, command: str, wait: float) -> Repository
             if not blocking:
                 info = LockInfo(kind, command, pid, socket.gethostname(), _proc_start(pid), time.time(),
                                 f"{secrets.token_hex(8)}.json")
-                _write(folder, info)
-                return RepositoryLock(repo_path, info)
+                _write(folder, info, crypto)
+                return RepositoryLock(repo_path, info, crypto)
         if time.monotonic() >= deadline:
             holder = min(blocking, key=lambda lock: lock.time)
             more = f" and {len(blocking) - 1} more" if len(blocking) > 1 else ""
@@ -247,22 +252,24 @@ def _acquire(repo_path: str, kind: str, command: str, wait: float) -> Repository
 
 
 @contextmanager
-def locked(repo_path: str, kind: str, command: str, wait: float | None = None) -> Iterator[RepositoryLock]:
-    lock = acquire(repo_path, kind, command, wait)
+def locked(repo_path: str, kind: str, command: str, wait: float | None = None,
+           crypto: Crypto = PLAIN) -> Iterator[RepositoryLock]:
+    lock = acquire(repo_path, kind, command, wait, crypto)
     try:
         yield lock
     finally:
         lock.release()
 
 
-def unlock(repo_path: str, remove_all: bool = False) -> tuple[list[tuple[LockInfo, str]], list[LockInfo]]:
+def unlock(repo_path: str, remove_all: bool = False,
+           crypto: Crypto = PLAIN) -> tuple[list[tuple[LockInfo, str]], list[LockInfo]]:
     """Remove stale locks (every lock with ``remove_all``). Returns ``(removed with reason,
     kept)``."""
     folder = _dir(repo_path)
     removed: list[tuple[LockInfo, str]] = []
     kept: list[LockInfo] = []
     with _guard(folder):
-        for lock in list_locks(repo_path):
+        for lock in list_locks(repo_path, crypto):
             reason = stale_reason(lock) or ("forced (--all)" if remove_all else None)
             if reason is None:
                 kept.append(lock)

@@ -290,7 +290,7 @@ class Repository:
                 self.note(f"{why}: reading without a lock")
             else:
                 try:
-                    held = locking.acquire(self.path, kind, command, wait)
+                    held = locking.acquire(self.path, kind, command, wait, self.crypto)
                 except (RepositoryReadOnly, OutOfSpace) as exc:
                     if self.writing:
                         raise
