@@ -36,6 +36,17 @@ def repo_path(tmp_path: Path):
 
 
 @pytest.fixture
+def plain_repo_path(tmp_path: Path):
+    """Path of a new unencrypted repository (``init --encryption none``), for tests that read or
+    edit its files' plaintext; checked for consistency after the test."""
+    path = tmp_path / "plain"
+    Repository.init(str(path), ChunkerParams.for_average(16 << 10), encryption="none").close()
+    yield path
+    if (path / "config.json").exists():
+        assert_consistent(path)
+
+
+@pytest.fixture
 def repo(repo_path: Path):
     with Repository.open(str(repo_path), passphrase=secret) as r:
         yield r

@@ -54,6 +54,15 @@ def run_cli(*args: str | os.PathLike, input: bytes | None = None, check: bool = 
     return proc
 
 
+def pack_entries(repo: Path, pack: Path) -> list:
+    """The entries of ``pack`` (a file of the repository ``repo``), read with its key."""
+    from diskvault.repository import Repository
+    from diskvault.repository.pack import read_pack_index
+
+    with Repository.open(str(repo), write=False, passphrase=secret) as r:
+        return read_pack_index(r.storage, str(Path(pack).relative_to(repo)), r.crypto)
+
+
 def tool(name: str) -> str:
     for d in ("", "/usr/sbin/", "/sbin/"):
         path = shutil.which(name) if not d else d + name

@@ -198,8 +198,10 @@ def test_a_snapshot_that_finds_its_parent_tree_damaged_stores_the_tree_again(tmp
 
 @pytest.fixture
 def recorded(tmp_path):
+    """An unencrypted repository: these tests edit its (plaintext) records and packs by hand;
+    an encrypted one's are authenticated (tests/security/test_encryption.py)."""
     repo = tmp_path / "repo"
-    run_cli("init", "-r", repo)
+    run_cli("init", "-r", repo, "--encryption", "none")
     data = random_bytes(500 * KiB, 7)
     image = tmp_path / "disk.img"
     image.write_bytes(data)
@@ -295,7 +297,7 @@ def test_record_with_a_non_utf8_source_is_recovered_with_a_stand_in(recorded, tm
 
 
 @pytest.mark.parametrize("where,what", [
-    (8, "header flags"),  # u64 flags after magic[6] and u16 version
+    (8, "is encrypted, unlike its repository"),  # u64 flags after magic[6] and u16 version
     (-44, "reserved trailer word"),  # u32 reserved after the u32 entry count of the 48-byte footer
 ])
 def test_pack_with_a_reserved_field_set_fails_check(recorded, where, what):
@@ -308,7 +310,7 @@ def test_pack_with_a_reserved_field_set_fails_check(recorded, where, what):
     assert rep["errors"][0]["kind"] == "pack-trailer" and what in rep["errors"][0]["message"]
 
 
-def test_a_flipped_bit_in_a_record_field_is_found_and_repaired_from_the_catalog(tmp_path, repo_path):
+def test_a_flipped_bit_in_a_record_field_is_found_and_repaired_from_the_catalog(tmp_path, plain_repo_path):
     """A bit flipped inside a field keeps the JSON valid ("seq": 1 -> "seq": 9): the record's
     checksum finds it, check reports it, repair rewrites it from the catalog, and latest
     stays the newest snapshot (it was the oldest after a repair that trusted the record)."""
@@ -316,37 +318,37 @@ def test_a_flipped_bit_in_a_record_field_is_found_and_repaired_from_the_catalog(
     ids = []
     for i in range(3):
         img.write_bytes(random_bytes(200_000, 40 + i))
-        ids.append(json.loads(run_cli("snapshot", "-r", repo_path, img, "--json").stdout)["id"])
-    first = repo_path / "snapshots" / f"{ids[0]}.json"
+        ids.append(json.loads(run_cli("snapshot", "-r", plain_repo_path, img, "--json").stdout)["id"])
+    first = plain_repo_path / "snapshots" / f"{ids[0]}.json"
     text = first.read_text()
     assert '"seq": 1,' in text
     first.write_text(text.replace('"seq": 1,', '"seq": 9,'))
-    errors = cli_json("check", "-r", repo_path, code=EXIT_DAMAGED)["errors"]
+    errors = cli_json("check", "-r", plain_repo_path, code=EXIT_DAMAGED)["errors"]
     assert [e["kind"] for e in errors] == ["record-unreadable"] and "checksum" in errors[0]["message"]
-    res = cli_json("repair", "-r", repo_path)
+    res = cli_json("repair", "-r", plain_repo_path)
     assert [r["id"] for r in res["recovered_records"]] == [ids[0]]
     assert '"seq": 1,' in first.read_text()
-    assert cli_json("info", "-r", repo_path, "latest")["id"] == ids[2]
-    assert cli_json("check", "-r", repo_path)["status"] == "sound"
+    assert cli_json("info", "-r", plain_repo_path, "latest")["id"] == ids[2]
+    assert cli_json("check", "-r", plain_repo_path)["status"] == "sound"
 
 
-def test_a_record_rewritten_with_a_matching_checksum_loses_to_the_catalog(tmp_path, repo_path):
+def test_a_record_rewritten_with_a_matching_checksum_loses_to_the_catalog(tmp_path, plain_repo_path):
     """Someone edits a record's size and recomputes its (unkeyed) checksum: check reports
     the disagreement, prune deletes nothing, repair rewrites the record from the catalog."""
     from diskvault.repository.catalog import record_checksum
 
     img = tmp_path / "a.img"
     img.write_bytes(random_bytes(300_000, 51))
-    sid = json.loads(run_cli("snapshot", "-r", repo_path, img, "--json").stdout)["id"]
-    path = repo_path / "snapshots" / f"{sid}.json"
+    sid = json.loads(run_cli("snapshot", "-r", plain_repo_path, img, "--json").stdout)["id"]
+    path = plain_repo_path / "snapshots" / f"{sid}.json"
     original = path.read_bytes()
     rec = json.loads(original)
     rec["size"] = 99
     rec["checksum"] = record_checksum(rec)
     path.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
-    assert [e["kind"] for e in cli_json("check", "-r", repo_path, code=EXIT_DAMAGED)["errors"]] == ["record-mismatch"]
-    proc = run_cli("prune", "-r", repo_path, check=False)
+    assert [e["kind"] for e in cli_json("check", "-r", plain_repo_path, code=EXIT_DAMAGED)["errors"]] == ["record-mismatch"]
+    proc = run_cli("prune", "-r", plain_repo_path, check=False)
     assert proc.returncode == EXIT_DAMAGED and b"does not match the catalog" in proc.stderr
-    res = cli_json("repair", "-r", repo_path)
+    res = cli_json("repair", "-r", plain_repo_path)
     assert [r["id"] for r in res["recovered_records"]] == [sid] and path.read_bytes() == original
-    assert cli_json("check", "-r", repo_path)["status"] == "sound"
+    assert cli_json("check", "-r", plain_repo_path)["status"] == "sound"

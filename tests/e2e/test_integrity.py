@@ -16,15 +16,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import random_bytes, run_cli, secret
+from helpers import pack_entries, random_bytes, run_cli, secret
 
 from diskvault.repository.chunking import ChunkerParams
 from diskvault.repository.hashing import ZERO_ID
 from diskvault.ops.check import check
 from diskvault.ops.snapshot import take_snapshot
-from diskvault.repository.pack import FOOTER, TYPE_CHUNK, read_pack_index
+from diskvault.repository.pack import FOOTER, TYPE_CHUNK
 from diskvault.repository import Repository
-from diskvault.storage.local import LocalStorage
 
 
 def cli_json(*args, code: int = 0) -> dict:
@@ -56,7 +55,7 @@ def leaves_of(repo: Path, sid: str):
 
 
 def first_chunk(pack: Path, repo: Path):
-    entries = read_pack_index(LocalStorage(str(repo)), str(pack.relative_to(repo)))
+    entries = pack_entries(repo, pack)
     return next(e for e in entries if e.type == TYPE_CHUNK)
 
 
@@ -302,10 +301,10 @@ def test_interrupted_repair_leaves_the_old_catalog(world, monkeypatch):
 
     monkeypatch.setattr(repair_mod.os, "rename", killed)
     with pytest.raises(KeyboardInterrupt):
-        repair_mod.repair(str(w.repo))
+        repair_mod.repair(str(w.repo), passphrase=secret)
     monkeypatch.undo()
     with Repository.open(str(w.repo), passphrase=secret) as r:  # the old (still wrong) catalog, readable as before
         assert [f.kind for f in check(r).errors] == ["catalog-row"]
         assert r.storage.clean_temporary() == 1  # the unfinished new catalog
-    assert repair_mod.repair(str(w.repo)).status_after == "sound"
+    assert repair_mod.repair(str(w.repo), passphrase=secret).status_after == "sound"
     restores_identically(w, w.A, w.a, "a.out")

@@ -77,7 +77,7 @@ def test_forget_dry_run_reports_reasons_and_changes_nothing(tmp_path, repo_path)
 def test_prune_removes_leftovers_of_interrupted_commands(tmp_path, repo_path):
     series = snapshot_series(repo_path, tmp_path / "a.img", count=4, size=400_000, changes=4)
     with Repository.open(str(repo_path), passphrase=secret) as r:
-        w = PackWriter(r.storage)  # a sealed pack the catalog never recorded (crash before add_pack)
+        w = PackWriter(r.storage, r.crypto)  # a sealed pack the catalog never recorded (crash before add_pack)
         w.add(b"\x01" * 32, 1, 0, b"orphan data", 11)
         w.seal()
         orphan_pack = repo_path / w.name

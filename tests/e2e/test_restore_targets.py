@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compat"))
 from gpt_image import make_gpt_disk  # noqa: E402
 
-from helpers import cli_env, random_bytes, run_cli  # noqa: E402, secret
+from helpers import cli_env, pack_entries, random_bytes, run_cli, secret  # noqa: E402
 
 MiB = 1 << 20
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -333,8 +333,7 @@ def test_mounted_loop_image_and_mounted_stdout_refused(tmp_path, repo_path):
 def test_skip_damaged_to_stdout_and_in_place(tmp_path, repo_path):
     """A damaged chunk: zeros at its place on stdout (in order) and over old bytes in place."""
     from diskvault.repository import Repository
-    from diskvault.repository.pack import TYPE_CHUNK, read_pack_index
-    from diskvault.storage.local import LocalStorage
+    from diskvault.repository.pack import TYPE_CHUNK
 
     img = tmp_path / "d.img"
     img.write_bytes(random_bytes(600_000, 1) + bytes(200_000) + random_bytes(300_000, 2))
@@ -343,7 +342,7 @@ def test_skip_damaged_to_stdout_and_in_place(tmp_path, repo_path):
         pack = repo_path / r.catalog.packs()[0]["name"]
         snap = r.resolve("latest")
         leaves = list(r.tree().leaves(bytes.fromhex(snap.tree)))
-    e = next(e for e in read_pack_index(LocalStorage(str(repo_path)), str(pack.relative_to(repo_path))) if e.type == TYPE_CHUNK)
+    e = next(e for e in pack_entries(repo_path, pack) if e.type == TYPE_CHUNK)
     data = bytearray(pack.read_bytes())
     data[e.offset + e.stored_len // 2] ^= 0x40
     pack.write_bytes(bytes(data))

@@ -128,7 +128,7 @@ def test_every_file_is_0600_and_every_folder_0700_whatever_the_umask(tmp_path, m
         run_cli("snapshot", "-r", repo, image, "--tag", "again")
         with Repository.open(str(repo), passphrase=secret) as r, r.lock("shared", "test"):
             r.catalog.set_meta("test", "1")  # a write: the catalog's -wal and -shm exist now
-            writer = PackWriter(r.storage)  # a pack being written: its temporary file
+            writer = PackWriter(r.storage, r.crypto)  # a pack being written: its temporary file
             writer.add(b"\1" * 32, 1, 0, b"data", 4)
             writer.flush()
             seen = modes(repo)
@@ -313,7 +313,7 @@ def test_outer_prune_leaves_a_nested_repository_alone(repo_path, tmp_path):
     inner = repo_path / "inner"
     before = {p for p in inner.rglob("*") if p.is_file()}
     with Repository.open(str(inner), passphrase=secret) as r:
-        writer = PackWriter(r.storage)  # the inner repository's snapshot in progress
+        writer = PackWriter(r.storage, r.crypto)  # the inner repository's snapshot in progress
         writer.add(b"\2" * 32, 1, 0, b"data", 4)
         writer.flush()
         temp = next(p for p in inner.rglob("*.tmp-*"))

@@ -221,6 +221,7 @@ def test_a_changed_snapshot_record_or_catalog_row_is_found(repo, tmp_path):
     path, _ = repo
     (record,) = (path / "snapshots").iterdir()
     original = record.read_bytes()
+    assert b'"tree"' not in original  # sealed
     data = bytearray(original)
     data[len(data) // 2] ^= 0x40
     record.write_bytes(bytes(data))
@@ -228,7 +229,9 @@ def test_a_changed_snapshot_record_or_catalog_row_is_found(repo, tmp_path):
     assert checked.returncode == EXIT_DAMAGED
     assert record.name in checked.stdout.decode() and "authentication" in checked.stdout.decode()
     one_line_error(run("prune", "-r", path), EXIT_DAMAGED, record.name)
-    record.write_bytes(original)
+    repaired = json.loads(run_cli("repair", "-r", path, "--json").stdout)  # rewritten from the catalog row
+    assert [r["from"] for r in repaired["recovered_records"]] == ["catalog"]
+    assert record.read_bytes() != original  # sealed anew (a new random nonce)
     run_cli("check", "-r", path)
     con = sqlite3.connect(path / "catalog.sqlite")
     sealed = bytearray(con.execute("SELECT sealed FROM snapshots").fetchone()[0])

@@ -91,7 +91,11 @@ def main() -> None:
             stream.reconfigure(errors="surrogateescape")
     try:
         code = app(standalone_mode=False)  # click's exceptions come here; --help and typer.Exit return a code
-    except click.NoArgsIsHelpError:  # bare `diskvault`: typer has printed the help
+    except click.NoArgsIsHelpError as exc:  # bare `diskvault` (or `diskvault key`): the help, exit 2
+        try:
+            print(exc.ctx.get_help())
+        except BrokenPipeError:
+            pass
         sys.exit(EXIT_USAGE)
     except click.UsageError as exc:
         print(usage_line(exc), file=sys.stderr)

@@ -27,6 +27,7 @@ for ChaCha20-Poly1305). ``open_*`` raise DamagedData when authentication fails.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 
@@ -74,6 +75,7 @@ class Crypto:
         self.content_id = keyed_id
 
     # --- pack entries and trailers -----------------------------------------------------
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one Crypto per open repository)
     def _pack_cipher(self, pack_id: str):
         return self._aesgcm(blake3.blake3(bytes.fromhex(pack_id), key=self._pack_key).digest())
 
