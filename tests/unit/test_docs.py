@@ -10,13 +10,15 @@ from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+GROUPS = sorted(g.name for g in app.registered_groups)  # diskvault job add|list|...
+SUBCOMMANDS = [(g.name, c.name) for g in app.registered_groups for c in g.typer_instance.registered_commands]
 
 
 def test_commands_found():
     assert {"init", "snapshot", "snapshots", "info", "restore"} <= set(COMMANDS)
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS + GROUPS)
 def test_command_is_documented(command):
     assert re.search(rf"^## {command}\b", (ROOT / "docs" / "cli.md").read_text(), re.M), command
     assert f"`{command}" in (ROOT / "README.md").read_text(), command
@@ -63,3 +65,18 @@ def test_global_flags_are_documented():
 
     missing = [f for f in _flags(get_command(app)) if not _documented(f, _sections()[""])]
     assert not missing, missing
+
+
+@pytest.mark.parametrize(("group", "command"), SUBCOMMANDS)
+def test_every_subcommand_flag_is_documented(group, command):
+    """``diskvault job add --help`` and the like: every flag is in the group's section of
+    docs/cli.md (``## job``, with a ``### job add`` heading for each subcommand)."""
+    from typer.main import get_command
+
+    cmd = get_command(app).commands[group].commands[command]
+    text = _sections().get(group, "")
+    assert re.search(rf"^### {group} {command}\b", text, re.M), f"docs/cli.md: add ### {group} {command}"
+    missing = [f for f in _flags(cmd) if not _documented(f, text)]
+    assert not missing, f"docs/cli.md, section {group}: document {', '.join(missing)} of {group} {command}"
+    help_text = run_cli(group, command, "--help", env=None).stdout.decode()
+    assert all(f in help_text for f in _flags(cmd) if f != "-h")

@@ -15,7 +15,7 @@ from diskvault.ops.jobs.units import calendar, crontab_line
 
 def test_toml_round_trip_of_awkward_text(tmp_path, monkeypatch):
     monkeypatch.setenv("DISKVAULT_JOBS_DIR", str(tmp_path))
-    job = new_job(name="j", repository="/r", source='/dev/disk/by-id/usb "x" \\ 100% é',
+    job = new_job(name="j", repository="/r", source='/dev/disk/by-id/usb "x" \\ 100% é', allow_mounted=True,
                   tags=["a b", 'q"'], keep_tag=["x,y"], keep_daily=-1, keep_within="1y2m",
                   on_failure="printf '%s\\n' \"$DISKVAULT_JOB_ERROR\" | mail -s 'fail' me@example.org")
     assert tomllib.loads(to_toml(job)) == job.to_json()
@@ -81,6 +81,9 @@ def test_steps_get_the_passphrase_source_and_the_slice(monkeypatch):
     steps = plan(job, 5)
     assert [s for s, _ in steps] == ["snapshot", "check"]  # no keep rule: no forget
     assert steps[-1][1][-2:] == ["--read-data-subset", "2/4"]  # 30%: four slices of 25%
+    assert "--allow-mounted" not in steps[0][1]
+    job.allow_mounted = True
+    assert plan(job, 0)[0][1][-2:] == ["--allow-mounted", "/s"]
     job.keep_weekly, job.keep_tag = 4, ["golden"]
     forget = dict(plan(job, 0))["forget"]
     assert forget[-4:] == ["--keep-weekly", "4", "--keep-tag", "golden"] and "--prune" in forget

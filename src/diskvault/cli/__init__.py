@@ -73,7 +73,7 @@ click = sys.modules[typer.BadParameter.__module__]
 for command in (init, snapshot, snapshots, info, restore, forget, prune, unlock, check, verify, repair,
                 partitions, serve, mount, export):
     app.command()(command)
-app.add_typer(job_app)
+app.add_typer(job_app, name="job")
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..policy import parse_duration
-from .common import JsonOpt, RepoOpt, human, print_json
+from .common import JsonOpt, RepoOpt, human, plural, print_json
 from .forget_cmd import KeepTagOpt, KeepWithinOpt, check_count, keep_count_option
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ def add(
     source: Annotated[str, typer.Option("--source", metavar="PATH", show_default=False,
                                         help="Device or image file to snapshot.")],
     tag: Annotated[list[str], typer.Option("--tag", "-t", metavar="TAG", help="Tag the job's snapshots (repeatable); forget keeps to them.")] = [],  # noqa: B006
+    allow_mounted: Annotated[bool, typer.Option(
+        "--allow-mounted", help="Snapshot the source even when it is mounted read-write (see docs/jobs.md for consistent images).")] = False,
     on_calendar: Annotated[str, typer.Option("--on-calendar", metavar="SPEC", help="When to run: a systemd calendar expression (daily, hourly, 'Mon..Fri 02:00').")] = "daily",
     randomized_delay: Annotated[str, typer.Option("--randomized-delay", metavar="SPAN", help="Start up to SPAN later at random (RandomizedDelaySec=; 0 for none).")] = "15min",
     keep_last: keep_count_option("--keep-last") = 0,
@@ -70,7 +72,7 @@ def add(
             raise typer.BadParameter(str(exc), param_hint="--keep-within") from None
     if any("," in t for t in tag):
         raise typer.BadParameter("a tag cannot hold a comma: give --tag once per tag", param_hint="--tag")
-    job = new_job(name=name, repository=repo, source=source, tags=tag, on_calendar=on_calendar,
+    job = new_job(name=name, repository=repo, source=source, tags=tag, allow_mounted=allow_mounted, on_calendar=on_calendar,
                   randomized_delay=randomized_delay, keep_within=keep_within or "", keep_tag=keep_tag,
                   check_subset=check_subset, password_file=password_file or "", password_command=password_command or "",
                   on_failure=on_failure or "", on_success=on_success or "", **counts)
@@ -151,7 +153,8 @@ def run(name: NameArg, user: UserOpt = False, json_out: JsonOpt = False) -> None
     """Run a job now (what its timer runs): snapshot, forget --prune, check a slice; exit code of the failed step."""
     from ..ops.jobs import run as run_op
 
-    rec = run_op(_scope(user), name, echo=lambda line: typer.echo(line, err=True))
+    rec = run_op(_scope(user), name, echo=lambda line: typer.echo(line, err=True),
+                 step_done=lambda step: typer.echo(_step_line(name, step), err=True))
     if json_out:
         print_json(rec)
     if rec["exit_code"]:
@@ -165,6 +168,23 @@ def remove(name: NameArg, user: UserOpt = False) -> None:
 
     for path in remove_op(_scope(user), name):
         typer.echo(f"removed {path}", err=True)
+
+
+def _step_line(name: str, rec: dict) -> str:
+    """``job nightly: snapshot 1a2b3c4d5e6f, 12.50 MiB added in 3.1 s`` and the like."""
+    size = lambda key: human(rec[key]) if rec.get(key) is not None else "?"  # noqa: E731
+    step = rec["step"]
+    if step == "snapshot":
+        what = f"snapshot {(rec.get('snapshot') or '?')[:12]}, {size('bytes_added')} added"
+    elif step == "forget":
+        what = f"forget: {plural(rec.get('forgot') or 0, 'snapshot')} forgotten, {size('reclaimed')} reclaimed"
+    else:
+        what = (f"check {rec.get('subset')}: {rec.get('packs_read')} of {plural(rec.get('packs_total') or 0, 'pack')} read, "
+                f"{rec.get('status')}")
+    if rec["exit_code"] and not (step == "check" and rec.get("status")):
+        what = f"{step} failed"
+    tail = f" (exit {rec['exit_code']}: {rec['error']})" if rec["exit_code"] else ""
+    return f"job {name}: {what} in {rec['duration']:.1f} s{tail}"
 
 
 def _when(iso: str | None) -> str:

@@ -78,9 +78,9 @@ def remove(scope: Scope, name: str) -> list[str]:
     return [*gone, scope.config_path(job.name)]
 
 
-def run(scope: Scope, name: str, echo: Callable[[str], None]) -> dict:
+def run(scope: Scope, name: str, echo: Callable[[str], None], step_done: Callable[[dict], None]) -> dict:
     """Run job ``name`` once (see runner.run_job); UsageError for an unknown job."""
-    return run_job(scope, load(scope, name), echo)
+    return run_job(scope, load(scope, name), echo, step_done)
 
 
 def health(scope: Scope, name: str, now: datetime | None = None) -> dict:

@@ -75,6 +75,7 @@ class Job:
     on_calendar: str = "daily"
     randomized_delay: str = "15min"
     tags: list[str] = field(default_factory=list)
+    allow_mounted: bool = False
     keep_last: int = 0
     keep_hourly: int = 0
     keep_daily: int = 0

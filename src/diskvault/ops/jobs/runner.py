@@ -41,7 +41,8 @@ def plan(job: Job, check_next: int) -> list[tuple[str, list[str]]]:
     """``[(step, diskvault arguments)]`` for one run; ``check_next`` is the 0-based slice."""
     repo = ["-r", job.repository]
     tags = [a for t in job.tags for a in ("--tag", t)]
-    steps = [("snapshot", ["snapshot", *repo, "--json", "--no-progress", *tags, job.source])]
+    mounted = ["--allow-mounted"] if job.allow_mounted else []
+    steps = [("snapshot", ["snapshot", *repo, "--json", "--no-progress", *tags, *mounted, job.source])]
     if job.keep_args():
         steps.append(("forget", ["forget", *repo, "--prune", "--json", "--no-progress", "--host", socket.gethostname(),
                                  "--source", job.source, *tags, *job.keep_args()]))
@@ -60,11 +61,12 @@ def step_env(job: Job) -> dict[str, str]:
     return env
 
 
-def run_job(scope: Scope, job: Job, echo: Callable[[str], None]) -> dict:
+def run_job(scope: Scope, job: Job, echo: Callable[[str], None], step_done: Callable[[dict], None]) -> dict:
     """Run ``job`` once (RepositoryLocked when it is already running) and return the run as
     recorded in its state: ``{"start", "end", "duration", "result" ("success"|"failure"),
     "exit_code", "failed_step", "error", "snapshot", "bytes_added", "steps": [...], "hook"}``.
-    ``echo`` gets the steps' stderr lines and a summary line per step."""
+    ``echo`` gets the steps' stderr lines (and warnings), ``step_done`` each step's record
+    (``_run_step``) when it ends."""
     with job_state.RunLock(scope, job.name):
         state = job_state.load(scope, job.name)
         started = time.monotonic()
@@ -82,7 +84,7 @@ def run_job(scope: Scope, job: Job, echo: Callable[[str], None]) -> dict:
                         run["snapshot"], run["bytes_added"] = rec.get("snapshot"), rec.get("bytes_added")
                     if step == "check" and rec["exit_code"] in (0, 8):  # the slice was read
                         state["check_next"] = (int(state.get("check_next", 0)) + 1) % job.slices()
-                    echo(_summary(job.name, rec))
+                    step_done(rec)
                     if rec["exit_code"] != 0:
                         run.update(failed_step=step, exit_code=rec["exit_code"], error=rec["error"])
                         break
@@ -189,16 +191,3 @@ def _details(step: str, data: dict | None) -> dict:
         return {"status": data.get("status"), "subset": read.get("subset"), "packs_read": read.get("packs"),
                 "packs_total": read.get("packs_total")}
     return {}
-
-
-def _summary(name: str, rec: dict) -> str:
-    what = {"snapshot": lambda: f"snapshot {str(rec.get('snapshot'))[:12]}, {rec.get('bytes_added')} bytes added",
-            "forget": lambda: f"forget: {rec.get('forgot')} snapshots forgotten, {rec.get('reclaimed')} bytes reclaimed",
-            "check": lambda: f"check {rec.get('subset')}: {rec.get('packs_read')} of {rec.get('packs_total')} packs read, "
-                             f"{rec.get('status')}"}[rec["step"]]
-    if rec["exit_code"] == 0 or (rec["step"] == "check" and rec.get("status")):
-        head = what()
-    else:
-        head = f"{rec['step']} failed"
-    tail = "" if rec["exit_code"] == 0 else f" (exit {rec['exit_code']}: {rec['error']})"
-    return f"job {name}: {head} in {rec['duration']:.1f} s{tail}"
