@@ -35,6 +35,11 @@ def job(env, *args, check=True):
     return run_cli("job", *args, env=env, check=check)
 
 
+def add(env, *args, check=True):
+    """``job add ... --print``: the job is saved, no unit is installed even where systemd runs."""
+    return job(env, "add", *args, "--print", check=check)
+
+
 def one_line_error(proc, code):
     err = proc.stderr.decode()
     assert proc.returncode == code, err
@@ -52,7 +57,7 @@ def sha(path: Path) -> str:
 
 def write_units(printed: str, folder: Path) -> list[Path]:
     """Split ``job add --print`` output (``# PATH`` before each unit) into files in ``folder``."""
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     files = []
     for head, body in re.findall(r"^# (\S+)\n(.*?)(?=^# /|\Z)", printed, re.M | re.S):
         path = folder / os.path.basename(head)
@@ -71,11 +76,10 @@ def test_printed_units_pass_systemd_analyze_verify(tmp_path, user):
     """The units of a job with every option, paths holding a space and a %, pass systemd's own check."""
     folder = tmp_path / "jobs 100%"
     env = cli_env(DISKVAULT_JOBS_DIR=str(folder), XDG_CONFIG_HOME=str(tmp_path / "home"))
-    out = job(env, "add", "nightly", "-r", tmp_path / "my repo", "--source", tmp_path / "disk 50%.img",
+    out = add(env, "nightly", "-r", tmp_path / "my repo", "--source", tmp_path / "disk 50%.img",
               "--on-calendar", "Mon..Fri 02:30", "--randomized-delay", "1h", "--keep-daily", "7",
               "--keep-weekly", "4", "--keep-monthly", "6", "--check-subset", "5%", "--tag", "system",
-              "--on-failure", 'mail -s "backup failed" me@example.org', *(["--user"] if user else []),
-              "--print").stdout.decode()
+              "--on-failure", 'mail -s "backup failed" me@example.org', *(["--user"] if user else [])).stdout.decode()
     files = write_units(out, tmp_path / "units")
     assert sorted(f.name for f in files) == ["diskvault-job@nightly.service", "diskvault-job@nightly.timer"]
     timer = (tmp_path / "units" / "diskvault-job@nightly.timer").read_text()
@@ -115,7 +119,7 @@ def test_job_run_snapshot_forget_check_on_a_real_image(tmp_path, jobs, repo_path
     """Three runs on an ext4 image changing between them: each snapshot restores exactly,
     forget --prune keeps the two newest, check reads the slices in turn."""
     image = make_ext4(tmp_path / "disk.img", 16, make_tree(tmp_path / "content", files=20))
-    job(jobs, "add", "nightly", "-r", repo_path, "--source", image, "--keep-last", "2", "--check-subset", "50%",
+    add(jobs, "nightly", "-r", repo_path, "--source", image, "--keep-last", "2", "--check-subset", "50%",
         "--tag", "nightly")
     digests = []
     for i in range(3):
@@ -143,7 +147,7 @@ def test_job_run_snapshot_forget_check_on_a_real_image(tmp_path, jobs, repo_path
 
 def test_failing_source_runs_on_failure_with_the_variables_and_exits_with_the_snapshots_code(tmp_path, jobs, repo_path):
     out, ok = tmp_path / "failure.env", tmp_path / "success.env"
-    job(jobs, "add", "broken", "-r", repo_path, "--source", tmp_path / "missing.img", "--keep-last", "3",
+    add(jobs, "broken", "-r", repo_path, "--source", tmp_path / "missing.img", "--keep-last", "3",
         "--on-failure", f"env > '{out}'", "--on-success", f"env > '{ok}'")
     proc = job(jobs, "run", "broken", check=False)
     assert proc.returncode == EXIT_SOURCE_TARGET
@@ -179,7 +183,7 @@ def test_ten_runs_of_a_10_percent_subset_read_every_pack_once(tmp_path, jobs, re
     image = tmp_path / "a.img"
     image.write_bytes(random_bytes(2 << 20, 9))
     env = dict(jobs, DISKVAULT_PACK_SIZE="65536")
-    job(env, "add", "rotate", "-r", repo_path, "--source", image, "--keep-last", "1", "--check-subset", "10%")
+    add(env, "rotate", "-r", repo_path, "--source", image, "--keep-last", "1", "--check-subset", "10%")
     runs = [json.loads(job(env, "run", "rotate", "--json").stdout) for _ in range(10)]
     checks = [r["steps"][-1] for r in runs]
     assert [c["subset"] for c in checks] == [f"{k}/10" for k in range(1, 11)]
@@ -197,7 +201,7 @@ def test_list_and_status_after_success_failure_and_never(tmp_path, jobs, repo_pa
     image = tmp_path / "a.img"
     image.write_bytes(random_bytes(200_000, 2))
     for name, source in (("good", image), ("bad", tmp_path / "gone.img"), ("fresh", image)):
-        job(jobs, "add", name, "-r", repo_path, "--source", source, "--on-calendar", "hourly")
+        add(jobs, name, "-r", repo_path, "--source", source, "--on-calendar", "hourly")
     job(jobs, "run", "good")
     assert job(jobs, "run", "bad", check=False).returncode == EXIT_SOURCE_TARGET
     rows = {r["name"]: r for r in json.loads(job(jobs, "list", "--json").stdout)}
@@ -238,24 +242,24 @@ def test_list_and_status_after_success_failure_and_never(tmp_path, jobs, repo_pa
 
 def test_add_remove_and_usage_errors(tmp_path, jobs, repo_path):
     base = ["-r", repo_path, "--source", tmp_path / "a.img"]
-    one_line_error(job(jobs, "add", "bad name", *base, check=False), EXIT_USAGE)
-    one_line_error(job(jobs, "add", "../etc", *base, check=False), EXIT_USAGE)
-    one_line_error(job(jobs, "add", "x", *base, "--on-calendar", "sometimes", check=False), EXIT_USAGE)
-    one_line_error(job(jobs, "add", "x", *base, "--randomized-delay", "soon", check=False), EXIT_USAGE)
+    one_line_error(add(jobs, "bad name", *base, check=False), EXIT_USAGE)
+    one_line_error(add(jobs, "../etc", *base, check=False), EXIT_USAGE)
+    one_line_error(add(jobs, "x", *base, "--on-calendar", "sometimes", check=False), EXIT_USAGE)
+    one_line_error(add(jobs, "x", *base, "--randomized-delay", "soon", check=False), EXIT_USAGE)
     for subset in ("0%", "101%", "3/10", "ten"):
-        one_line_error(job(jobs, "add", "x", *base, "--check-subset", subset, check=False), EXIT_USAGE)
-    one_line_error(job(jobs, "add", "x", *base, "--keep-last", "-2", check=False), EXIT_USAGE)
-    one_line_error(job(jobs, "add", "x", *base, "--keep-within", "3q", check=False), EXIT_USAGE)
-    one_line_error(job(jobs, "add", "x", *base, "--password-file", "/p", "--password-command", "pass x",
+        one_line_error(add(jobs, "x", *base, "--check-subset", subset, check=False), EXIT_USAGE)
+    one_line_error(add(jobs, "x", *base, "--keep-last", "-2", check=False), EXIT_USAGE)
+    one_line_error(add(jobs, "x", *base, "--keep-within", "3q", check=False), EXIT_USAGE)
+    one_line_error(add(jobs, "x", *base, "--password-file", "/p", "--password-command", "pass x",
                        check=False), EXIT_USAGE)
     assert not (Path(jobs["DISKVAULT_JOBS_DIR"]) / "x.toml").exists()
 
-    job(jobs, "add", "x", *base, "--password-file", "secret.txt", "--keep-last", "3")
+    add(jobs, "x", *base, "--password-file", "secret.txt", "--keep-last", "3")
     config = tomllib.loads((Path(jobs["DISKVAULT_JOBS_DIR"]) / "x.toml").read_text())
     assert config["password_file"] == os.path.abspath("secret.txt") and config["password_command"] == ""
-    err = one_line_error(job(jobs, "add", "x", *base, check=False), EXIT_USAGE)
+    err = one_line_error(add(jobs, "x", *base, check=False), EXIT_USAGE)
     assert "exists" in err and "--force" in err
-    job(jobs, "add", "x", *base, "--keep-last", "5", "--force")
+    add(jobs, "x", *base, "--keep-last", "5", "--force")
     assert tomllib.loads((Path(jobs["DISKVAULT_JOBS_DIR"]) / "x.toml").read_text())["keep_last"] == 5
 
     for command in ("run", "status", "remove"):
@@ -273,7 +277,7 @@ def test_add_remove_and_usage_errors(tmp_path, jobs, repo_path):
 def test_a_job_that_is_running_is_not_run_twice(tmp_path, jobs, repo_path):
     image = tmp_path / "a.img"
     image.write_bytes(random_bytes(100_000, 4))
-    job(jobs, "add", "once", "-r", repo_path, "--source", image)
+    add(jobs, "once", "-r", repo_path, "--source", image)
     lock = Path(jobs["DISKVAULT_JOBS_DIR"]) / "state" / "once.lock"
     lock.parent.mkdir(parents=True)
     with open(lock, "w") as f:
@@ -294,7 +298,7 @@ def test_user_jobs_live_in_the_users_directories(tmp_path, repo_path):
     env.pop("DISKVAULT_JOBS_DIR", None)
     image = tmp_path / "a.img"
     image.write_bytes(random_bytes(100_000, 5))
-    out = job(env, "add", "mine", "--user", "-r", repo_path, "--source", image, "--print").stdout.decode()
+    out = add(env, "mine", "--user", "-r", repo_path, "--source", image).stdout.decode()
     assert out.startswith(f"# {tmp_path / 'config' / 'systemd' / 'user'}/diskvault-job@mine.service")
     assert "job run --user mine" in out and "After=local-fs.target" not in out
     assert (tmp_path / "config" / "diskvault" / "jobs" / "mine.toml").exists()
@@ -317,3 +321,27 @@ def test_a_system_wide_job_needs_root(tmp_path):
     err = one_line_error(proc, EXIT_USAGE)
     assert "needs root" in err and "--user" in err
     assert not os.path.exists("/etc/diskvault/jobs/x.toml")
+
+
+def test_remove_takes_only_its_own_units_and_list_shows_a_broken_job(tmp_path, jobs, repo_path):
+    """Units of a job of another jobs folder (the real one, DISKVAULT_JOBS_DIR unset) stay;
+    the job's own units go; a job file that does not parse is listed as invalid."""
+    env = dict(jobs, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    units = tmp_path / "config" / "systemd" / "user"
+    base = ["--user", "-r", repo_path, "--source", tmp_path / "a.img"]
+    for name in ("mine", "theirs"):
+        write_units(add(env, name, *base).stdout.decode(), units)
+    theirs = units / "diskvault-job@theirs.service"
+    theirs.write_text(re.sub(r"^Environment=.*\n", "", theirs.read_text(), flags=re.M))  # as a real job's
+    for name in ("mine", "theirs"):
+        gone = job(env, "remove", "--user", name).stderr.decode()
+        assert (str(units / f"diskvault-job@{name}.timer") in gone) == (name == "mine")
+    assert sorted(os.listdir(units)) == ["diskvault-job@theirs.service", "diskvault-job@theirs.timer"]
+
+    add(jobs, "good", "-r", repo_path, "--source", tmp_path / "a.img")
+    (Path(jobs["DISKVAULT_JOBS_DIR"]) / "broken.toml").write_text("check_subset = 7\n")
+    rows = {r["name"]: r for r in json.loads(job(jobs, "list", "--json").stdout)}
+    assert rows["good"]["result"] == "never" and rows["broken"]["result"] == "invalid"
+    assert "is not a job's" in rows["broken"]["error"] and rows["broken"]["warning"] == rows["broken"]["error"]
+    proc = job(jobs, "list")
+    assert "broken" in proc.stdout.decode() and "warning: job file" in proc.stderr.decode()

@@ -102,10 +102,10 @@ def add(
 @job_app.command("list")
 def list_jobs(user: UserOpt = False, json_out: JsonOpt = False) -> None:
     """List the jobs: schedule, last run and its result, next run, last success."""
-    from ..ops.jobs import health
+    from ..ops.jobs import health_all
 
     scope = _scope(user)
-    rows = [health(scope, name) for name in scope.names()]
+    rows = health_all(scope)
     if json_out:
         print_json([{k: v for k, v in r.items() if k not in ("runs", "job")} for r in rows])
         return
@@ -114,7 +114,7 @@ def list_jobs(user: UserOpt = False, json_out: JsonOpt = False) -> None:
         return
     table = [("NAME", "SCHEDULE", "LAST RUN", "RESULT", "NEXT RUN", "LAST SUCCESS")]
     for r in rows:
-        table.append((r["name"], r["schedule"], _when(r["last_run"]), _result(r), _when(r["next_run"]), _age(r)))
+        table.append((r["name"], r["schedule"] or "-", _when(r["last_run"]), _result(r), _when(r["next_run"]), _age(r)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

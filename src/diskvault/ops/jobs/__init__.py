@@ -18,10 +18,10 @@ from ...errors import UsageError
 from . import state as job_state
 from .config import JOBS_DIR_ENV, Job, Scope, check_name, load, new_job, save
 from .runner import run_job
-from .units import (Calendar, calendar, check_timespan, crontab_line, install, systemd_running, timer_next,
+from .units import (Calendar, calendar, check_installable, check_timespan, crontab_line, install, systemd_running, timer_next,
                     uninstall, unit_dir, units)
 
-__all__ = ["Job", "Scope", "AddResult", "add", "remove", "run", "health", "load", "new_job"]
+__all__ = ["Job", "Scope", "AddResult", "add", "remove", "run", "health", "health_all", "load", "new_job"]
 
 
 @dataclass
@@ -54,6 +54,8 @@ def add(scope: Scope, job: Job, force: bool = False, print_only: bool = False) -
     check_timespan(job.randomized_delay)
     if not scope.user and os.geteuid() != 0 and not os.environ.get(JOBS_DIR_ENV):
         raise UsageError("a system-wide job needs root: run as root, or add --user for a job of your own")
+    if not print_only and systemd_running():
+        check_installable(job, scope)
     save(scope, job, force)
     result = AddResult(job, scope.config_path(job.name), "printed", units(job, scope), unit_dir(scope),
                        next_run=cal.elapses[0].isoformat() if cal.elapses else None)
@@ -122,15 +124,30 @@ def health(scope: Scope, name: str, now: datetime | None = None) -> dict:
     }
 
 
+def health_all(scope: Scope) -> list[dict]:
+    """``health`` of every job of ``scope``, by name; a job whose file cannot be read is
+    listed with ``result`` "invalid", its ``error`` and a ``warning``, the other fields null."""
+    rows = []
+    for name in scope.names():
+        try:
+            rows.append(health(scope, name))
+        except UsageError as exc:
+            row = dict.fromkeys(("schedule", "repository", "source", "last_run", "exit_code", "failed_step",
+                                 "last_success", "last_success_age", "next_run", "period"))
+            rows.append({"name": name, "scope": "user" if scope.user else "system", **row, "result": "invalid",
+                         "error": str(exc), "running": False, "warning": str(exc), "runs": [], "job": None})
+    return rows
+
+
 def _time(text: str) -> datetime:
     t = datetime.fromisoformat(text)
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def _span(seconds: float) -> str:
-    """``3 days``, ``5 h``, ``12 min``: a rough human duration."""
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= 2 * size or unit == "min":
-            n = seconds / size
-            return f"{n:.0f} {unit}" if unit != "days" else f"{n:.1f} days"
-    raise AssertionError("unreachable")
+    """``3.5 days``, ``5 h``, ``12 min``: a rough human duration."""
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 60:.0f} min"

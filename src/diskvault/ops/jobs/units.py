@@ -60,7 +60,7 @@ def _environment() -> dict[str, str]:
 def units(job: Job, scope: Scope) -> dict[str, str]:
     """``{unit file name: text}`` for ``job``: its service and its timer."""
     service, timer = unit_names(job.name)
-    env = "".join(f"Environment={_percent(shlex.quote(f'{k}={v}'))}\n" for k, v in _environment().items())
+    env = "".join(line + "\n" for line in _environment_lines())
     exec_start = " ".join(_systemd_quote(a) for a in _command(job, scope))
     return {
         service: (
@@ -102,6 +102,15 @@ def _systemd_quote(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def check_installable(job: Job, scope: Scope) -> None:
+    """UsageError when the job's service unit exists and belongs to another jobs folder
+    (``DISKVAULT_JOBS_DIR``): installing would take over that job's timer."""
+    path = os.path.join(unit_dir(scope), unit_names(job.name)[0])
+    if os.path.exists(path) and not _ours(path):
+        raise UsageError(f"{path} runs a job {job.name} of another jobs folder ({JOBS_DIR_ENV}): choose another name, "
+                         "or remove that job first")
+
+
 def install(job: Job, scope: Scope) -> list[str]:
     """Write the units into the unit folder, reload systemd and enable and start the timer;
     returns the paths written. OSError and UsageError (systemctl failed) as raised."""
@@ -121,6 +130,8 @@ def uninstall(name: str, scope: Scope) -> list[str]:
     returns the paths deleted."""
     service, timer = unit_names(name)
     folder = unit_dir(scope)
+    if not _ours(os.path.join(folder, service)):
+        return []
     present = [os.path.join(folder, f) for f in (timer, service) if os.path.exists(os.path.join(folder, f))]
     if present and systemd_running():
         _systemctl(scope, "disable", "--now", timer, check=False)
@@ -129,6 +140,23 @@ def uninstall(name: str, scope: Scope) -> list[str]:
     if present and systemd_running():
         _systemctl(scope, "daemon-reload", check=False)
     return present
+
+
+def _ours(path: str) -> bool:
+    """True when the service unit at ``path`` runs a job of this jobs folder: written with
+    the same ``DISKVAULT_JOBS_DIR`` (or none), so a job removed from a test's folder never
+    takes the real job of that name with it."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return False
+    env = [line for line in text.splitlines() if line.startswith("Environment=") and JOBS_DIR_ENV in line]
+    return env == _environment_lines()
+
+
+def _environment_lines() -> list[str]:
+    return [f"Environment={_percent(shlex.quote(f'{k}={v}'))}" for k, v in _environment().items()]
 
 
 def _systemctl(scope: Scope, *args: str, check: bool = True) -> str:
