@@ -87,3 +87,18 @@ def test_steps_get_the_passphrase_source_and_the_slice(monkeypatch):
     job.keep_weekly, job.keep_tag = 4, ["golden"]
     forget = dict(plan(job, 0))["forget"]
     assert forget[-4:] == ["--keep-weekly", "4", "--keep-tag", "golden"] and "--prune" in forget
+
+
+def test_state_keeps_the_last_50_runs_and_replaces_its_file_whole(tmp_path):
+    from diskvault.ops.jobs import state
+
+    scope = Scope(False, str(tmp_path), str(tmp_path / "state"))
+    st = state.load(scope, "j")
+    assert st == {"job": "j", "check_next": 0, "runs": []}
+    for i in range(60):
+        st["runs"].append({"start": str(i)})
+        state.save(scope, "j", st)
+    assert [r["start"] for r in state.load(scope, "j")["runs"]] == [str(i) for i in range(10, 60)]
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["j.json"]  # no temporary file left
+    (tmp_path / "state" / "j.json").write_text('{"runs": ')  # torn by hand: read as never run
+    assert state.load(scope, "j")["runs"] == []

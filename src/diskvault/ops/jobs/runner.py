@@ -90,10 +90,10 @@ def run_job(scope: Scope, job: Job, echo: Callable[[str], None], step_done: Call
                         break
             except Interrupted as exc:
                 run.update(failed_step=step, exit_code=Interrupted.exit_code, error=str(exc))
-                _finish(scope, job, state, run, started)
+                _finish(scope, job, state, run, started, echo)
                 raise
         run["exit_code"] = run["exit_code"] or 0
-        _finish(scope, job, state, run, started)
+        _finish(scope, job, state, run, started, echo)
         hook = job.on_success if run["exit_code"] == 0 else job.on_failure
         if hook:
             name = "on_success" if run["exit_code"] == 0 else "on_failure"
@@ -101,17 +101,23 @@ def run_job(scope: Scope, job: Job, echo: Callable[[str], None], step_done: Call
             run["hook"] = {"name": name, "exit_code": code}
             if code != 0:
                 echo(f"warning: job {job.name}: the {name.replace('_', '-')} command exited {code}")
-            _finish(scope, job, state, run, started, again=True)
+            _finish(scope, job, state, run, started, echo, again=True)
         return run
 
 
-def _finish(scope: Scope, job: Job, state: dict, run: dict, started: float, again: bool = False) -> None:
+def _finish(scope: Scope, job: Job, state: dict, run: dict, started: float, echo: Callable[[str], None],
+            again: bool = False) -> None:
+    """Complete ``run`` (unless ``again``) and save the state; a state that cannot be saved
+    (a full disk) is a warning: the hook still runs and the exit code stays the steps'."""
     if not again:
         run["end"] = now()
         run["duration"] = round(time.monotonic() - started, 3)
         run["result"] = "success" if run["exit_code"] == 0 else "failure"
         state["runs"].append(run)
-    job_state.save(scope, job.name, state)
+    try:
+        job_state.save(scope, job.name, state)
+    except OSError as exc:
+        echo(f"warning: job {job.name}: this run could not be recorded ({exc.strerror or exc}: {exc.filename or scope.state_dir})")
 
 
 def hook_env(job: Job, run: dict, log_path: str) -> dict[str, str]:
