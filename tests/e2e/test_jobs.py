@@ -250,6 +250,8 @@ def test_add_remove_and_usage_errors(tmp_path, jobs, repo_path):
         one_line_error(add(jobs, "x", *base, "--check-subset", subset, check=False), EXIT_USAGE)
     one_line_error(add(jobs, "x", *base, "--keep-last", "-2", check=False), EXIT_USAGE)
     one_line_error(add(jobs, "x", *base, "--keep-within", "3q", check=False), EXIT_USAGE)
+    for bad_tag in ("", "a,b", "a\tb"):  # what snapshot would refuse at every run
+        one_line_error(add(jobs, "x", *base, "--tag", bad_tag, check=False), EXIT_USAGE)
     one_line_error(add(jobs, "x", *base, "--password-file", "/p", "--password-command", "pass x",
                        check=False), EXIT_USAGE)
     assert not (Path(jobs["DISKVAULT_JOBS_DIR"]) / "x.toml").exists()

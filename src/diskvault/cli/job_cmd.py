@@ -70,6 +70,8 @@ def add(
             parse_duration(keep_within)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--keep-within") from None
+    if any(not t for t in tag):
+        raise typer.BadParameter("give non-empty text", param_hint="--tag")
     if any("," in t for t in tag):
         raise typer.BadParameter("a tag cannot hold a comma: give --tag once per tag", param_hint="--tag")
     job = new_job(name=name, repository=repo, source=source, tags=tag, allow_mounted=allow_mounted, on_calendar=on_calendar,
