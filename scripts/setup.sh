@@ -27,6 +27,7 @@ have grub-mkstandalone || need+=(grub-efi-amd64-bin)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)   # a static busybox for the initramfs
 have mkfs.vfat || need+=(dosfstools)
 have mcopy || need+=(mtools)
+have systemd-analyze || need+=(systemd)                       # diskvault job: calendar checks, unit verify tests
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need[*]}" >&2; exit 1

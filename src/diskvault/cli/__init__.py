@@ -26,6 +26,7 @@ from .forget_cmd import forget
 from .info_cmd import info
 from .init_cmd import init
 from .key_cmd import key_app
+from .job_cmd import job_app
 from .mount_cmd import mount
 from .partitions_cmd import partitions
 from .prune_cmd import prune
@@ -74,7 +75,8 @@ click = sys.modules[typer.BadParameter.__module__]
 for command in (init, snapshot, snapshots, info, restore, forget, prune, unlock, check, verify, repair,
                 partitions, serve, mount, export):
     app.command()(command)
-app.add_typer(key_app)
+app.add_typer(key_app, name="key")
+app.add_typer(job_app, name="job")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -148,5 +150,6 @@ def usage_line(exc: click.UsageError) -> str:
         ctx = ctx.parent
     if exc.ctx is None:  # raised while parsing, before the command had a context: the command typed
         first = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-        names = [first] if first in {c.name or c.callback.__name__ for c in app.registered_commands} else []
+        known = {c.name or c.callback.__name__ for c in app.registered_commands} | {g.name for g in app.registered_groups}
+        names = [first] if first in known else []
     return f"diskvault: error: {message}: see {' '.join(['diskvault', *reversed(names)])} --help"

@@ -27,12 +27,19 @@ _HELP = {
 }
 
 
-def _count(name: str):
+def keep_count_option(name: str):
+    """The option type of one ``--keep-*`` count rule (shared with ``job add``)."""
     rule = name.removeprefix("--keep-")
     return Annotated[int, typer.Option(name, metavar="N", help=f"{_HELP[rule]} -1: unlimited.", show_default=False)]
 
 
-def _check(value: int, name: str) -> int:
+KeepWithinOpt = Annotated[str | None, typer.Option(
+    "--keep-within", metavar="DURATION", help="Keep snapshots within DURATION (1y2m3d4h, 2w) of the newest.")]
+KeepTagOpt = Annotated[list[str], typer.Option(
+    "--keep-tag", metavar="TAG[,TAG]", help="Keep snapshots with these tags (repeatable).")]
+
+
+def check_count(value: int, name: str) -> int:
     if value < -1:
         raise typer.BadParameter("give a count >= 0, or -1 for unlimited", param_hint=name)
     return value
@@ -41,14 +48,14 @@ def _check(value: int, name: str) -> int:
 def forget(
     repo: RepoOpt,
     snapshots: Annotated[list[str] | None, typer.Argument(metavar="SNAPSHOT", show_default=False, help="Snapshots to forget (id, prefix, latest, latest:TAG); or give keep rules.")] = None,
-    keep_last: _count("--keep-last") = 0,
-    keep_hourly: _count("--keep-hourly") = 0,
-    keep_daily: _count("--keep-daily") = 0,
-    keep_weekly: _count("--keep-weekly") = 0,
-    keep_monthly: _count("--keep-monthly") = 0,
-    keep_yearly: _count("--keep-yearly") = 0,
-    keep_within: Annotated[str | None, typer.Option("--keep-within", metavar="DURATION", help="Keep snapshots within DURATION (1y2m3d4h, 2w) of the newest.")] = None,
-    keep_tag: Annotated[list[str], typer.Option("--keep-tag", metavar="TAG[,TAG]", help="Keep snapshots with these tags (repeatable).")] = [],  # noqa: B006
+    keep_last: keep_count_option("--keep-last") = 0,
+    keep_hourly: keep_count_option("--keep-hourly") = 0,
+    keep_daily: keep_count_option("--keep-daily") = 0,
+    keep_weekly: keep_count_option("--keep-weekly") = 0,
+    keep_monthly: keep_count_option("--keep-monthly") = 0,
+    keep_yearly: keep_count_option("--keep-yearly") = 0,
+    keep_within: KeepWithinOpt = None,
+    keep_tag: KeepTagOpt = [],  # noqa: B006
     host: HostOpt = None,
     source: SourceOpt = None,
     tag: TagOpt = [],  # noqa: B006
@@ -64,7 +71,7 @@ def forget(
     """Forget snapshots by retention policy (restic semantics) or by name; data goes with prune."""
     from ..ops.forget import forget_by_policy, forget_snapshots
 
-    counts = {name: _check(v, name) for name, v in (
+    counts = {name: check_count(v, name) for name, v in (
         ("--keep-last", keep_last), ("--keep-hourly", keep_hourly), ("--keep-daily", keep_daily),
         ("--keep-weekly", keep_weekly), ("--keep-monthly", keep_monthly), ("--keep-yearly", keep_yearly))}
     try:

@@ -1,0 +1,94 @@
+"""A job's state: its last runs and the next check slice, in ``STATE_DIR/NAME.json``.
+
+``{"job": NAME, "check_next": K, "runs": [RUN, ...]}``, oldest run first, at most ``KEEP_RUNS``
+of them; replaced whole on every change (``write_file``: a crash leaves the old or the new
+file). ``STATE_DIR/NAME.lock`` is held (flock) while a run goes on, so two runs of one job
+never overlap; ``STATE_DIR/NAME.log`` holds the last run's output (``DISKVAULT_JOB_LOG``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+
+from ...errors import RepositoryLocked
+from .config import Scope
+from .files import write_file
+
+KEEP_RUNS = 50
+
+
+def _path(scope: Scope, name: str, ext: str) -> str:
+    return os.path.join(scope.state_dir, f"{name}.{ext}")
+
+
+def log_path(scope: Scope, name: str) -> str:
+    return _path(scope, name, "log")
+
+
+def load(scope: Scope, name: str) -> dict:
+    """The job's state; an empty one when it never ran (or its file is unreadable)."""
+    try:
+        with open(_path(scope, name, "json"), "rb") as f:
+            state = json.load(f)
+        if isinstance(state, dict) and isinstance(state.get("runs"), list):
+            return state
+    except (OSError, ValueError):
+        pass
+    return {"job": name, "check_next": 0, "runs": []}
+
+
+def save(scope: Scope, name: str, state: dict) -> None:
+    """Write the state (the newest ``KEEP_RUNS`` runs) crash-safely; OSError as raised."""
+    state["runs"] = state["runs"][-KEEP_RUNS:]
+    write_file(_path(scope, name, "json"), json.dumps(state, indent=2).encode() + b"\n", mode=0o600)
+
+
+def remove(scope: Scope, name: str) -> None:
+    for ext in ("json", "log", "lock"):
+        try:
+            os.unlink(_path(scope, name, ext))
+        except FileNotFoundError:
+            pass
+
+
+class RunLock:
+    """Held while job ``name`` runs; RepositoryLocked (exit 7) when another run holds it."""
+
+    def __init__(self, scope: Scope, name: str) -> None:
+        self.path = _path(scope, name, "lock")
+        self.name = name
+        self.fd = -1
+
+    def __enter__(self) -> RunLock:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise RepositoryLocked(f"job {self.name} is already running (pid {holder}): wait for it to finish "
+                                   f"(diskvault job status {self.name})") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def running(scope: Scope, name: str) -> bool:
+    """True while a run of job ``name`` holds its lock."""
+    try:
+        fd = os.open(_path(scope, name, "lock"), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
