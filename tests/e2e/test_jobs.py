@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from helpers import cli_env, debugfs, make_ext4, make_tree, random_bytes, run_cli, tool
+from helpers import PASSPHRASE, cli_env, debugfs, make_ext4, make_tree, random_bytes, run_cli, secret, tool
 
 from diskvault.errors import EXIT_LOCKED, EXIT_SOURCE_TARGET, EXIT_USAGE
 from diskvault.ops.check import parse_subset
@@ -27,11 +27,17 @@ NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 @pytest.fixture
 def jobs(tmp_path):
-    """An environment whose jobs live in a folder of their own (DISKVAULT_JOBS_DIR)."""
-    return cli_env(DISKVAULT_JOBS_DIR=str(tmp_path / "jobs"))
+    """An environment whose jobs live in a folder of their own (DISKVAULT_JOBS_DIR), with the
+    test repositories' passphrase in a 0600 file that ``job add`` gives every job."""
+    pw = tmp_path / "passphrase"
+    pw.write_text(PASSPHRASE)
+    pw.chmod(0o600)
+    return cli_env(DISKVAULT_JOBS_DIR=str(tmp_path / "jobs"), TEST_PASSWORD_FILE=str(pw))
 
 
 def job(env, *args, check=True):
+    if args[0] == "add" and "TEST_PASSWORD_FILE" in env and not {"--password-file", "--password-command"} & set(args):
+        args = (*args, "--password-file", env["TEST_PASSWORD_FILE"])
     return run_cli("job", *args, env=env, check=check)
 
 
@@ -187,7 +193,7 @@ def test_ten_runs_of_a_10_percent_subset_read_every_pack_once(tmp_path, jobs, re
     runs = [json.loads(job(env, "run", "rotate", "--json").stdout) for _ in range(10)]
     checks = [r["steps"][-1] for r in runs]
     assert [c["subset"] for c in checks] == [f"{k}/10" for k in range(1, 11)]
-    with Repository.open(str(repo_path), write=False) as r:
+    with Repository.open(str(repo_path), write=False, passphrase=secret) as r:
         names = [p["name"] for p in r.catalog.packs()]
     assert len(names) >= 20 and all(c["packs_total"] == len(names) for c in checks)
     assert sum(c["packs_read"] for c in checks) == len(names)
@@ -300,7 +306,8 @@ def test_user_jobs_live_in_the_users_directories(tmp_path, repo_path):
     env.pop("DISKVAULT_JOBS_DIR", None)
     image = tmp_path / "a.img"
     image.write_bytes(random_bytes(100_000, 5))
-    out = add(env, "mine", "--user", "-r", repo_path, "--source", image).stdout.decode()
+    (tmp_path / "pw").write_text(PASSPHRASE)
+    out = add(env, "mine", "--user", "-r", repo_path, "--source", image, "--password-file", tmp_path / "pw").stdout.decode()
     assert out.startswith(f"# {tmp_path / 'config' / 'systemd' / 'user'}/diskvault-job@mine.service")
     assert "job run --user mine" in out and "After=local-fs.target" not in out
     assert (tmp_path / "config" / "diskvault" / "jobs" / "mine.toml").exists()
@@ -347,3 +354,14 @@ def test_remove_takes_only_its_own_units_and_list_shows_a_broken_job(tmp_path, j
     assert "is not a job's" in rows["broken"]["error"] and rows["broken"]["warning"] == rows["broken"]["error"]
     proc = job(jobs, "list")
     assert "broken" in proc.stdout.decode() and "warning: job file" in proc.stderr.decode()
+
+
+def test_a_job_of_an_encrypted_repository_needs_a_passphrase_source(tmp_path, repo_path):
+    """A timer has no terminal: without --password-file/--password-command the job is refused
+    at once (exit 2), not at its first run; the passphrase itself is never stored."""
+    env = cli_env(DISKVAULT_JOBS_DIR=str(tmp_path / "jobs"))
+    err = one_line_error(add(env, "x", "-r", repo_path, "--source", tmp_path / "a.img", check=False), EXIT_USAGE)
+    assert "--password-file" in err and not (tmp_path / "jobs" / "x.toml").exists()
+    add(env, "x", "-r", repo_path, "--source", tmp_path / "a.img", "--password-command", "pass show backup")
+    config = (tmp_path / "jobs" / "x.toml").read_text()
+    assert "pass show backup" in config and PASSPHRASE not in config

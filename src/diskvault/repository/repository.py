@@ -579,6 +579,17 @@ def is_repository(path: str) -> bool:
         return False
 
 
+def encryption_of(path: str) -> str | None:
+    """The encryption ``config.json`` of the repository at ``path`` names ("aes-256-gcm",
+    "none"), or None when there is no readable repository there."""
+    try:
+        with open(os.path.join(path, CONFIG), "rb") as f:
+            config = json.load(f)
+        return config.get("encryption", "none") if config.get("format") == "diskvault" else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def enclosing_repository(path: str) -> str | None:
     """The repository that ``path`` (a folder, links resolved) is or lies in, or None."""
     here = os.path.realpath(path)

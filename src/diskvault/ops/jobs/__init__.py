@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ...errors import UsageError
+from ...repository import encryption_of
 from . import state as job_state
 from .config import JOBS_DIR_ENV, Job, Scope, check_name, load, new_job, save
 from .runner import run_job
@@ -52,6 +53,9 @@ def add(scope: Scope, job: Job, force: bool = False, print_only: bool = False) -
     without ``force``, a system-wide job without root), OSError as raised."""
     cal = calendar(job.on_calendar)
     check_timespan(job.randomized_delay)
+    if encryption_of(job.repository) not in (None, "none") and not (job.password_file or job.password_command):
+        raise UsageError(f"{job.repository} is encrypted and a timer has no terminal to ask on: give the job "
+                         "--password-file FILE or --password-command COMMAND (the passphrase itself is never stored)")
     if not scope.user and os.geteuid() != 0 and not os.environ.get(JOBS_DIR_ENV):
         raise UsageError("a system-wide job needs root: run as root, or add --user for a job of your own")
     if not print_only and systemd_running():
