@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from diskvault import errors
-from helpers import cli_env, make_ext4, random_bytes, run_cli, tool
+from helpers import cli_env, make_ext4, random_bytes, run_cli, secret, tool
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts, loop devices and setpriv need root")
 
@@ -188,16 +188,17 @@ def test_no_lock_flag_skips_the_lock_and_the_note(ro_world):
     expect(run("info", "-r", ro, "--no-lock"), 0, note=False)
     expect(run("check", "-r", ro, "--no-lock"), 0, note=False)
     # on a writable repository: an exclusive lock of a living process blocks a reader, --no-lock does not
-    lock = repo / "locks" / "0123456789abcdef.json"
-    lock.write_text(json.dumps({"kind": "exclusive", "command": "prune", "pid": os.getpid(),
-                                "host": socket.gethostname(), "start": 0, "time": time.time()}))
+    from diskvault.repository import Repository, locking
+
+    with Repository.open(str(repo), write=False, passphrase=secret) as r:  # a (sealed) lock of this living process
+        lock = locking.acquire(str(repo), "exclusive", "prune", 0, r.crypto)
     try:
         expect(run("info", "-r", repo), errors.EXIT_LOCKED, match="locked")
         for args in (("info",), ("snapshots",), ("check",), ("verify", "latest", image),
                      ("partitions", "latest"), ("restore", "latest", top / "nl.img")):
             expect(run(args[0], "-r", repo, "--no-lock", *args[1:]), 0, note=False)
     finally:
-        lock.unlink()
+        lock.release()
     assert (top / "nl.img").read_bytes() == image.read_bytes()
 
 
