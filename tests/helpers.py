@@ -63,6 +63,15 @@ def pack_entries(repo: Path, pack: Path) -> list:
         return read_pack_index(r.storage, str(Path(pack).relative_to(repo)), r.crypto)
 
 
+def record_bytes(repo: Path, sid: str) -> bytes:
+    """The plaintext of snapshot ``sid``'s record file (opened with the key when encrypted)."""
+    from diskvault.repository import Repository
+
+    name = f"snapshots/{sid}.json"
+    with Repository.open(str(repo), write=False, passphrase=secret) as r:
+        return r.crypto.open(name.encode(), (Path(repo) / name).read_bytes())
+
+
 def tool(name: str) -> str:
     for d in ("", "/usr/sbin/", "/sbin/"):
         path = shutil.which(name) if not d else d + name

@@ -19,11 +19,11 @@ from diskvault.errors import EXIT_SNAPSHOT, EXIT_SOURCE_TARGET
 from diskvault.ops.snapshot import take_snapshot
 from diskvault.ops.progress import Progress
 from diskvault.repository import Repository
-from helpers import cli_env, make_ext4, make_tree, random_bytes, run_cli, secret
+from helpers import cli_env, make_ext4, make_tree, random_bytes, record_bytes, run_cli, secret
 
 
 def _records(repo_path: Path) -> list[dict]:
-    return [json.loads(p.read_bytes()) for p in sorted((repo_path / "snapshots").glob("*.json"))]
+    return [json.loads(record_bytes(repo_path, p.stem)) for p in sorted((repo_path / "snapshots").glob("*.json"))]
 
 
 def _error_line(proc: subprocess.CompletedProcess) -> str:
@@ -52,7 +52,7 @@ def test_non_utf8_source_target_and_repository_round_trip(tmp_path):
     listed = json.loads(run_cli("snapshots", "-r", repo, "--json").stdout)
     assert [(s["id"], base64.b64decode(s["source_raw"])) for s in listed] == [(snap["id"], exact)]
     # the record file is strict JSON: no lone surrogate escapes
-    body = next((repo / "snapshots").glob("*.json")).read_bytes()
+    body = record_bytes(repo, next((repo / "snapshots").glob("*.json")).stem)
     assert b"\\ud" not in body and json.loads(body)["source_raw"] == snap["source_raw"]
 
     target = out_dir / os.fsdecode(b"r\xe9.img")
@@ -167,7 +167,7 @@ def test_mounted_read_write_device_is_refused(tmp_path, repo_path):
             rec = json.loads(proc.stdout)
             assert rec["mounted"] == [{"device": dev, "mountpoint": str(mnt), "mode": "ro"}]
             assert b"mounted read-only" in proc.stderr
-            saved = json.loads((repo_path / "snapshots" / f"{rec['id']}.json").read_bytes())
+            saved = json.loads(record_bytes(repo_path, rec["id"]))
             assert saved["mounted"][0]["mode"] == "ro"
         finally:
             subprocess.run(["umount", str(mnt)], check=False)
@@ -243,7 +243,7 @@ def test_a_source_that_grows_while_read_is_reported(tmp_path, repo):
     assert rec.size == len(data)
     assert rec.size_changed == {"before": len(data), "after": len(data) + 100_000}
     assert any("changed size" in w for w in rec.warnings)
-    saved = json.loads((Path(repo.path) / "snapshots" / f"{rec.id}.json").read_bytes())
+    saved = json.loads(record_bytes(Path(repo.path), rec.id))
     assert saved["size_changed"] == {"before": len(data), "after": len(data) + 100_000}
     listed = json.loads(run_cli("snapshots", "-r", repo.path, "--json").stdout)
     assert listed[0]["size_changed"] == saved["size_changed"]
@@ -280,8 +280,10 @@ def test_clock_set_back_cannot_make_the_newest_backup_look_oldest(tmp_path, repo
     assert out.read_bytes() == new
 
 
-def test_catalog_without_the_new_columns(tmp_path, repo_path):
-    """A catalog from before seq/mounted/size_changed: read as they are, upgraded by a write."""
+def test_catalog_without_the_new_columns(tmp_path, plain_repo_path):
+    """A catalog from before seq/mounted/size_changed: read as they are, upgraded by a write
+    (an unencrypted repository: catalogs that old come from before encryption)."""
+    repo_path = plain_repo_path
     src = tmp_path / "disk.img"
     src.write_bytes(random_bytes(300_000, 31))
     first = json.loads(run_cli("snapshot", "-r", repo_path, src, "--json").stdout)
