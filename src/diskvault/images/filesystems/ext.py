@@ -12,6 +12,7 @@ superblock's, and no journal left to replay (its blocks may be allocated only in
 
 from __future__ import annotations
 
+import bisect
 import struct
 
 from .common import FsMap, Inconsistent, Reader, crc32c_raw, free_ranges
@@ -102,7 +103,10 @@ def read_map(read: Reader, size: int) -> FsMap:
     # the descriptors
     table = bytearray()
     for i in range(gdb):
-        where = first + 1 + i if i < first_meta else group_start(i * dpb) + (1 if has_super(i * dpb) else 0)
+        if i < first_meta:  # right after the superblock's block (0, or 1 with 1 KiB blocks)
+            where = 1024 // bs + 1 + i
+        else:
+            where = group_start(i * dpb) + (1 if has_super(i * dpb) else 0) + (1 if bs == 1024 and not first and not i else 0)
         table += read(where * bs, bs)
     desc = []
     meta: list[int] = []  # every bitmap and inode-table block, for BLOCK_UNINIT groups
@@ -130,7 +134,6 @@ def read_map(read: Reader, size: int) -> FsMap:
 
     used = bytearray()  # one bitmap per group, cpg bits each
     counted = 0
-    import bisect
     for g, (bb, nfree, flags, bcsum) in enumerate(desc):
         start = group_start(g)
         n_blocks = min(bpg, blocks - start)
