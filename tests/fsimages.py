@@ -124,6 +124,27 @@ def read_fat(path: Path) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in Path(out).rglob("*") if p.is_file()}
 
 
+def read_exfat(path: Path) -> dict[str, bytes]:
+    loop = run("losetup", "-f", "--show", "-r", path).stdout.decode().strip()
+    try:
+        with tempfile.TemporaryDirectory() as d, mounted([tool("mount.exfat-fuse"), "-o", "ro", loop], Path(d)) as mnt:
+            return {p.name: p.read_bytes() for p in mnt.iterdir() if p.is_file()}
+    finally:
+        run("losetup", "-d", loop)
+
+
+def read_files(kind: str, path: Path, names: list[str]) -> dict[str, bytes]:
+    """The files of the filesystem image ``path``, read by its own tools."""
+    if kind == "ext4":
+        return read_ext4(path)
+    if kind == "ntfs":
+        return read_ntfs(path, names)
+    return read_fat(path) if kind == "fat32" else read_exfat(path)
+
+
+MAKE = {"ext4": make_ext4, "ntfs": make_ntfs, "fat32": make_fat32, "exfat": make_exfat}
+
+
 def fsck(kind: str, path: Path) -> subprocess.CompletedProcess:
     """The filesystem's own check, read-only; returns the finished process."""
     argv = {"ext4": [tool("e2fsck"), "-fn"], "ntfs": [tool("ntfsfix"), "-n"], "fat32": [tool("fsck.fat"), "-n"],

@@ -38,8 +38,10 @@ def read_map(read: Reader, size: int) -> FsMap:
     boot = read(0, 512)
     if boot[3:11] == b"-FVE-FS-":
         return FsMap("bitlocker", notes=["BitLocker volume: its free space is ciphertext, so it is imaged whole"])
+    sb = read(1024, 1024)
     probes = [(ntfs.probe(boot), "ntfs", ntfs.read_map), (fat.probe_exfat(boot), "exfat", fat.read_exfat),
-              (ext.probe(read(1024, 1024)), "ext", ext.read_map), (fat.probe_fat(boot), "fat", fat.read_fat)]
+              (ext.probe(sb), ext.fs_name(sb) if ext.probe(sb) else "", ext.read_map),
+              (fat.probe_fat(boot), "fat32" if boot[0x16:0x18] == b"\0\0" else "fat", fat.read_fat)]
     for hit, name, reader in probes:
         if not hit:
             continue
@@ -47,6 +49,7 @@ def read_map(read: Reader, size: int) -> FsMap:
             fs = reader(read, size)
         except (Inconsistent, struct.error, IndexError, ValueError) as exc:
             return FsMap(name, notes=[f"its allocation map cannot be trusted ({exc}): all blocks read"])
+        fs.used_bytes = size - sum(e - s for s, e in fs.free)
         return fs
     return FsMap(None, notes=["no filesystem diskvault understands: all blocks read"])
 

@@ -20,8 +20,8 @@ class Inconsistent(Exception):
 class FsMap:
     """A filesystem's allocation as read: ``filesystem`` its name (``ext4``, ``ntfs``,
     ``fat32``, ``exfat``, ``bitlocker``, ...; None when not recognised), ``block_size`` its
-    allocation unit in bytes (0 when unknown), ``used_bytes`` the bytes it has allocated
-    (None when unknown), ``free`` its free byte ranges from its first byte, each a whole
+    allocation unit in bytes (0 when unknown), ``used_bytes`` the bytes that are not free
+    (allocated blocks, metadata, anything past the filesystem's end; None when unknown), ``free`` its free byte ranges from its first byte, each a whole
     number of blocks, and ``notes`` what the caller should know (why nothing is skipped)."""
 
     filesystem: str | None

@@ -29,6 +29,12 @@ def probe(sb: bytes) -> bool:
     return len(sb) >= 1024 and struct.unpack_from("<H", sb, 0x38)[0] == MAGIC
 
 
+def fs_name(sb: bytes) -> str:
+    """ext4 when any feature beyond ext3's is on, ext3 with a journal, else ext2."""
+    incompat, ro_compat, compat = _u32(sb, 0x60), _u32(sb, 0x64), _u32(sb, 0x5C)
+    return "ext4" if incompat & ~0x6 or ro_compat & ~0x3 else ("ext3" if compat & 0x4 else "ext2")
+
+
 def _u32(b: bytes, o: int) -> int:
     return struct.unpack_from("<I", b, o)[0]
 
@@ -46,7 +52,7 @@ def _power_of(n: int, base: int) -> bool:
 def read_map(read: Reader, size: int) -> FsMap:
     sb = read(1024, 1024)
     incompat, ro_compat, compat = _u32(sb, 0x60), _u32(sb, 0x64), _u32(sb, 0x5C)
-    name = "ext4" if incompat & ~0x6 or ro_compat & ~0x3 else ("ext3" if compat & 0x4 else "ext2")
+    name = fs_name(sb)
     log_block = _u32(sb, 0x18)
     if log_block > 6:
         raise Inconsistent(f"block size 2^{10 + log_block} bytes")
@@ -163,5 +169,4 @@ def read_map(read: Reader, size: int) -> FsMap:
     if abs(counted * ratio - free_sb) > slack:
         raise Inconsistent(f"the block bitmaps count {counted * ratio} free blocks, the superblock {free_sb}")
     fs.free = free_ranges(used, first * bs, unit, limit=blocks * bs)
-    fs.used_bytes = blocks * bs - counted * unit
     return fs

@@ -84,7 +84,6 @@ def read_fat(read: Reader, size: int) -> FsMap:
             known = struct.unpack_from("<I", info, 0x1E8)[0]
             if info[:4] == b"RRaA" and known != 0xFFFFFFFF and abs(known - nfree) > max(count // 100, 64):
                 raise Inconsistent(f"the FAT has {nfree} free clusters, the FSInfo sector says {known}")
-    fs.used_bytes = total * bps - nfree * cluster
     return fs
 
 
@@ -132,5 +131,4 @@ def read_exfat(read: Reader, size: int) -> FsMap:
     for first, n in used_by_meta:
         if next(overlapping(fs.free, at(first), at(first) + n * cluster), None) is not None:
             raise Inconsistent(f"the allocation bitmap marks system clusters ({first}..) free")
-    fs.used_bytes = vol_len * bps - sum(e - s for s, e in fs.free)
     return fs

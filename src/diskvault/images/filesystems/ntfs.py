@@ -170,5 +170,4 @@ def read_map(read: Reader, size: int) -> FsMap:
                             raise Inconsistent(f"$Bitmap marks clusters {hit[0] // v.cluster}.. free that MFT "
                                                f"record {n} uses")
             done += len(chunk) // v.record
-    fs.used_bytes = limit - sum(e - s for s, e in fs.free)
     return fs
