@@ -161,3 +161,23 @@ def test_unknown_filesystem_reads_everything() -> None:
     data = bytes(range(256)) * 64
     m = read_map(lambda o, n: data[o:o + n], len(data))
     assert m.filesystem is None and m.free == [] and "all blocks read" in m.notes[0]
+
+
+def test_overlapping_partitions_are_read_whole(tmp_path: Path) -> None:
+    """An MBR whose partition 2 lies inside partition 1 (ext4): neither map is used."""
+    from diskvault.images.filesystems import disk_plan
+
+    fs = tmp_path / "e.img"
+    make_ext4(fs, 40, tmp_path)
+    disk = bytearray(1 << 20) + fs.read_bytes()
+    for i, (start, count) in enumerate([(2048, 81920), (4096, 40960)]):
+        struct.pack_into("<B3sB3sII", disk, 446 + 16 * i, 0, b"\0\0\0", 0x83, b"\0\0\0", start, count)
+    disk[510:512] = b"\x55\xaa"
+    areas, notes = disk_plan(lambda o, n: bytes(disk[o:o + n]), len(disk))
+    assert [(a.partition, a.map.free, a.map.notes) for a in areas] == [
+        (1, [], ["it overlaps partition 2: all blocks read"]), (2, [], ["it overlaps partition 1: all blocks read"])]
+    # without the overlap, partition 1's free blocks are found
+    struct.pack_into("<B3sB3sII", disk, 446 + 16, 0, b"\0\0\0", 0, b"\0\0\0", 0, 0)
+    (area,), _ = disk_plan(lambda o, n: bytes(disk[o:o + n]), len(disk))
+    assert area.map.filesystem == "ext4" and area.map.free
+    fs.unlink()

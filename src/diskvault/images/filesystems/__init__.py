@@ -71,7 +71,8 @@ class Area:
 def disk_plan(read: Reader, size: int) -> tuple[list[Area], list[str]]:
     """``(areas, notes)``: one Area per data partition of the GPT/MBR table of the ``size``
     bytes behind ``read``, or one for the whole source when it has no table. A damaged table
-    gives no areas and a note (everything is then read)."""
+    gives no areas and a note (everything is then read); partitions that overlap are read
+    whole (one's free blocks may be the other's data)."""
     try:
         table = read_table(read, size)
     except PartitionError as exc:
@@ -79,9 +80,15 @@ def disk_plan(read: Reader, size: int) -> tuple[list[Area], list[str]]:
     if table.label == "none" or not table.data_partitions():  # (a boot sector can pass for an empty MBR)
         return [Area(None, 0, size, read_map(read, size))], []
     areas = []
-    for p in table.data_partitions():
+    parts = table.data_partitions()
+    for p in parts:
         start, end = p.offset, min(p.offset + p.length, size)
         if end <= start:
+            continue
+        other = next((q.number for q in parts if q is not p and q.offset < end and start < q.offset + q.length), None)
+        if other is not None:  # one filesystem's free blocks may be the other's data
+            areas.append(Area(p.number, start, end - start, FsMap(None, notes=[
+                f"it overlaps partition {other}: all blocks read"])))
             continue
 
         def sub(offset: int, length: int, start: int = start, end: int = end) -> bytes:
