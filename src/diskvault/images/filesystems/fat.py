@@ -124,8 +124,11 @@ def read_exfat(read: Reader, size: int) -> FsMap:
     if bitmap_first is None or not 2 <= bitmap_first < count + 2 or bitmap_len * 8 < count:
         raise Inconsistent("no usable allocation bitmap entry in the root directory")
     nclusters = (bitmap_len + cluster - 1) // cluster
-    bitmap = b"".join(read(at(bitmap_first + i), cluster) for i in range(nclusters))[: (count + 7) // 8]
-    used_by_meta.append((bitmap_first, nclusters))
+    clusters = chain(bitmap_first)[:nclusters]  # its FAT chain, else contiguous clusters
+    if len(clusters) < nclusters:
+        clusters = list(range(bitmap_first, bitmap_first + nclusters))
+    bitmap = b"".join(read(at(n), cluster) for n in clusters)[: (count + 7) // 8]
+    used_by_meta += [(n, 1) for n in clusters]
     base = heap * bps
     fs.free = free_ranges(bitmap, base, cluster, base + count * cluster)
     for first, n in used_by_meta:
