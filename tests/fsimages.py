@@ -115,7 +115,7 @@ def read_ext4(path: Path) -> dict[str, bytes]:
 
 
 def read_ntfs(path: Path, names: list[str]) -> dict[str, bytes]:
-    return {n: run(tool("ntfscat"), path, n).stdout for n in names}
+    return {n: run(tool("ntfscat"), "-f", path, n).stdout for n in names}  # -f: a dirty volume too
 
 
 def read_fat(path: Path) -> dict[str, bytes]:

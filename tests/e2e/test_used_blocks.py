@@ -244,3 +244,50 @@ def test_stream_and_unknown_contents_read_everything(tmp_path: Path, repo_path: 
     (fs,) = rec["filesystems"]
     assert fs["filesystem"] is None and fs["skipped_bytes"] == 0 and "all blocks read" in fs["notes"][0]
     assert real_files  # (the content helper is shared with the builders)
+
+
+def _set_ntfs_dirty(img: Path) -> None:
+    """Set the dirty flag in $Volume's $VOLUME_INFORMATION, as Windows leaves it."""
+    import struct
+
+    from diskvault.images.filesystems.ntfs import ATTR_VOLUME_INFORMATION, _Volume
+
+    data = img.read_bytes()
+    v = _Volume(lambda o, n: data[o:o + n], len(data))
+    base = v.mft_lcn * v.cluster + 3 * v.record
+    rec = bytearray(data[base:base + v.record])
+    assert v.fixup(rec, 3)
+    off = struct.unpack_from("<H", rec, 0x14)[0]
+    while struct.unpack_from("<I", rec, off)[0] != ATTR_VOLUME_INFORMATION:
+        off += struct.unpack_from("<I", rec, off + 4)[0]
+    flags = off + struct.unpack_from("<H", rec, off + 0x14)[0] + 0x0A
+    assert flags % 512 < 510  # not under an update-sequence slot
+    mirror = struct.unpack_from("<Q", data, 0x38)[0] * v.cluster + 3 * v.record  # $MFTMirr's copy too
+    with open(img, "r+b") as f:
+        for where in (base, mirror):
+            f.seek(where + flags)
+            f.write(struct.pack("<H", struct.unpack_from("<H", rec, flags)[0] | 1))
+
+
+def test_ntfs_hibernated_by_fast_startup_uses_its_bitmap(tmp_path: Path, repo_path: Path) -> None:
+    from fsimages import mounted
+
+    img = tmp_path / "ntfs.img"
+    files = make_ntfs(img, 40, tmp_path)
+    with mounted([tool("ntfs-3g"), str(img)], tmp_path / "mnt") as mnt:
+        (mnt / "hiberfil.sys").write_bytes(b"HIBR" + random_bytes(300_000, 5))
+    _set_ntfs_dirty(img)
+    free = _free(img.read_bytes())
+    rec = json.loads(run_cli("snapshot", "-r", repo_path, img, "--json").stdout)
+    (fs,) = rec["filesystems"]
+    assert fs["skipped_bytes"] == total(free) > 20 * MiB
+    assert any("marked dirty" in n for n in fs["notes"]) and any("hibernated" in n for n in fs["notes"])
+    out = tmp_path / "restored.img"
+    run_cli("restore", "-r", repo_path, "latest", out)
+    _kept_and_zeroed(out.read_bytes(), img.read_bytes(), free)
+    assert read_files("ntfs", out, list(files)) == files
+    assert run_cli("verify", "-r", repo_path, "latest", img).returncode == 0
+    info = run_cli("info", "-r", repo_path, "latest").stdout.decode()
+    assert re.search(r"^filesystem\s+ntfs, .*hibernated", info, re.M), info
+    img.unlink()
+    out.unlink()

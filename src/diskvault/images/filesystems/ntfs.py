@@ -4,7 +4,8 @@ Checked before use (Inconsistent otherwise): the MFT records' update-sequence fi
 data runs lying inside the volume, $Bitmap covering every cluster, and every cluster that an
 in-use MFT record's non-resident attribute (a file's data, a directory's index, the system
 files) occupies marked used in $Bitmap: a map that frees a file's clusters is never trusted.
-A volume marked dirty (in use, or left hibernated by Windows Fast Startup) still has a valid
+A volume marked dirty (in use, or left hibernated by Windows Fast Startup) or whose
+hiberfil.sys (in the root directory) holds a hibernated session (``hibr``/``wake`` signature) still has a valid
 $Bitmap: it is used, and a note says so. BitLocker volumes (``-FVE-FS-``) are probed
 elsewhere (``__init__``).
 """
@@ -16,7 +17,8 @@ import struct
 from .common import FsMap, Inconsistent, Reader, free_ranges
 from .ranges import overlapping
 
-ATTR_VOLUME_INFORMATION, ATTR_DATA, ATTR_END = 0x70, 0x80, 0xFFFFFFFF
+ATTR_FILE_NAME, ATTR_VOLUME_INFORMATION, ATTR_DATA, ATTR_END = 0x30, 0x70, 0x80, 0xFFFFFFFF
+ROOT = 5  # the root directory's MFT record
 VOLUME_DIRTY = 0x0001
 MFT_READ = 4 << 20
 
@@ -145,6 +147,7 @@ def read_map(read: Reader, size: int) -> FsMap:
                                 "its $Bitmap is valid and was used")
 
     # every cluster an in-use record occupies must be marked used
+    hiberfil: int | None = None  # first cluster of \hiberfil.sys
     done = 0
     records = mft_size // v.record
     for lcn, count in mft_runs:
@@ -163,11 +166,21 @@ def read_map(read: Reader, size: int) -> FsMap:
                     if n < 16:
                         raise
                     continue  # a torn record of a deleted file: its clusters are not counted on
-                for _kind, _nl, _value, runs, _size, _vcn in v.attributes(rec, n):
+                named_hiberfil = False
+                for kind, name_len, value, runs, _size, vcn in v.attributes(rec, n):
+                    if kind == ATTR_FILE_NAME and value is not None and len(value) > 0x42:
+                        parent = int.from_bytes(value[:6], "little")
+                        name = value[0x42:0x42 + 2 * value[0x40]].decode("utf-16-le", "replace").lower()
+                        named_hiberfil = named_hiberfil or (parent == ROOT and name == "hiberfil.sys")
+                    if kind == ATTR_DATA and named_hiberfil and runs and not vcn and not name_len:
+                        hiberfil = runs[0][0]
                     for r_lcn, r_count in runs or ():
                         hit = next(overlapping(fs.free, r_lcn * v.cluster, (r_lcn + r_count) * v.cluster), None)
                         if hit is not None:
                             raise Inconsistent(f"$Bitmap marks clusters {hit[0] // v.cluster}.. free that MFT "
                                                f"record {n} uses")
             done += len(chunk) // v.record
+    if hiberfil is not None and read(hiberfil * v.cluster, 4).lower() in (b"hibr", b"wake"):
+        fs.notes.append("Windows is hibernated on it (Fast Startup: \\hiberfil.sys holds a session): its $Bitmap "
+                        "is valid and was used; the restored volume resumes that session when Windows starts")
     return fs
