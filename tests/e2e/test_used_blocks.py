@@ -172,8 +172,12 @@ def test_gpt_disk_per_partition(tmp_path: Path, repo_path: Path) -> None:
         assert read_files(kind, part, list(files)) == files
         part.unlink()
     assert run_cli("verify", "-r", repo_path, "latest", disk).returncode == 0
-    disk.unlink()
-    out.unlink()
+    one = tmp_path / "p2.img"  # one partition alone: the same bytes
+    run_cli("restore", "-r", repo_path, "latest", "--partition", "2", one)
+    offset, length, _kind, _files = parts[2]
+    assert one.read_bytes() == restored[offset:offset + length]
+    for p in (disk, out, one):
+        p.unlink()
 
 
 def test_damaged_bitmap_falls_back_to_all_blocks(tmp_path: Path, repo_path: Path) -> None:

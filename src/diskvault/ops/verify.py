@@ -150,6 +150,7 @@ def _verify(repo: Repository, snap: SnapshotRecord, source_path: str, progress: 
     zeros = bytes(BATCH)
     buf = bytearray(BATCH)
     pos = 0  # bytes of the source consumed
+    masked = 0  # bytes of the last read that were skipped free blocks
     source_ended = False
     try:
         skip = skipped(snap)
@@ -160,16 +161,18 @@ def _verify(repo: Repository, snap: SnapshotRecord, source_path: str, progress: 
     def read_source(n: int) -> memoryview:
         """The next ``n`` bytes of the source, skipped free blocks replaced by zeros (what
         the snapshot holds there): they count as equal and are not compared."""
-        nonlocal pos, source_ended, buf
+        nonlocal pos, source_ended, buf, masked
         if len(buf) < n:
             buf = bytearray(n)
         view = memoryview(buf)[:n]
         got = 0 if source_ended else fill(view)
         if got < n:
             source_ended = True
+        masked = 0
         for lo, hi in overlapping(skip, pos, pos + got):
             view[lo - pos:hi - pos] = bytes(hi - lo)
-            res.skipped_bytes += hi - lo
+            masked += hi - lo
+        res.skipped_bytes += masked
         pos += got
         return view[:got]
 
@@ -197,12 +200,12 @@ def _verify(repo: Repository, snap: SnapshotRecord, source_path: str, progress: 
                     elif it.id == ZERO_ID:
                         if bytes(src) != (zeros if len(src) == BATCH else zeros[: len(src)]):
                             _diff(src, memoryview(zeros)[: len(src)], it.offset + off, diffs)
-                        res.compared_bytes += len(src)
+                        res.compared_bytes += len(src) - masked
                     else:
                         data = memoryview(got[it.id])[off : off + len(src)]
                         if bytes(src) != bytes(data):
                             _diff(src, data, it.offset + off, diffs)
-                        res.compared_bytes += len(src)
+                        res.compared_bytes += len(src) - masked
                     if len(src) < n:  # the source is shorter than the snapshot
                         diffs.append((it.offset + off + len(src), it.length - off - len(src)))
                         break
@@ -218,7 +221,6 @@ def _verify(repo: Repository, snap: SnapshotRecord, source_path: str, progress: 
                 diffs.append((snap.size, extra))
             res.source_size = pos
         res.differing = merge(diffs)
-        res.compared_bytes -= res.skipped_bytes
         if source.size is not None and (res.differing or source.size != snap.size):
             _allow_fitted_table(repo, snap, source, res)
     finally:
