@@ -295,3 +295,21 @@ def test_ntfs_hibernated_by_fast_startup_uses_its_bitmap(tmp_path: Path, repo_pa
     assert re.search(r"^filesystem\s+ntfs, .*hibernated", info, re.M), info
     img.unlink()
     out.unlink()
+
+
+def test_damaged_partition_table_reads_everything(tmp_path: Path, repo_path: Path) -> None:
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(random_bytes(8 * MiB, 12))
+    subprocess.run([tool("sgdisk"), "-n", "1:2048:0", "-t", "1:8300", str(disk)], check=True, capture_output=True)
+    with open(disk, "r+b") as f:  # both GPT headers fail their CRC32
+        for lba in (1, 8 * MiB // 512 - 1):
+            f.seek(lba * 512 + 24)
+            f.write(b"\xff" * 8)
+    rec = json.loads(run_cli("snapshot", "-r", repo_path, disk, "--json").stdout)
+    (fs,) = rec["filesystems"]
+    assert fs["partition"] is None and fs["skipped_bytes"] == 0
+    assert "the partition table cannot be read" in fs["notes"][0]
+    assert any("the partition table cannot be read" in w for w in rec["warnings"])
+    out = tmp_path / "restored.img"
+    run_cli("restore", "-r", repo_path, "latest", out)
+    assert out.read_bytes() == disk.read_bytes()

@@ -81,7 +81,8 @@ def plan(source: Source, mounted: list[dict]) -> UsedPlan:
             raise SourceError(f"cannot read {readable(source.path)} at byte {offset}: {exc.strerror}") from None
 
     areas, notes = disk_plan(read, source.size)
-    out = UsedPlan(filesystems=[], warnings=[f"{n}" for n in notes])
+    out = UsedPlan(filesystems=[_entry(None, 0, source.size, None, 0, None, [], "", notes)] if notes else [],
+                   warnings=list(notes))  # a damaged partition table: everything is read
     for a in areas:
         m = a.map
         free, text = bounded(m.free, m.block_size or 1, SKIPPED_LIMIT)
