@@ -28,6 +28,11 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)   # a static bu
 have mkfs.vfat || need+=(dosfstools)
 have mcopy || need+=(mtools)
 have systemd-analyze || need+=(systemd)                       # diskvault job: calendar checks, unit verify tests
+have mkfs.exfat || need+=(exfatprogs)                     # used-blocks tests: exFAT allocation bitmaps
+have mount.exfat-fuse || need+=(exfat-fuse)               # used-blocks tests: write files onto exFAT
+have dumpe2fs || need+=(e2fsprogs)                        # used-blocks tests: cross-check ext4 bitmaps
+have ntfscluster || need+=(ntfs-3g)                       # used-blocks tests: cross-check NTFS $Bitmap
+have fsck.fat || need+=(dosfstools)                       # used-blocks tests: cross-check the FAT
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need[*]}" >&2; exit 1

@@ -281,14 +281,14 @@ def test_clock_set_back_cannot_make_the_newest_backup_look_oldest(tmp_path, repo
 
 
 def test_catalog_without_the_new_columns(tmp_path, plain_repo_path):
-    """A catalog from before seq/mounted/size_changed: read as they are, upgraded by a write
-    (an unencrypted repository: catalogs that old come from before encryption)."""
+    """A catalog from before seq/mounted/size_changed/filesystems: read as they are, upgraded by
+    a write (an unencrypted repository: catalogs that old come from before encryption)."""
     repo_path = plain_repo_path
     src = tmp_path / "disk.img"
     src.write_bytes(random_bytes(300_000, 31))
     first = json.loads(run_cli("snapshot", "-r", repo_path, src, "--json").stdout)
     conn = sqlite3.connect(repo_path / "catalog.sqlite")
-    for col in ("seq", "mounted", "size_changed"):
+    for col in ("seq", "mounted", "size_changed", "filesystems"):
         conn.execute(f"ALTER TABLE snapshots DROP COLUMN {col}")
     conn.commit()
     conn.close()

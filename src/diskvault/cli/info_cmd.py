@@ -34,6 +34,10 @@ def info(
     for key, value in data.items():
         if value is None:  # a field that does not apply (not mounted, no size change, a raw image)
             continue
+        if key == "filesystems":
+            for fs in value:
+                _filesystem_line(fs)
+            continue
         if isinstance(value, int) and key.endswith("bytes"):
             value = f"{human(value)} ({value})"
         elif isinstance(value, list):
@@ -43,3 +47,12 @@ def info(
         elif isinstance(value, dict):
             value = " ".join(f"{k}={x}" for k, x in value.items())
         typer.echo(f"{key.replace('_', ' '):<20} {value}")
+
+
+def _filesystem_line(fs: dict) -> None:
+    """One line per filesystem of a snapshot: where, what, used and skipped as free, notes."""
+    where = f"partition {fs['partition']}" if fs["partition"] is not None else "filesystem"
+    used = f", used {human(fs['used_bytes'])}" if fs.get("used_bytes") is not None else ""
+    notes = "".join(f"; {n}" for n in fs.get("notes", ()))
+    typer.echo(f"{where:<20} {fs['filesystem'] or 'unknown'}{used}, skipped as free "
+               f"{human(fs['skipped_bytes'])} ({fs['skipped_bytes']}){notes}")

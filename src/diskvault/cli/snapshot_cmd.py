@@ -27,6 +27,9 @@ def snapshot(
         help="Run COMMAND (after --) and snapshot its output; saved only if it exits 0.")] = False,
     allow_mounted: Annotated[bool, typer.Option(
         "--allow-mounted", help="Snapshot a device even when it is mounted read-write (the image may be inconsistent).")] = False,
+    all_blocks: Annotated[bool, typer.Option(
+        "--all-blocks", help="Read every byte, free blocks too (forensics); by default the free blocks of ext2/3/4, "
+                             "NTFS, FAT and exFAT filesystems are recorded as zeros without being read.")] = False,
     json_out: JsonOpt = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
     compression: Annotated[str, typer.Option(
@@ -59,7 +62,8 @@ def snapshot(
     with open_repo(repo, secret=passphrase(password_file, password_command)) as r, Bar(progress and not json_out) as bar:
         rec = take_snapshot(r, "-" if stdin_from_command else source[0], tags=tag, host=host, progress=bar,
                             compression_mode=compression, stdin_filename=stdin_filename,
-                            command=source if stdin_from_command else None, allow_mounted=allow_mounted)
+                            command=source if stdin_from_command else None, allow_mounted=allow_mounted,
+                            all_blocks=all_blocks)
     for w in rec.warnings:
         typer.echo(f"warning: {w}", err=True)
     if json_out:
@@ -70,6 +74,12 @@ def snapshot(
     typer.echo(f"  read        {human(rec.data_bytes)} in {rec.duration:.1f} s ({rate(rec.size, rec.duration)}), zeros {human(rec.zero_bytes)} not stored", err=True)
     typer.echo(f"  new chunks  {rec.new_chunks} of {rec.chunks}: {human(rec.new_bytes)} new data, {human(rec.stored_bytes)} stored", err=True)
     typer.echo(f"  dedup       {ratio:.1f}x" if rec.new_bytes else "  dedup       everything was already stored", err=True)
+    for fs in rec.filesystems or ():
+        where = f"partition {fs['partition']}" if fs["partition"] is not None else "filesystem"
+        what = fs["filesystem"] or "unknown"
+        used = f"{human(fs['used_bytes'])} used, " if fs["used_bytes"] is not None else ""
+        typer.echo(f"  {where:<11} {what}: {used}{human(fs['skipped_bytes'])} free skipped"
+                   + "".join(f"; {n}" for n in fs["notes"]), err=True)
     if rec.size_changed:
         typer.echo(f"  CHANGED     size {rec.size_changed['before']} -> {rec.size_changed['after']} bytes while read: "
                    "this snapshot holds the first {} bytes".format(rec.size_changed["before"]), err=True)

@@ -63,6 +63,9 @@ def verify(
                     typer.echo(f"  … and {len(res.differing) - SHOW} more (see --json)", err=True)
             for u in res.unreadable[:SHOW]:
                 typer.echo(f"  not compared: bytes {u['offset']}..{u['offset'] + u['length'] - 1}: {u['reason']}", err=True)
+        if res.skipped_bytes:
+            typer.echo(f"  not compared: {human(res.skipped_bytes)} of free blocks the snapshot skipped "
+                       "(zeros in the snapshot)", err=True)
     if res.unreadable:
         raise typer.Exit(EXIT_DAMAGED)
     if not res.identical:

@@ -2,7 +2,8 @@
 
 Pipeline, with reading, cutting, hashing and compressing spread over the worker threads:
 
-1. the calling thread splits each data extent of the source (holes are skipped) into
+1. the calling thread splits each data extent of the source (holes, and the free blocks of
+   the filesystems it understands unless --all-blocks, are skipped: see ops/fsmap.py) into
    consecutive 8 MiB windows and hands each, with a buffer from a fixed pool of recycled
    buffers, to a worker (stdin, which cannot be read at an offset, is read here, in order);
 2. two worker threads each read a window (``preadv``, so the bytes are still in the CPU's
@@ -59,6 +60,7 @@ from ..rawnames import readable
 from ..repository.pack import TYPE_CHUNK
 from ..repository import Repository
 from ..repository.tree import TreeBuilder, TreeReader
+from .fsmap import UsedPlan, plan as used_plan
 from .progress import NoProgress, Progress
 
 BUFFER = 8 << 20
@@ -310,12 +312,15 @@ def _take_snapshot(
     stdin_filename: str | None = None,
     command: list[str] | None = None,
     allow_mounted: bool = False,
+    all_blocks: bool = False,
 ) -> SnapshotRecord:
     """Snapshot ``source_path`` (a path, or ``-`` for stdin), or the output of ``command``
     (an argv list; ``source_path`` is then ignored). A stream is recorded under the source
     name ``stdin_filename`` (default ``stdin``); a path under its absolute path. Raises
     SourceError (missing, unreadable, mounted read-write, command failed), OutOfSpace,
-    Interrupted, DamagedData (a parent it cannot read is skipped, not raised)."""
+    Interrupted, DamagedData (a parent it cannot read is skipped, not raised). Unless
+    ``all_blocks``, the free blocks of the filesystems it understands are recorded as zeros
+    without being stored (ops/fsmap.py)."""
     progress = progress or NoProgress()
     codec = _Codec(compression_mode, expect_known=repo.catalog.has_snapshots())
     tags = sorted(set(tags or []))
@@ -328,6 +333,7 @@ def _take_snapshot(
         source = open_virtual_disk(source_path, fmt) if fmt else open_source(source_path)
     try:
         mounted = _check_mounted(source, allow_mounted)
+        used = UsedPlan() if all_blocks else used_plan(source, mounted)
     except BaseException:
         source.close()
         raise
@@ -338,6 +344,7 @@ def _take_snapshot(
     warnings += [f"{readable(m['device'])} is mounted read-only on {readable(m['mountpoint'])}" if m["mode"] == "ro" else
                  f"{readable(m['device'])} is mounted read-write on {readable(m['mountpoint'])} (--allow-mounted): "
                  "the image may be inconsistent" for m in mounted]
+    warnings += used.warnings
     parent = _parent(repo, source_name, source.size, host)
     guide = _Guide(repo, parent) if parent else None
     writer = repo.blob_writer()
@@ -411,7 +418,7 @@ def _take_snapshot(
     write_thread.start()
     try:
         progress.start(source.size, "snapshot")
-        for offset, length, is_data in source.extents():
+        for offset, length, is_data in used.extents(source.extents()):
             if not is_data:
                 ordered.put(length)
                 continue
@@ -421,7 +428,7 @@ def _take_snapshot(
                     n = min(BUFFER, end - pos)
                     view = memoryview(acquire())[:n]
                     hints = guide.hints(pos, n) if guide else None
-                    job = pool.submit(_read_and_speculate, repo, source.filler(pos, n), view, pos + n == end, zeros, codec,
+                    job = pool.submit(_read_and_speculate, repo, used.filler(source, pos, n), view, pos + n == end, zeros, codec,
                                       pos == offset, hints)
                     ordered.put((job, pos == offset))
                 continue
@@ -468,6 +475,7 @@ def _take_snapshot(
         duration=round(time.monotonic() - started, 3),
         mounted=mounted or None,
         format=source.format,
+        filesystems=used.filesystems,
         size_changed={"before": source.size, "after": size_now} if size_now != source.size else None,
         warnings=warnings,
         **stats,

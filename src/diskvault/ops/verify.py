@@ -15,6 +15,10 @@ rewrites are recomputed from the source's size and compared with those bytes ins
 the snapshot's (``table_adjusted``); the source's tail beyond the snapshot is reported as
 ``not_compared`` rather than as a difference, and so is the snapshot's unpartitioned tail
 beyond a smaller source.
+
+The free blocks a snapshot skipped (its record's ``filesystems``, see ops/fsmap.py) hold
+zeros in the snapshot and whatever was there in the source: they are not compared
+(``skipped_bytes``), only what was kept is.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from ..images.table_adjust import plan_adjustment
 from ..repository import Repository
 from ..repository.tree import Leaf
 from .access.snapshot_reader import ReadContext, SnapshotReader
+from ..images.filesystems.ranges import overlapping
 from .damage import Lost, merge, walk
+from .fsmap import skipped
 from .progress import NoProgress, Progress
 
 BATCH = 16 << 20
@@ -54,6 +60,7 @@ class VerifyResult:
     table_adjusted: list[list[int]] = field(default_factory=list)  # [[offset, length]] matching the fitted table
     not_compared: list[int] | None = None  # [offset, length]: the tail one side has beyond the other
     grown_partition: int | None = None
+    skipped_bytes: int = 0  # free blocks the snapshot skipped: not compared
 
     @property
     def identical(self) -> bool:
@@ -73,6 +80,7 @@ class VerifyResult:
             "snapshot_size": self.snapshot_size,
             "source_size": self.source_size,
             "compared_bytes": self.compared_bytes,
+            "skipped_bytes": self.skipped_bytes,
             "differing_bytes": self.differing_bytes,
             "differing": [{"offset": o, "length": n} for o, n in self.differing],
             "unreadable": self.unreadable,
@@ -142,16 +150,29 @@ def _verify(repo: Repository, snap: SnapshotRecord, source_path: str, progress: 
     zeros = bytes(BATCH)
     buf = bytearray(BATCH)
     pos = 0  # bytes of the source consumed
+    masked = 0  # bytes of the last read that were skipped free blocks
     source_ended = False
+    try:
+        skip = skipped(snap)
+    except ValueError as exc:
+        raise DamagedData(f"snapshot {snap.id[:12]}'s list of skipped free blocks cannot be read ({exc}): "
+                          "run diskvault check") from None
 
     def read_source(n: int) -> memoryview:
-        nonlocal pos, source_ended, buf
+        """The next ``n`` bytes of the source, skipped free blocks replaced by zeros (what
+        the snapshot holds there): they count as equal and are not compared."""
+        nonlocal pos, source_ended, buf, masked
         if len(buf) < n:
             buf = bytearray(n)
         view = memoryview(buf)[:n]
         got = 0 if source_ended else fill(view)
         if got < n:
             source_ended = True
+        masked = 0
+        for lo, hi in overlapping(skip, pos, pos + got):
+            view[lo - pos:hi - pos] = bytes(hi - lo)
+            masked += hi - lo
+        res.skipped_bytes += masked
         pos += got
         return view[:got]
 
@@ -179,12 +200,12 @@ def _verify(repo: Repository, snap: SnapshotRecord, source_path: str, progress: 
                     elif it.id == ZERO_ID:
                         if bytes(src) != (zeros if len(src) == BATCH else zeros[: len(src)]):
                             _diff(src, memoryview(zeros)[: len(src)], it.offset + off, diffs)
-                        res.compared_bytes += len(src)
+                        res.compared_bytes += len(src) - masked
                     else:
                         data = memoryview(got[it.id])[off : off + len(src)]
                         if bytes(src) != bytes(data):
                             _diff(src, data, it.offset + off, diffs)
-                        res.compared_bytes += len(src)
+                        res.compared_bytes += len(src) - masked
                     if len(src) < n:  # the source is shorter than the snapshot
                         diffs.append((it.offset + off + len(src), it.length - off - len(src)))
                         break

@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     mounted TEXT,
     size_changed TEXT,
     format TEXT,
+    filesystems TEXT,
     sealed BLOB
 );
 CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(time);
@@ -87,7 +88,7 @@ CREATE TABLE IF NOT EXISTS damaged (
 # SCHEMA, added to an older catalog by its first write of a snapshot row (a catalog opened
 # only for reading may lack them: its rows read as the defaults)
 ADDED_SNAPSHOT_COLUMNS = {"seq": "INTEGER NOT NULL DEFAULT 0", "mounted": "TEXT", "size_changed": "TEXT",
-                          "format": "TEXT", "sealed": "BLOB"}
+                          "format": "TEXT", "filesystems": "TEXT", "sealed": "BLOB"}
 DAMAGED_TABLE = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS damaged"):].strip().rstrip(";")
 
 
@@ -115,7 +116,10 @@ class SnapshotRecord:
     ``size_changed``: ``{"before", "after"}`` bytes when the source's size changed while it
     was read (the snapshot holds the first ``before`` bytes), else None. ``format``: the
     virtual-disk format the source was read from (``vhdx``, ``vmdk``, ``qcow2``, ``vdi``;
-    the snapshot holds the disk inside it), None for a raw image. ``warnings``: what
+    the snapshot holds the disk inside it), None for a raw image. ``filesystems``: the
+    filesystems whose free blocks were skipped (recorded as zeros), one dict per partition
+    (ops/fsmap.py); None when every block was read (--all-blocks, a stream, older records).
+    ``warnings``: what
     the snapshot command reported (not stored)."""
 
     id: str
@@ -136,10 +140,11 @@ class SnapshotRecord:
     mounted: list[dict] | None = None
     size_changed: dict | None = None
     format: str | None = None
+    filesystems: list[dict] | None = None
     warnings: list[str] = field(default_factory=list, compare=False)
 
     _TRANSIENT = ("warnings",)
-    _JSON_COLUMNS = ("tags", "mounted", "size_changed")
+    _JSON_COLUMNS = ("tags", "mounted", "size_changed", "filesystems")
 
     def _fields(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in self._TRANSIENT}
