@@ -4,6 +4,7 @@ byte, no plaintext on disk, keyed ids and seeded chunk boundaries."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -328,3 +329,50 @@ def test_chunk_boundaries_of_1_gib_under_two_keys_share_under_5_percent():
         cuts.append(ends)
     shared = len(cuts[0] & cuts[1]) / len(cuts[0])
     assert shared < 0.05, shared
+
+
+def on_a_terminal(argv: list, answers: list[bytes], env: dict) -> tuple[int, bytes]:
+    """Run ``diskvault ARGV`` with a pseudo-terminal as its controlling terminal (pty.fork),
+    typing each of ``answers`` after the prompt that asks for it; returns (exit code, what
+    the terminal showed)."""
+    import pty
+    import select
+    import sys
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdin, stdout, stderr and /dev/tty are the terminal
+        os.execve(sys.executable, [sys.executable, "-m", "diskvault", *map(str, argv)], env)
+    shown = b""
+    pending = list(answers)
+    asked = 0  # where the output since the last answer starts
+    while True:
+        ready, _, _ = select.select([fd], [], [], 60)
+        if not ready:
+            os.kill(pid, 9)
+            raise AssertionError(f"no answer from the terminal: {shown!r}")
+        try:
+            got = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not got:
+            break
+        shown += got
+        if pending and shown[asked:].rstrip().endswith(b":"):  # a new prompt
+            os.write(fd, pending.pop(0) + b"\n")
+            asked = len(shown)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown
+
+
+def test_a_terminal_is_asked_twice_at_init_and_once_after(tmp_path):
+    env = cli_env()
+    del env["DISKVAULT_PASSWORD"]
+    repo = tmp_path / "repo"
+    code, shown = on_a_terminal(["init", "-r", repo], [b"typed secret", b"typed secrte"], env)
+    assert code == EXIT_PASSWORD and b"differ" in shown and not repo.exists()
+    code, shown = on_a_terminal(["init", "-r", repo], [b"typed secret", b"typed secret"], env)
+    assert code == 0 and shown.count(b"passphrase") >= 2 and b"typed secret" not in shown  # not echoed
+    code, shown = on_a_terminal(["snapshots", "-r", repo, "--json"], [b"typed secret"], env)
+    assert code == 0 and shown.count(b"enter repository passphrase") == 1
+    code, shown = on_a_terminal(["snapshots", "-r", repo], [b"wrong"], env)
+    assert code == EXIT_PASSWORD and b"wrong passphrase" in shown
