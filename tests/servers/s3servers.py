@@ -47,6 +47,7 @@ class Server:
     access_key: str = ACCESS_KEY
     secret_key: str = SECRET_KEY
     region: str = REGION
+    ports: list[int] = field(default_factory=list)
 
     def url(self, bucket: str, prefix: str = "") -> str:
         """The diskvault storage URL ``s3:http://HOST:PORT/BUCKET/PREFIX``."""
@@ -69,7 +70,7 @@ class Server:
         self.client().create_bucket(Bucket=name)
 
     def alive(self) -> bool:
-        return all(_alive(p) for p in self.pids)
+        return bool(self.pids) and all(_alive(p) for p in self.pids)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM each process (newest first), SIGKILL what is left after ``grace`` seconds."""
@@ -172,16 +173,17 @@ def weed_binary() -> str:
     return found
 
 
-def start_seaweed(run_dir: Path, timeout: float = 60.0) -> Server:
+def start_seaweed(run_dir: Path, timeout: float = 60.0, ports: list[int] | None = None) -> Server:
+    """``ports``: those of an earlier start (``server.ports``) to restart it on its data."""
     run_dir = Path(run_dir)
     (run_dir / "data").mkdir(parents=True, exist_ok=True)
     cfg = run_dir / "s3.json"
     cfg.write_text('{"identities":[{"name":"test","credentials":[{"accessKey":"%s","secretKey":"%s"}],'
                    '"actions":["Admin","Read","List","Tagging","Write"]}]}\n' % (ACCESS_KEY, SECRET_KEY))
-    ports = [free_port(pair=True) for _ in range(5)]
+    ports = ports or [free_port(pair=True) for _ in range(5)]
     s3, master, volume, filer, admin = ports
     log = run_dir / "weed.log"
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         proc = subprocess.Popen(
             [weed_binary(), "mini", f"-dir={run_dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
@@ -190,7 +192,7 @@ def start_seaweed(run_dir: Path, timeout: float = 60.0) -> Server:
              # small volumes: a few 64 MiB files instead of GiB-sized preallocations
              "-master.volumeSizeLimitMB=64", "-volume.max=16"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server("seaweedfs", f"http://127.0.0.1:{s3}", run_dir, log, [proc.pid])
+    server = Server("seaweedfs", f"http://127.0.0.1:{s3}", run_dir, log, [proc.pid], ports=ports)
     server._proc = proc  # type: ignore[attr-defined]  # reaped by _alive's waitpid
     _wait_ready(server, timeout)
     return server
@@ -255,10 +257,22 @@ def _run(cmd: list[str], log: Path, timeout: float = 60) -> str:
     return r.stdout.decode()
 
 
-def start_ceph(run_dir: Path, timeout: float = 90.0) -> Server:
+def start_ceph(run_dir: Path, timeout: float = 90.0, attempts: int = 3) -> Server:
     """Monitor, memstore OSD and RADOS gateway; the daemons fork, so their pids come from
-    their pid files."""
-    d = Path(run_dir)
+    their pid files. Ceph 16 with auth=none sometimes takes a command before its client has
+    the monitor map ("fsid 0000… != …"): a failed start is stopped and tried afresh, up to
+    ``attempts`` times; the last failure is raised with the log tails."""
+    for attempt in range(1, attempts + 1):
+        d = Path(run_dir) / f"try{attempt}"
+        try:
+            return _start_ceph_once(d, timeout)
+        except ServerFailed:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_ceph_once(d: Path, timeout: float) -> Server:
     for sub in ("mon.a", "osd.0", "log", "run"):
         (d / sub).mkdir(parents=True, exist_ok=True)
     mon_port, rgw_port = free_port(), free_port()

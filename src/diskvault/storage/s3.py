@@ -32,6 +32,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -182,6 +183,7 @@ class S3Storage:
                  single_put_max: int = SINGLE_PUT_MAX, part_size: int = PART_SIZE) -> None:
         self.endpoint, self.bucket, self.prefix = endpoint, bucket, prefix.strip("/")
         self.names = names
+        self.retries, self.retry_seconds, self.backoff_seconds = retries, retry_seconds, backoff_seconds
         self.single_put_max, self.part_size = single_put_max, max(part_size, 5 << 20)
         self.where = f"s3:{endpoint}/{bucket}" + (f"/{self.prefix}" if self.prefix else "")
         config = {"access_key_id": access_key_id, "secret_access_key": secret_access_key, "region": region,
@@ -231,6 +233,30 @@ class S3Storage:
         return RemoteError(f"the object store failed a request for {where} ({first[:200]}): "
                            "run the command again; if it persists, check the server")
 
+    _TRANSIENT = ("error sending request", "body error", "connection", "reset by peer", "broken pipe",
+                  "timed out", "incomplete", "unexpected eof", "channel closed")
+
+    def _do(self, name: str | None, fn):
+        """``fn()``, tried again with backoff while it fails in transit (a connection dropped
+        or reset, an answer cut short: cases obstore's own retries leave to the caller), up to
+        ``retries`` times within ``retry_seconds``; its other errors mapped by ``_error``.
+        AlreadyExistsError and PreconditionError pass through (put decides)."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = self.backoff_seconds
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except (oe.AlreadyExistsError, oe.PreconditionError):
+                raise
+            except Exception as exc:  # noqa: BLE001  (obstore raises its own classes and builtins)
+                transient = any(w in str(exc).lower() for w in self._TRANSIENT)
+                attempt += 1
+                if not transient or attempt > self.retries or time.monotonic() + delay > deadline:
+                    raise self._error(exc, name) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
     # --- writes ---------------------------------------------------------------------------
 
     def create(self, name: str) -> S3FileWriter:
@@ -238,39 +264,33 @@ class S3Storage:
 
     def put(self, name: str, data: bytes | bytearray | memoryview) -> None:
         """Create ``name`` with ``data`` (If-None-Match: *). Same bytes already there: nothing
-        to do; other bytes: FileExistsError."""
+        to do (a retried request whose first answer was lost); other bytes: FileExistsError."""
         check_name(name)
         try:
-            obstore.put(self.store, name, data, mode="create", use_multipart=False)
+            self._do(name, lambda: obstore.put(self.store, name, data, mode="create", use_multipart=False))
         except (oe.AlreadyExistsError, oe.PreconditionError):
-            self._same_or_refuse(name, data)
-        except Exception as exc:  # noqa: BLE001  (obstore raises its own classes and builtins)
-            raise self._error(exc, name) from None
-
-    def _same_or_refuse(self, name: str, data) -> None:
-        """After a refused create: the first attempt of a retried request may have written it."""
-        if self.size(name) == len(data) and self.read(name) == bytes(data):
-            return
-        raise FileExistsError(17, "object exists (names are immutable)", f"{self.where}/{name}")
+            if not (self.size(name) == len(data) and self.read(name) == bytes(data)):
+                raise FileExistsError(17, "object exists (names are immutable)", f"{self.where}/{name}") from None
 
     def _put_multipart(self, name: str, file, size: int) -> None:
         """Upload ``size`` bytes of the open ``file`` as a multipart upload, visible when the
         upload completes. Create-only by a check first (servers do not all honour
-        If-None-Match on completion); callers write fresh, random names this way."""
+        If-None-Match on completion); callers write fresh, random names this way, so an object
+        of the same size found after a failed attempt is taken as that attempt's."""
         if self.exists(name):
             raise FileExistsError(17, "object exists (names are immutable)", f"{self.where}/{name}")
-        try:
+
+        def upload():
+            if self.exists(name) and self.size(name) == size:  # an earlier attempt completed
+                return
+            file.seek(0)
             obstore.put(self.store, name, file, use_multipart=True, chunk_size=self.part_size, max_concurrency=4)
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, name) from None
+        self._do(name, upload)
 
     def replace(self, name: str, data: bytes) -> None:
         """Write ``name`` whether it exists or not (one PUT: atomic on S3)."""
         check_name(name)
-        try:
-            obstore.put(self.store, name, data, use_multipart=False)
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, name) from None
+        self._do(name, lambda: obstore.put(self.store, name, data, use_multipart=False))
 
     write_atomic = replace
 
@@ -278,10 +298,7 @@ class S3Storage:
 
     def read(self, name: str) -> bytes:
         check_name(name)
-        try:
-            return obstore.get(self.store, name).bytes().to_bytes()
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, name) from None
+        return self._do(name, lambda: obstore.get(self.store, name).bytes().to_bytes())
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset``; fewer past the end, b"" at or beyond it."""
@@ -289,23 +306,18 @@ class S3Storage:
         if length <= 0:
             return b""
         try:
-            return obstore.get_range(self.store, name, start=offset, length=length).to_bytes()
-        except Exception as exc:  # noqa: BLE001
-            text = str(exc)
-            if "InvalidRange" in text or "416" in text or "out of range" in text.lower() or "Range" in text:
-                size = self.size(name)  # FileNotFoundError when missing
-                if offset >= size:
-                    return b""
-                if offset + length > size:
-                    return self.read_range(name, offset, size - offset)
-            raise self._error(exc, name) from None
+            return self._do(name, lambda: obstore.get_range(self.store, name, start=offset, length=length).to_bytes())
+        except RemoteError:
+            size = self.size(name)  # FileNotFoundError when missing
+            if offset >= size:
+                return b""
+            if offset + length > size:
+                return self.read_range(name, offset, size - offset)
+            raise
 
     def size(self, name: str) -> int:
         check_name(name)
-        try:
-            return int(obstore.head(self.store, name)["size"])
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, name) from None
+        return int(self._do(name, lambda: obstore.head(self.store, name))["size"])
 
     def exists(self, name: str) -> bool:
         try:
@@ -320,10 +332,8 @@ class S3Storage:
     def list(self, folder: str) -> Iterator[str]:
         """Names below ``folder`` ("" for all), sorted (S3 lists in key order)."""
         prefix = check_name(folder) + "/" if folder else None
-        try:
-            found = [m["path"] for batch in obstore.list(self.store, prefix, chunk_size=1000) for m in batch]
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, folder or None) from None
+        found = self._do(folder or None, lambda: [m["path"] for batch in obstore.list(self.store, prefix, chunk_size=1000)
+                                                  for m in batch])
         for name in sorted(found):
             if self._ours(name):
                 yield name
@@ -334,11 +344,9 @@ class S3Storage:
         if not self._ours(name):
             raise ValueError(f"{name!r} is not a name this storage holds")
         try:
-            obstore.delete(self.store, name)
-        except (oe.NotFoundError, FileNotFoundError):
+            self._do(name, lambda: obstore.delete(self.store, name))
+        except FileNotFoundError:
             pass
-        except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, name) from None
 
     def clean_temporary(self) -> int:
         """Nothing to do: an upload is invisible until complete, and an interrupted multipart
