@@ -69,7 +69,7 @@ class Storage(Protocol):
     def read_range(self, name: str, offset: int, length: int) -> bytes: ...  # shorter at the end
     def size(self, name: str) -> int: ...  # bytes; FileNotFoundError
     def exists(self, name: str) -> bool: ...
-    def list(self, folder: str) -> Iterator[str]: ...  # names below folder/ ("" for all), sorted
+    def list(self, folder: str) -> Iterator[str]: ...  # names below folder/ ("" for all), no order promised
     def delete(self, name: str) -> None: ...  # nothing when missing
     def clean_temporary(self) -> int: ...  # leftovers of interrupted writes removed
     def close(self) -> None: ...

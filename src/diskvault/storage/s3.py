@@ -31,7 +31,6 @@ import configparser
 import os
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -197,7 +196,6 @@ class S3Storage:
             retry_config={"max_retries": retries, "retry_timeout": timedelta(seconds=retry_seconds),
                           "backoff": {"init_backoff": timedelta(seconds=backoff_seconds),
                                       "max_backoff": timedelta(seconds=10), "base": 2}})
-        self._lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, names: re.Pattern[str] | None = None, **kw) -> S3Storage:
