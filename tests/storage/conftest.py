@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "servers"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import s3servers  # noqa: E402
 
 from diskvault.storage.local import LocalStorage  # noqa: E402
-from diskvault.storage.s3 import S3Storage  # noqa: E402
+from storage_helpers import BUCKET, s3_storage  # noqa: E402
 
 BACKENDS = ["local", "seaweedfs", "ceph-rgw"]
-BUCKET = "contract"
 
 
 class _Servers:
@@ -51,14 +51,6 @@ def s3_servers(tmp_path_factory):
     servers = _Servers(tmp_path_factory.mktemp("s3servers"))
     yield servers
     servers.stop()
-
-
-def s3_storage(srv: s3servers.Server, prefix: str | None = None, bucket: str = BUCKET, **kw) -> S3Storage:
-    """A storage under a fresh prefix of the server's test bucket (fast retries for tests)."""
-    prefix = prefix if prefix is not None else f"t-{secrets.token_hex(6)}/repo"
-    kw = {"retries": 3, "retry_seconds": 10, "backoff_seconds": 0.05, "timeout": 30, **kw}
-    return S3Storage(srv.endpoint, bucket, prefix, access_key_id=srv.access_key,
-                     secret_access_key=srv.secret_key, region=srv.region, **kw)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "servers"))
 
 import faultproxy  # noqa: E402
 import s3servers  # noqa: E402
-from conftest import BUCKET, s3_storage  # noqa: E402
+from storage_helpers import BUCKET, s3_storage  # noqa: E402
 
 from diskvault.errors import (RemoteAuthError, RemoteError, RemoteUnreachable,  # noqa: E402
                               RepositoryNotFound)
