@@ -31,6 +31,7 @@ have mcopy || need+=(mtools)
 have radosgw  || need+=(radosgw)
 have ceph-mon || need+=(ceph-mon)
 have ceph-osd || need+=(ceph-osd)
+have faketime || need+=(faketime)                           # S3 clock-skew test
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need[*]}" >&2; exit 1
