@@ -135,3 +135,11 @@ def os_error(exc: OSError, repository: str | None = None) -> DiskvaultError:
     if exc.errno == errno.EIO:
         return FileAccessError(f"input/output error{where}: the disk may be failing; check it (dmesg)")
     return FileAccessError(f"{reason}{where}: check the path")
+
+
+class RescueBuildError(DiskvaultError):
+    """``rescue build`` cannot make the image: a tool or package it needs is missing, a
+    download failed, or an argument (``--unattended``, ``--size``) is wrong for an image
+    (exit 5, like a source it cannot read)."""
+
+    exit_code = EXIT_SOURCE_TARGET
