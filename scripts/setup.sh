@@ -27,6 +27,12 @@ have grub-mkstandalone || need+=(grub-efi-amd64-bin)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)   # a static busybox for the initramfs
 have mkfs.vfat || need+=(dosfstools)
 have mcopy || need+=(mtools)
+# rescue media (diskvault rescue build, tests/rescue): tools copied into the rescue system, strip
+have blkid || need+=(util-linux)
+have lsblk || need+=(util-linux)
+have ntfsresize || need+=(ntfs-3g)
+have strip || need+=(binutils)                               # halves the rescue system's Python
+have apt-get || need+=(apt)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need[*]}" >&2; exit 1

@@ -55,6 +55,11 @@ class VM:
         self.raw = b""
 
     @property
+    def seconds(self) -> float:
+        """Seconds since QEMU started."""
+        return time.monotonic() - self.start
+
+    @property
     def log(self) -> str:
         return ANSI.sub("", self.raw.decode(errors="replace"))
 

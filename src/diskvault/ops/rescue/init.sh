@@ -72,6 +72,10 @@ unattended_restore() {  # REPO_DEVICE:PATH:SNAPSHOT:TARGET (SNAPSHOT may hold ':
   repo=/mnt/repo/${path#/}
   diskvault restore -r "$repo" "$snap" "$tgt" --force --no-progress
   rc=$?
+  if [ $rc -eq 8 ]; then  # damaged: name every unreadable byte range of the snapshot
+    echo "damaged parts of snapshot $snap (byte ranges of the disk image):"
+    diskvault verify -r "$repo" "$snap" "$tgt" --no-progress 2>&1 | grep "not compared: bytes" | head -20
+  fi
   if [ $rc -ne 0 ]; then fail "restore of $snap onto $tgt exited $rc; $tgt is not restored"; umount /mnt/repo; return $rc; fi
   diskvault verify -r "$repo" "$snap" "$tgt" --no-progress
   rc=$?

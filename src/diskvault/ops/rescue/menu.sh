@@ -24,6 +24,7 @@ disks() {  # whole disks, one name a line
 model() {
   m=$(cat "/sys/block/$1/device/model" 2>/dev/null | sed 's/ *$//')
   v=$(cat "/sys/block/$1/device/vendor" 2>/dev/null | sed 's/ *$//')
+  case "$v" in 0x1af4) echo "virtio disk (no model)"; return;; esac
   echo "${v:+$v }${m:-unknown model}"
 }
 
@@ -47,7 +48,10 @@ show_disks() {
   echo "Disks:"
   for d in $(disks); do
     pt=$(blkid -o value -s PTTYPE "/dev/$d" 2>/dev/null)
-    echo "  /dev/$d  $(human "$(disk_size "$d")")  $(model "$d")  table: ${pt:-none}"
+    t=; l=
+    [ -z "$pt" ] && t=$(blkid -o value -s TYPE "/dev/$d" 2>/dev/null) && l=$(blkid -o value -s LABEL "/dev/$d" 2>/dev/null)
+    echo "  /dev/$d  $(human "$(disk_size "$d")")  $(model "$d")  table: ${pt:-none}${t:+  $t (whole disk)}${l:+  label $l}"
+    [ -n "$t" ] && note=$(part_note "/dev/$d" "$t") && [ -n "$note" ] && echo "        ! $note"
     for p in /sys/block/"$d"/"$d"*; do
       [ -e "$p/partition" ] || continue
       n=${p##*/}
