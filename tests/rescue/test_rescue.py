@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -82,6 +83,12 @@ def world(tmp_path_factory):
         p.unlink()
 
 
+def _transcript(name: str, log: str) -> None:
+    """Keep a console transcript for the docs' screenshots (DISKVAULT_RESCUE_TRANSCRIPTS=DIR)."""
+    if os.environ.get("DISKVAULT_RESCUE_TRANSCRIPTS"):
+        Path(os.environ["DISKVAULT_RESCUE_TRANSCRIPTS"], f"{name}.log").write_text(log)
+
+
 def _figure(key: str, value) -> None:
     """Record a measurement for docs/benchmarks.md (only with DISKVAULT_RECORD_FIGURES=1)."""
     if os.environ.get("DISKVAULT_RECORD_FIGURES") != "1":
@@ -117,36 +124,81 @@ def test_rescue_build_names_a_missing_tool(tmp_path):
     assert not (tmp_path / "r.img").exists()
 
 
+def _windows_look_alike(tmp: Path) -> Path:
+    """A 64 MiB GPT disk: p1 starts like a BitLocker volume (-FVE-FS-), p2 is NTFS whose
+    hiberfil.sys starts with HIBR (what Fast Startup leaves)."""
+    disk = _blank(tmp / "windows-like.img", 64 * MiB)
+    subprocess.run([tool("sgdisk"), "-n", "1:2048:+16M", "-t", "1:0700", "-n", "2:0:-1M", "-t", "2:0700", disk],
+                   check=True, capture_output=True)
+    with open(disk, "r+b") as f:
+        f.seek(2048 * 512)
+        f.write(b"\xeb\x58\x90-FVE-FS-" + bytes(500))
+    start = 2048 + 16 * 2048
+    part = _blank(tmp / "hib.part", (64 * MiB // 512 - 2048 - start) * 512)
+    subprocess.run([tool("mkntfs"), "-F", "-Q", "-q", "-p", str(start), "-H", "255", "-S", "63", part],
+                   check=True, capture_output=True)
+    (tmp / "hiberfil.sys").write_bytes(b"HIBR" + bytes(65532))
+    subprocess.run([tool("ntfscp"), "-f", part, tmp / "hiberfil.sys", "hiberfil.sys"], check=True, capture_output=True)
+    with open(part, "rb") as p, open(disk, "r+b") as f:
+        f.seek(start * 512)
+        shutil.copyfileobj(p, f)
+    part.unlink()
+    return disk
+
+
 def test_menu_lists_disks_and_repositories_and_runs_without_python(world, tmp_path):
     tmp, _, _, _ = world
     built = _rescue(tmp / "menu.img", "--repo-hint", "LABEL=BACKUP")
     _figure("image_bytes", built["size"])
     _figure("initramfs_bytes", built["initramfs_bytes"])
     _figure("executable_bytes", built["executable_bytes"])
-    with VM(tmp / "menu.img", tmp / "repo.img") as vm:
+    target = _blank(tmp / "menu-target.img", 192 * MiB)
+    windows = _windows_look_alike(tmp)
+    with VM(tmp / "menu.img", tmp / "repo.img", target, windows) as vm:
         menu = vm.expect(r"^Choice: ", BOOT)
         _figure("boot_to_menu_seconds", round(vm.seconds, 1))
         screen = vm.log[vm.log.rindex("==== diskvault rescue"):menu.end()]
         (tmp_path / "menu.txt").write_text(screen)
         assert "/dev/vda" in screen and "/dev/vdb" in screen and "label BACKUP" in screen and "ext4" in screen
         assert "table: gpt" in screen and "r) restore a snapshot onto a disk" in screen and "x) shell" in screen
+        assert "/dev/vdd1  16.00 MiB" in screen and "! BitLocker-encrypted volume" in screen
+        assert "/dev/vdd2" in screen and "! NTFS left hibernated (Windows Fast Startup" in screen
         n = len(vm.log)
         vm.send("l\n")
         listing = vm.expect(r"^Choice: ", 300, n)
-        assert f"== /dev/vdb:/repo" in vm.log[n:listing.start()]
+        assert "== /dev/vdb:/repo" in vm.log[n:listing.start()]
         assert "128.00 MiB" in vm.log[n:listing.start()], vm.log[n:]
         n = len(vm.log)
         vm.send("x\n")
         vm.expect("exit to return", 60, n)
         vm.send("command -v python3 python python3.11 || ls -d /usr/lib/python3* /usr/bin/python* || echo NO-PYTHON; "
-                "diskvault --version; echo RC=$?\n")
+                "time diskvault --version; echo RC=$?\n")
         done = vm.expect(r"^RC=\d+", 120, n)
         assert "NO-PYTHON" in vm.log[n:] and "diskvault 0.1.0" in vm.log[n:] and done.group(0) == "RC=0"
+        start_up = re.search(r"^real\s+(\d+)m ([\d.]+)s", vm.log[n:], re.M)
+        _figure("version_seconds_in_vm", round(int(start_up.group(1)) * 60 + float(start_up.group(2)), 1))
         vm.send("exit\n")
-        vm.expect(r"^Choice: ", 60, done.end())
+        n = vm.expect(r"^Choice: ", 60, done.end()).end()
+        vm.send("r\n")  # restore through the menu: a wrong answer to the confirmation backs out
+        for prompt, answer in (("Repository number: ", "1"), ("Snapshot to restore", "latest"),
+                               (r"Target disk \(name", "vdc"), ("Type vdc to continue", "no"),
+                               ("Choice: ", "r"), ("Repository number: ", "1"), ("Snapshot to restore", "latest"),
+                               (r"Target disk \(name", "vdc"), ("Type vdc to continue", "vdc")):
+            n = vm.expect(prompt, 300, n).end()
+            if answer == "vdc" and prompt.startswith("Type"):
+                assert "Nothing restored." in vm.log and "EVERYTHING ON /dev/vdc WILL BE OVERWRITTEN" in vm.log
+                assert "/dev/vdc: 192.00 MiB, virtio disk" in vm.log
+            vm.send(answer + "\n")
+        n = vm.expect("Restored and verified", JOB, n).end()
+        vm.expect(r"^Choice: ", 60, n)
         vm.send("p\n")
         vm.wait_off(60)
+        _transcript("menu", vm.log)
     (tmp / "menu.img").unlink()
+    windows.unlink()
+    res = run_cli("verify", "-r", tmp / "fs/repo", "latest", target, "--json")
+    assert json.loads(res.stdout)["identical"]
+    target.unlink()
 
 
 def test_unattended_restore_onto_a_bigger_blank_disk_boots(world):
@@ -157,6 +209,7 @@ def test_unattended_restore_onto_a_bigger_blank_disk_boots(world):
     with VM(tmp / "restore.img", repo_disk, target) as vm:
         log = vm.wait_off(BOOT + JOB)
     _figure("unattended_restore_seconds", round(vm.seconds, 1))
+    _transcript("unattended-restore", log)
     assert "DISKVAULT-RESCUE-OK restored snapshot latest onto /dev/vdc and verified it" in log, log[-3000:]
     assert "DISKVAULT-RESCUE-FAILED" not in log
     assert repo_disk.read_bytes() == (tmp / "repo.img").read_bytes()  # mounted read-only
@@ -190,6 +243,7 @@ def test_a_damaged_newest_snapshot_is_reported_and_not_restored(world):
     target = _blank(tmp / "target2.img", 192 * MiB)
     with VM(tmp / "restore.img", tmp / "damaged-repo.img", target) as vm:
         log = vm.wait_off(BOOT + JOB)
+    _transcript("damaged", log)
     assert "DISKVAULT-RESCUE-OK" not in log
     assert f"restore of snapshot {newest[:12]}" in log and "damaged" in log, log[-3000:]
     assert "not compared: bytes " in log  # the damaged byte range
@@ -237,6 +291,7 @@ def test_unattended_snapshot_of_a_disk_with_ntfs_restores_and_boots(world):
     with VM(tmp / "snapshot.img", src, tmp / "snap-repo.img") as vm:
         log = vm.wait_off(BOOT + JOB)
     (tmp / "snapshot.img").unlink()
+    _transcript("unattended-snapshot", log)
     assert "DISKVAULT-RESCUE-OK snapshot " in log and "of /dev/vdb taken and verified" in log, log[-3000:]
     repo = _rdump(tmp / "snap-repo.img", "/repo", tmp / "dump")
     (tmp / "snap-repo.img").unlink()
@@ -259,3 +314,51 @@ def test_unattended_snapshot_of_a_disk_with_ntfs_restores_and_boots(world):
     part.unlink()
     restored.unlink()
     shutil.rmtree(tmp / "dump")
+
+
+def test_rescue_build_flags_are_documented():
+    """Every flag of `rescue build --help` is in docs/cli.md's "rescue build" section."""
+    from typer.main import get_command
+
+    from diskvault.cli import app
+
+    cmd = get_command(app).commands["rescue"].commands["build"]
+    text = (Path(__file__).parents[2] / "docs/cli.md").read_text().split("## rescue build", 1)[1]
+    flags = {o for p in cmd.params for o in p.opts if o.startswith("--")}
+    assert flags and all(f"`{f}" in text or f" {f}" in text for f in flags), flags
+    assert "`rescue build" in (Path(__file__).parents[2] / "README.md").read_text()
+
+
+def _initramfs_files(image: Path, tmp: Path) -> dict[str, bytes]:
+    """name -> content of the regular files in the image's initramfs (read with mtools)."""
+    import zstandard
+
+    subprocess.run([tool("mcopy"), "-i", f"{image}@@1M", "::/boot/initrd.img", tmp / "initrd"], check=True)
+    data = zstandard.ZstdDecompressor().decompressobj().decompress((tmp / "initrd").read_bytes())
+    files, pos = {}, 0
+    while True:
+        head = data[pos:pos + 110]
+        size, namesize = int(head[54:62], 16), int(head[94:102], 16)
+        name = data[pos + 110:pos + 110 + namesize - 1].decode()
+        start = pos + 110 + namesize + (-(110 + namesize) % 4)
+        if name == "TRAILER!!!":
+            return files
+        if int(head[14:22], 16) & 0o170000 == 0o100000:
+            files[name] = data[start:start + size]
+        pos = start + size + (-size % 4)
+
+
+def test_a_passphrase_is_stored_only_for_an_unattended_job(tmp_path):
+    env = {**_env(), "DISKVAULT_PASSWORD": "correct horse"}
+    res = run_cli("rescue", "build", tmp_path / "u.img", "--unattended", "LABEL=B:/repo:latest:sda", env=env,
+                  timeout=900)
+    assert b"warning: the image holds the repository's passphrase" in res.stderr
+    assert (tmp_path / "u.img").stat().st_mode & 0o777 == 0o600
+    files = _initramfs_files(tmp_path / "u.img", tmp_path)
+    assert files["etc/diskvault/password"] == b"correct horse"
+    assert b"UNATTENDED='LABEL=B:/repo:latest:sda'" in files["etc/diskvault/rescue.conf"]
+    (tmp_path / "u.img").unlink()
+    res = run_cli("rescue", "build", tmp_path / "m.img", "--json", env=env, timeout=900)
+    assert not json.loads(res.stdout)["password_stored"] and b"passphrase" not in res.stderr
+    assert "etc/diskvault/password" not in _initramfs_files(tmp_path / "m.img", tmp_path)
+    (tmp_path / "m.img").unlink()

@@ -197,7 +197,7 @@ def build(out: Path, size: int | None = None, repo_hints: list[str] | None = Non
                              f"({need // image.MiB} MiB): give a bigger size or none")
         size = size // image.MiB * image.MiB
         step(f"disk image {out} ({size // image.MiB} MiB)")
-        image.disk(out, esp, size, volid)
+        image.disk(out, esp, size, volid, secret=stored)
         return BuildResult(image=str(out), size=size, kernel=kver, initramfs_bytes=initrd.stat().st_size,
                            executable_bytes=info["bytes"], python=info["python"],
                            distributions=info["distributions"], unattended=unattended,

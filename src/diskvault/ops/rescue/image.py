@@ -61,9 +61,10 @@ def fat_size(esp_files: dict[str, Path]) -> int:
     return max(40 * MiB, (need * 105 // 100 + 4 * MiB + MiB - 1) // MiB * MiB)
 
 
-def disk(out: Path, esp_files: dict[str, Path], size: int, volume_id: str) -> None:
+def disk(out: Path, esp_files: dict[str, Path], size: int, volume_id: str, secret: bool = False) -> None:
     """Write the GPT disk image ``out`` of ``size`` bytes: partition 1, the ESP, from 1 MiB to
-    1 MiB before the end, FAT32 (volume id ``volume_id``, 8 hex digits) holding ``esp_files``."""
+    1 MiB before the end, FAT32 (volume id ``volume_id``, 8 hex digits) holding ``esp_files``;
+    mode 0600 when ``secret`` (it holds a passphrase)."""
     esp_bytes = size - 2 * MiB
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         esp = Path(tmp) / "esp.img"
@@ -96,6 +97,8 @@ def disk(out: Path, esp_files: dict[str, Path], size: int, volume_id: str) -> No
                     dst_f.write(chunk)
             dst_f.flush()
             os.fsync(dst_f.fileno())
+        if secret:
+            img.chmod(0o600)
         os.replace(img, out)
 
 
