@@ -124,6 +124,12 @@ def test_rescue_build_names_a_missing_tool(tmp_path):
     assert not (tmp_path / "r.img").exists()
 
 
+def _bounds(disk: Path, n: int) -> tuple[int, int]:
+    """First and last sector of partition ``n`` (sgdisk -i)."""
+    info = subprocess.run([tool("sgdisk"), "-i", str(n), disk], check=True, capture_output=True, text=True).stdout
+    return (int(info.split("First sector: ")[1].split()[0]), int(info.split("Last sector: ")[1].split()[0]))
+
+
 def _windows_look_alike(tmp: Path) -> Path:
     """A 64 MiB GPT disk: p1 starts like a BitLocker volume (-FVE-FS-), p2 is NTFS whose
     hiberfil.sys starts with HIBR (what Fast Startup leaves)."""
@@ -133,8 +139,8 @@ def _windows_look_alike(tmp: Path) -> Path:
     with open(disk, "r+b") as f:
         f.seek(2048 * 512)
         f.write(b"\xeb\x58\x90-FVE-FS-" + bytes(500))
-    start = 2048 + 16 * 2048
-    part = _blank(tmp / "hib.part", (64 * MiB // 512 - 2048 - start) * 512)
+    start, end = _bounds(disk, 2)
+    part = _blank(tmp / "hib.part", (end - start + 1) * 512)
     subprocess.run([tool("mkntfs"), "-F", "-Q", "-q", "-p", str(start), "-H", "255", "-S", "63", part],
                    check=True, capture_output=True)
     (tmp / "hiberfil.sys").write_bytes(b"HIBR" + bytes(65532))
@@ -260,10 +266,7 @@ def _ntfs_disk(tmp: Path, disk: Path) -> tuple[Path, dict[str, bytes]]:
         f.truncate(192 * MiB)
     subprocess.run([tool("sgdisk"), "-e", "-n", "3:0:-1M", "-t", "3:0700", "-c", "3:data", src],
                    check=True, capture_output=True)
-    start = int(subprocess.run([tool("sgdisk"), "-i", "3", src], check=True, capture_output=True, text=True)
-                .stdout.split("First sector: ")[1].split()[0])
-    end = int(subprocess.run([tool("sgdisk"), "-i", "3", src], check=True, capture_output=True, text=True)
-              .stdout.split("Last sector: ")[1].split()[0])
+    start, end = _bounds(src, 3)
     part = tmp / "ntfs.part"
     _blank(part, (end - start + 1) * 512)
     subprocess.run([tool("mkntfs"), "-F", "-Q", "-q", "-L", "Windows", "-p", str(start), "-H", "255", "-S", "63",
@@ -301,13 +304,11 @@ def test_unattended_snapshot_of_a_disk_with_ntfs_restores_and_boots(world):
     src.unlink()
     result = boot(restored)
     assert result.ok(marker), result.tail()
-    start = int(subprocess.run([tool("sgdisk"), "-i", "3", restored], check=True, capture_output=True, text=True)
-                .stdout.split("First sector: ")[1].split()[0])
-    with open(restored, "rb") as f:
+    start, end = _bounds(restored, 3)
+    part = tmp / "restored-ntfs.part"
+    with open(restored, "rb") as f, open(part, "wb") as p:
         f.seek(start * 512)
-        part = tmp / "restored-ntfs.part"
-        with open(part, "wb") as p:
-            shutil.copyfileobj(f, p)
+        p.write(f.read((end - start + 1) * 512))
     for name, data in files.items():
         got = subprocess.run([tool("ntfscat"), part, name], check=True, capture_output=True).stdout
         assert got == data, name
@@ -356,7 +357,7 @@ def test_a_passphrase_is_stored_only_for_an_unattended_job(tmp_path):
     assert (tmp_path / "u.img").stat().st_mode & 0o777 == 0o600
     files = _initramfs_files(tmp_path / "u.img", tmp_path)
     assert files["etc/diskvault/password"] == b"correct horse"
-    assert b"UNATTENDED='LABEL=B:/repo:latest:sda'" in files["etc/diskvault/rescue.conf"]
+    assert b"UNATTENDED=LABEL=B:/repo:latest:sda\n" in files["etc/diskvault/rescue.conf"]
     (tmp_path / "u.img").unlink()
     res = run_cli("rescue", "build", tmp_path / "m.img", "--json", env=env, timeout=900)
     assert not json.loads(res.stdout)["password_stored"] and b"passphrase" not in res.stderr

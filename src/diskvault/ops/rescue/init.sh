@@ -13,6 +13,7 @@ export HOME=/root TERM=linux LANG=C.UTF-8 COLUMNS=100
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /tmp /run /mnt /root; mount -t tmpfs tmpfs /tmp; mount -t devpts devpts /dev/pts
+ln -sf /proc/mounts /etc/mtab  # ntfs-3g checks it before it opens a volume
 echo 1 > /proc/sys/kernel/printk
 # consoles: the screen (tty1) and the first serial port when there is one
 CONSOLES=/dev/tty1
