@@ -138,8 +138,7 @@ def os_error(exc: OSError, repository: str | None = None) -> DiskvaultError:
 
 
 class RescueBuildError(DiskvaultError):
-    """``rescue build`` cannot make the image: a tool or package it needs is missing, a
-    download failed, or an argument (``--unattended``, ``--size``) is wrong for an image
-    (exit 5, like a source it cannot read)."""
+    """``rescue build`` cannot make the image: a tool or package it needs is missing or a
+    download failed (exit 5, like a source it cannot read; a wrong argument is a UsageError)."""
 
     exit_code = EXIT_SOURCE_TARGET

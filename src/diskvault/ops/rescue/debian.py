@@ -4,8 +4,8 @@
 metapackage such as ``linux-image-amd64`` is followed to the package it depends on),
 fetched with ``apt-get download`` into ``cache/debs`` and unpacked with ``dpkg-deb -x`` into
 ``cache/trees``; a package already in the cache at the version apt would fetch is reused,
-and with no apt index or network a cached one of any version is used. Nothing is installed
-on the machine. ``kernel(cache)`` picks the kernel out of the linux-image package and
+and when apt does not know the package or cannot download it, the newest cached one is
+used. Nothing is installed on the machine. ``kernel(cache)`` picks the kernel out of the linux-image package and
 ``modules(...)`` resolves kernel modules (``depends=`` of each ``.ko``) in load order.
 
 Raises RescueBuildError with a one-line cause (apt-get missing, package unknown, download
@@ -60,10 +60,15 @@ def package(name: str, cache: Path) -> Path:
     deb = next((d for d in have if quoted and d.name.startswith(f"{real}_{quoted}_")), None)
     if deb is None and version:
         with tempfile.TemporaryDirectory(dir=debs) as tmp:
-            _run("apt-get", "download", "-q", f"{real}={version}", cwd=Path(tmp))
-            got = next(Path(tmp).glob("*.deb"))
-            got.rename(debs / got.name)
-            deb = debs / got.name
+            try:
+                _run("apt-get", "download", "-q", f"{real}={version}", cwd=Path(tmp))
+            except RescueBuildError:
+                if not have:
+                    raise
+            else:
+                got = next(Path(tmp).glob("*.deb"))
+                got.rename(debs / got.name)
+                deb = debs / got.name
     if deb is None:
         if not have:
             raise RescueBuildError(f"rescue build: Debian package {name} is unknown to apt and not cached: "
