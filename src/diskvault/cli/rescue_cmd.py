@@ -38,7 +38,7 @@ def _password(password_file: str | None) -> bytes | None:
 
 @rescue.command("build")
 def build(
-    out: Annotated[str, typer.Argument(help="Image file to write (then: dd if=OUT of=/dev/sdX bs=4M).")],
+    out: Annotated[str, typer.Argument(metavar="OUT", help="Image file to write (then: dd if=OUT of=/dev/sdX bs=4M).")],
     size: Annotated[str | None, typer.Option("--size", help="Image size (e.g. 256M); default the smallest that fits.")] = None,
     repo_hint: Annotated[list[str], typer.Option("--repo-hint", help="LABEL=..., UUID=... or a device where the menu looks for repositories first; repeatable.")] = [],  # noqa: B006
     unattended: Annotated[str | None, typer.Option("--unattended", help="REPO_DEVICE:PATH:SNAPSHOT:TARGET: boot straight into this restore, verify, power off.")] = None,
