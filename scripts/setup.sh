@@ -38,6 +38,12 @@ have radosgw  || need+=(radosgw)
 have ceph-mon || need+=(ceph-mon)
 have ceph-osd || need+=(ceph-osd)
 have faketime || need+=(faketime)                           # S3 clock-skew test
+# rescue media (diskvault rescue build, tests/rescue): tools copied into the rescue system, strip
+have blkid || need+=(util-linux)
+have lsblk || need+=(util-linux)
+have ntfsresize || need+=(ntfs-3g)
+have strip || need+=(binutils)                               # halves the rescue system's Python
+have apt-get || need+=(apt)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need[*]}" >&2; exit 1

@@ -149,3 +149,10 @@ class RemoteUnreachable(RemoteError):
 class RemoteAuthError(RemoteError):
     """The object store refused the credentials: no credentials, a wrong key or secret, a
     clock too far from the server's (exit 3)."""
+
+
+class RescueBuildError(DiskvaultError):
+    """``rescue build`` cannot make the image: a tool or package it needs is missing or a
+    download failed (exit 5, like a source it cannot read; a wrong argument is a UsageError)."""
+
+    exit_code = EXIT_SOURCE_TARGET
