@@ -282,6 +282,24 @@ def write(raw: dict, docs: Path) -> None:
           f"the fully allocated target did not (`bytes_zeroed` {d.get('delta_json_bytes_zeroed', 0) / 1e6:.0f} MB "
           "made holes: partial blocks at their edges and metadata are written, the zeros are not).")
         a("")
+    rescue = HERE / "rescue.json"
+    if rescue.exists():
+        r = json.loads(rescue.read_text())
+        a("## Rescue media (QEMU TCG, OVMF)")
+        a("")
+        a("`tests/rescue/test_rescue.py` with `DISKVAULT_RECORD_FIGURES=1`: one 1-vCPU guest, 768 MiB, "
+          "no KVM (full emulation, 10-50x slower than the host), on this shared 2-core machine.")
+        a("")
+        a("| what | value |")
+        a("|---|---|")
+        a(f"| rescue image (`rescue build`, default size) | {r['image_bytes'] / MIB:.0f} MiB |")
+        a(f"| initramfs (zstd) | {r['initramfs_bytes'] / MIB:.1f} MiB |")
+        a(f"| diskvault executable (Python and dependencies, unpacked) | {r['executable_bytes'] / MIB:.0f} MiB |")
+        a(f"| power-on to menu | {r['boot_to_menu_seconds']:.0f} s |")
+        a(f"| `diskvault --version` in the guest | {r['version_seconds_in_vm']:.1f} s |")
+        a(f"| unattended restore of a 128 MiB disk, verify, power off (from power-on) | "
+          f"{r['unattended_restore_seconds']:.0f} s |")
+        a("")
     a("![MB/s per tool and step](benchmarks.png)")
     a("")
     notes = HERE / "notes.md"

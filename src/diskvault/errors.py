@@ -143,3 +143,24 @@ def os_error(exc: OSError, repository: str | None = None) -> DiskvaultError:
     if exc.errno == errno.EIO:
         return FileAccessError(f"input/output error{where}: the disk may be failing; check it (dmesg)")
     return FileAccessError(f"{reason}{where}: check the path")
+
+
+class RemoteError(RepositoryError):
+    """An object store (S3) failed a request after its retries: a server error, a timeout,
+    an answer diskvault does not understand (exit 3)."""
+
+
+class RemoteUnreachable(RemoteError):
+    """The object store's endpoint does not answer (refused, no route, name unknown) (exit 3)."""
+
+
+class RemoteAuthError(RemoteError):
+    """The object store refused the credentials: no credentials, a wrong key or secret, a
+    clock too far from the server's (exit 3)."""
+
+
+class RescueBuildError(DiskvaultError):
+    """``rescue build`` cannot make the image: a tool or package it needs is missing or a
+    download failed (exit 5, like a source it cannot read; a wrong argument is a UsageError)."""
+
+    exit_code = EXIT_SOURCE_TARGET

@@ -31,6 +31,7 @@ from .mount_cmd import mount
 from .partitions_cmd import partitions
 from .prune_cmd import prune
 from .repair_cmd import repair
+from .rescue_cmd import rescue
 from .restore_cmd import restore
 from .serve_cmd import serve
 from .snapshot_cmd import snapshot
@@ -77,6 +78,7 @@ for command in (init, snapshot, snapshots, info, restore, forget, prune, unlock,
     app.command()(command)
 app.add_typer(key_app, name="key")
 app.add_typer(job_app, name="job")
+app.add_typer(rescue, name="rescue")
 
 
 def _interrupt(signum: int, frame: object) -> None:

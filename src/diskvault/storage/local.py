@@ -1,8 +1,11 @@
 """Local directory backend.
 
-Every write is atomic and durable: data goes to ``NAME.tmp-<random>``, is fsynced, renamed
-over ``NAME``, and the directory is fsynced, so after a crash a name holds either nothing
-or its complete content. Left-over ``.tmp-`` files are garbage that ``clean_temporary``
+Every write is atomic and durable: data goes to ``NAME.tmp-<random>``, is fsynced, given its
+name, and the directory is fsynced, so after a crash a name holds either nothing or its
+complete content. ``put`` and ``commit`` create only (the contract in storage/__init__.py):
+the temporary file is hard-linked to ``NAME`` (EEXIST when it exists: atomic), or, on a file
+system without hard links (exFAT, some FUSE and network file systems), renamed after a check;
+``replace`` renames over ``NAME``. Left-over ``.tmp-`` files are garbage that ``clean_temporary``
 removes. Raises OutOfSpace on ENOSPC (the temporary file is removed first), and
 FileNotFoundError for a missing name.
 
@@ -26,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from ..errors import OutOfSpace, RepositoryError
+from . import check_name
 
 TMP_MARK = ".tmp-"
 FILE_MODE = 0o600
@@ -98,8 +102,9 @@ class LocalFileWriter:
     FLUSH_BYTES = 4 << 20
     FLUSH_COUNT = 512  # below IOV_MAX (1024)
 
-    def __init__(self, storage: LocalStorage, name: str) -> None:
-        self.path = storage._path(name)
+    def __init__(self, storage: LocalStorage, name: str, replace: bool = False) -> None:
+        self.replace = replace
+        self.path = storage._path(check_name(name))
         self.dir = os.path.dirname(self.path)
         self.base = os.path.basename(name)
         self.tmp = f"{self.base}{TMP_MARK}{secrets.token_hex(4)}"
@@ -147,16 +152,39 @@ class LocalFileWriter:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
-            os.rename(self.tmp, self.base, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            if self.replace:
+                os.rename(self.tmp, self.base, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            else:
+                self._create_only()
             os.fsync(self.dir_fd)
         except OSError as exc:
             raise self._failed(exc) from None
         os.close(self.dir_fd)
         self.dir_fd = -1
 
+    def _create_only(self) -> None:
+        """Give the temporary file its name unless the name exists (FileExistsError)."""
+        try:
+            os.link(self.tmp, self.base, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, "file exists (names are immutable)", self.path) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                raise
+            # no hard links here: check, then rename (writers of one name are serialised above us)
+            try:
+                os.stat(self.base, dir_fd=self.dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.rename(self.tmp, self.base, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+                return
+            raise FileExistsError(errno.EEXIST, "file exists (names are immutable)", self.path) from None
+        os.unlink(self.tmp, dir_fd=self.dir_fd)
+
     def _failed(self, exc: OSError) -> Exception:
         """Remove the temporary file; the error to raise (OutOfSpace on a full disk)."""
         self.abort()
+        if isinstance(exc, FileExistsError):
+            return exc
         if _no_space(exc):
             return OutOfSpace(f"no space left on the repository's disk ({self.dir})")
         return exc
@@ -216,7 +244,7 @@ class LocalStorage:
 
     def _open(self, name: str) -> int:
         """A read-only descriptor of file ``name`` (no symbolic link followed)."""
-        folder, base = os.path.split(name)
+        folder, base = os.path.split(check_name(name))
         dfd = self._open_dir(folder)
         try:
             return os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
@@ -269,10 +297,24 @@ class LocalStorage:
     def create(self, name: str) -> LocalFileWriter:
         return LocalFileWriter(self, name)
 
-    def write_atomic(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes) -> None:
+        """Create ``name`` holding ``data``; the same bytes already there: nothing to do; other
+        bytes: FileExistsError (names are immutable)."""
         w = self.create(name)
         w.write(data)
+        try:
+            w.commit()
+        except FileExistsError:
+            if self.size(name) != len(data) or self.read(name) != bytes(data):
+                raise
+
+    def replace(self, name: str, data: bytes) -> None:
+        """Write ``name`` whether it exists or not, atomically (config, a record repair rewrites)."""
+        w = LocalFileWriter(self, name, replace=True)
+        w.write(data)
         w.commit()
+
+    write_atomic = replace
 
     def read(self, name: str) -> bytes:
         with os.fdopen(self._open(name), "rb") as f:
@@ -306,7 +348,7 @@ class LocalStorage:
         return data
 
     def size(self, name: str) -> int:
-        folder, base = os.path.split(name)
+        folder, base = os.path.split(check_name(name))
         dfd = self._open_dir(folder)
         try:
             return os.stat(base, dir_fd=dfd, follow_symlinks=False).st_size
@@ -354,6 +396,9 @@ class LocalStorage:
         return self.names.fullmatch(name) is not None if self.names is not None else TMP_MARK not in name
 
     def list(self, folder: str) -> Iterator[str]:
+        """Names below ``folder`` ("" for all), sorted."""
+        if folder:
+            check_name(folder)
         for name in self._walk(folder):
             if self._ours(name):
                 yield name
