@@ -29,7 +29,7 @@ from bootdisk import CACHE as BOOT_CACHE  # noqa: E402
 from bootdisk import MiB, boot, build_boot_disk  # noqa: E402
 from vm import VM  # noqa: E402
 
-from helpers import cli_env, run_cli, tool  # noqa: E402
+from helpers import PASSPHRASE, cli_env, run_cli, tool  # noqa: E402
 
 pytestmark = pytest.mark.slow
 RESCUE_CACHE = BOOT_CACHE.parent / "rescue"
@@ -171,7 +171,10 @@ def test_menu_lists_disks_and_repositories_and_runs_without_python(world, tmp_pa
         assert "/dev/vdd2" in screen and "! NTFS left hibernated (Windows Fast Startup" in screen
         n = len(vm.log)
         vm.send("l\n")
+        vm.expect("Passphrase of the repository /dev/vdb:/repo: ", 300, n)  # encrypted: asked once, not echoed
+        vm.send(PASSPHRASE + "\n")
         listing = vm.expect(r"^Choice: ", 300, n)
+        assert PASSPHRASE not in vm.log
         assert "== /dev/vdb:/repo" in vm.log[n:listing.start()]
         assert "128.00 MiB" in vm.log[n:listing.start()], vm.log[n:]
         n = len(vm.log)

@@ -92,6 +92,19 @@ find_repos() {  # writes "DEVICE PATH" lines to /tmp/repos; hinted devices (LABE
   done
 }
 
+unlock_repo() {  # DIR NAME: an encrypted repository's passphrase, asked once and kept in RAM (tmpfs)
+  grep -q '"encryption": "aes-256-gcm"' "$1/config.json" 2>/dev/null || return 0
+  [ -s "${DISKVAULT_PASSWORD_FILE:-/nonexistent}" ] && return 0
+  printf "Passphrase of the repository %s: " "$2"; stty -echo 2>/dev/null; read -r pw; stty echo 2>/dev/null; echo
+  (umask 077; printf '%s' "$pw" > /tmp/diskvault-password); pw=
+  export DISKVAULT_PASSWORD_FILE=/tmp/diskvault-password
+}
+
+forget_passphrase() {  # after exit 10 (a wrong passphrase): ask again next time
+  [ "$1" = 10 ] || return 0
+  rm -f /tmp/diskvault-password; unset DISKVAULT_PASSWORD_FILE
+}
+
 pick_repo() {  # sets REPODEV and REPOPATH; returns 1 when there is none or the user backs out
   find_repos
   if [ ! -s /tmp/repos ]; then echo "No diskvault repository found on the attached disks."; return 1; fi
@@ -118,7 +131,8 @@ do_restore() {
   pick_repo || return
   mount_dev "$REPODEV" "$MNT/repo" ro || { echo "cannot mount $REPODEV"; return; }
   repo=$MNT/repo$REPOPATH
-  diskvault snapshots -r "$repo"
+  unlock_repo "$repo" "$REPODEV:$REPOPATH"
+  diskvault snapshots -r "$repo" || { forget_passphrase $?; umount "$MNT/repo"; return; }
   printf "Snapshot to restore (id, or latest): "; read -r snap
   [ -n "$snap" ] || snap=latest
   echo "Target disks:"; for d in $(disks); do echo "  $d  $(human "$(disk_size "$d")")  $(model "$d")"; done
@@ -140,6 +154,7 @@ do_snapshot() {
   pick_repo || return
   mount_dev "$REPODEV" "$MNT/repo" rw || { echo "cannot mount $REPODEV read-write"; return; }
   repo=$MNT/repo$REPOPATH
+  unlock_repo "$repo" "$REPODEV:$REPOPATH"
   diskvault snapshot -r "$repo" "/dev/${s#/dev/}" && diskvault verify -r "$repo" latest --source "/dev/${s#/dev/}" "/dev/${s#/dev/}"
   sync; umount "$MNT/repo"
 }
@@ -157,9 +172,10 @@ while true; do
   case "$c" in
     r) do_restore;;
     s) do_snapshot;;
-    l) find_repos; while read -r dev path; do
-         echo "== $dev:${path:-/}"; mount_dev "$dev" "$MNT/l" ro && { diskvault snapshots -r "$MNT/l$path"; umount "$MNT/l"; }
-       done < /tmp/repos; [ -s /tmp/repos ] || echo "No diskvault repository found on the attached disks.";;
+    l) find_repos; while read -r dev path <&3; do  # the list on fd 3: stdin stays the console
+         echo "== $dev:${path:-/}"; mount_dev "$dev" "$MNT/l" ro && { unlock_repo "$MNT/l$path" "$dev:${path:-/}"
+         diskvault snapshots -r "$MNT/l$path" || forget_passphrase $?; umount "$MNT/l"; }
+       done 3< /tmp/repos; [ -s /tmp/repos ] || echo "No diskvault repository found on the attached disks.";;
     d) ;;
     x) echo "Type exit to return to the menu."; sh;;
     p) sync; poweroff -f;;
