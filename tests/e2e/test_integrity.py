@@ -265,7 +265,11 @@ def test_verify_reports_differing_ranges(world):
     changed = w.tmp / "changed.img"
     changed.write_bytes(bytes(img))
     v = cli_json("verify", "-r", w.repo, w.B, changed, code=9)
-    assert v["differing"] == [{"offset": 8192, "length": 4096}, {"offset": 696_320, "length": 4096}]
+    # each flipped byte's 4 KiB block, cut short where a chunk ends inside it (the rest of the
+    # block lies in the next chunk, which is identical): boundaries depend on the repository's key
+    for r, flipped in zip(v["differing"], (10_000, 700_000), strict=True):
+        block = flipped // 4096 * 4096
+        assert block <= r["offset"] <= flipped < r["offset"] + r["length"] <= block + 4096, v["differing"]
     assert cli_json("verify", "-r", w.repo, w.A, w.b, code=9)["differing"] == [
         {"offset": w.a.stat().st_size, "length": 400_000}]
     proc = run_cli("verify", "-r", w.repo, w.B, "-", input=w.b.read_bytes())
