@@ -96,19 +96,22 @@ class _Zeros:
 
 
 class _Codec:
-    """Picks the codec for new chunks. ``lz4`` or ``zstd`` when asked; ``auto`` follows how
-    much of the data read so far is new: zstd while at most AUTO_NEW_SHARE of it is (a
-    nightly incremental: its few new chunks come out ~25% smaller for little time), lz4
-    when more is (a first image, a new disk, a big change: compression would be the
-    bottleneck, and lz4 is three times faster). A repository that holds snapshots is
-    expected to know most of the next one: the count starts as if AUTO_PRIOR known bytes
-    had been read (so the changed metadata at the start of a filesystem does not tip an
-    incremental into lz4, while an unknown disk still switches to lz4 after ~9 MiB).
-    Windows finish out of order, so near the threshold the choice may differ between runs;
-    any entry reads back the same."""
+    """Picks the codec for new chunks. ``lz4`` or ``zstd`` (level ZSTD_LEVEL) when asked;
+    ``auto`` is zstd at one of two levels, by how much of the data read so far is new:
+    ZSTD_LEVEL (3) while at most AUTO_NEW_SHARE of it is (a nightly incremental: its few
+    new chunks come out smallest for little time), AUTO_BULK (zstd level 1) when more is (a
+    first image, a new disk, a big change: compression is then most of the CPU time, and
+    level 1 costs ~25% more than lz4 where level 3 costs ~80%, for 23% fewer bytes than lz4
+    where level 3 gives 26%; table and choice: docs/benchmarks.md, "Codecs"). A repository
+    that holds snapshots is expected to know most of the next one: the count starts as if
+    AUTO_PRIOR known bytes had been read (so the changed metadata at the start of a
+    filesystem does not tip an incremental into the bulk level, while an unknown disk still
+    switches after ~9 MiB). Windows finish out of order, so near the threshold the choice
+    may differ between runs; any entry reads back the same (the level is not recorded)."""
 
     AUTO_NEW_SHARE = 1 / 8
     AUTO_PRIOR = 64 << 20
+    AUTO_BULK = ("zstd", 1)
 
     def __init__(self, mode: str, expect_known: bool) -> None:
         if mode not in ("auto", *compression.CODECS):
@@ -118,14 +121,17 @@ class _Codec:
         self.new = 0
         self._lock = threading.Lock()
 
-    def choose(self, data: int, new: int) -> str:
-        """Account one window's data and new bytes; the codec for its new chunks."""
-        if self.mode != "auto":
-            return self.mode
+    def choose(self, data: int, new: int) -> tuple[str, int]:
+        """Account one window's data and new bytes; (codec, zstd level) for its new chunks."""
+        if self.mode == "lz4":
+            return "lz4", 0
+        if self.mode == "zstd":
+            return "zstd", compression.ZSTD_LEVEL
         with self._lock:
             self.data += data
             self.new += new
-            return "zstd" if self.new <= self.data * self.AUTO_NEW_SHARE else "lz4"
+            few = self.new <= self.data * self.AUTO_NEW_SHARE
+        return ("zstd", compression.ZSTD_LEVEL) if few else self.AUTO_BULK
 
 
 def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], zeros: _Zeros,
@@ -156,9 +162,9 @@ def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], ze
         if i >= defer and it.id not in seen:
             seen.add(it.id)
             fresh.append(it)
-    name = codec.choose(data, sum(it.length for it in fresh))
+    name, level = codec.choose(data, sum(it.length for it in fresh))
     for it in fresh:
-        it.payload, it.flags = compression.compress(it.data, name)
+        it.payload, it.flags = compression.compress(it.data, name, level)
     return items
 
 
@@ -402,7 +408,7 @@ def _take_snapshot(
                 continue
             if it.new and not writer.has(it.id):
                 if it.payload is None:  # deferred, or a repeat whose first occurrence was replaced
-                    it.payload, it.flags = compression.compress(it.data, codec.choose(0, 0))
+                    it.payload, it.flags = compression.compress(it.data, *codec.choose(0, 0))
                 stats["stored_bytes"] += writer.add(it.id, TYPE_CHUNK, it.payload, it.flags, it.length)
                 stats["new_chunks"] += 1
                 stats["new_bytes"] += it.length
