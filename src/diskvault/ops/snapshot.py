@@ -9,6 +9,8 @@ Pipeline, with reading, cutting, hashing and compressing spread over the worker 
    cache for what follows), cut it with FastCDC *speculatively*, as if a chunk started at
    the window's first byte, hash (blake3) its chunks, spot all-zero chunks (see _Zeros),
    ask the catalog in one query which are new and compress those (codec: see _Codec);
+   a window of zeros only (one memcmp) is not cut or hashed at all: the writer knows how
+   FastCDC cuts zeros and emits them as one zero extent (see _stitch_zeros);
 3. one writer thread takes the windows in source order and *stitches* them: it carries the
    unfinished last chunk of the previous window and cuts on from its true start until a cut
    lands on one of the window's speculative chunk starts. FastCDC's state after a cut is
