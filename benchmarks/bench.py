@@ -12,9 +12,9 @@ each step); the machine is shared, so caches are not dropped.
 
 The widened set (benchmarks/images.py ``widened``: ext4 and NTFS with deleted files, a fully
 allocated NTFS, FAT32, XFS, a GPT disk, each with a changed copy) runs the same series
-(check only on the ext4 pair, to save time); ``--scale`` sizes it (default 0.25: 128 MiB to
-1 GiB images, so the whole run stays under ~25 minutes on 2 cores; 2.0 gives the issue's
-1-8 GiB set), ``--quick`` is a small smoke run. The machine's write bound (``dd`` of the
+(check only on the ext4 pair, to save time); ``--scale`` sizes it (default 0.25: 256 MiB to
+0.8 GiB images, meant to keep the run near 25 minutes on 2 quiet cores; it took 44 on a busy
+shared machine; 2.0 gives 2-6.5 GiB images), ``--quick`` is a small smoke run. The machine's write bound (``dd`` of the
 ext4 image's size to a file with ``conv=fsync``, and without it: page cache) and the codec
 table (benchmarks/codecs.py, run as a script) are measured in the same invocation.
 
@@ -345,7 +345,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/diskvault-bench"))
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--scale", type=float, default=0.25, help="size of the widened set (1.0: 0.5-4 GiB images)")
+    ap.add_argument("--scale", type=float, default=0.25, help="size of the widened set (1.0: 1-3.3 GiB images)")
     ap.add_argument("--quick", action="store_true", help="a small smoke run: scale 1/16, 1 repetition, small "
                     "legacy images, no huge image")
     ap.add_argument("--codec-sample", type=int, default=64 << 20, help="bytes per image for the codec table")

@@ -165,7 +165,7 @@ def build_vm(work: Path, size: int, ntfs: Path | None, name: str = "vm.img") -> 
 # and has a changed copy for the incremental, changed in place by the filesystem's own tools:
 # debugfs -w (ext4), ntfs-3g (NTFS, a FUSE mount), mtools (FAT32), the kernel (XFS, a loop
 # mount). "Deleted" images are filled, then files holding 40% of the bytes are deleted: the
-# blocks keep the old bytes, as on a used disk. Sizes scale with ``scale`` (1.0: 1-4 GiB images).
+# blocks keep the old bytes, as on a used disk. Sizes scale with ``scale`` (1.0: 1-3.3 GiB images).
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -489,7 +489,7 @@ def gpt_disk(work: Path, name: str, parts: list[tuple[str, Pair]]) -> Pair:
 
 
 def widened(work: Path, scale: float = 1.0) -> list[Pair]:
-    """The widened benchmark set at ``scale`` (1.0: 1-4 GiB images; 0.25 for a quick run).
+    """The widened benchmark set at ``scale`` (1.0: 1-3.3 GiB images; the default run uses 0.25).
     Raises CalledProcessError when a tool fails."""
     work.mkdir(parents=True, exist_ok=True)
 

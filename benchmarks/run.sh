@@ -3,10 +3,10 @@
 # matplotlib into a separate venv (.venv-bench: keeps numpy out of diskvault's own .venv,
 # where sqlite-utils would import it and slow every command's start-up), then runs
 # benchmarks/bench.py with the project's .venv, then nbd_throughput.py and integrity.py, (extra arguments are passed on, e.g.
-# `bash benchmarks/run.sh --reps 3 --scale 2` for the issue's 1-8 GiB widened set on a quiet machine, or
+# `bash benchmarks/run.sh --reps 3 --scale 2` for 2-6.5 GiB widened images on a quiet machine, or
 # `bash benchmarks/run.sh --quick` for a small smoke run). Results: docs/benchmarks.md, docs/benchmarks.png,
 # benchmarks/results.json, benchmarks/codecs.json. At the defaults (--reps 2 --scale 0.25) it takes about
-# 20-25 minutes on a 2-core machine. Root is needed (loop mounts for XFS, ntfs-3g for NTFS).
+# 20-25 minutes on 2 quiet cores (44 on a busy shared one). Root is needed (loop mounts for XFS, ntfs-3g for NTFS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
