@@ -10,6 +10,14 @@ check; measures wall time (command plus ``sync``, so every tool's data is durabl
 the same invocation. Page cache: warm for every tool alike (each image is read once before
 each step); the machine is shared, so caches are not dropped.
 
+The widened set (benchmarks/images.py ``widened``: ext4 and NTFS with deleted files, a fully
+allocated NTFS, FAT32, XFS, a GPT disk, each with a changed copy) runs the same series
+(check only on the ext4 pair, to save time); ``--scale`` sizes it (default 0.25: 256 MiB to
+0.8 GiB images, meant to keep the run near 25 minutes on 2 quiet cores; it took 44 on a busy
+shared machine; 2.0 gives 2-6.5 GiB images), ``--quick`` is a small smoke run. The machine's write bound (``dd`` of the
+ext4 image's size to a file with ``conv=fsync``, and without it: page cache) and the codec
+table (benchmarks/codecs.py, run as a script) are measured in the same invocation.
+
 Fails (non-zero exit, one line) when a tool is missing or a restore is not bit-identical.
 """
 
@@ -99,8 +107,8 @@ class Diskvault(Tool):
         self.check_env = dict(ENV, PYTHONPATH=check_src) if check_src else ENV
         self.has_check = b"--read-data" in subprocess.run(
             [PY, "-m", "diskvault", "check", "--help"], env=self.check_env, capture_output=True).stdout
-        self.settings = ("defaults: 64 KiB average chunks, `--compression auto` (lz4 while much of the data read is new, "
-                         "as in the full snapshot; zstd level 3 for an incremental's few new chunks)")
+        self.settings = ("defaults: 64 KiB average chunks, `--compression auto` (zstd level 1 while much of the data read "
+                         "is new, as in the full snapshot; zstd level 3 for an incremental's few new chunks), no encryption")
         self.check_label = ("`check --read-data`" if self.has_check else
                             "stand-in: benchmarks/verify_packs.py (sequential read + lz4 + blake3 of every pack "
                             "entry, 2 threads) because `check --read-data` is not on this branch")
@@ -211,7 +219,7 @@ def digest(path: Path) -> str:
 
 # --- one repetition --------------------------------------------------------------------
 def series(tool: Tool, work: Path, base: Path, changed: Path | None, verify: dict[Path, str] | None,
-           rec: dict) -> None:
+           rec: dict, check: bool = True) -> None:
     """full (+ incremental) snapshot, restore of the last one, check; appends to rec."""
     repo = work / f"repo-{tool.name}"
     out = work / f"out-{tool.name}"
@@ -246,7 +254,7 @@ def series(tool: Tool, work: Path, base: Path, changed: Path | None, verify: dic
             raise Failed(f"{tool.name}: restored image differs from {last.name}")
     shutil.rmtree(out)
     argv = tool.check(repo)
-    if argv is not None and changed is not None:
+    if argv is not None and changed is not None and check:
         dt, rss, _ = run(argv, cwd=work)
         add(rec, "check_s", dt), add(rec, "check_rss", rss)
     shutil.rmtree(repo, ignore_errors=True)
@@ -301,6 +309,32 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem} MiB RAM, {platform.system()} {platform.release()}"
 
 
+def write_bound(work: Path, size: int) -> dict:
+    """MB/s of writing ``size`` bytes with dd (8 MiB blocks): to a file with conv=fsync (the
+    disk), to a file without it (the page cache), and of reading them back to /dev/null."""
+    target = work / "write-bound.img"
+    out = {}
+    count = max(1, size // (8 << 20))
+    for key, extra in (("fsync_MBps", ["conv=fsync"]), ("cache_MBps", [])):
+        target.unlink(missing_ok=True)
+        os.sync()
+        t0 = time.perf_counter()
+        subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=8M", f"count={count}", "status=none", *extra], check=True)
+        out[key] = count * (8 << 20) / (time.perf_counter() - t0) / MB
+    t0 = time.perf_counter()
+    subprocess.run(["dd", f"if={target}", "of=/dev/null", "bs=8M", "status=none"], check=True)
+    out["read_cached_MBps"] = count * (8 << 20) / (time.perf_counter() - t0) / MB
+    out["bytes"] = count * (8 << 20)
+    target.unlink()
+    return out
+
+
+def codec_table(imgs: dict[str, Path], sample: int) -> None:
+    """benchmarks/codecs.py on these images (a script: its name would shadow the stdlib's)."""
+    subprocess.run([PY, str(HERE / "codecs.py"), *[f"{k}={v}" for k, v in imgs.items()], "--sample", str(sample),
+                    "--out", str(HERE / "codecs.json")], check=True, env=ENV)
+
+
 def render(docs: Path) -> None:
     """report.py needs matplotlib, which lives in its own venv (see run.sh)."""
     py = os.environ.get("REPORT_PYTHON", PY)
@@ -310,7 +344,11 @@ def render(docs: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=os.environ.get("BENCH_WORK", "/var/tmp/diskvault-bench"))
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--scale", type=float, default=0.25, help="size of the widened set (1.0: 1-3.3 GiB images)")
+    ap.add_argument("--quick", action="store_true", help="a small smoke run: scale 1/16, 1 repetition, small "
+                    "legacy images, no huge image")
+    ap.add_argument("--codec-sample", type=int, default=64 << 20, help="bytes per image for the codec table")
     ap.add_argument("--ext4-size", type=int, default=2 << 30)
     ap.add_argument("--ext4-used", type=int, default=1 << 30)
     ap.add_argument("--ntfs-size", type=int, default=1 << 30)
@@ -319,11 +357,14 @@ def main() -> int:
                     help="a sparse image only diskvault snapshots, for its peak RSS")
     ap.add_argument("--study-reps", type=int, default=2)
     ap.add_argument("--tools", default="diskvault,restic,borg,casync")
-    ap.add_argument("--chunk-sizes", default="16K,32K,64K,128K,256K")
+    ap.add_argument("--chunk-sizes", default="", help="chunk-size study, e.g. 16K,32K,64K,128K,256K (off by default)")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--check-src", help="src/ directory of a diskvault that has `check --read-data` "
                     "(when this one does not)")
     args = ap.parse_args()
+    if args.quick:
+        args.scale, args.reps, args.huge_size = 1 / 16, 1, 0
+        args.ext4_size, args.ext4_used, args.ntfs_size, args.vm_size = 256 << 20, 128 << 20, 256 << 20, 1 << 30
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -337,18 +378,30 @@ def main() -> int:
         ntfs = None
         notes.append(f"NTFS image skipped: {exc}")
     vm = images.build_vm(work, args.vm_size, ntfs)
-    huge = images.build_vm(work, args.huge_size, ntfs, name="huge.img")
+    huge = images.build_vm(work, args.huge_size, ntfs, name="huge.img") if args.huge_size else None
     imgs = {"ext4": base, "ext4 changed": changed, "vm": vm}
     if ntfs is not None:
         imgs["ntfs"] = ntfs
+    try:
+        wide = images.widened(work / "widened", args.scale)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        wide = []
+        notes.append(f"widened set skipped: {exc}")
+    for pair in wide:
+        imgs[pair.name] = pair.base
+        imgs[f"{pair.name} changed"] = pair.changed
     verify = {p: digest(p) for p in imgs.values()}
+    print("write bound and codec table ...", flush=True)
+    bound = write_bound(work, base.stat().st_size)
+    codec_imgs = {"ext4": base, **{p.name: p.base for p in wide if p.name in ("ntfs-full", "xfs", "fat32")}}
+    codec_table(codec_imgs, args.codec_sample)
 
     all_tools: dict[str, Tool] = {"diskvault": Diskvault(check_src=args.check_src), "restic": Restic(), "borg": Borg(), "casync": Casync()}
     tools = [all_tools[t] for t in args.tools.split(",")]
     for t in tools:
         if t.name != "diskvault" and not shutil.which(t.name):
             raise Failed(f"{t.name} is not installed: run benchmarks/run.sh (make bench) as root")
-    results: dict[str, dict[str, dict]] = {"ext4": {}, "ntfs": {}, "vm": {}}
+    results: dict[str, dict[str, dict]] = {"ext4": {}, "ntfs": {}, "vm": {}, **{p.name: {} for p in wide}}
     ceil: dict = {}
     for rep in range(args.reps):
         order = tools[rep % len(tools):] + tools[: rep % len(tools)]
@@ -359,6 +412,8 @@ def main() -> int:
             if ntfs is not None:
                 series(t, work, ntfs, None, v, results["ntfs"].setdefault(t.name, {}))
             series(t, work, vm, None, v, results["vm"].setdefault(t.name, {}))
+            for pair in wide:
+                series(t, work, pair.base, pair.changed, v, results[pair.name].setdefault(t.name, {}), check=False)
         warm(base)
         add(ceil, "full_s", ceiling_mod.ceiling(str(base), compress=True))
         warm(changed)
@@ -367,7 +422,7 @@ def main() -> int:
 
     print("huge sparse image (diskvault only, peak RSS) ...", flush=True)
     huge_rec: dict = {}
-    for _ in range(args.reps):
+    for _ in range(args.reps if huge else 0):
         repo = work / "repo-huge"
         shutil.rmtree(repo, ignore_errors=True)
         all_tools["diskvault"].init(repo)
@@ -383,7 +438,9 @@ def main() -> int:
                reps=args.reps, images={k: dict(path=str(p), size=p.stat().st_size,
                                                allocated=p.stat().st_blocks * 512) for k, p in imgs.items()},
                change=change_desc, notes=notes, results=results, ceiling=ceil, chunk_study=study,
-               huge=dict(size=huge.stat().st_size, allocated=huge.stat().st_blocks * 512, **huge_rec),
+               huge=dict(size=huge.stat().st_size, allocated=huge.stat().st_blocks * 512, **huge_rec) if huge else None,
+               widened=[dict(name=p.name, desc=p.desc, change=p.change) for p in wide], scale=args.scale,
+               write_bound=bound,
                settings={t.name: t.settings for t in tools},
                check_label=all_tools["diskvault"].check_label)
     (HERE / "results.json").write_text(json.dumps(raw, indent=1) + "\n")

@@ -2,8 +2,9 @@
 
 Two threads each take half of the image's data extents (holes skipped, as diskvault does)
 and read them with ``readinto`` into 8 MiB buffers, cut chunks (pyfastcdc), blake3 every
-chunk and lz4-compress every chunk (``compress=False``: hashing only, the incremental case
-where almost nothing is new). Prints ``seconds`` for the whole image.
+chunk and compress every chunk with the full snapshot's codec (``--compression auto`` on new
+data: zstd level 1; ``compress=False``: hashing only, the incremental case where almost
+nothing is new). Prints ``seconds`` for the whole image.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import threading
 import time
 
 import blake3
-import lz4.block
 import pyfastcdc
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from diskvault.images.source import open_source  # noqa: E402
+from diskvault.ops.snapshot import _Codec  # noqa: E402
+from diskvault.repository import compression  # noqa: E402
 
 
 def ceiling(path: str, avg: int = 64 << 10, compress: bool = True, threads: int = 2) -> float:
@@ -42,7 +44,7 @@ def ceiling(path: str, avg: int = 64 << 10, compress: bool = True, threads: int 
                     piece = part[c.offset : c.offset + c.length]
                     blake3.blake3(piece).digest()
                     if compress:
-                        lz4.block.compress(piece, store_size=False)
+                        compression.compress(piece, *_Codec.AUTO_BULK)
                 done += got
 
     ts = [threading.Thread(target=work, args=(pieces[i::threads],)) for i in range(threads)]

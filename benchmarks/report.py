@@ -84,6 +84,95 @@ def table(r: dict, steps: list[tuple[str, str, str]]) -> list[str]:
     return lines
 
 
+def widened_section(raw: dict) -> list[str]:
+    """Per image of the widened set: the series' table, then one goals table over all images."""
+    names = [w["name"] for w in raw.get("widened") or []]
+    if not names:
+        return []
+    L: list[str] = []
+    a = L.append
+    bound = raw.get("write_bound") or {}
+    a("## Widened set: every image, full, incremental, restore")
+    a("")
+    a("Each image and its changed copy (benchmarks/images.py, `widened`); no data check here (it runs on ext4). "
+      "Ratios as in the ext4 table.")
+    a("")
+    summary = []
+    for name in ["ext4", "ntfs", "vm", *names]:
+        if name not in raw["results"] or not raw["results"][name]:
+            continue
+        r = rates(raw, name, name)
+        if name in names:
+            a(f"### {name}")
+            a("")
+            L += table(r, [("full", "full MB/s", "rate"), ("incr", "incremental MB/s", "rate"),
+                           ("restore", "restore MB/s", "rate"), ("repo_full", "repo after full (MB)", "mb"),
+                           ("repo_incr", "added by incremental (MB)", "mb"), ("rss", "peak RSS (MiB)", "mib")])
+            a("")
+        us = r.get("diskvault", {})
+        row = [name]
+        for key in ("full", "incr", "restore"):
+            peer, pv = best_peer(r, key)
+            ours = us.get(key)
+            row.append(f"{ours / pv:.2f}× ({peer})" if ours and pv else "n/a")
+        fb = bound.get("fsync_MBps")
+        row.append(f"{us['restore'] / fb:.0%}" if us.get("restore") and fb else "n/a")
+        rr, ours = r.get("restic", {}).get("repo_full"), us.get("repo_full")
+        row.append(f"{ours / MB:.1f} / {rr / MB:.1f} = {ours / rr:.3f}" if ours and rr else "n/a")
+        row.append(fmt(us.get("rss") and us["rss"] / MIB))
+        summary.append(row)
+    if bound:
+        a(f"Write bound of this machine (`dd` of {bound['bytes'] / MIB:,.0f} MiB from /dev/zero, 8 MiB blocks): "
+          f"**{bound['fsync_MBps']:,.0f} MB/s** to a file with `conv=fsync` (the disk), "
+          f"{bound['cache_MBps']:,.0f} MB/s without (the page cache), and {bound['read_cached_MBps']:,.0f} MB/s "
+          "reading it back to /dev/null. Restore writes and fsyncs the image (holes of a sparse image are not "
+          "written), so the fsync figure is its bound; a ratio above 100% comes from holes and zero runs.")
+        a("")
+    a("### Goals per image (issue 18)")
+    a("")
+    a("| image | full vs best peer | incremental vs best peer | restore vs best peer | restore / write bound | "
+      "repo after full: diskvault / restic (MB) | peak RSS (MiB) |")
+    a("|---|---|---|---|---|---|---|")
+    for row in summary:
+        a("| " + " | ".join(row) + " |")
+    a("")
+    a("Goals: full, incremental and restore ≥ 2× the best peer (restore: or ≥ 80% of the write bound where that "
+      "bound is below 2× the peer); repository after the full snapshot ≤ restic's; peak RSS ≤ 150 MiB.")
+    a("")
+    return L
+
+
+def codec_section() -> list[str]:
+    path = HERE / "codecs.json"
+    if not path.exists():
+        return []
+    c = json.loads(path.read_text())
+    L: list[str] = []
+    a = L.append
+    a("## Codecs")
+    a("")
+    a(f"`benchmarks/codecs.py`: each image's unique non-zero chunks ({c['chunk_avg'] >> 10} KiB average, up to "
+      f"{c['sample'] / MB:,.0f} MB per image, spread over it), compressed one by one as diskvault stores them "
+      "(raw when the codec saves less than 1/16), on one thread; zstd without multithreading. MB/s is raw bytes per "
+      "CPU second of that thread (**per core**), best of its passes; stored is the share of the raw bytes.")
+    a("")
+    imgs = list(c["images"])
+    a("| codec | " + " | ".join(f"{n}: stored / compress / decompress" for n in imgs) + " |")
+    a("|---|" + "---|" * len(imgs))
+    for i, row in enumerate(c["images"][imgs[0]]):
+        cells = []
+        for n in imgs:
+            r = c["images"][n][i]
+            cells.append(f"{r['ratio']:.1%} / {r['compress_MBps']:,.0f} / {r['decompress_MBps']:,.0f}")
+        a(f"| {row['codec']} | " + " | ".join(cells) + " |")
+    a("")
+    a("The default (`--compression auto`) is zstd level 1 for data that is mostly new (a first image) and level 3 "
+      "for an incremental's few new chunks; docs/design.md (\"Which codec\") gives the reasons. Compare the "
+      "stored shares with the repository sizes of restic in the tables above.")
+    a("")
+    return L
+
+
 def write(raw: dict, docs: Path) -> None:
     docs.mkdir(parents=True, exist_ok=True)
     ext4 = rates(raw, "ext4", "ext4")
@@ -125,9 +214,13 @@ def write(raw: dict, docs: Path) -> None:
           f"{h['allocated'] / MIB:,.0f} MiB allocated; full snapshot median {med(h, 'full_s'):.1f} s, "
           f"peak RSS {max(h['full_rss']) / MIB:.0f} MiB")
     a(f"- The change from ext4 to ext4 changed (debugfs -w): {raw['change']}.")
+    for w in raw.get("widened") or []:
+        a(f"- **{w['name']}** (widened set, scale {raw.get('scale')}): {w['desc']}; changed copy: {w['change']}.")
     for n in raw.get("notes", []):
         a(f"- {n}")
     a("")
+    L += widened_section(raw)
+    L += codec_section()
     a("## ext4 image: full, incremental, restore, check")
     a("")
     L += table(ext4, [("full", "full MB/s", "rate"), ("incr", "incremental MB/s", "rate"),
@@ -149,7 +242,8 @@ def write(raw: dict, docs: Path) -> None:
     a("## Ceiling and efficiency")
     a("")
     a("The ceiling is the libraries alone on 2 threads, no repository (benchmarks/ceiling.py): read with "
-      "`preadv` into 8 MiB buffers, FastCDC, blake3 and lz4 of every chunk (full); the same without lz4 "
+      "`preadv` into 8 MiB buffers, FastCDC, blake3 and the full snapshot's codec (zstd level 1) of every chunk "
+      "(full); the same without compression "
       "(incremental: nearly nothing is new). Efficiency = diskvault / ceiling; *wall* includes Python start-up, "
       "catalog commit and `sync`, *in-process* is the snapshot's own `duration`. The ceiling cuts every byte; "
       "diskvault's incremental skips FastCDC wherever a chunk of the parent snapshot recurs (one blake3 pass "
@@ -168,7 +262,7 @@ def write(raw: dict, docs: Path) -> None:
         a(f"| {step} | {c:,.0f} | {fmt(ours)} | {fmt(None if ours is None else 100 * ours / c)}% | "
           f"{fmt(inner_rate)} | {fmt(None if inner_rate is None else 100 * inner_rate / c)}% |")
     a("")
-    a("## Goals (issue 3), from this run")
+    a("## Goals (issues 3 and 18) on the ext4 image, from this run")
     a("")
     goals = []
     for key, label in (("full", "full snapshot"), ("incr", "incremental snapshot"), ("restore", "restore")):
@@ -181,9 +275,9 @@ def write(raw: dict, docs: Path) -> None:
     ours = us.get("check")
     goals.append(("data check ≥ 2× fastest peer", bool(ours and pv and pv >= 2 * ours),
                   f"{fmt(ours, 1)} s vs {peer} {fmt(pv, 1)} s = {pv / ours:.2f}×" if ours and pv else "n/a"))
-    b = ext4.get("borg", {}).get("repo_full")
+    b = ext4.get("restic", {}).get("repo_full")
     ours = us.get("repo_full")
-    goals.append(("repository after full ≤ borg lz4", bool(ours and b and ours <= b),
+    goals.append(("repository after full ≤ restic (issue 18)", bool(ours and b and ours <= b),
                   f"{fmt(ours and ours / MB, 1)} vs {fmt(b and b / MB, 1)} MB"))
     rr = ext4.get("restic", {}).get("repo_incr")
     ours = us.get("repo_incr")

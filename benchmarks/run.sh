@@ -3,8 +3,10 @@
 # matplotlib into a separate venv (.venv-bench: keeps numpy out of diskvault's own .venv,
 # where sqlite-utils would import it and slow every command's start-up), then runs
 # benchmarks/bench.py with the project's .venv, then nbd_throughput.py and integrity.py, (extra arguments are passed on, e.g.
-# `bash benchmarks/run.sh --reps 5`). Results: docs/benchmarks.md, docs/benchmarks.png,
-# benchmarks/results.json. Takes about 20 minutes on a 2-core machine.
+# `bash benchmarks/run.sh --reps 3 --scale 2` for 2-6.5 GiB widened images on a quiet machine, or
+# `bash benchmarks/run.sh --quick` for a small smoke run). Results: docs/benchmarks.md, docs/benchmarks.png,
+# benchmarks/results.json, benchmarks/codecs.json. At the defaults (--reps 2 --scale 0.25) it takes about
+# 20-25 minutes on 2 quiet cores (44 on a busy shared one). Root is needed (loop mounts for XFS, ntfs-3g for NTFS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,12 @@ command -v restic >/dev/null 2>&1 || need+=(restic)
 command -v borg   >/dev/null 2>&1 || need+=(borgbackup)
 command -v casync >/dev/null 2>&1 || need+=(casync)
 [ -x /usr/bin/time ] || need+=(time)
+# the widened image set (benchmarks/images.py): XFS, FAT32 (mtools), NTFS (ntfs-3g), GPT
+command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || [ -x /sbin/mkfs.xfs ] || need+=(xfsprogs)
+command -v mkfs.vfat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.vfat ] || [ -x /sbin/mkfs.vfat ] || need+=(dosfstools)
+command -v mcopy  >/dev/null 2>&1 || need+=(mtools)
+command -v ntfs-3g >/dev/null 2>&1 || need+=(ntfs-3g)
+command -v sgdisk >/dev/null 2>&1 || [ -x /usr/sbin/sgdisk ] || [ -x /sbin/sgdisk ] || need+=(gdisk)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "bench: need root to install: ${need[*]}" >&2; exit 1

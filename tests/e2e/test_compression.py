@@ -1,4 +1,4 @@
-"""The codec of new chunks: lz4 for a first image, zstd for an incremental (auto), or forced."""
+"""The codec of new chunks: zstd level 1 for a first image, level 3 for an incremental (auto), or forced."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sqlite3
 from helpers import random_bytes, run_cli
 
 from diskvault.repository import compression
+from diskvault.repository.chunking import Chunker, ChunkerParams
 
 
 def text_image(size: int, seed: int) -> bytearray:
@@ -36,12 +37,24 @@ def packs(repo) -> set[int]:
         return {r[0] for r in c.execute("SELECT id FROM packs")}
 
 
-def test_auto_uses_lz4_for_a_first_image_and_zstd_for_an_incremental(tmp_path, repo_path):
+def chunks(data: bytes) -> list[bytes]:
+    """The chunks of ``data`` as the test repository (16 KiB average) cuts them."""
+    return [data[o : o + n] for o, n in Chunker(ChunkerParams.for_average(16 << 10)).cut(data)]
+
+
+def stored_at(data: bytes, codec: str, level: int = 0) -> int:
+    """Bytes the chunks of ``data`` (all distinct) take with this codec."""
+    return sum(len(compression.compress(c, codec, level)[0]) for c in chunks(bytes(data)))
+
+
+def test_auto_uses_zstd_1_for_a_first_image_and_zstd_3_for_an_incremental(tmp_path, repo_path):
     img = tmp_path / "disk.img"
     data = text_image(6 << 20, 1)
     img.write_bytes(data)
     first = json.loads(run_cli("snapshot", "-r", repo_path, img, "--json").stdout)
-    assert entry_flags(repo_path) == {compression.FLAG_LZ4: first["new_chunks"]}
+    assert entry_flags(repo_path) == {compression.FLAG_ZSTD: first["new_chunks"]}
+    assert first["stored_bytes"] == stored_at(data, "zstd", 1) != stored_at(data, "zstd", 3)
+    img_first = bytes(data)
 
     before = packs(repo_path)
     for at in range(0, len(data), 1 << 20):  # one small edit per MiB: ~3% of the chunks change
@@ -51,22 +64,26 @@ def test_auto_uses_lz4_for_a_first_image_and_zstd_for_an_incremental(tmp_path, r
     new_packs = packs(repo_path) - before
     assert 0 < second["new_chunks"] < first["new_chunks"] // 4
     assert entry_flags(repo_path, new_packs) == {compression.FLAG_ZSTD: second["new_chunks"]}
-
+    old = set(chunks(bytes(img_first)))
+    new = {c for c in chunks(bytes(data)) if c not in old}
+    assert second["stored_bytes"] == sum(len(compression.compress(c, "zstd", 3)[0]) for c in new)
     out = tmp_path / "out.img"
     run_cli("restore", "-r", repo_path, second["id"], out)
     assert out.read_bytes() == bytes(data)
 
 
-def test_auto_switches_to_lz4_when_most_of_an_image_is_new(tmp_path, repo_path):
+def test_auto_switches_to_zstd_1_when_most_of_an_image_is_new(tmp_path, repo_path):
     (tmp_path / "a.img").write_bytes(text_image(1 << 20, 1))
     run_cli("snapshot", "-r", repo_path, tmp_path / "a.img")
     before = packs(repo_path)
-    (tmp_path / "b.img").write_bytes(text_image(100 << 20, 10**7))  # another disk: all new
+    data = text_image(100 << 20, 10**7)  # another disk: all new
+    (tmp_path / "b.img").write_bytes(data)
     snap = json.loads(run_cli("snapshot", "-r", repo_path, tmp_path / "b.img", "--json").stdout)
     flags = entry_flags(repo_path, packs(repo_path) - before)
-    assert sum(flags.values()) == snap["new_chunks"]
-    # the first ~9 MiB may still go to zstd (the repository's prior), the bulk is lz4
-    assert flags.get(compression.FLAG_LZ4, 0) > 8 * flags.get(compression.FLAG_ZSTD, 0)
+    assert flags == {compression.FLAG_ZSTD: snap["new_chunks"]}
+    # the first ~9 MiB may still go to level 3 (the repository's prior), the bulk is level 1
+    level1, level3 = stored_at(data, "zstd", 1), stored_at(data, "zstd", 3)
+    assert abs(snap["stored_bytes"] - level1) < abs(level3 - level1) / 4  # (on these lines level 1 is smaller)
 
 
 def test_forced_codecs_and_a_bad_one(tmp_path, repo_path):

@@ -182,3 +182,52 @@ def test_a_chunk_that_ended_with_its_extent_is_no_hint(tmp_path, repo):
     snapshot_mod.take_snapshot(repo, str(img))
     img.write_bytes(a + random_bytes(img.stat().st_size - len(a) - len(c), 7) + c)
     assert snapshot_leaves(repo, str(img)) == reference_leaves(repo, str(img))
+
+
+zero_heavy = st.lists(
+    st.tuples(st.sampled_from(["random", "zeros", "zeros", "period", "hole"]), st.integers(1, 1_500_000),
+              st.integers(0, 99)),
+    min_size=1, max_size=6,
+)
+
+
+@given(segs=zero_heavy, window=st.sampled_from([64 << 10, 100_000, 200_003, 256 << 10]), parent=st.booleans())
+def test_all_zero_windows_give_the_stream_boundaries(tmp_path_factory, segs, window, parent):
+    """Zero runs that span whole windows (which are not cut: see _stitch_zeros), entered with
+    an unfinished chunk of any length, ending mid-window, at a window's end or with the
+    extent: the chunk list is still that of Chunker.stream, with or without a parent."""
+    tmp = tmp_path_factory.mktemp("img")
+    repo_path = tmp / "repo"
+    Repository.init(str(repo_path), ChunkerParams.for_average(16 << 10)).close()
+    img = tmp / "a.img"
+    with window_size(window), Repository.open(str(repo_path)) as repo:
+        if parent:
+            write_image(img, list(reversed(segs)))
+            snapshot_mod.take_snapshot(repo, str(img))
+        write_image(img, segs)
+        assert snapshot_leaves(repo, str(img)) == reference_leaves(repo, str(img))
+        out = tmp / "out.img"
+        restore(repo, repo.resolve("latest"), str(out))
+        assert out.read_bytes() == img.read_bytes()
+    assert_consistent(repo_path)
+
+
+@pytest.mark.parametrize("head", [0, 1, 5000, 16383, 16384, 40_000, 65_535])
+@pytest.mark.parametrize("zeros", [64 << 10, (64 << 10) + 1, 3 * (64 << 10) - 7, 1 << 20])
+def test_zero_windows_after_a_head_of_any_length(tmp_path, repo, monkeypatch, head, zeros):
+    """Random data ending ``head`` bytes into a window (so the first zero window is entered
+    with an unfinished chunk of about that length), then zeros, then data again."""
+    monkeypatch.setattr(snapshot_mod, "BUFFER", 64 << 10)
+    data = random_bytes((64 << 10) * 3 + head, 8) + bytes(zeros) + random_bytes(200_000, 9)
+    img = tmp_path / "a.img"
+    img.write_bytes(data)
+    assert snapshot_leaves(repo, str(img)) == reference_leaves(repo, str(img))
+
+
+def test_zero_run_chunk_length_is_what_fastcdc_cuts(repo):
+    """_Zeros.run: the chunk FastCDC cuts at any start inside a long run of zeros."""
+    z = snapshot_mod._Zeros(repo.chunker, 1 << 20)
+    cuts = repo.chunker.cut(bytes(1 << 20))
+    assert {n for _, n in cuts[:-1]} == {z.run}
+    assert z.test(memoryview(bytes(1000))) and z.test(memoryview(b""))
+    assert not z.test(memoryview(bytes(999) + b"\x01")) and not z.test(memoryview(bytes(500) + b"\x01" + bytes(500)))

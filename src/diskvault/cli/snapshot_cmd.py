@@ -34,7 +34,7 @@ def snapshot(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")] = True,
     compression: Annotated[str, typer.Option(
         "--compression", metavar="auto|lz4|zstd",
-        help="Codec for new chunks: lz4 (fastest), zstd (smallest), auto (zstd while at most 1/8 of the data read is new, else lz4).",
+        help="Codec for new chunks: auto (zstd level 3 while at most 1/8 of the data read is new, else zstd level 1), zstd (level 3: smallest), lz4 (fastest).",
     )] = "auto",
     password_file: PasswordFileOpt = None,
     password_command: PasswordCommandOpt = None,

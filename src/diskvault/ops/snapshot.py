@@ -10,6 +10,8 @@ Pipeline, with reading, cutting, hashing and compressing spread over the worker 
    cache for what follows), cut it with FastCDC *speculatively*, as if a chunk started at
    the window's first byte, hash (blake3) its chunks, spot all-zero chunks (see _Zeros),
    ask the catalog in one query which are new and compress those (codec: see _Codec);
+   a window of zeros only (one memcmp) is not cut or hashed at all: the writer knows how
+   FastCDC cuts zeros and emits them as one zero extent (see _stitch_zeros);
 3. one writer thread takes the windows in source order and *stitches* them: it carries the
    unfinished last chunk of the previous window and cuts on from its true start until a cut
    lands on one of the window's speculative chunk starts. FastCDC's state after a cut is
@@ -52,6 +54,7 @@ from datetime import datetime, timezone
 
 from ..repository import compression
 from ..repository.catalog import SnapshotRecord
+from ..repository.chunking import Chunker
 from ..errors import DamagedData, SourceError
 from ..repository.hashing import ZERO_ID
 from ..images.source import Source, open_command, open_source, open_virtual_disk, virtual_disk_format
@@ -80,35 +83,39 @@ class _Item:
 
 
 class _Zeros:
-    """Tells all-zero chunks. FastCDC cuts a zero run into max-size chunks, whose id is
-    computed once; a chunk of another size is compared byte by byte, and only when its first
-    and last bytes are zero, so data chunks almost never pay for the test. Memory: one
-    max-size buffer."""
+    """Tells all-zero bytes: one ``memcmp`` against a zero buffer (``bytes.startswith``, no
+    copy, ~20 GB/s), and only when the first and last bytes are zero, so data almost never
+    pays for the test. ``run`` is the length FastCDC gives every chunk that starts in a run
+    of zeros at least that long (it cuts a chunk from the chunk's own bytes alone, so that
+    length is the same everywhere; max_size with pyfastcdc's gear table). Memory: one zero
+    buffer of ``size`` bytes (at least 2 max-size chunks)."""
 
-    def __init__(self, max_size: int, content_id: Callable[[bytes], bytes]) -> None:
-        self.zeros = bytes(max_size)
-        self.max_id = content_id(self.zeros)
+    def __init__(self, chunker: Chunker, size: int) -> None:
+        self.zeros = bytes(max(size, 2 * chunker.params.max_size + 1))
+        self.run = chunker.cut(memoryview(self.zeros)[: 2 * chunker.params.max_size + 1])[0][1]
 
-    def test(self, view: memoryview, off: int, n: int, ident: bytes) -> bool:
-        if n == len(self.zeros):
-            return ident == self.max_id
-        return view[off] == 0 and view[off + n - 1] == 0 and view[off : off + n].tobytes() == self.zeros[:n]
+    def test(self, view: memoryview) -> bool:
+        """Whether ``view`` (at most ``size`` bytes) is all zeros."""
+        return not len(view) or (view[0] == 0 and view[-1] == 0 and self.zeros.startswith(view))
 
 
 class _Codec:
-    """Picks the codec for new chunks. ``lz4`` or ``zstd`` when asked; ``auto`` follows how
-    much of the data read so far is new: zstd while at most AUTO_NEW_SHARE of it is (a
-    nightly incremental: its few new chunks come out ~25% smaller for little time), lz4
-    when more is (a first image, a new disk, a big change: compression would be the
-    bottleneck, and lz4 is three times faster). A repository that holds snapshots is
-    expected to know most of the next one: the count starts as if AUTO_PRIOR known bytes
-    had been read (so the changed metadata at the start of a filesystem does not tip an
-    incremental into lz4, while an unknown disk still switches to lz4 after ~9 MiB).
-    Windows finish out of order, so near the threshold the choice may differ between runs;
-    any entry reads back the same."""
+    """Picks the codec for new chunks. ``lz4`` or ``zstd`` (level ZSTD_LEVEL) when asked;
+    ``auto`` is zstd at one of two levels, by how much of the data read so far is new:
+    ZSTD_LEVEL (3) while at most AUTO_NEW_SHARE of it is (a nightly incremental: its few
+    new chunks come out smallest for little time), AUTO_BULK (zstd level 1) when more is (a
+    first image, a new disk, a big change: compression is then most of the CPU time, and
+    level 1 costs ~25% more than lz4 where level 3 costs ~80%, for 23% fewer bytes than lz4
+    where level 3 gives 26%; table and choice: docs/benchmarks.md, "Codecs"). A repository
+    that holds snapshots is expected to know most of the next one: the count starts as if
+    AUTO_PRIOR known bytes had been read (so the changed metadata at the start of a
+    filesystem does not tip an incremental into the bulk level, while an unknown disk still
+    switches after ~9 MiB). Windows finish out of order, so near the threshold the choice
+    may differ between runs; any entry reads back the same (the level is not recorded)."""
 
     AUTO_NEW_SHARE = 1 / 8
     AUTO_PRIOR = 64 << 20
+    AUTO_BULK = ("zstd", 1)
 
     def __init__(self, mode: str, expect_known: bool) -> None:
         if mode not in ("auto", *compression.CODECS):
@@ -118,14 +125,17 @@ class _Codec:
         self.new = 0
         self._lock = threading.Lock()
 
-    def choose(self, data: int, new: int) -> str:
-        """Account one window's data and new bytes; the codec for its new chunks."""
-        if self.mode != "auto":
-            return self.mode
+    def choose(self, data: int, new: int) -> tuple[str, int]:
+        """Account one window's data and new bytes; (codec, zstd level) for its new chunks."""
+        if self.mode == "lz4":
+            return "lz4", 0
+        if self.mode == "zstd":
+            return "zstd", compression.ZSTD_LEVEL
         with self._lock:
             self.data += data
             self.new += new
-            return "zstd" if self.new <= self.data * self.AUTO_NEW_SHARE else "lz4"
+            few = self.new <= self.data * self.AUTO_NEW_SHARE
+        return ("zstd", compression.ZSTD_LEVEL) if few else self.AUTO_BULK
 
 
 def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], zeros: _Zeros,
@@ -139,9 +149,8 @@ def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], ze
     for k, (off, n) in enumerate(cuts):
         ident = ids[k] if ids else None
         if ident is None:
-            ident = repo.content_id(view[off : off + n])
-            if zeros.test(view, off, n, ident):
-                ident = ZERO_ID
+            piece = view[off : off + n]
+            ident = ZERO_ID if zeros.test(piece) else repo.content_id(piece)
         items.append(_Item(ident, n))
     known = repo.known({it.id for it in items if it.id != ZERO_ID})
     seen: set[bytes] = set()
@@ -157,9 +166,9 @@ def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], ze
         if i >= defer and it.id not in seen:
             seen.add(it.id)
             fresh.append(it)
-    name = codec.choose(data, sum(it.length for it in fresh))
+    name, level = codec.choose(data, sum(it.length for it in fresh))
     for it in fresh:
-        it.payload, it.flags = compression.compress(it.data, name)
+        it.payload, it.flags = compression.compress(it.data, name, level)
     return items
 
 
@@ -218,12 +227,16 @@ class _Window:
     items: list[_Item]  # its chunks, up to the unfinished last piece
     starts: dict[int, int]  # chunk start offset -> index in items (tail -> len(items))
     tail: int  # start of the unfinished last piece; len(view) when final
+    zero: bool = False  # all zeros: not cut at all (the stitch knows how FastCDC cuts zeros)
 
 
 def _speculate(repo: Repository, view: memoryview, final: bool, zeros: _Zeros, codec: _Codec,
                first: bool, hints: dict[int, tuple[bytes, int]] | None) -> _Window:
     """Cut ``view`` as if a chunk started at its first byte (an extent's ``first`` window:
-    one does), or, with the parent's ``hints``, at the first hinted chunk in it."""
+    one does), or, with the parent's ``hints``, at the first hinted chunk in it. An all-zero
+    window is not cut (``zero``): see ``_stitch_zeros``."""
+    if zeros.test(view):
+        return _Window(view, final, [], {}, 0, zero=True)
     start = min(hints) if hints and not first else 0
     cuts, ids, tail = repo.chunker.cut_guided(view, start, final, hints or {})
     starts = {off: i for i, (off, _) in enumerate(cuts)}
@@ -244,6 +257,8 @@ def _stitch(repo: Repository, w: _Window, head: bytes | None, zeros: _Zeros,
     """The true chunks of window ``w`` given ``head``, the unfinished last chunk of the
     previous window of the same extent (None for an extent's first window); returns them
     and the new unfinished chunk (bytes) to carry into the next window."""
+    if w.zero and (not head or len(w.view) >= repo.params.max_size):
+        return _stitch_zeros(repo, w, head, zeros, codec)
     if head is None or (not head and 0 in w.starts):  # the speculation starts where a chunk does
         return w.items, bytes(w.view[w.tail :])
     h = len(head)
@@ -266,6 +281,30 @@ def _stitch(repo: Repository, w: _Window, head: bytes | None, zeros: _Zeros,
             rest = (cuts[-1][0] + cuts[-1][1]) if cuts else 0
             return _process(repo, data, cuts, zeros, codec), bytes(data[rest:])
         probe *= 4
+
+
+def _stitch_zeros(repo: Repository, w: _Window, head: bytes | None, zeros: _Zeros,
+                  codec: _Codec) -> tuple[list[_Item], bytes]:
+    """``_stitch`` of an all-zero window ``w`` of at least max_size bytes (or with no ``head``),
+    without cutting it: the first true chunk starts ``head`` bytes before the window and
+    ends within max_size of that (cut once, head + max_size zeros); from there on FastCDC
+    cuts the zeros into ``zeros.run``-byte chunks, as far as they fit in the window (all of
+    it when the extent ends here). The result is those chunks as one zero extent (the tree
+    merges zero chunks anyway) and the unfinished rest, zeros, to carry."""
+    n = len(w.view)
+    items: list[_Item] = []
+    start = 0
+    if head:
+        joined = memoryview(head + zeros.zeros[: repo.params.max_size])
+        first = repo.chunker.cut(joined)[0][1]  # < len(joined): a true cut, whatever follows
+        items = _process(repo, joined, [(0, first)], zeros, codec)
+        start = first - len(head)
+    rest = n - start
+    if not w.final:
+        rest -= rest % zeros.run
+    if rest:
+        items.append(_Item(ZERO_ID, rest))
+    return items, zeros.zeros[: n - start - rest]
 
 
 def take_snapshot(repo: Repository, source_path: str, *args, **kwargs) -> SnapshotRecord:
@@ -350,7 +389,7 @@ def _take_snapshot(
     writer = repo.blob_writer()
     builder = TreeBuilder(writer.add_tree_node, repo.content_id)
     stats = dict(size=0, data_bytes=0, zero_bytes=0, chunks=0, new_chunks=0, new_bytes=0, stored_bytes=0)
-    zeros = _Zeros(repo.params.max_size, repo.content_id)
+    zeros = _Zeros(repo.chunker, BUFFER)
     free: queue.Queue[bytearray] = queue.Queue()
     made = [0]  # buffers allocated so far (at most BUFFERS)
     ordered: queue.Queue[tuple[Future, bool] | int | None] = queue.Queue()
@@ -378,7 +417,7 @@ def _take_snapshot(
                 continue
             if it.new and not writer.has(it.id):
                 if it.payload is None:  # deferred, or a repeat whose first occurrence was replaced
-                    it.payload, it.flags = compression.compress(it.data, codec.choose(0, 0))
+                    it.payload, it.flags = compression.compress(it.data, *codec.choose(0, 0))
                 stats["stored_bytes"] += writer.add(it.id, TYPE_CHUNK, it.payload, it.flags, it.length)
                 stats["new_chunks"] += 1
                 stats["new_bytes"] += it.length
