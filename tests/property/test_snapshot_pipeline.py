@@ -198,9 +198,9 @@ def test_all_zero_windows_give_the_stream_boundaries(tmp_path_factory, segs, win
     extent: the chunk list is still that of Chunker.stream, with or without a parent."""
     tmp = tmp_path_factory.mktemp("img")
     repo_path = tmp / "repo"
-    Repository.init(str(repo_path), ChunkerParams.for_average(16 << 10)).close()
+    Repository.init(str(repo_path), ChunkerParams.for_average(16 << 10), passphrase=secret).close()
     img = tmp / "a.img"
-    with window_size(window), Repository.open(str(repo_path)) as repo:
+    with window_size(window), Repository.open(str(repo_path), passphrase=secret) as repo:
         if parent:
             write_image(img, list(reversed(segs)))
             snapshot_mod.take_snapshot(repo, str(img))
