@@ -44,7 +44,7 @@ import ceiling as ceiling_mod  # noqa: E402
 import images  # noqa: E402
 
 PY = sys.executable
-ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"), RESTIC_PASSWORD="bench",
+ENV = dict(os.environ, PYTHONPATH=str(ROOT / "src"), RESTIC_PASSWORD="bench", DISKVAULT_PASSWORD="bench",
            BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes", BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
 MB = 1e6
 
@@ -108,7 +108,8 @@ class Diskvault(Tool):
         self.has_check = b"--read-data" in subprocess.run(
             [PY, "-m", "diskvault", "check", "--help"], env=self.check_env, capture_output=True).stdout
         self.settings = ("defaults: 64 KiB average chunks, `--compression auto` (zstd level 1 while much of the data read "
-                         "is new, as in the full snapshot; zstd level 3 for an incremental's few new chunks), no encryption")
+                         "is new, as in the full snapshot; zstd level 3 for an incremental's few new chunks), encrypted "
+                         "(AES-256-GCM, the default)")
         self.check_label = ("`check --read-data`" if self.has_check else
                             "stand-in: benchmarks/verify_packs.py (sequential read + lz4 + blake3 of every pack "
                             "entry, 2 threads) because `check --read-data` is not on this branch")
@@ -137,6 +138,20 @@ class Diskvault(Tool):
     def version(self):
         return subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                               capture_output=True, text=True).stdout.strip() or "?"
+
+
+class DiskvaultPlain(Diskvault):
+    """diskvault with ``init --encryption none``: what encryption costs (benchmarks/encryption.py)."""
+
+    name = "diskvault-none"
+
+    def __init__(self, check_src: str | None = None) -> None:
+        super().__init__(check_src=check_src)
+        self.settings = self.settings.replace("encrypted (AES-256-GCM, the default)", "`--encryption none`")
+
+    def init(self, repo: Path) -> None:
+        subprocess.run(self.cli("init", "-r", str(repo), "--encryption", "none"), env=ENV, check=True,
+                       capture_output=True)
 
 
 class Restic(Tool):
@@ -232,7 +247,7 @@ def series(tool: Tool, work: Path, base: Path, changed: Path | None, verify: dic
     warm(base)
     dt, rss, stdout = run(tool.backup(repo, base, "full"), cwd=out)
     add(rec, "full_s", dt), add(rec, "full_rss", rss)
-    if tool.name == "diskvault":
+    if tool.name.startswith("diskvault"):
         add(rec, "full_inner_s", json.loads(stdout)["duration"])
     after_full = tree_bytes(repo)
     add(rec, "repo_full", after_full - before)
@@ -241,14 +256,22 @@ def series(tool: Tool, work: Path, base: Path, changed: Path | None, verify: dic
         warm(changed)
         dt, rss, stdout = run(tool.backup(repo, changed, "incr"), cwd=out)
         add(rec, "incr_s", dt), add(rec, "incr_rss", rss)
-        if tool.name == "diskvault":
+        if tool.name.startswith("diskvault"):
             add(rec, "incr_inner_s", json.loads(stdout)["duration"])
         add(rec, "repo_incr", tree_bytes(repo) - after_full)
         last, last_name = changed, "incr"
     argv, target = tool.restore(repo, last_name, out)
     dt, rss, _ = run(argv, cwd=out)
     add(rec, "restore_s", dt), add(rec, "restore_rss", rss)
-    if verify is not None:
+    if verify is not None and tool.name.startswith("diskvault"):
+        # free blocks of a filesystem are not stored (docs/design.md "Used blocks only"): the
+        # restored image must equal the snapshot, and the snapshot the image, on what was kept
+        for image in (target, last):
+            proc = subprocess.run(tool.cli("verify", "-r", str(repo), f"latest:{last_name}", str(image)), env=ENV,
+                                  capture_output=True)
+            if proc.returncode != 0:
+                raise Failed(f"{tool.name}: verify of {image.name} exited {proc.returncode}: {proc.stderr[-300:]!r}")
+    elif verify is not None:
         got = digest(target or restored_file(out))
         if got != verify[last]:
             raise Failed(f"{tool.name}: restored image differs from {last.name}")

@@ -376,6 +376,7 @@ def write(raw: dict, docs: Path) -> None:
           f"the fully allocated target did not (`bytes_zeroed` {d.get('delta_json_bytes_zeroed', 0) / 1e6:.0f} MB "
           "made holes: partial blocks at their edges and metadata are written, the zeros are not).")
         a("")
+    L.extend(encryption_section())
     rescue = HERE / "rescue.json"
     if rescue.exists():
         r = json.loads(rescue.read_text())
@@ -402,6 +403,56 @@ def write(raw: dict, docs: Path) -> None:
         a("")
     (docs / "benchmarks.md").write_text("\n".join(L) + "\n")
     chart(raw, ext4, ntfs, vm, docs / "benchmarks.png")
+
+
+def encryption_section() -> list[str]:
+    """The cost of encryption (benchmarks/encryption.py): diskvault encrypted vs --encryption
+    none vs restic on the ext4 pair, with the issue 13 goals (>= 2x restic, <= 10% slower than none)."""
+    path = HERE / "encryption.json"
+    if not path.exists():
+        return []
+    e = json.loads(path.read_text())
+    size = e["image"]["size"]
+    res = e["results"]
+
+    def speed(tool: str, key: str) -> float | None:  # MB/s, or for check seconds
+        s = med(res.get(tool), key)
+        return None if s is None else (s if key == "check_s" else size / s / MB)
+
+    out = ["## Encryption (issue 13)", "",
+           f"{e['date']}, {e['machine']}; median of {e['reps']} runs, order rotated; the ext4 image "
+           f"({size / MIB:,.0f} MiB, {e['image']['allocated'] / MIB:,.0f} MiB allocated) and its copy changed "
+           f"in place ({e['change']}). `diskvault` is the default (AES-256-GCM, keyed ids, seeded chunker, "
+           "Argon2id key file: every command pays one Argon2id, ~0.15 s); `diskvault-none` the same with "
+           "`init --encryption none`; restic 0.14 always encrypts. Produced by `benchmarks/encryption.py` "
+           "(part of `make bench`).", "",
+           "| step | diskvault | diskvault-none | restic | encrypted / none | encrypted / restic | goals |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    for name, key in (("full snapshot (MB/s)", "full_s"), ("incremental (MB/s)", "incr_s"),
+                      ("restore (MB/s)", "restore_s"), ("check --read-data (s)", "check_s")):
+        enc, none, restic = speed("diskvault", key), speed("diskvault-none", key), speed("restic", key)
+        if None in (enc, none, restic):
+            continue
+        if key == "check_s":  # seconds: lower is better
+            vs_none, vs_restic = enc / none, restic / enc
+            cells = [f"{enc:.2f}", f"{none:.2f}", f"{restic:.2f}", f"{vs_none:.2f}x the time", f"{vs_restic:.2f}x"]
+            ok = vs_restic >= 2 and vs_none <= 1.10
+        else:
+            vs_none, vs_restic = enc / none, enc / restic
+            cells = [f"{enc:,.0f}", f"{none:,.0f}", f"{restic:,.0f}", f"{vs_none:.0%}", f"{vs_restic:.2f}x"]
+            ok = vs_restic >= 2 and vs_none >= 1 / 1.10
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {'met' if ok else 'NOT met'} |")
+    repo = {t: med(res.get(t), "repo_full") for t in TOOLS_ENC}
+    if all(repo.values()):
+        out += ["", f"Repository after the full snapshot: diskvault {repo['diskvault'] / MB:,.1f} MB, "
+                f"diskvault-none {repo['diskvault-none'] / MB:,.1f} MB (the tags: 16 B per blob and per pack), "
+                f"restic {repo['restic'] / MB:,.1f} MB."]
+    out += ["", "Goals: every step at least 2x restic, and the encrypted repository at most 10% slower than "
+            "`--encryption none` (for check: at most 1.10x its time).", ""]
+    return out
+
+
+TOOLS_ENC = ("diskvault", "diskvault-none", "restic")
 
 
 def chart(raw: dict, ext4: dict, ntfs: dict, vm: dict, path: Path) -> None:

@@ -9,6 +9,7 @@
 # 20-25 minutes on 2 quiet cores (44 on a busy shared one). Root is needed (loop mounts for XFS, ntfs-3g for NTFS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export DISKVAULT_PASSWORD=bench   # the benchmark repositories are encrypted, as init makes them by default
 
 need=()
 command -v restic >/dev/null 2>&1 || need+=(restic)
@@ -43,4 +44,5 @@ rm -rf /var/tmp/dvaccess /var/tmp/dv-integrity-bench /var/tmp/dv-delta-bench/rep
 "$PY" benchmarks/nbd_throughput.py --runs 5 --workdir /var/tmp/dvaccess --out benchmarks/nbd.json
 "$PY" benchmarks/integrity.py /var/tmp/dv-integrity-bench 1024 5 benchmarks/integrity.json
 "$PY" benchmarks/delta_restore.py /var/tmp/dv-delta-bench 2048 3 benchmarks/delta.json
+"$PY" benchmarks/encryption.py --reps 3
 .venv-bench/bin/python benchmarks/report.py docs
