@@ -155,9 +155,9 @@ def copy_verified(repo: Repository, name: str, locs: list[BlobLocation], writer,
         advance(loc.stored_len)
 
 
-def read_stored(storage: Storage, crypto: Crypto, loc: BlobLocation) -> bytes | memoryview:
-    """The compressed payload of one blob (opened when encrypted), verified against ``loc``
-    without a Repository (repair runs without a catalog); raises DamagedData naming the blob."""
+def _verified(storage: Storage, crypto: Crypto, loc: BlobLocation) -> tuple[bytes | memoryview, bytes | memoryview]:
+    """``(payload, raw)`` of one blob read without a Repository (repair runs without a
+    catalog); raises DamagedData naming the blob or its pack."""
     try:
         stored = storage.read_range(loc.pack, loc.offset, loc.stored_len)
     except FileNotFoundError:
@@ -166,20 +166,17 @@ def read_stored(storage: Storage, crypto: Crypto, loc: BlobLocation) -> bytes | 
         raise DamagedData(f"pack {pack_id(loc.pack)} cannot be read: {exc.strerror}") from None
     if len(stored) != loc.stored_len:
         raise DamagedData(f"blob {short(loc.id)} lies past the end of pack {pack_id(loc.pack)}")
-    return verify_blob(crypto, loc, stored)[0]
+    return verify_blob(crypto, loc, stored)
+
+
+def read_stored(storage: Storage, crypto: Crypto, loc: BlobLocation) -> bytes | memoryview:
+    """The compressed payload of one blob (opened when encrypted), verified against ``loc``."""
+    return _verified(storage, crypto, loc)[0]
 
 
 def read_verified(storage: Storage, crypto: Crypto, loc: BlobLocation) -> bytes | memoryview:
-    """One blob's raw bytes, verified (see ``read_stored``)."""
-    try:
-        stored = storage.read_range(loc.pack, loc.offset, loc.stored_len)
-    except FileNotFoundError:
-        raise DamagedData(f"pack {pack_id(loc.pack)} is missing") from None
-    except OSError as exc:
-        raise DamagedData(f"pack {pack_id(loc.pack)} cannot be read: {exc.strerror}") from None
-    if len(stored) != loc.stored_len:
-        raise DamagedData(f"blob {short(loc.id)} lies past the end of pack {pack_id(loc.pack)}")
-    return verify_blob(crypto, loc, stored)[1]
+    """One blob's raw bytes, verified."""
+    return _verified(storage, crypto, loc)[1]
 
 
 # --- snapshot records ------------------------------------------------------------------------
