@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from .common import JsonOpt, human, print_json
+from .common import JsonOpt, PasswordCommandOpt, PasswordFileOpt, human, passphrase, print_json
 
 rescue = typer.Typer(help="Bootable rescue media: restore or image a disk offline.", no_args_is_help=True)
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -24,16 +24,12 @@ def _size(text: str) -> int:
         raise UsageError(f"--size {text!r} is not a size: give e.g. 256M or 1G") from None
 
 
-def _password(password_file: str | None) -> bytes | None:
-    """The passphrase from the usual build-time sources, or None (docs/rescue.md)."""
-    path = password_file or os.environ.get("DISKVAULT_PASSWORD_FILE")
-    if path:
-        try:
-            return Path(path).read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise UsageError(f"cannot read the password file {path}: {exc.strerror}: give a readable file") from None
-    env = os.environ.get("DISKVAULT_PASSWORD")
-    return env.encode() if env else None
+def _password(password_file: str | None, password_command: str | None) -> bytes | None:
+    """The passphrase from the usual sources (restic's order: a command, a file, then
+    DISKVAULT_PASSWORD), or None when none is given: the menu then asks on the console."""
+    if not (password_file or password_command or os.environ.get("DISKVAULT_PASSWORD")):
+        return None
+    return passphrase(password_file, password_command)().encode("utf-8", "surrogateescape")
 
 
 @rescue.command("build")
@@ -43,14 +39,15 @@ def build(
     repo_hint: Annotated[list[str], typer.Option("--repo-hint", help="LABEL=..., UUID=... or a device where the menu looks for repositories first; repeatable.")] = [],  # noqa: B006
     unattended: Annotated[str | None, typer.Option("--unattended", help="REPO_DEVICE:PATH:SNAPSHOT:TARGET: boot straight into this restore, verify, power off.")] = None,
     unattended_snapshot: Annotated[str | None, typer.Option("--unattended-snapshot", help="SOURCE:REPO_DEVICE:PATH: boot, snapshot SOURCE into the repository, verify, power off.")] = None,
-    password_file: Annotated[str | None, typer.Option("--password-file", help="Passphrase of an encrypted repository, stored in the image for an unattended job.")] = None,
+    password_file: PasswordFileOpt = None,
+    password_command: PasswordCommandOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT when it exists and is not empty.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Write a bootable UEFI rescue image: a menu to restore or snapshot disks, or an unattended job."""
     from ..ops.rescue import build as build_op
 
-    password = _password(password_file) if (unattended or unattended_snapshot) else None
+    password = _password(password_file, password_command) if (unattended or unattended_snapshot) else None
     res = build_op(Path(out), _size(size) if size else None, repo_hint, unattended, unattended_snapshot,
                    password, force, step=lambda s: None if json_out else typer.echo(f"  {s}", err=True))
     if res.password_stored:
