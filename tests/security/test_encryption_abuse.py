@@ -1,0 +1,152 @@
+"""Encryption used the wrong way (docs/security.md, docs/cli.md "key"): races between key
+changes, edited catalog rows, passphrases given with white space or from endless files.
+Each test here failed on the first cut of encryption."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from helpers import PASSPHRASE, cli_env, random_bytes, run_cli
+
+from diskvault.errors import EXIT_DAMAGED, EXIT_PASSWORD, EXIT_REPOSITORY
+
+
+def run(*args, env=None, input=None):
+    return run_cli(*args, check=False, env=env, input=input)
+
+
+def one_line_error(proc, code: int, *words: str) -> str:
+    err = proc.stderr.decode()
+    assert proc.returncode == code, (proc.returncode, err)
+    assert err.count("\n") == 1 and err.startswith("diskvault: error: "), err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> tuple[Path, Path]:
+    img = tmp_path / "disk.img"
+    img.write_bytes(random_bytes(400_000, 7))
+    path = tmp_path / "repo"
+    run_cli("init", "-r", path)
+    run_cli("snapshot", "-r", path, img)
+    return path, img
+
+
+def current_key(path: Path, env: dict | None = None) -> str:
+    listed = json.loads(run_cli("key", "list", "-r", path, "--json", env=env).stdout)
+    return next(k["id"] for k in listed if k["current"])
+
+
+def test_two_key_removals_that_cross_never_remove_every_key(repo, tmp_path):
+    """A opened with passphrase 1 removes key 2 while B, opened with passphrase 2 before
+    that, removes key 1: B must find its own key gone and refuse, not leave no key at all."""
+    from diskvault.ops.key import change_passphrase, remove_key
+    from diskvault.repository import Repository
+
+    path, img = repo
+    second = tmp_path / "second"
+    second.write_text("the second passphrase\n")
+    run_cli("key", "add", "-r", path, "--new-password-file", second)
+    first_id = current_key(path)
+    with Repository.open(str(path), passphrase=lambda: "the second passphrase") as b:  # B has opened
+        run_cli("key", "remove", "-r", path, b.key_id)  # A removes B's key
+        with pytest.raises(Exception) as refused:
+            remove_key(b, first_id)
+        assert refused.value.exit_code == EXIT_PASSWORD and "was removed" in str(refused.value)
+        with pytest.raises(Exception) as refused:
+            change_passphrase(b, lambda: "a third")
+        assert refused.value.exit_code == EXIT_PASSWORD
+    assert [p.name for p in (path / "keys").iterdir()] == [f"{first_id}.json"]
+    run_cli("restore", "-r", path, "latest", tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == img.read_bytes()
+
+
+def test_key_remove_and_passwd_take_the_exclusive_lock(repo, tmp_path):
+    """A key change waits for nothing and races nothing: remove and passwd refuse while
+    another command holds the repository (exit 7), like prune."""
+    from diskvault.repository import Repository
+
+    path, _ = repo
+    second = tmp_path / "second"
+    second.write_text("the second passphrase")
+    added = json.loads(run_cli("key", "add", "-r", path, "--new-password-file", second, "--json").stdout)["added"]
+    with Repository.open(str(path), passphrase=lambda: PASSPHRASE) as r, r.lock("shared", "snapshot"):
+        env = cli_env(DISKVAULT_LOCK_WAIT="0")
+        assert run("key", "remove", "-r", path, added, env=env).returncode == 7
+        assert run("key", "passwd", "-r", path, "--new-password-file", second, env=env).returncode == 7
+    assert len(list((path / "keys").iterdir())) == 2
+
+
+def test_a_catalog_row_failing_authentication_is_repaired_by_plain_repair(repo, tmp_path):
+    """The error says "rebuild the catalog with diskvault repair": plain repair must do it
+    (the record file is authentic), not fail with the same error."""
+    path, img = repo
+    con = sqlite3.connect(path / "catalog.sqlite")
+    sealed = bytearray(con.execute("SELECT sealed FROM snapshots").fetchone()[0])
+    sealed[20] ^= 1
+    con.execute("UPDATE snapshots SET sealed=?", (bytes(sealed),))
+    con.commit()
+    con.close()
+    one_line_error(run("snapshots", "-r", path), EXIT_DAMAGED, "fails authentication", "diskvault repair")
+    run_cli("repair", "-r", path)
+    run_cli("check", "-r", path, "--read-data")
+    run_cli("restore", "-r", path, "latest", tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == img.read_bytes()
+
+
+def test_a_catalog_row_edited_into_text_is_damage_not_an_internal_error(repo, tmp_path):
+    """sqlite3's shell turns an edited blob into TEXT (``||``): reading it is exit 8, never 1."""
+    path, img = repo
+    con = sqlite3.connect(path / "catalog.sqlite")
+    con.execute("UPDATE snapshots SET sealed = CAST(substr(sealed, 1, 20) || x'ff' || substr(sealed, 22) AS TEXT)")
+    con.commit()
+    con.close()
+    for command in (["snapshots"], ["check"], ["restore", "latest", tmp_path / "out.img"]):
+        one_line_error(run(command[0], "-r", path, *command[1:]), EXIT_DAMAGED, "fails authentication")
+    run_cli("repair", "-r", path)
+    run_cli("restore", "-r", path, "latest", tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == img.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["DISKVAULT_PASSWORD", "--password-command"])
+def test_surrounding_white_space_is_dropped_from_every_source(tmp_path, how):
+    """docs/cli.md: surrounding white space is dropped, so the passphrase given at init in a
+    file opens the repository from the variable and a command too, spaces or not."""
+    path = tmp_path / "repo"
+    pw = tmp_path / "pw"
+    pw.write_text("  spaced passphrase \n")
+    env = cli_env()
+    del env["DISKVAULT_PASSWORD"]
+    run_cli("init", "-r", path, "--password-file", pw, env=env)
+    if how == "DISKVAULT_PASSWORD":
+        got = run("snapshots", "-r", path, env=cli_env(DISKVAULT_PASSWORD=" spaced passphrase  "))
+    else:
+        got = run("snapshots", "-r", path, "--password-command", "printf ' spaced passphrase\\t'", env=env)
+    assert got.returncode == 0, got.stderr.decode()
+
+
+def test_an_endless_password_file_is_refused_not_read_forever(repo):
+    path, _ = repo
+    one_line_error(run("snapshots", "-r", path, "--password-file", "/dev/zero"), EXIT_PASSWORD,
+                   "/dev/zero", "too long")
+
+
+def test_removing_a_key_file_that_is_garbage(repo, tmp_path):
+    """A damaged key file (not JSON) is not listed, but key remove can still delete it."""
+    path, _ = repo
+    (path / "keys" / "0123456789abcdef.json").write_text("garbage")
+    run_cli("key", "remove", "-r", path, "0123456789abcdef")
+    assert not (path / "keys" / "0123456789abcdef.json").exists()
+    one_line_error(run("key", "remove", "-r", path, "ffff"), EXIT_REPOSITORY, "no key")
+
+
+def test_an_endless_password_command_is_refused(repo):
+    path, _ = repo
+    one_line_error(run("snapshots", "-r", path, "--password-command", "cat /dev/zero"), EXIT_PASSWORD,
+                   "over 65536 bytes")
