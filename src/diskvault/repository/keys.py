@@ -183,8 +183,10 @@ def list_keys(storage: Storage, current: str | None = None) -> list[KeyInfo]:
 
 
 def find_key(storage: Storage, prefix: str) -> str:
-    """The id of the one key file whose id starts with ``prefix``; raises RepositoryError."""
-    found = [k.id for k in list_keys(storage) if k.id.startswith(prefix.lower())] if prefix else []
+    """The id of the one key file whose id starts with ``prefix`` (readable or not: a damaged
+    key file can be removed too); raises RepositoryError."""
+    ids = [NAME.fullmatch(n).group(1) for n in key_names(storage)]
+    found = [k for k in ids if k.startswith(prefix.lower())] if prefix else []
     if len(found) != 1:
         what = "no key" if not found else f"{len(found)} keys"
         raise RepositoryError(f"{what} with id {prefix!r}: list them with diskvault key list")
