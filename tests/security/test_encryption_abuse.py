@@ -150,3 +150,24 @@ def test_an_endless_password_command_is_refused(repo):
     path, _ = repo
     one_line_error(run("snapshots", "-r", path, "--password-command", "cat /dev/zero"), EXIT_PASSWORD,
                    "over 65536 bytes")
+
+
+def test_a_key_file_from_another_repository_is_refused(repo, tmp_path):
+    """Same passphrase, two repositories: the other's key file copied into keys/ (beside the
+    own one, or instead of it) must never open this one with the wrong key (every row would
+    then "fail authentication" and repair would advise rebuilding from nothing)."""
+    path, img = repo
+    other = tmp_path / "other"
+    run_cli("init", "-r", other)
+    (foreign,) = (other / "keys").iterdir()
+    own = sorted((path / "keys").iterdir())
+    (path / "keys" / foreign.name).write_bytes(foreign.read_bytes())  # its id is in its AD: same name
+    run_cli("restore", "-r", path, "latest", tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == img.read_bytes()
+    for f in own:
+        f.unlink()
+    one_line_error(run("snapshots", "-r", path), EXIT_REPOSITORY, "no usable key file", "belongs to repository")
+    doc = json.loads(foreign.read_text())
+    doc["repository"] = json.loads((path / "config.json").read_text())["id"]  # edited to claim this one
+    (path / "keys" / foreign.name).write_text(json.dumps(doc))
+    one_line_error(run("snapshots", "-r", path), EXIT_PASSWORD, "wrong passphrase")

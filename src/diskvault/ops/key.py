@@ -36,7 +36,7 @@ def add_key(repo: Repository, new_passphrase: Callable[[], str]) -> str:
     unencrypted repository, PasswordError for an empty or unconfirmed passphrase."""
     _require_encrypted(repo)
     with repo.lock("shared", "key add"):
-        return keys.add_key(repo.storage, repo.crypto.master, new_passphrase())
+        return keys.add_key(repo.storage, repo.crypto.master, new_passphrase(), repo.config["id"])
 
 
 def remove_key(repo: Repository, prefix: str) -> str:
@@ -63,7 +63,7 @@ def change_passphrase(repo: Repository, new_passphrase: Callable[[], str]) -> tu
     _require_encrypted(repo)
     with repo.lock("exclusive", "key passwd"):
         _require_own_key(repo)
-        new = keys.add_key(repo.storage, repo.crypto.master, new_passphrase())
+        new = keys.add_key(repo.storage, repo.crypto.master, new_passphrase(), repo.config["id"])
         old = repo.key_id
         keys.remove_key(repo.storage, old)
         repo.key_id = new

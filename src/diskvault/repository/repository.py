@@ -189,7 +189,7 @@ class Repository:
             for sub in FOLDERS:
                 if sub != keys.FOLDER or master is not None:
                     private_dir(os.path.join(tmp, sub))
-            key_id = keys.add_key(storage_at(tmp), master, secret) if master is not None else None
+            key_id = keys.add_key(storage_at(tmp), master, secret, config["id"]) if master is not None else None
             os.close(private_file(os.path.join(tmp, CATALOG)))  # SQLite gives its -wal, -shm this mode
             cat = Catalog(os.path.join(tmp, CATALOG))
             cat.create({"repository_id": config["id"]})
@@ -640,7 +640,7 @@ def unlock(path: str, config: dict, passphrase: Callable[[], str] | None) -> tup
         return PLAIN, None
     if passphrase is None:
         raise PasswordError(f"{path} is encrypted: give its passphrase")
-    master, kid = keys.unlock(storage, passphrase(), path)
+    master, kid = keys.unlock(storage, passphrase(), path, str(config.get("id")))
     return Crypto(master), kid
 
 
