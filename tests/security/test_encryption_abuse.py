@@ -171,3 +171,31 @@ def test_a_key_file_from_another_repository_is_refused(repo, tmp_path):
     doc["repository"] = json.loads((path / "config.json").read_text())["id"]  # edited to claim this one
     (path / "keys" / foreign.name).write_text(json.dumps(doc))
     one_line_error(run("snapshots", "-r", path), EXIT_PASSWORD, "wrong passphrase")
+
+
+def test_config_edited_to_unencrypted_with_keys_moved_away_changes_nothing(repo, tmp_path):
+    """config.json says "none" and keys/ is gone (moved away, or lost): every command, repair
+    included, refuses with exit 3 and writes nothing, so putting both back restores all."""
+    path, img = repo
+    config = path / "config.json"
+    original = config.read_text()
+    config.write_text(original.replace('"aes-256-gcm"', '"none"'))
+    (path / "keys").rename(tmp_path / "keys.away")
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file() and p.parent.name != "locks"}
+    for command in (["repair"], ["snapshots"], ["prune"], ["check"]):
+        got = run(command[0], "-r", path, *command[1:])
+        assert got.returncode == EXIT_REPOSITORY, (command, got.returncode, got.stderr.decode())
+        assert "config.json" in got.stderr.decode()
+    after = {p: p.read_bytes() for p in path.rglob("*") if p.is_file() and p.parent.name != "locks"}
+    assert after == before
+    # --rebuild-catalog ignores the catalog: it finds only packs and records it cannot read,
+    # reports them, deletes nothing, and prune then refuses to run
+    assert run("repair", "-r", path, "--rebuild-catalog").returncode == EXIT_DAMAGED
+    assert run("prune", "-r", path).returncode == EXIT_DAMAGED
+    data = [p for p in before if p.suffix == ".pack" or p.parent.name == "snapshots"]
+    assert data and all(p.read_bytes() == before[p] for p in data)
+    (tmp_path / "keys.away").rename(path / "keys")
+    config.write_text(original)
+    run_cli("repair", "-r", path)
+    run_cli("restore", "-r", path, "latest", tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == img.read_bytes()

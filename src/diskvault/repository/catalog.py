@@ -612,6 +612,10 @@ class Catalog:
                 raise DamagedData(f"the catalog's row of snapshot {row['id']} is not sealed, unlike its repository: "
                                   "rebuild the catalog with diskvault repair")
             return SnapshotRecord.from_row(row)
+        if not self.crypto.encrypted:  # never taken for damage: repair would drop every row
+            raise RepositoryError(f"the catalog's row of snapshot {row['id']} is sealed, but config.json says the "
+                                  "repository is not encrypted: config.json was changed; restore it and keys/ from a "
+                                  "copy of the repository")
         try:
             return SnapshotRecord.from_json(json.loads(self.crypto.open(b"DVC1" + row["id"].encode(), sealed)))
         except (DamagedData, ValueError, TypeError):
