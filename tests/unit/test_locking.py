@@ -73,7 +73,8 @@ def test_old_lock_of_another_host_is_ignored_and_unlock_removes_it(repo_path):
     assert lock_files(repo_path) == []
 
 
-def test_live_lock_blocks_and_only_unlock_all_removes_it(repo_path):
+def test_live_lock_blocks_and_only_unlock_all_removes_it(plain_repo_path):
+    repo_path = plain_repo_path  # its locks are written here in plaintext, as an unencrypted repository has them
     write_lock(repo_path, "live.json", host="elsewhere", pid=4242)
     with pytest.raises(RepositoryLocked, match="pid 4242 on elsewhere"):
         locking.acquire(str(repo_path), "shared", "restore", wait=0)
@@ -93,7 +94,8 @@ def test_waiting_for_a_lock(repo_path):
         assert time.monotonic() - started >= 0.4
 
 
-def test_cli_snapshot_fails_cleanly_naming_the_holder_then_waits(tmp_path, repo_path):
+def test_cli_snapshot_fails_cleanly_naming_the_holder_then_waits(tmp_path, plain_repo_path):
+    repo_path = plain_repo_path  # its locks are written here in plaintext, as an unencrypted repository has them
     img = tmp_path / "a.img"
     img.write_bytes(random_bytes(200_000, 3))
     held = locking.acquire(str(repo_path), "exclusive", "prune", wait=0)

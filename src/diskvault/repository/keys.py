@@ -113,9 +113,10 @@ def add_key(storage: Storage, master: bytes, passphrase: str, repository: str, p
 def _load(data: bytes) -> dict:
     """A key file's JSON, its fields checked; raises ValueError saying what is wrong."""
     doc = json.loads(data)
-    if not isinstance(doc, dict) or doc.get("version") != 1 or doc.get("kdf") != "argon2id" \
-            or not isinstance(doc.get("repository"), str):
+    if not isinstance(doc, dict) or doc.get("version") != 1 or doc.get("kdf") != "argon2id":
         raise ValueError("it is not a version 1 argon2id key file")
+    if not isinstance(doc.get("repository"), str):
+        raise ValueError("it names no repository (made by a development version before key files named theirs)")
     for k, low in MIN_PARAMS.items():
         v = doc.get(k)
         if type(v) is not int:
