@@ -15,8 +15,8 @@ from helpers import PASSPHRASE, cli_env, random_bytes, run_cli
 from diskvault.errors import EXIT_DAMAGED, EXIT_PASSWORD, EXIT_REPOSITORY
 
 
-def run(*args, env=None, input=None):
-    return run_cli(*args, check=False, env=env, input=input)
+def run(*args, env=None, input=None, timeout=600):
+    return run_cli(*args, check=False, env=env, input=input, timeout=timeout)
 
 
 def one_line_error(proc, code: int, *words: str) -> str:
@@ -199,3 +199,22 @@ def test_config_edited_to_unencrypted_with_keys_moved_away_changes_nothing(repo,
     run_cli("repair", "-r", path)
     run_cli("restore", "-r", path, "latest", tmp_path / "out.img")
     assert (tmp_path / "out.img").read_bytes() == img.read_bytes()
+
+
+def test_a_key_file_edited_to_absurd_costs_is_refused_before_any_work(repo):
+    """64 passes over 4 GiB would make every command run for minutes before failing."""
+    path, _ = repo
+    (key,) = (path / "keys").iterdir()
+    doc = json.loads(key.read_text())
+    doc.update(time_cost=64, memory_cost=4 * 1024 * 1024)
+    key.write_text(json.dumps(doc))
+    one_line_error(run("snapshots", "-r", path, timeout=120), EXIT_REPOSITORY, "above the maximum")
+
+
+def test_an_unreadable_lock_file_never_blocks_and_unlock_says_why_it_goes(repo):
+    path, img = repo
+    (path / "locks" / "0123456789abcdef.json").write_bytes(b"garbage, or a lock sealed elsewhere")
+    run_cli("snapshot", "-r", path, img)
+    out = run_cli("unlock", "-r", path).stderr.decode()
+    assert "cannot be read" in out and "not refreshed" not in out, out
+    assert not (path / "locks" / "0123456789abcdef.json").exists()

@@ -63,7 +63,8 @@ def test_reused_pid_is_detected_by_start_time(repo_path):
     locking.acquire(str(repo_path), "exclusive", "prune", wait=0).release()
 
 
-def test_old_lock_of_another_host_is_ignored_and_unlock_removes_it(repo_path):
+def test_old_lock_of_another_host_is_ignored_and_unlock_removes_it(plain_repo_path):
+    repo_path = plain_repo_path  # its locks are written here in plaintext, as an unencrypted repository has them
     write_lock(repo_path, "old.json", host="elsewhere", pid=1, time=time.time() - 2 * locking.STALE_AFTER)
     with locking.locked(str(repo_path), "exclusive", "prune", wait=0):
         assert "old.json" in lock_files(repo_path)  # not ours to delete without asking

@@ -46,7 +46,9 @@ MASTER_LEN = 32
 # RFC 9106 §4, second recommended option (64 MiB, 3 passes, 4 lanes): ~0.15 s here
 DEFAULT_PARAMS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 4}
 MIN_PARAMS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 1}
-MAX_PARAMS = {"time_cost": 64, "memory_cost": 4 * 1024 * 1024, "parallelism": 64}
+# at most 16 times the default's work and 1 GiB (~3 s here): a key file edited to absurd costs
+# would make every command spend minutes and gigabytes before finding it fails authentication
+MAX_PARAMS = {"time_cost": 16, "memory_cost": 1024 * 1024, "parallelism": 16}
 _opened: dict[tuple[bytes, bytes], bytes] = {}
 _AD = "diskvault key file v1 {id} repository={repository} argon2id t={time_cost} m={memory_cost} p={parallelism}"
 
