@@ -146,7 +146,8 @@ class Repository:
     def init(cls, path: str, params: ChunkerParams, now: datetime | None = None,
              passphrase: Callable[[], str] | None = None, encryption: str = MODE) -> Repository:
         """Create a repository: built in a temporary sibling directory, then renamed into
-        place, so an interrupted init leaves nothing behind. Every file is 0600 and every
+        place, so an interrupted init leaves no half-made repository at ``path`` (one killed
+        outright leaves the temporary sibling ``path.tmp-xxxxxxxx``). Every file is 0600 and every
         folder 0700 (docs/security.md). ``encryption``: MODE (a new random master key, wrapped
         by the passphrase ``passphrase()`` returns, in keys/) or "none". Raises RepositoryExists
         for a non-empty path or a path inside another repository, RepositoryNotFound for a
