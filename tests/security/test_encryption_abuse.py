@@ -218,3 +218,47 @@ def test_an_unreadable_lock_file_never_blocks_and_unlock_says_why_it_goes(repo):
     out = run_cli("unlock", "-r", path).stderr.decode()
     assert "cannot be read" in out and "not refreshed" not in out, out
     assert not (path / "locks" / "0123456789abcdef.json").exists()
+
+
+@pytest.mark.parametrize("command", ["passwd", "add", "remove"])
+def test_sigkill_at_every_step_of_a_key_change_leaves_a_passphrase_that_opens(repo, tmp_path, command):
+    """Killed at each write, flush, commit or deletion of ``key passwd|add|remove``: the old
+    passphrase or the new one still opens the repository, and the snapshot restores as it was."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    hook = Path(__file__).resolve().parents[1] / "kill_at_step.py"
+    path, img = repo
+    new = tmp_path / "new"
+    new.write_text("the new passphrase")
+    if command == "remove":
+        run_cli("key", "add", "-r", path, "--new-password-file", new)
+        listed = json.loads(run_cli("key", "list", "-r", path, "--json").stdout)
+        args = ["key", "remove", next(k["id"] for k in listed if not k["current"])]
+    else:
+        args = ["key", command, "--new-password-file", str(new)]
+    env = cli_env()
+
+    def killed(target: Path, k: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(hook), *args, "-r", str(target)],
+                              env=dict(env, KILL_AT_STEP=str(k)), capture_output=True, stdin=subprocess.DEVNULL)
+
+    probe = tmp_path / "probe"
+    shutil.copytree(path, probe)
+    total = int(killed(probe, -1).stderr.decode().rsplit("STEPS ", 1)[1])
+    assert total >= 2
+    for k in range(total):
+        target = tmp_path / f"k{k}"
+        shutil.copytree(path, target)
+        assert killed(target, k).returncode == -signal.SIGKILL
+        opened = [pw for pw in (PASSPHRASE, "the new passphrase")
+                  if run("snapshots", "-r", target, env=cli_env(DISKVAULT_PASSWORD=pw)).returncode == 0]
+        assert opened, f"killed at step {k} of {total}: no passphrase opens the repository"
+        out = tmp_path / f"k{k}.img"
+        run_cli("restore", "-r", target, "latest", out, env=cli_env(DISKVAULT_PASSWORD=opened[0]))
+        assert out.read_bytes() == img.read_bytes()
+        run_cli("check", "-r", target, env=cli_env(DISKVAULT_PASSWORD=opened[0]))
+        out.unlink()
+        shutil.rmtree(target)
