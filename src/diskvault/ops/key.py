@@ -35,8 +35,9 @@ def add_key(repo: Repository, new_passphrase: Callable[[], str]) -> str:
     """Add a key file for ``new_passphrase()``; returns its id. Raises UsageError for an
     unencrypted repository, PasswordError for an empty or unconfirmed passphrase."""
     _require_encrypted(repo)
+    secret = new_passphrase()  # asked (perhaps typed) before the lock is taken
     with repo.lock("shared", "key add"):
-        return keys.add_key(repo.storage, repo.crypto.master, new_passphrase(), repo.config["id"])
+        return keys.add_key(repo.storage, repo.crypto.master, secret, repo.config["id"])
 
 
 def remove_key(repo: Repository, prefix: str) -> str:
@@ -61,9 +62,10 @@ def change_passphrase(repo: Repository, new_passphrase: Callable[[], str]) -> tu
     key file is durable before the old one is removed. Returns ``(new id, old id)``. Raises
     PasswordError when another command removed that key meanwhile (nothing is changed)."""
     _require_encrypted(repo)
+    secret = new_passphrase()  # typed before the exclusive lock is taken: no command waits on a prompt
     with repo.lock("exclusive", "key passwd"):
         _require_own_key(repo)
-        new = keys.add_key(repo.storage, repo.crypto.master, new_passphrase(), repo.config["id"])
+        new = keys.add_key(repo.storage, repo.crypto.master, secret, repo.config["id"])
         old = repo.key_id
         keys.remove_key(repo.storage, old)
         repo.key_id = new
