@@ -245,9 +245,10 @@ def test_an_internal_folder_of_another_user_is_refused(repo_path):
     run_cli("check", "-r", repo_path)
 
 
-def test_prune_deletes_only_names_of_its_own(repo_path, tmp_path):
+def test_prune_deletes_only_names_of_its_own(plain_repo_path, tmp_path):
     """Files the repository did not name survive prune, even where its own would be
     garbage (an unknown record, a pack not in the catalog, a temporary file)."""
+    repo_path = plain_repo_path  # a plaintext record is copied and edited below
     image = tmp_path / "disk.img"
     image.write_bytes(random_bytes(200_000, 5))
     run_cli("snapshot", "-r", repo_path, image)
