@@ -45,12 +45,16 @@ TagOpt = Annotated[list[str], typer.Option(
     "--tag", metavar="TAG", help="Only snapshots carrying this tag (repeatable: all of them).")]
 
 
+MAX_PASSWORD = 64 << 10  # bytes of a password file (or command output) read at most: never an endless one
+
+
 def passphrase(password_file: str | None = None, password_command: str | None = None,
                confirm: bool = False, what: str = "repository passphrase", env: bool = True) -> Callable[[], str]:
     """The passphrase source the user chose, asked only when called (an unencrypted repository
     never asks): ``--password-command`` (or DISKVAULT_PASSWORD_COMMAND), else ``--password-file``
     (or DISKVAULT_PASSWORD_FILE), else DISKVAULT_PASSWORD, else a prompt when stdin is a
-    terminal (twice with ``confirm``); ``env=False`` (a new passphrase, ``key add``): not
+    terminal (twice with ``confirm``); surrounding white space is dropped from each (a file or
+    a command's output of at most MAX_PASSWORD bytes); ``env=False`` (a new passphrase, ``key add``): not
     DISKVAULT_PASSWORD, which gives the current one. Raises PasswordError (exit 10): no source and no
     terminal, an unreadable file, a failing command, an empty passphrase; UsageError when both
     a file and a command are given (as restic)."""
@@ -68,11 +72,15 @@ def passphrase(password_file: str | None = None, password_command: str | None = 
             secret = _run_password_command(password_command)
         elif password_file:
             try:
-                with open(password_file, encoding="utf-8", errors="surrogateescape") as f:
-                    secret = f.read().strip()
+                with open(password_file, "rb") as f:
+                    data = f.read(MAX_PASSWORD + 1)
             except OSError as exc:
                 raise PasswordError(f"cannot read the password file {password_file} "
                                     f"({(exc.strerror or str(exc)).lower()}): fix the path or its permissions") from None
+            if len(data) > MAX_PASSWORD:
+                raise PasswordError(f"the password file {password_file} is too long (over {MAX_PASSWORD} bytes): "
+                                    "give a file that holds only the passphrase")
+            secret = data.decode("utf-8", "surrogateescape")
         elif env and os.environ.get("DISKVAULT_PASSWORD"):
             secret = os.environ["DISKVAULT_PASSWORD"]
         elif sys.stdin.isatty():
@@ -92,6 +100,7 @@ def passphrase(password_file: str | None = None, password_command: str | None = 
             raise PasswordError(f"{first} was given: set DISKVAULT_PASSWORD_FILE, DISKVAULT_PASSWORD_COMMAND or "
                                 "DISKVAULT_PASSWORD, pass --password-file or --password-command, or run on a "
                                 "terminal to be asked")
+        secret = secret.strip()  # from every source alike, so each opens what another made
         if not secret:
             raise PasswordError(f"the {what} is empty: an empty passphrase is refused")
         got.append(secret)
@@ -110,12 +119,20 @@ def _run_password_command(command: str) -> str:
         argv = shlex.split(command)
         if not argv:
             raise ValueError("it is empty")
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     except (ValueError, OSError) as exc:
         raise PasswordError(f"the password command {command!r} cannot run ({exc}): fix --password-command") from None
-    if proc.returncode != 0:
+    with proc:
+        out = proc.stdout.read(MAX_PASSWORD + 1)
+        if len(out) > MAX_PASSWORD:
+            proc.kill()
+        proc.wait()
+    if len(out) <= MAX_PASSWORD and proc.returncode != 0:
         raise PasswordError(f"the password command {command!r} exited {proc.returncode}: fix it or its store first")
-    return proc.stdout.decode("utf-8", "surrogateescape").strip()
+    if len(out) > MAX_PASSWORD:
+        raise PasswordError(f"the password command {command!r} printed over {MAX_PASSWORD} bytes: "
+                            "it should print only the passphrase")
+    return out.decode("utf-8", "surrogateescape")
 
 
 def open_repo(path: str, write: bool = True, no_lock: bool = False,

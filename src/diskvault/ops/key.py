@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..errors import RepositoryError, UsageError
+from ..errors import PasswordError, RepositoryError, UsageError
 from ..repository import Repository
 from ..repository import keys
 from ..repository.keys import KeyInfo
@@ -14,6 +14,15 @@ from ..repository.keys import KeyInfo
 def _require_encrypted(repo: Repository) -> None:
     if not repo.crypto.encrypted:
         raise UsageError(f"{repo.path} is not encrypted (created with --encryption none): it has no keys")
+
+
+def _require_own_key(repo: Repository) -> None:
+    """Under the exclusive lock: the key file that opened ``repo`` must still be there, else
+    another command removed it since (two removals that cross would leave no key at all)."""
+    if f"{keys.FOLDER}/{repo.key_id}.json" not in keys.key_names(repo.storage):
+        raise PasswordError(f"key {repo.key_id}, which this command was opened with, was removed meanwhile by "
+                            "another command: nothing was changed; run it again with a passphrase that still opens "
+                            f"{repo.path}")
 
 
 def list_keys(repo: Repository) -> list[KeyInfo]:
@@ -26,16 +35,20 @@ def add_key(repo: Repository, new_passphrase: Callable[[], str]) -> str:
     """Add a key file for ``new_passphrase()``; returns its id. Raises UsageError for an
     unencrypted repository, PasswordError for an empty or unconfirmed passphrase."""
     _require_encrypted(repo)
+    secret = new_passphrase()  # asked (perhaps typed) before the lock is taken
     with repo.lock("shared", "key add"):
-        return keys.add_key(repo.storage, repo.crypto.master, new_passphrase())
+        return keys.add_key(repo.storage, repo.crypto.master, secret, repo.config["id"])
 
 
 def remove_key(repo: Repository, prefix: str) -> str:
     """Remove the key file whose id starts with ``prefix``; returns its id. The key that
     opened the repository and the last key are refused (RepositoryError): removing them
-    would lock this or every user out."""
+    would lock this or every user out; so is any removal once the key that opened the
+    repository was itself removed by another command (PasswordError): under the exclusive
+    lock, two removals that cross cannot remove every key."""
     _require_encrypted(repo)
-    with repo.lock("shared", "key remove"):
+    with repo.lock("exclusive", "key remove"):
+        _require_own_key(repo)
         kid = keys.find_key(repo.storage, prefix)
         if kid == repo.key_id:
             raise RepositoryError(f"key {kid} is the one this command was opened with: open the repository with "
@@ -46,10 +59,13 @@ def remove_key(repo: Repository, prefix: str) -> str:
 
 def change_passphrase(repo: Repository, new_passphrase: Callable[[], str]) -> tuple[str, str]:
     """Replace the key that opened the repository by one for ``new_passphrase()``: the new
-    key file is durable before the old one is removed. Returns ``(new id, old id)``."""
+    key file is durable before the old one is removed. Returns ``(new id, old id)``. Raises
+    PasswordError when another command removed that key meanwhile (nothing is changed)."""
     _require_encrypted(repo)
-    with repo.lock("shared", "key passwd"):
-        new = keys.add_key(repo.storage, repo.crypto.master, new_passphrase())
+    secret = new_passphrase()  # typed before the exclusive lock is taken: no command waits on a prompt
+    with repo.lock("exclusive", "key passwd"):
+        _require_own_key(repo)
+        new = keys.add_key(repo.storage, repo.crypto.master, secret, repo.config["id"])
         old = repo.key_id
         keys.remove_key(repo.storage, old)
         repo.key_id = new

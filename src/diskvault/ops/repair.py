@@ -217,7 +217,7 @@ def _repair(storage: LocalStorage, crypto: Crypto, config: dict, cat_path: str, 
     # (rewritten), plus what can be recovered from unreadable records
     snaps, unreadable = read_records(storage, crypto)
     if old is not None:
-        for s in old.snapshots():
+        for s in old.snapshots(skip_damaged=True):  # a row failing authentication: its record stands for it
             if s.id in snaps and disagrees(snaps[s.id], s):  # the catalog row wins, as check says
                 write_record(storage, crypto, s)
                 snaps[s.id] = s

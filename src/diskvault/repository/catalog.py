@@ -199,12 +199,22 @@ def record_checksum(d: dict) -> str:
     return content_id(json.dumps(body, sort_keys=True).encode()).hex()
 
 
+def _text(data: bytes) -> str:
+    """A TEXT value as str, invalid UTF-8 kept (surrogateescape): an edited row (e.g. a sealed
+    blob that sqlite3's shell turned into TEXT) then fails authentication or parsing as damage,
+    not as a decoding error inside SQLite's cursor."""
+    return data.decode("utf-8", "surrogateescape")
+
+
 def connect(path: str, uri: str | None = None) -> sqlite3.Connection:
     """A connection to the catalog at ``path``: read-write in WAL mode, or read-only through
     ``uri`` (see ``read_only_uri``)."""
     if uri is not None:
-        return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=60)
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=60)
+        conn.text_factory = _text
+        return conn
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
+    conn.text_factory = _text
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -581,10 +591,18 @@ class Catalog:
     def has_snapshots(self) -> bool:
         return self.conn.execute("SELECT 1 FROM snapshots LIMIT 1").fetchone() is not None
 
-    def snapshots(self) -> list[SnapshotRecord]:
+    def snapshots(self, skip_damaged: bool = False) -> list[SnapshotRecord]:
         """Every snapshot, oldest first: by sequence number, then time (records from before
-        sequence numbers have seq 0 and order by time), then id."""
-        rows = [self._record(r) for r in self._dicts("SELECT * FROM snapshots")]
+        sequence numbers have seq 0 and order by time), then id. A row that fails
+        authentication raises DamagedData, or is left out with ``skip_damaged`` (repair: its
+        record file stands for it)."""
+        rows = []
+        for r in self._dicts("SELECT * FROM snapshots"):
+            try:
+                rows.append(self._record(r))
+            except DamagedData:
+                if not skip_damaged:
+                    raise
         return sorted(rows, key=lambda s: (s.seq, s.time, s.id))
 
     def _record(self, row: dict) -> SnapshotRecord:
@@ -594,6 +612,10 @@ class Catalog:
                 raise DamagedData(f"the catalog's row of snapshot {row['id']} is not sealed, unlike its repository: "
                                   "rebuild the catalog with diskvault repair")
             return SnapshotRecord.from_row(row)
+        if not self.crypto.encrypted:  # never taken for damage: repair would drop every row
+            raise RepositoryError(f"the catalog's row of snapshot {row['id']} is sealed, but config.json says the "
+                                  "repository is not encrypted: config.json was changed; restore it and keys/ from a "
+                                  "copy of the repository")
         try:
             return SnapshotRecord.from_json(json.loads(self.crypto.open(b"DVC1" + row["id"].encode(), sealed)))
         except (DamagedData, ValueError, TypeError):

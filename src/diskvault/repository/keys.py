@@ -10,7 +10,8 @@ high ones are refused as damaged (they would only make opening hang). Several ke
 passphrase) wrap the same master key: ``add``, ``remove``, ``passwd`` change files, never data.
 
 Key file (JSON): ``version`` 1, ``kdf`` "argon2id", ``time_cost`` (passes), ``memory_cost``
-(KiB), ``parallelism`` (lanes), ``salt`` and ``nonce`` (base64), ``key`` (base64: sealed master
+(KiB), ``parallelism`` (lanes), ``repository`` (the id in config.json: a key file opens only
+its own repository), ``salt`` and ``nonce`` (base64), ``key`` (base64: sealed master
 key), ``created`` (ISO 8601 UTC), ``host``, ``username`` (who added it; not secret).
 
 Argon2 runs once per key file and passphrase in a process: what it opened is remembered
@@ -45,9 +46,11 @@ MASTER_LEN = 32
 # RFC 9106 §4, second recommended option (64 MiB, 3 passes, 4 lanes): ~0.15 s here
 DEFAULT_PARAMS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 4}
 MIN_PARAMS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 1}
-MAX_PARAMS = {"time_cost": 64, "memory_cost": 4 * 1024 * 1024, "parallelism": 64}
+# at most 16 times the default's work and 1 GiB (~3 s here): a key file edited to absurd costs
+# would make every command spend minutes and gigabytes before finding it fails authentication
+MAX_PARAMS = {"time_cost": 16, "memory_cost": 1024 * 1024, "parallelism": 16}
 _opened: dict[tuple[bytes, bytes], bytes] = {}
-_AD = "diskvault key file v1 {id} argon2id t={time_cost} m={memory_cost} p={parallelism}"
+_AD = "diskvault key file v1 {id} repository={repository} argon2id t={time_cost} m={memory_cost} p={parallelism}"
 
 
 @dataclass
@@ -86,17 +89,19 @@ def new_master_key() -> bytes:
     return secrets.token_bytes(MASTER_LEN)
 
 
-def add_key(storage: Storage, master: bytes, passphrase: str, params: dict | None = None) -> str:
-    """Write a new key file wrapping ``master`` with ``passphrase``; returns its id."""
+def add_key(storage: Storage, master: bytes, passphrase: str, repository: str, params: dict | None = None) -> str:
+    """Write a new key file wrapping ``master`` with ``passphrase`` for the repository whose
+    id (config.json) is ``repository``; returns its id."""
     params = dict(params or DEFAULT_PARAMS)
     kid = secrets.token_hex(8)
     salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
-    sealed = _aesgcm(_kek(passphrase, salt, params)).encrypt(nonce, master, _AD.format(id=kid, **params).encode())
+    sealed = _aesgcm(_kek(passphrase, salt, params)).encrypt(
+        nonce, master, _AD.format(id=kid, repository=repository, **params).encode())
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    doc = {"version": 1, "kdf": "argon2id", **params,
+    doc = {"version": 1, "kdf": "argon2id", "repository": repository, **params,
            "salt": base64.b64encode(salt).decode(), "nonce": base64.b64encode(nonce).decode(),
            "key": base64.b64encode(sealed).decode(),
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -112,6 +117,8 @@ def _load(data: bytes) -> dict:
     doc = json.loads(data)
     if not isinstance(doc, dict) or doc.get("version") != 1 or doc.get("kdf") != "argon2id":
         raise ValueError("it is not a version 1 argon2id key file")
+    if not isinstance(doc.get("repository"), str):
+        raise ValueError("it names no repository (made by a development version before key files named theirs)")
     for k, low in MIN_PARAMS.items():
         v = doc.get(k)
         if type(v) is not int:
@@ -131,9 +138,11 @@ def key_names(storage: Storage) -> list[str]:
     return sorted(n for n in storage.list(FOLDER) if NAME.fullmatch(n))
 
 
-def unlock(storage: Storage, passphrase: str, repo: str) -> tuple[bytes, str]:
+def unlock(storage: Storage, passphrase: str, repo: str, repository: str) -> tuple[bytes, str]:
     """The master key and the id of the key file that ``passphrase`` opens (each key file is
-    tried in turn, as restic does). Raises PasswordError (exit 10) when none opens,
+    tried in turn, as restic does) among those made for the repository whose id is
+    ``repository``: a key file copied from another repository is refused (its id is in the
+    associated data, so editing it fails authentication). Raises PasswordError (exit 10) when none opens,
     RepositoryError when there is no key file, or every one is refused (damaged, weakened)."""
     names = key_names(storage)
     refused: list[str] = []
@@ -143,6 +152,8 @@ def unlock(storage: Storage, passphrase: str, repo: str) -> tuple[bytes, str]:
         try:
             data = storage.read(name)
             doc = _load(data)
+            if doc["repository"] != repository:
+                raise ValueError(f"it belongs to repository {doc['repository'][:32]}, not to this one ({repository})")
         except (ValueError, TypeError, OSError) as exc:
             refused.append(f"{name}: {exc}")
             continue
@@ -153,7 +164,7 @@ def unlock(storage: Storage, passphrase: str, repo: str) -> tuple[bytes, str]:
             return _opened[memo], kid
         try:
             master = _aesgcm(_kek(passphrase, doc["salt"], params)).decrypt(
-                doc["nonce"], doc["key"], _AD.format(id=kid, **params).encode())
+                doc["nonce"], doc["key"], _AD.format(id=kid, repository=repository, **params).encode())
         except Exception:  # InvalidTag: another passphrase's key file
             continue
         _opened[memo] = master
@@ -183,8 +194,10 @@ def list_keys(storage: Storage, current: str | None = None) -> list[KeyInfo]:
 
 
 def find_key(storage: Storage, prefix: str) -> str:
-    """The id of the one key file whose id starts with ``prefix``; raises RepositoryError."""
-    found = [k.id for k in list_keys(storage) if k.id.startswith(prefix.lower())] if prefix else []
+    """The id of the one key file whose id starts with ``prefix`` (readable or not: a damaged
+    key file can be removed too); raises RepositoryError."""
+    ids = [NAME.fullmatch(n).group(1) for n in key_names(storage)]
+    found = [k for k in ids if k.startswith(prefix.lower())] if prefix else []
     if len(found) != 1:
         what = "no key" if not found else f"{len(found)} keys"
         raise RepositoryError(f"{what} with id {prefix!r}: list them with diskvault key list")

@@ -87,6 +87,8 @@ def stale_reason(lock: LockInfo, now: float | None = None) -> str | None:
     process table decides (a stopped but living holder keeps its lock); for another host,
     the age of the last refresh."""
     now = time.time() if now is None else now
+    if not lock.time:  # list_locks could not read it
+        return "it cannot be read (damaged, or not sealed with this repository's key)"
     if lock.host == socket.gethostname() and lock.pid:
         return None if _pid_alive(lock.pid, lock.start) else f"process {lock.pid} is gone"
     if now - lock.time > STALE_AFTER:

@@ -146,7 +146,8 @@ class Repository:
     def init(cls, path: str, params: ChunkerParams, now: datetime | None = None,
              passphrase: Callable[[], str] | None = None, encryption: str = MODE) -> Repository:
         """Create a repository: built in a temporary sibling directory, then renamed into
-        place, so an interrupted init leaves nothing behind. Every file is 0600 and every
+        place, so an interrupted init leaves no half-made repository at ``path`` (one killed
+        outright leaves the temporary sibling ``path.tmp-xxxxxxxx``). Every file is 0600 and every
         folder 0700 (docs/security.md). ``encryption``: MODE (a new random master key, wrapped
         by the passphrase ``passphrase()`` returns, in keys/) or "none". Raises RepositoryExists
         for a non-empty path or a path inside another repository, RepositoryNotFound for a
@@ -189,7 +190,7 @@ class Repository:
             for sub in FOLDERS:
                 if sub != keys.FOLDER or master is not None:
                     private_dir(os.path.join(tmp, sub))
-            key_id = keys.add_key(storage_at(tmp), master, secret) if master is not None else None
+            key_id = keys.add_key(storage_at(tmp), master, secret, config["id"]) if master is not None else None
             os.close(private_file(os.path.join(tmp, CATALOG)))  # SQLite gives its -wal, -shm this mode
             cat = Catalog(os.path.join(tmp, CATALOG))
             cat.create({"repository_id": config["id"]})
@@ -640,7 +641,7 @@ def unlock(path: str, config: dict, passphrase: Callable[[], str] | None) -> tup
         return PLAIN, None
     if passphrase is None:
         raise PasswordError(f"{path} is encrypted: give its passphrase")
-    master, kid = keys.unlock(storage, passphrase(), path)
+    master, kid = keys.unlock(storage, passphrase(), path, str(config.get("id")))
     return Crypto(master), kid
 
 
