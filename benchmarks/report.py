@@ -424,7 +424,7 @@ def encryption_section() -> list[str]:
            f"({size / MIB:,.0f} MiB, {e['image']['allocated'] / MIB:,.0f} MiB allocated) and its copy changed "
            f"in place ({e['change']}). `diskvault` is the default (AES-256-GCM, keyed ids, seeded chunker, "
            "Argon2id key file: every command pays one Argon2id, ~0.15 s); `diskvault-none` the same with "
-           "`init --encryption none`; restic 0.14 always encrypts. Produced by `benchmarks/encryption.py` "
+           f"`init --encryption none`; restic {e['versions'].get('restic', '?')} always encrypts. Produced by `benchmarks/encryption.py` "
            "(part of `make bench`).", "",
            "| step | diskvault | diskvault-none | restic | encrypted / none | encrypted / restic | goals |",
            "|---|---:|---:|---:|---:|---:|---|"]
