@@ -376,3 +376,13 @@ def test_a_terminal_is_asked_twice_at_init_and_once_after(tmp_path):
     assert code == 0 and shown.count(b"enter repository passphrase") == 1
     code, shown = on_a_terminal(["snapshots", "-r", repo], [b"wrong"], env)
     assert code == EXIT_PASSWORD and b"wrong passphrase" in shown
+
+
+def test_an_unencrypted_repository_ignores_passphrase_sources_it_never_needs(tmp_path):
+    """Both a file and a command set (a usage error where a passphrase is needed) do not stop
+    a command on an unencrypted repository, which never asks."""
+    run_cli("init", "-r", tmp_path / "plain", "--encryption", "none")
+    env = cli_env(DISKVAULT_PASSWORD_FILE=str(tmp_path / "nope"), DISKVAULT_PASSWORD_COMMAND="false")
+    assert run("snapshots", "-r", tmp_path / "plain", env=env).returncode == 0
+    run_cli("init", "-r", tmp_path / "enc")
+    one_line_error(run("snapshots", "-r", tmp_path / "enc", env=env), EXIT_USAGE, "both given")

@@ -60,14 +60,14 @@ def passphrase(password_file: str | None = None, password_command: str | None = 
     a file and a command are given (as restic)."""
     from ..errors import PasswordError, UsageError
 
-    if password_file and password_command:
-        raise UsageError("--password-file and --password-command (or their DISKVAULT_ variables) both given: "
-                         "choose one")
     got: list[str] = []
 
     def read() -> str:
         if got:
             return got[0]
+        if password_file and password_command:  # only when a passphrase is needed (as the rest)
+            raise UsageError("--password-file and --password-command (or their DISKVAULT_ variables) both given: "
+                             "choose one")
         if password_command:
             secret = _run_password_command(password_command)
         elif password_file:
