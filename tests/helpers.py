@@ -72,6 +72,17 @@ def record_bytes(repo: Path, sid: str) -> bytes:
         return r.crypto.open(name.encode(), (Path(repo) / name).read_bytes())
 
 
+def one_line_error(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    """Assert that a CLI run exited ``code`` with one line ``diskvault: error: …`` holding
+    each of ``words``; returns that line."""
+    err = proc.stderr.decode()
+    assert proc.returncode == code, (proc.returncode, err)
+    assert err.count("\n") == 1 and err.startswith("diskvault: error: "), err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
 def tool(name: str) -> str:
     for d in ("", "/usr/sbin/", "/sbin/"):
         path = shutil.which(name) if not d else d + name

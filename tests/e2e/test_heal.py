@@ -335,7 +335,7 @@ def test_a_flipped_bit_in_a_record_field_is_found_and_repaired_from_the_catalog(
 def test_a_record_rewritten_with_a_matching_checksum_loses_to_the_catalog(tmp_path, plain_repo_path):
     """Someone edits a record's size and recomputes its (unkeyed) checksum: check reports
     the disagreement, prune deletes nothing, repair rewrites the record from the catalog."""
-    from diskvault.repository.catalog import record_checksum
+    from diskvault.repository.record import record_checksum
 
     img = tmp_path / "a.img"
     img.write_bytes(random_bytes(300_000, 51))

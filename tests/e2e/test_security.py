@@ -23,7 +23,7 @@ from helpers import SRC, cli_env, random_bytes, run_cli, secret
 
 from diskvault.errors import EXIT_REPOSITORY
 from diskvault.repository import Repository
-from diskvault.repository.catalog import record_checksum
+from diskvault.repository.record import record_checksum
 from diskvault.repository.pack import PackWriter
 
 SECRET = b"TOP-SECRET-PASSWORD=correct-horse-battery-staple"

@@ -11,7 +11,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from helpers import PASSPHRASE, cli_env, random_bytes, run_cli
+from helpers import PASSPHRASE, cli_env, one_line_error, random_bytes, run_cli
 
 from diskvault.errors import EXIT_DAMAGED, EXIT_PASSWORD, EXIT_REPOSITORY, EXIT_USAGE
 from diskvault.repository.chunking import Chunker, ChunkerParams
@@ -21,15 +21,6 @@ from diskvault.repository.pack import ENTRY, FOOTER, HEADER
 
 def run(*args, env=None, input=None):
     return run_cli(*args, check=False, env=env, input=input)
-
-
-def one_line_error(proc, code: int, *words: str) -> str:
-    err = proc.stderr.decode()
-    assert proc.returncode == code, (proc.returncode, err)
-    assert err.count("\n") == 1 and err.startswith("diskvault: error: "), err
-    for w in words:
-        assert w in err, (w, err)
-    return err
 
 
 def tree_state(root: Path) -> dict[str, bytes]:

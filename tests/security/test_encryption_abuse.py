@@ -10,22 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PASSPHRASE, cli_env, random_bytes, run_cli
+from helpers import PASSPHRASE, cli_env, one_line_error, random_bytes, run_cli
 
 from diskvault.errors import EXIT_DAMAGED, EXIT_PASSWORD, EXIT_REPOSITORY
 
 
 def run(*args, env=None, input=None, timeout=600):
     return run_cli(*args, check=False, env=env, input=input, timeout=timeout)
-
-
-def one_line_error(proc, code: int, *words: str) -> str:
-    err = proc.stderr.decode()
-    assert proc.returncode == code, (proc.returncode, err)
-    assert err.count("\n") == 1 and err.startswith("diskvault: error: "), err
-    for w in words:
-        assert w in err, (w, err)
-    return err
 
 
 @pytest.fixture

@@ -7,9 +7,8 @@ from typing import Annotated
 import typer
 
 from ..repository.chunking import DEFAULT_AVG, parse_size
+from ..repository.config import ENCRYPTIONS
 from .common import JsonOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, passphrase, print_json
-
-ENCRYPTIONS = ("aes-256-gcm", "none")
 
 
 def init(

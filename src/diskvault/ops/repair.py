@@ -30,7 +30,6 @@ when the directory is not a repository; damage is reported in the result.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -47,8 +46,7 @@ from ..repository.maintenance import (
 )
 from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_pack_index
 from ..repository import (
-    CATALOG, CATALOG_FILES, CONFIG, READ_VERSIONS, Repository, check_config, repository_errors, require_writable, storage_at,
-    unlock,
+    CATALOG, CATALOG_FILES, CONFIG, Repository, load_config, repository_errors, require_writable, storage_at, unlock,
 )
 from ..repository.crypto import Crypto
 from ..storage.local import LocalStorage
@@ -80,21 +78,6 @@ class RepairResult:
         return dict(self.__dict__)
 
 
-def _load_config(path: str) -> dict:
-    try:
-        with open(os.path.join(path, CONFIG), "rb") as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise RepositoryNotFound(f"{path} is not a diskvault repository (no {CONFIG})") from None
-    except (ValueError, OSError) as exc:
-        raise RepositoryNotFound(f"{path}/{CONFIG} is unreadable ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != "diskvault" or config.get("version") not in READ_VERSIONS:
-        raise RepositoryNotFound(f"{path}/{CONFIG} is not a diskvault configuration of format "
-                                 f"{' or '.join(map(str, READ_VERSIONS))}")
-    check_config(path, config)
-    return config
-
-
 def repair(path: str, rebuild: bool = False, passphrase: Callable[[], str] | None = None) -> RepairResult:
     """Rebuild the catalog under the exclusive repository lock: no other command runs.
     A read-only repository raises RepositoryReadOnly, a full disk OutOfSpace (nothing changed:
@@ -106,7 +89,7 @@ def repair(path: str, rebuild: bool = False, passphrase: Callable[[], str] | Non
     require_writable(path)
     with repository_errors(path):
         storage_at(path).check_file(CONFIG)
-        config = _load_config(path)
+        config = load_config(path)
         crypto, kid = unlock(path, config, passphrase)
         with locking.locked(path, "exclusive", "repair", crypto=crypto):
             return _repair_locked(path, rebuild, config, crypto, kid)

@@ -5,11 +5,10 @@ chunker; hashing and compression. Below it, ``diskvault.storage`` holds the file
 ``diskvault.ops`` uses only what this package exports and its modules' public names."""
 
 from .catalog import CATALOG
-from .repository import (
-    CATALOG_FILES, CONFIG, FORMAT_VERSION, READ_VERSIONS, Repository, check_config, encryption_of, storage_at, unlock,
-)
+from .config import CONFIG, ENCRYPTIONS, FORMAT_VERSION, READ_VERSIONS, check_config, encryption_of, load_config
+from .repository import CATALOG_FILES, Repository, storage_at, unlock
 from .writable import repository_errors, require_writable
 from .writer import BlobWriter, pack_target_size
 
 __all__ = ["Repository", "BlobWriter", "check_config", "pack_target_size", "repository_errors", "require_writable",
-           "storage_at", "unlock", "encryption_of", "CATALOG", "CATALOG_FILES", "CONFIG", "FORMAT_VERSION", "READ_VERSIONS"]
+           "storage_at", "unlock", "encryption_of", "load_config", "CATALOG", "CATALOG_FILES", "CONFIG", "ENCRYPTIONS", "FORMAT_VERSION", "READ_VERSIONS"]

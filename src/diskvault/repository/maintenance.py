@@ -21,11 +21,12 @@ from datetime import datetime, timezone
 from ..errors import DamagedData
 from ..storage import Storage
 from ..storage.local import TMP_MARK, private_file
-from .catalog import DAMAGED_TABLE, BlobLocation, Catalog, SnapshotRecord, record_checksum
+from .catalog import DAMAGED_TABLE, BlobLocation, Catalog
+from .record import SnapshotRecord, record_checksum, record_file
 from .hashing import content_id, short
 from .pack import Entry, pack_id, read_pack_index
 from .crypto import PLAIN, Crypto
-from .repository import Repository, record_file, verify_blob
+from .repository import Repository, verify_blob
 
 CATALOG_TABLES = ("meta", "packs", "blobs", "snapshots")
 

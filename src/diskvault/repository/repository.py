@@ -23,13 +23,14 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from . import compression, keys, locking
-from .catalog import CATALOG, BlobLocation, Catalog, SnapshotRecord, catalog_error
+from .catalog import CATALOG, BlobLocation, Catalog, catalog_error
+from .record import SnapshotRecord, record_file
+from .config import CONFIG, ENCRYPTIONS, FORMAT_VERSION, enclosing_repository, load_config
 from .crypto import MODE, PLAIN, Crypto
 from .chunking import Chunker, ChunkerParams
 from ..errors import (
     DamagedData,
     DiskvaultError,
-    FormatVersionError,
     OutOfSpace,
     PasswordError,
     RepositoryError,
@@ -47,10 +48,6 @@ from .tree import TreeReader
 from .writer import BlobWriter
 from .writable import FULL, NOTES, inside, read_only_error, translate, unwritable
 
-FORMAT_VERSION = 2  # 2: config.json names its encryption ("none" or "aes-256-gcm")
-READ_VERSIONS = (1, 2)  # 1: unencrypted, from before encryption
-ENCRYPTIONS = (MODE, "none")
-CONFIG = "config.json"
 FOLDERS = ("packs", "snapshots", "locks", keys.FOLDER)
 CATALOG_FILES = (CATALOG, CATALOG + "-wal", CATALOG + "-shm", CATALOG + "-journal")
 # every name the repository stores: its storage lists, deletes and cleans up only these
@@ -219,26 +216,7 @@ class Repository:
         if not os.path.isdir(path):
             raise RepositoryNotFound(f"repository {path} does not exist: create it with diskvault init -r {path}")
         storage_at(path).check_file(CONFIG)
-        try:
-            with open(os.path.join(path, CONFIG), "rb") as f:
-                config = json.load(f)
-        except FileNotFoundError:
-            raise RepositoryNotFound(
-                f"{path} is not a diskvault repository (no {CONFIG}): create one with diskvault init -r {path}"
-            ) from None
-        except PermissionError:
-            raise RepositoryError(f"permission denied reading {path}/{CONFIG}: run diskvault as a user who may "
-                                  "read the repository") from None
-        except (ValueError, OSError) as exc:
-            raise RepositoryNotFound(f"{path}/{CONFIG} is unreadable ({exc})") from None
-        if not isinstance(config, dict) or config.get("format") != "diskvault":
-            raise RepositoryNotFound(f"{path}/{CONFIG} is not a diskvault configuration")
-        if config.get("version") not in READ_VERSIONS:
-            raise FormatVersionError(
-                f"{path} has repository format version {config.get('version')}, this diskvault reads "
-                f"versions {' and '.join(map(str, READ_VERSIONS))}: use a matching diskvault release"
-            )
-        check_config(path, config)
+        config = load_config(path)
         crypto, key_id = unlock(path, config, passphrase)
         return cls(path, config, write, lock, crypto, key_id)
 
@@ -571,38 +549,6 @@ def _filters(want: dict) -> str:
     return (" " + ", ".join(parts)) if parts else ""
 
 
-def is_repository(path: str) -> bool:
-    """Whether ``path`` holds a readable diskvault ``config.json``."""
-    try:
-        with open(os.path.join(path, CONFIG), "rb") as f:
-            return json.load(f).get("format") == "diskvault"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def encryption_of(path: str) -> str | None:
-    """The encryption ``config.json`` of the repository at ``path`` names ("aes-256-gcm",
-    "none"), or None when there is no readable repository there."""
-    try:
-        with open(os.path.join(path, CONFIG), "rb") as f:
-            config = json.load(f)
-        return config.get("encryption", "none") if config.get("format") == "diskvault" else None
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def enclosing_repository(path: str) -> str | None:
-    """The repository that ``path`` (a folder, links resolved) is or lies in, or None."""
-    here = os.path.realpath(path)
-    while True:
-        if is_repository(here):
-            return here
-        up = os.path.dirname(here)
-        if up == here:
-            return None
-        here = up
-
-
 def verify_blob(crypto: Crypto, loc: BlobLocation, stored: bytes | memoryview) -> tuple[bytes | memoryview, bytes | memoryview]:
     """``(payload, raw)`` of the blob ``loc`` from its ``stored`` bytes: authenticated and
     opened (encrypted), decompressed and re-hashed; raises DamagedData naming the blob."""
@@ -615,12 +561,6 @@ def verify_blob(crypto: Crypto, loc: BlobLocation, stored: bytes | memoryview) -
     if crypto.content_id(raw) != loc.id:
         raise DamagedData(f"{what} is damaged (hash mismatch)")
     return payload, raw
-
-
-def record_file(crypto: Crypto, record: SnapshotRecord) -> tuple[str, bytes]:
-    """The name and bytes of ``record``'s file (sealed in an encrypted repository)."""
-    name = f"snapshots/{record.id}.json"
-    return name, crypto.seal(name.encode(), record.file_bytes())
 
 
 def unlock(path: str, config: dict, passphrase: Callable[[], str] | None) -> tuple[Crypto, str | None]:
@@ -643,16 +583,6 @@ def unlock(path: str, config: dict, passphrase: Callable[[], str] | None) -> tup
         raise PasswordError(f"{path} is encrypted: give its passphrase")
     master, kid = keys.unlock(storage, passphrase(), path, str(config.get("id")))
     return Crypto(master), kid
-
-
-def check_config(path: str, config: dict) -> None:
-    """Raise RepositoryError (exit 3) when config.json's chunker sizes are impossible
-    (missing, not integers, not what init writes): nothing could be read or stored right."""
-    try:
-        ChunkerParams.from_config(config.get("chunker"))
-    except ValueError as exc:
-        raise RepositoryError(f"{path}/{CONFIG} is damaged: {exc}: restore config.json from a copy "
-                              "(its chunker sizes are fixed when the repository is created)") from None
 
 
 __all__ = ["Repository", "FORMAT_VERSION", "TYPE_CHUNK", "TYPE_TREE"]
