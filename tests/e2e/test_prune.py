@@ -87,7 +87,7 @@ def test_prune_removes_leftovers_of_interrupted_commands(tmp_path, repo_path):
     run_cli("forget", "-r", repo_path, series[0][0], series[1][0])
     orphan_record.write_bytes(body)  # a forget interrupted after the catalog row went, before the file
 
-    dry = json.loads(run_cli("prune", "-r", repo_path, "--dry-run", "--json").stdout)
+    dry = json.loads(run_cli("prune", "-r", repo_path, "--max-unused", "0", "--dry-run", "--json").stdout)
     assert dry["dry_run"] and dry["orphan_packs_removed"] == 1 and dry["orphan_records_removed"] == 1
     assert orphan_pack.exists() and orphan_record.exists()
 
