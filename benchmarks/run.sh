@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: installs the peers (restic, borgbackup, casync) from Debian packages and
-# matplotlib into a separate venv (.venv-bench: keeps numpy out of diskvault's own .venv,
-# where sqlite-utils would import it and slow every command's start-up), then runs
-# benchmarks/bench.py with the project's .venv, then nbd_throughput.py and integrity.py, (extra arguments are passed on, e.g.
+# matplotlib into a separate venv (.venv-bench: keeps numpy and matplotlib out of diskvault's own .venv),
+# then runs benchmarks/bench.py with the project's .venv, then nbd_throughput.py and integrity.py, (extra arguments are passed on, e.g.
 # `bash benchmarks/run.sh --reps 3 --scale 2` for 2-6.5 GiB widened images on a quiet machine, or
 # `bash benchmarks/run.sh --quick` for a small smoke run). Results: docs/benchmarks.md, docs/benchmarks.png,
 # benchmarks/results.json, benchmarks/codecs.json. At the defaults (--reps 2 --scale 0.25) it takes about

@@ -17,7 +17,6 @@ runs (meta, snapshot rows, lookups) use sqlite3 directly, because importing sqli
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -222,13 +221,6 @@ class Catalog:
             shutil.rmtree(self._copy, ignore_errors=True)
             self._copy = None
 
-    @functools.cached_property
-    def db(self):
-        """A sqlite_utils.Database over the same connection (imported on first use)."""
-        import sqlite_utils
-
-        return sqlite_utils.Database(self.conn)
-
     def _dicts(self, sql: str, params=()) -> list[dict]:
         cur = self.conn.execute(sql, params)
         names = [d[0] for d in cur.description]
@@ -410,7 +402,7 @@ class Catalog:
         return name
 
     def packs(self) -> list[dict]:
-        return list(self.db.query("SELECT id, name, size, entries FROM packs ORDER BY id"))
+        return self._dicts("SELECT id, name, size, entries FROM packs ORDER BY id")
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's own read connection, for reads beside the thread that writes (one
