@@ -388,12 +388,23 @@ def check_unlocked(
     snaps = repo.snapshots()
     report.snapshots = len(snaps)
     packs, present = _check_packs(repo, report)
-    _check_records(repo, snaps, report)
-    unavailable = set().union(*(f.ids for f in report.errors)) if report.errors else set()
-    needed = _check_trees(repo, snaps, report, unavailable)
     intact: set[bytes] = set()
-    if read_data:
-        intact = _read_data(repo, packs, present, sub, report, progress)
+    reading = None
+    if read_data:  # beside the record and tree checks (its threads work mostly outside the GIL)
+        data_report = CheckReport(repository=repo.path)
+        reading = ThreadPoolExecutor(1, thread_name_prefix="diskvault-read-data")
+        intact_future = reading.submit(_read_data, repo, packs, present, sub, data_report, progress)
+    try:
+        _check_records(repo, snaps, report)
+        unavailable = set().union(*(f.ids for f in report.errors)) if report.errors else set()
+        needed = _check_trees(repo, snaps, report, unavailable)
+    finally:
+        if reading is not None:
+            reading.shutdown(wait=True, cancel_futures=True)
+    if reading is not None:
+        intact = intact_future.result()
+        report.errors.extend(data_report.errors)
+        report.read_data = data_report.read_data
         if sub is not None and sub.spec.endswith("%"):
             why = repo.save_meta(SUBSET_META, str(sub.end % PPM))
             if why:  # a read-only repository or a full disk: check still reports

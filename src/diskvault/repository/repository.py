@@ -552,15 +552,18 @@ def _filters(want: dict) -> str:
 def verify_blob(crypto: Crypto, loc: BlobLocation, stored: bytes | memoryview) -> tuple[bytes | memoryview, bytes | memoryview]:
     """``(payload, raw)`` of the blob ``loc`` from its ``stored`` bytes: authenticated and
     opened (encrypted), decompressed and re-hashed; raises DamagedData naming the blob."""
-    what = f"{'tree node' if loc.type == TYPE_TREE else 'chunk'} {short(loc.id)} in pack {pack_id(loc.pack)}"
     try:
         payload = crypto.open_entry(pack_id(loc.pack), loc.offset, loc.type, loc.flags, loc.raw_len, loc.id, stored)
         raw = compression.decompress(payload, loc.flags, loc.raw_len)
     except DamagedData as exc:
-        raise DamagedData(f"{what} is damaged: {exc}") from None
+        raise DamagedData(f"{_blob_name(loc)} is damaged: {exc}") from None
     if crypto.content_id(raw) != loc.id:
-        raise DamagedData(f"{what} is damaged (hash mismatch)")
+        raise DamagedData(f"{_blob_name(loc)} is damaged (hash mismatch)")
     return payload, raw
+
+
+def _blob_name(loc: BlobLocation) -> str:
+    return f"{'tree node' if loc.type == TYPE_TREE else 'chunk'} {short(loc.id)} in pack {pack_id(loc.pack)}"
 
 
 def unlock(path: str, config: dict, passphrase: Callable[[], str] | None) -> tuple[Crypto, str | None]:
