@@ -128,10 +128,27 @@ def test_an_endless_password_file_is_refused_not_read_forever(repo):
                    "/dev/zero", "too long")
 
 
-def test_removing_a_key_file_that_is_garbage(repo, tmp_path):
-    """A damaged key file (not JSON) is not listed, but key remove can still delete it."""
+def test_key_files_that_cannot_open_are_listed_with_why_and_can_be_removed(repo, tmp_path):
+    """A damaged key file (not JSON), a weakened one and another repository's are listed
+    with their problem (hiding them would leave the user no way to find them), and key
+    remove deletes them."""
     path, _ = repo
     (path / "keys" / "0123456789abcdef.json").write_text("garbage")
+    (own,) = [f for f in (path / "keys").iterdir() if f.name != "0123456789abcdef.json"]
+    weak = json.loads(own.read_text())
+    weak["memory_cost"] = 1024
+    (path / "keys" / "1111111111111111.json").write_text(json.dumps(weak))
+    other = tmp_path / "other"
+    run_cli("init", "-r", other)
+    (foreign,) = (other / "keys").iterdir()
+    (path / "keys" / "2222222222222222.json").write_bytes(foreign.read_bytes())
+    listed = {k["id"]: k for k in json.loads(run_cli("key", "list", "-r", path, "--json").stdout)}
+    assert listed[own.stem]["current"] and listed[own.stem]["problem"] is None
+    assert listed["0123456789abcdef"]["problem"] == "damaged: it is not JSON"
+    assert "below the minimum" in listed["1111111111111111"]["problem"]
+    assert "belongs to repository" in listed["2222222222222222"]["problem"]
+    text = run_cli("key", "list", "-r", path).stdout.decode()
+    assert "diskvault key remove 1111111111111111" in text and f"key remove {own.stem}" not in text
     run_cli("key", "remove", "-r", path, "0123456789abcdef")
     assert not (path / "keys" / "0123456789abcdef.json").exists()
     one_line_error(run("key", "remove", "-r", path, "ffff"), EXIT_REPOSITORY, "no key")

@@ -35,7 +35,8 @@ def key_list(repo: RepoOpt, json_out: JsonOpt = False, password_file: PasswordFi
         return
     typer.echo(f" {'ID':<17} {'USER':<12} {'HOST':<20} CREATED")
     for k in found:
-        typer.echo(f"{'*' if k.current else ' '}{k.id:<17} {k.username:<12} {k.host:<20} {k.created}")
+        line = f"{'*' if k.current else ' '}{k.id:<17} {k.username:<12} {k.host:<20} {k.created}"
+        typer.echo(f"{line}  ({k.problem}: remove it with diskvault key remove {k.id})" if k.problem else line)
 
 
 @key_app.command("add")

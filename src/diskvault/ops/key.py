@@ -28,7 +28,7 @@ def _require_own_key(repo: Repository) -> None:
 def list_keys(repo: Repository) -> list[KeyInfo]:
     """The repository's key files, oldest first; ``current`` marks the one that opened it."""
     _require_encrypted(repo)
-    return keys.list_keys(repo.storage, repo.key_id)
+    return keys.list_keys(repo.storage, repo.key_id, str(repo.config.get("id")))
 
 
 def add_key(repo: Repository, new_passphrase: Callable[[], str]) -> str:

@@ -62,10 +62,11 @@ class KeyInfo:
     host: str
     username: str
     current: bool = False
+    problem: str | None = None  # why it cannot open the repository (damaged, weakened, another repository's)
 
     def to_json(self) -> dict:
         return {"id": self.id, "current": self.current, "created": self.created, "host": self.host,
-                "username": self.username}
+                "username": self.username, "problem": self.problem}
 
 
 def _memo(data: bytes, passphrase: str) -> tuple[bytes, bytes]:
@@ -178,18 +179,30 @@ def unlock(storage: Storage, passphrase: str, repo: str, repository: str) -> tup
                         "DISKVAULT_PASSWORD_FILE or --password-file/--password-command")
 
 
-def list_keys(storage: Storage, current: str | None = None) -> list[KeyInfo]:
-    """Every readable key file (unreadable ones are skipped), oldest first."""
+def list_keys(storage: Storage, current: str | None = None, repository: str | None = None) -> list[KeyInfo]:
+    """Every key file, oldest first; one that cannot open the repository whose id is
+    ``repository`` (unreadable, damaged, weakened, made for another repository) is listed
+    with its ``problem``, so it can be found and removed."""
     out = []
     for name in key_names(storage):
         kid = NAME.fullmatch(name).group(1)
+        doc: object = None
+        problem = None
         try:
-            doc = json.loads(storage.read(name))
-        except (ValueError, OSError):
-            continue
-        if isinstance(doc, dict):
-            out.append(KeyInfo(kid, str(doc.get("created", "")), str(doc.get("host", "")),
-                               str(doc.get("username", "")), kid == current))
+            data = storage.read(name)
+            doc = json.loads(data)
+            found = _load(data)
+            if repository is not None and found["repository"] != repository:
+                raise ValueError(f"it belongs to repository {found['repository'][:32]}")
+        except OSError as exc:
+            problem = f"unreadable: {exc.strerror or exc}"
+        except json.JSONDecodeError:
+            problem = "damaged: it is not JSON"
+        except (ValueError, TypeError) as exc:
+            problem = f"refused: {exc}"
+        fields = doc if isinstance(doc, dict) else {}
+        out.append(KeyInfo(kid, str(fields.get("created", "")), str(fields.get("host", "")),
+                           str(fields.get("username", "")), kid == current, problem))
     return sorted(out, key=lambda k: (k.created, k.id))
 
 
