@@ -58,3 +58,21 @@ def test_sigint_during_snapshot_exits_130_and_cleans_up(tmp_path, repo_path):
     assert b"interrupted" in err and b"Traceback" not in err
     assert not [p for p in repo_path.rglob("*") if ".tmp-" in p.name]
     assert snapshots(repo_path) == []
+
+
+def test_init_removes_what_a_killed_init_left_beside_the_repository(tmp_path):
+    """SIGKILL during init leaves PATH.tmp-XXXXXXXX (the repository is built there and
+    renamed into place); the next init of PATH removes it once it is stale, never a fresh
+    one (a running init's) nor anything else named alike."""
+    import os
+
+    stale, fresh, other = tmp_path / "repo.tmp-0123abcd", tmp_path / "repo.tmp-89abcdef", tmp_path / "repo.tmp-notmine"
+    for d in (stale, fresh, other):
+        (d / "keys").mkdir(parents=True)
+        (d / "keys" / "0123456789abcdef.json").write_text("{}")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    run_cli("init", "-r", tmp_path / "repo")
+    assert not stale.exists() and fresh.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "repo.tmp-89abcdef", "repo.tmp-notmine"]

@@ -17,6 +17,7 @@ import secrets
 import shutil
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -172,6 +173,7 @@ class Repository:
             secret = passphrase()
             master = keys.new_master_key()
         crypto = Crypto(master)
+        _remove_stale_init_dirs(path)
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"
         private_dir(tmp, adopt=False)  # root's repository stays root's, wherever it is made
         try:
@@ -535,6 +537,26 @@ class Repository:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+STALE_INIT = 600  # seconds: an init takes about one; an older PATH.tmp-XXXXXXXX was left by a killed one
+
+
+def _remove_stale_init_dirs(path: str) -> None:
+    """Remove what a killed ``init`` of ``path`` left beside it (``PATH.tmp-`` and 8 hex
+    digits, untouched for STALE_INIT seconds: never a running init's)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(re.escape(name) + r"\.tmp-[0-9a-f]{8}")
+    try:
+        leftovers = [e for e in os.scandir(parent) if pattern.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for e in leftovers:
+        try:
+            if time.time() - e.stat(follow_symlinks=False).st_mtime > STALE_INIT:
+                shutil.rmtree(e.path, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _filters(want: dict) -> str:
