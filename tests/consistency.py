@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diskvault.ops.check import check
+from diskvault.ops.integrity.check import check
 from diskvault.repository import Repository
 from helpers import secret
 

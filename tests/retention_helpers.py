@@ -11,7 +11,7 @@ from pathlib import Path
 import blake3
 from helpers import random_bytes, secret
 
-from diskvault.ops.prune import mark
+from diskvault.ops.retention.prune import mark
 from diskvault.ops.progress import NoProgress
 from diskvault.ops.snapshot import take_snapshot
 from diskvault.repository import Repository

@@ -20,7 +20,7 @@ from helpers import pack_entries, random_bytes, run_cli, secret
 
 from diskvault.repository.chunking import ChunkerParams
 from diskvault.repository.hashing import ZERO_ID
-from diskvault.ops.check import check
+from diskvault.ops.integrity.check import check
 from diskvault.ops.snapshot import take_snapshot
 from diskvault.repository.pack import FOOTER, TYPE_CHUNK
 from diskvault.repository import Repository
@@ -291,7 +291,7 @@ def test_read_data_subset_cli(world):
 
 
 def test_interrupted_repair_leaves_the_old_catalog(world, monkeypatch):
-    import diskvault.ops.repair as repair_mod
+    import diskvault.ops.integrity.repair as repair_mod
 
     w = world
     e = shift_catalog_offset(w)

@@ -19,7 +19,7 @@ import pytest
 from helpers import PASSPHRASE, cli_env, debugfs, make_ext4, make_tree, random_bytes, run_cli, secret, tool
 
 from diskvault.errors import EXIT_LOCKED, EXIT_SOURCE_TARGET, EXIT_USAGE
-from diskvault.ops.check import parse_subset
+from diskvault.ops.integrity.check import parse_subset
 from diskvault.repository import Repository
 
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]

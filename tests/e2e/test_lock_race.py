@@ -18,7 +18,7 @@ from diskvault.repository import Repository
 def test_snapshot_and_prune_started_together(tmp_path, repo_path):
     series = snapshot_series(repo_path, tmp_path / "old.img", count=4, size=2 << 20, changes=30)
     with Repository.open(str(repo_path), passphrase=secret) as r:
-        from diskvault.ops.forget import forget_snapshots
+        from diskvault.ops.retention.forget import forget_snapshots
         forget_snapshots(r, [sid for sid, _ in series[:3]])
     env = cli_env()
     outcomes = []

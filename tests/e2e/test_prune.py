@@ -13,7 +13,7 @@ from retention_helpers import assert_no_unreferenced_packs, digest, repo_bytes, 
 from diskvault.repository.chunking import ChunkerParams
 from diskvault.errors import EXIT_DAMAGED, EXIT_SNAPSHOT, EXIT_USAGE
 from diskvault.ops.progress import NoProgress
-from diskvault.ops.prune import mark
+from diskvault.ops.retention.prune import mark
 from diskvault.repository.pack import PackWriter, new_pack_name
 from diskvault.repository import Repository
 

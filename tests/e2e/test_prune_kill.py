@@ -15,8 +15,8 @@ from pathlib import Path
 from helpers import cli_env, secret
 from retention_helpers import assert_no_unreferenced_packs, digest, snapshot_series
 
-from diskvault.ops.forget import forget_snapshots
-from diskvault.ops.prune import prune
+from diskvault.ops.retention.forget import forget_snapshots
+from diskvault.ops.retention.prune import prune
 from diskvault.ops.restore import restore
 from diskvault.repository import Repository
 

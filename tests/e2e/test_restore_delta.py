@@ -7,7 +7,7 @@ import random
 
 from helpers import random_bytes
 
-from diskvault.ops.restore_delta import delta_restore
+from diskvault.ops.restore.delta import delta_restore
 from diskvault.ops.snapshot import take_snapshot
 
 MiB = 1 << 20

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from diskvault.repository.chunking import ChunkerParams
 from diskvault.errors import DamagedData
-from diskvault.ops.check import check
+from diskvault.ops.integrity.check import check
 from diskvault.ops.restore import restore
 from diskvault.ops.snapshot import take_snapshot
 from diskvault.repository import Repository

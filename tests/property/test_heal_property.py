@@ -17,7 +17,7 @@ from helpers import random_bytes, secret
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diskvault.ops.check import check
+from diskvault.ops.integrity.check import check
 from diskvault.ops.restore import restore
 from diskvault.ops.snapshot import take_snapshot
 from diskvault.repository import Repository

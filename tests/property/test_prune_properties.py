@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from retention_helpers import assert_no_unreferenced_packs, digest
 
 from diskvault.repository.chunking import ChunkerParams
-from diskvault.ops.forget import forget_snapshots
-from diskvault.ops.prune import prune
+from diskvault.ops.retention.forget import forget_snapshots
+from diskvault.ops.retention.prune import prune
 from diskvault.ops.restore import restore
 from diskvault.ops.snapshot import take_snapshot
 from diskvault.repository import Repository

@@ -6,8 +6,8 @@ import pytest
 from helpers import random_bytes
 
 import diskvault.repository.writer as writer
-from diskvault.ops.check import check, parse_subset
-from diskvault.ops.damage import merge
+from diskvault.ops.integrity.check import check, parse_subset
+from diskvault.ops.integrity.damage import merge
 from diskvault.ops.snapshot import take_snapshot
 
 

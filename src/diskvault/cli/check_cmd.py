@@ -39,7 +39,7 @@ def check(
     password_command: PasswordCommandOpt = None,
 ) -> None:
     """Check the repository: catalog, packs and snapshots agree; with --read-data, every chunk re-hashes."""
-    from ..ops.check import check as check_op
+    from ..ops.integrity.check import check as check_op
 
     with open_repo(repo, write=False, no_lock=no_lock, secret=passphrase(password_file, password_command)) as r, Bar(progress and not json_out) as bar:
         try:

@@ -15,7 +15,7 @@ from .common import (
 from .prune_cmd import DEFAULT_MAX_UNUSED, MaxUnusedOpt, RepackSmallOpt, check_max_unused, print_prune, run_prune
 
 if TYPE_CHECKING:
-    from ..ops.forget import ForgetResult
+    from ..ops.retention.forget import ForgetResult
 
 _HELP = {
     "last": "Keep the N newest snapshots.",
@@ -69,7 +69,7 @@ def forget(
     password_command: PasswordCommandOpt = None,
 ) -> None:
     """Forget snapshots by retention policy (restic semantics) or by name; data goes with prune."""
-    from ..ops.forget import forget_by_policy, forget_snapshots
+    from ..ops.retention.forget import forget_by_policy, forget_snapshots
 
     counts = {name: check_count(v, name) for name, v in (
         ("--keep-last", keep_last), ("--keep-hourly", keep_hourly), ("--keep-daily", keep_daily),

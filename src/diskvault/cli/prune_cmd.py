@@ -11,7 +11,7 @@ from ..policy import DEFAULT_MAX_UNUSED, parse_max_unused
 from .common import Bar, JsonOpt, PasswordCommandOpt, PasswordFileOpt, RepoOpt, human, open_repo, passphrase, plural, print_json
 
 if TYPE_CHECKING:
-    from ..ops.prune import PruneResult
+    from ..ops.retention.prune import PruneResult
 
 MaxUnusedOpt = Annotated[
     str,
@@ -35,7 +35,7 @@ def check_max_unused(value: str) -> None:
 
 def run_prune(path: str, max_unused: str, repack_small: bool, dry_run: bool, progress: bool,
               secret: Callable[[], str]) -> PruneResult:
-    from ..ops.prune import prune as prune_op
+    from ..ops.retention.prune import prune as prune_op
 
     with open_repo(path, write=not dry_run, secret=secret) as r, Bar(progress) as bar:
         return prune_op(r, max_unused=max_unused, repack_small=repack_small, dry_run=dry_run, progress=bar)

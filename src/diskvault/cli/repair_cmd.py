@@ -24,7 +24,7 @@ def repair(
     password_command: PasswordCommandOpt = None,
 ) -> None:
     """Rebuild the pack/chunk index from the packs themselves (after a lost or damaged catalog)."""
-    from ..ops.repair import repair as repair_op
+    from ..ops.integrity.repair import repair as repair_op
 
     res = repair_op(repo, rebuild=rebuild_catalog, passphrase=passphrase(password_file, password_command))
     if json_out:

@@ -59,7 +59,7 @@ def _report(res, json_out: bool, what: str) -> None:
 
 def ddrescue_map(size: int, lost: list[dict]) -> str:
     """A GNU ddrescue mapfile: ``+`` restored, ``-`` not restored."""
-    from ..ops.damage import merge
+    from ..ops.integrity.damage import merge
 
     lines = ["# Mapfile. Created by diskvault restore --skip-damaged", "# current_pos  current_status  current_pass",
              "0x00000000     +               1", "#      pos        size  status"]
@@ -140,7 +140,7 @@ def restore(
 
 def _restore_partition(repo: str, snapshot: str, target: str, number: int, force: bool, json_out: bool,
                        progress: bool, no_lock: bool, filters: tuple, secret: Callable[[], str]) -> None:
-    from ..ops.restore_partition import restore_partition
+    from ..ops.restore.partition import restore_partition
 
     with open_repo(repo, write=False, no_lock=no_lock, secret=secret) as r, Bar(progress and not json_out) as bar:
         res = restore_partition(r, r.resolve(snapshot, *filters), number, target, force=force, progress=bar)

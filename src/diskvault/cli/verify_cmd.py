@@ -33,7 +33,7 @@ def verify(
     password_command: PasswordCommandOpt = None,
 ) -> None:
     """Compare a snapshot with a device or image and report the byte ranges that differ."""
-    from ..ops.verify import verify as verify_op
+    from ..ops.integrity.verify import verify as verify_op
 
     with open_repo(repo, write=False, no_lock=no_lock, secret=passphrase(password_file, password_command)) as r, Bar(progress and not json_out) as bar:
         res = verify_op(r, r.resolve(snapshot, host, source_filter, tag), source, progress=bar)

@@ -308,7 +308,7 @@ class Catalog:
     def switch_pack(self, name: str, size: int, entries: list[Entry]) -> None:
         """Record a sealed (durable) pack written by repacking and point every one of its
         blobs at it, in one transaction: rows that pointed at an older copy are re-pointed
-        (the older copy is deleted only afterwards, see ops/prune.py)."""
+        (the older copy is deleted only afterwards, see ops/retention/prune.py)."""
         with self.transaction():
             self._insert_pack(name, size, entries, repoint=True)
 

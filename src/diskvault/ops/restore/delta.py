@@ -23,13 +23,13 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..errors import DamagedData
-from ..images.source import data_ranges
-from ..repository import Repository
-from ..repository.catalog import SnapshotRecord
-from ..repository.hashing import ZERO_ID, short
-from .damage import Lost, walk
-from .progress import NoProgress, Progress
+from ...errors import DamagedData
+from ...images.source import data_ranges
+from ...repository import Repository
+from ...repository.catalog import SnapshotRecord
+from ...repository.hashing import ZERO_ID, short
+from ..integrity.damage import Lost, walk
+from ..progress import NoProgress, Progress
 
 BATCH = 16 << 20
 WORKERS = 2  # pread and blake3 release the GIL: two batches are compared at once

@@ -29,17 +29,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..repository.catalog import BlobLocation, SnapshotRecord
-from ..errors import DamagedData
-from ..repository.hashing import ZERO_ID, content_id, short
-from ..repository.maintenance import (
+from ...repository.catalog import BlobLocation, SnapshotRecord
+from ...errors import DamagedData
+from ...repository.hashing import ZERO_ID, content_id, short
+from ...repository.maintenance import (
     PackState, disagrees, orphan_packs, pack_states, read_records, record_id, runs, verify_run,
 )
-from ..repository.pack import TYPE_TREE, pack_id
-from ..repository import Repository
-from ..repository.tree import parse
+from ...repository.pack import TYPE_TREE, pack_id
+from ...repository import Repository
+from ...repository.tree import parse
 from .damage import merge, node_problem
-from .progress import NoProgress, Progress
+from ..progress import NoProgress, Progress
 
 SEGMENT = 8 << 20  # read-data reads packs in pieces of this size
 WORKERS = 2

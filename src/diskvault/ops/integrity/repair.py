@@ -36,21 +36,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from ..repository import locking
-from ..repository.catalog import BlobLocation, Catalog, SnapshotRecord
-from ..errors import DamagedData, RepositoryNotFound
-from ..repository.hashing import ZERO_ID, short
-from ..repository.maintenance import (
+from ...repository import locking
+from ...repository.catalog import BlobLocation, Catalog, SnapshotRecord
+from ...errors import DamagedData, RepositoryNotFound
+from ...repository.hashing import ZERO_ID, short
+from ...repository.maintenance import (
     disagrees, fold_wal, pack_files, probe_catalog, read_records, read_stored, read_verified, salvage_record, swap_catalog,
     write_catalog, write_record,
 )
-from ..repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_pack_index
-from ..repository import (
+from ...repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, read_pack_index
+from ...repository import (
     CATALOG, CATALOG_FILES, CONFIG, Repository, load_config, repository_errors, require_writable, storage_at, unlock,
 )
-from ..repository.crypto import Crypto
-from ..storage.local import LocalStorage
-from ..repository.tree import parse
+from ...repository.crypto import Crypto
+from ...storage.local import LocalStorage
+from ...repository.tree import parse
 from .check import check_unlocked
 from .damage import merge, node_problem
 

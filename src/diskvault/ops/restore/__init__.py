@@ -24,7 +24,7 @@ partition, the image's first ``copy_bytes`` are written and then the sectors tha
 table to the target (backup GPT moved to the end, CRCs, protective MBR; partition ``grow``
 extended to the end). A smaller device is accepted when every partition fits.
 
-Delta restore (ops/restore_delta.py) onto a target that already holds a copy: only chunks
+Delta restore (ops/restore/delta.py) onto a target that already holds a copy: only chunks
 that differ are written. ``delta=True`` always, ``False`` never, ``None`` (the default) when
 the target is an existing file or device on which at least half of up to SAMPLE chunks,
 sampled evenly over the image, already hold the snapshot's bytes.
@@ -38,18 +38,18 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..repository.catalog import BlobLocation, SnapshotRecord
-from ..errors import DamagedData, DiskvaultError, SnapshotError, TargetError, UsageError
-from ..repository.hashing import ZERO_ID, short
-from ..images.partitions import PartitionError, read_table
-from ..images.table_adjust import Adjustment, plan_adjustment
-from ..images.target import Target, os_error
-from ..repository import Repository
-from ..repository.tree import Leaf
-from .access.snapshot_reader import ReadContext, SnapshotReader
-from .damage import Lost, merge, walk
-from .progress import NoProgress, Progress
-from .restore_delta import delta_restore
+from ...repository.catalog import BlobLocation, SnapshotRecord
+from ...errors import DamagedData, DiskvaultError, SnapshotError, TargetError, UsageError
+from ...repository.hashing import ZERO_ID, short
+from ...images.partitions import PartitionError, read_table
+from ...images.table_adjust import Adjustment, plan_adjustment
+from ...images.target import Target, os_error
+from ...repository import Repository
+from ...repository.tree import Leaf
+from ..access.snapshot_reader import ReadContext, SnapshotReader
+from ..integrity.damage import Lost, merge, walk
+from ..progress import NoProgress, Progress
+from .delta import delta_restore
 
 BATCH = 16 << 20
 DEPTH = 4

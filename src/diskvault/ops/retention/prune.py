@@ -28,14 +28,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..repository.catalog import BlobLocation
-from ..errors import DamagedData
-from ..repository.hashing import ZERO_ID, short
-from ..repository.maintenance import copy_verified, disagrees, read_records
-from ..repository.pack import TYPE_CHUNK, pack_overhead
-from ..policy import DEFAULT_MAX_UNUSED, parse_max_unused
-from ..repository import Repository, pack_target_size
-from .progress import NoProgress, Progress
+from ...repository.catalog import BlobLocation
+from ...errors import DamagedData
+from ...repository.hashing import ZERO_ID, short
+from ...repository.maintenance import copy_verified, disagrees, read_records
+from ...repository.pack import TYPE_CHUNK, pack_overhead
+from ...policy import DEFAULT_MAX_UNUSED, parse_max_unused
+from ...repository import Repository, pack_target_size
+from ..progress import NoProgress, Progress
 
 SMALL_FRACTION = 0.8  # --repack-small: packs under this share of the target size
 

@@ -13,9 +13,9 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..repository.catalog import SnapshotRecord
-from ..policy import Group, Policy, Snap, apply_policy, parse_time
-from ..repository import Repository
+from ...repository.catalog import SnapshotRecord
+from ...policy import Group, Policy, Snap, apply_policy, parse_time
+from ...repository import Repository
 
 
 @dataclass

@@ -29,19 +29,19 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..repository.catalog import SnapshotRecord
-from ..errors import DamagedData, SourceError, TargetError
-from ..repository.hashing import ZERO_ID, short
-from ..images.partitions import PartitionError, read_table
-from ..images.source import Source, open_source
-from ..images.table_adjust import plan_adjustment
-from ..repository import Repository
-from ..repository.tree import Leaf
-from .access.snapshot_reader import ReadContext, SnapshotReader
-from ..images.filesystems.ranges import overlapping
+from ...repository.catalog import SnapshotRecord
+from ...errors import DamagedData, SourceError, TargetError
+from ...repository.hashing import ZERO_ID, short
+from ...images.partitions import PartitionError, read_table
+from ...images.source import Source, open_source
+from ...images.table_adjust import plan_adjustment
+from ...repository import Repository
+from ...repository.tree import Leaf
+from ..access.snapshot_reader import ReadContext, SnapshotReader
+from ...images.filesystems.ranges import overlapping
 from .damage import Lost, merge, walk
-from .fsmap import skipped
-from .progress import NoProgress, Progress
+from ..fsmap import skipped
+from ..progress import NoProgress, Progress
 
 BATCH = 16 << 20
 BLOCK = 4096

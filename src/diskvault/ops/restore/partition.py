@@ -20,13 +20,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..repository.catalog import SnapshotRecord
-from ..errors import DamagedData, TargetError
-from ..images.target import Target, os_error
-from ..repository import Repository
-from .partitions import snapshot_partitions
-from .progress import NoProgress, Progress
-from .access.snapshot_reader import ReadContext, SnapshotReader, Stream
+from ...repository.catalog import SnapshotRecord
+from ...errors import DamagedData, TargetError
+from ...images.target import Target, os_error
+from ...repository import Repository
+from ..partitions import snapshot_partitions
+from ..progress import NoProgress, Progress
+from ..access.snapshot_reader import ReadContext, SnapshotReader, Stream
 
 STEP = 8 << 20
 

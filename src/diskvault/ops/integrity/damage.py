@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from ..repository.tree import Leaf, Lost, TreeReader, node_problem
+from ...repository.tree import Leaf, Lost, TreeReader, node_problem
 
 __all__ = ["Lost", "merge", "node_problem", "walk"]
 

@@ -1,0 +1,1 @@
+"""Retention: forget snapshots by policy, prune the data no snapshot needs."""
