@@ -21,6 +21,7 @@ import typer
 
 from ..errors import EXIT_INTERNAL, EXIT_USAGE, DiskvaultError, Interrupted, os_error
 from .check_cmd import check
+from .copy_cmd import copy
 from .export_cmd import export
 from .forget_cmd import forget
 from .info_cmd import info
@@ -74,7 +75,7 @@ def _options(
 click = sys.modules[typer.BadParameter.__module__]
 
 for command in (init, snapshot, snapshots, info, restore, forget, prune, unlock, check, verify, repair,
-                partitions, serve, mount, export):
+                partitions, serve, mount, export, copy):
     app.command()(command)
 app.add_typer(key_app, name="key")
 app.add_typer(job_app, name="job")

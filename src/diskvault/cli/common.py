@@ -49,13 +49,15 @@ MAX_PASSWORD = 64 << 10  # bytes of a password file (or command output) read at 
 
 
 def passphrase(password_file: str | None = None, password_command: str | None = None,
-               confirm: bool = False, what: str = "repository passphrase", env: bool = True) -> Callable[[], str]:
+               confirm: bool = False, what: str = "repository passphrase", env: bool = True,
+               variable: str = "DISKVAULT_PASSWORD") -> Callable[[], str]:
     """The passphrase source the user chose, asked only when called (an unencrypted repository
     never asks): ``--password-command`` (or DISKVAULT_PASSWORD_COMMAND), else ``--password-file``
     (or DISKVAULT_PASSWORD_FILE), else DISKVAULT_PASSWORD, else a prompt when stdin is a
     terminal (twice with ``confirm``); surrounding white space is dropped from each (a file or
     a command's output of at most MAX_PASSWORD bytes); ``env=False`` (a new passphrase, ``key add``): not
-    DISKVAULT_PASSWORD, which gives the current one. Raises PasswordError (exit 10): no source and no
+    DISKVAULT_PASSWORD, which gives the current one; ``variable``: the variable read instead of
+    DISKVAULT_PASSWORD (copy's destination: DISKVAULT_TO_PASSWORD). Raises PasswordError (exit 10): no source and no
     terminal, an unreadable file, a failing command, an empty passphrase; UsageError when both
     a file and a command are given (as restic)."""
     from ..errors import PasswordError, UsageError
@@ -81,8 +83,8 @@ def passphrase(password_file: str | None = None, password_command: str | None = 
                 raise PasswordError(f"the password file {password_file} is too long (over {MAX_PASSWORD} bytes): "
                                     "give a file that holds only the passphrase")
             secret = data.decode("utf-8", "surrogateescape")
-        elif env and os.environ.get("DISKVAULT_PASSWORD"):
-            secret = os.environ["DISKVAULT_PASSWORD"]
+        elif env and os.environ.get(variable):
+            secret = os.environ[variable]
         elif sys.stdin.isatty():
             import getpass
 

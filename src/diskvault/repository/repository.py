@@ -339,28 +339,36 @@ class Repository:
             raise DamagedData(f"{what} lies past the end of pack {pack_id(pack)} (truncated)")
         return data
 
-    def decode(self, loc: BlobLocation, stored: bytes | memoryview) -> bytes | memoryview:
-        """Open (encrypted), decompress and verify one blob's stored bytes; raises DamagedData
-        naming it (and remembers the blob as damaged: ``note_damage``)."""
+    def verified(self, loc: BlobLocation, stored: bytes | memoryview) -> tuple[bytes | memoryview, bytes | memoryview]:
+        """``(payload, raw)`` of one blob's stored bytes: opened (encrypted), decompressed and
+        verified; raises DamagedData naming it (and remembers the blob as damaged:
+        ``note_damage``)."""
         try:
-            return verify_blob(self.crypto, loc, stored)[1]
+            return verify_blob(self.crypto, loc, stored)
         except DamagedData as exc:
             self.note_damage({loc.id: str(exc)})
             raise
 
+    def decode(self, loc: BlobLocation, stored: bytes | memoryview) -> bytes | memoryview:
+        """The raw bytes of one blob (``verified``)."""
+        return self.verified(loc, stored)[1]
+
     def payload(self, loc: BlobLocation, stored: bytes | memoryview) -> bytes | memoryview:
-        """The compressed payload of one blob's stored bytes, verified (``decode``), for a
-        copy into a new pack (which seals it anew)."""
-        try:
-            return verify_blob(self.crypto, loc, stored)[0]
-        except DamagedData as exc:
-            self.note_damage({loc.id: str(exc)})
-            raise
+        """The compressed payload of one blob's stored bytes, verified, for a copy into a new
+        pack (which seals it anew)."""
+        return self.verified(loc, stored)[0]
 
     def read_ranges(self, locs: list[BlobLocation], gap: int = 256 << 10, span: int | None = None):
         """Yield ``(loc, raw bytes)`` for ``locs``, reading neighbouring blobs of a pack in
         one request (order: by pack, then offset), of at most ``span`` bytes when given
         (a blob larger than that is one request). Each blob is verified."""
+        for loc, _, raw in self.read_verified(locs, gap, span):
+            yield loc, raw
+
+    def read_verified(self, locs: list[BlobLocation], gap: int = 256 << 10, span: int | None = None):
+        """``read_ranges`` yielding ``(loc, payload, raw)``: the compressed payload too (opened
+        when encrypted), for a copy into another repository; raises DamagedData naming a
+        damaged blob."""
         order = sorted(locs, key=lambda l: (l.pack, l.offset))
         i = 0
         while i < len(order):
@@ -374,7 +382,7 @@ class Repository:
             data = memoryview(self._read_range(first.pack, first.offset, end - first.offset, first.id))
             for loc in order[i:j]:
                 start = loc.offset - first.offset
-                yield loc, self.decode(loc, data[start : start + loc.stored_len])
+                yield (loc, *self.verified(loc, data[start : start + loc.stored_len]))
             i = j
 
     def locate(self, ids) -> dict[bytes, BlobLocation]:

@@ -1,0 +1,154 @@
+"""diskvault copy (docs/cli.md "copy"): snapshots into another repository, only the chunks it
+lacks, idempotent, filtered like forget; killed at random points it leaves the destination
+consistent and the next run finishes."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from consistency import assert_consistent
+from helpers import cli_env, one_line_error, random_bytes, run_cli
+
+from diskvault.errors import EXIT_DAMAGED, EXIT_PASSWORD, EXIT_USAGE
+
+
+def snapshots(repo: Path) -> list[dict]:
+    return json.loads(run_cli("snapshots", "-r", repo, "--json").stdout)
+
+
+def copy(*args, check=True, env=None) -> dict:
+    proc = run_cli("copy", *args, "--json", check=check, env=env)
+    return json.loads(proc.stdout) if proc.returncode == 0 else proc
+
+
+@pytest.fixture
+def series(tmp_path: Path, repo_path: Path) -> list[tuple[str, bytes]]:
+    """Three snapshots of one image, each changing 64 KiB of it; (id, bytes) oldest first."""
+    img = tmp_path / "disk.img"
+    data = bytearray(random_bytes(3 << 20, 1) + bytes(1 << 20))
+    out = []
+    for i in range(3):
+        if i:
+            data[i << 20 : (i << 20) + (64 << 10)] = random_bytes(64 << 10, 10 + i)
+        img.write_bytes(data)
+        tags = ["first"] if i == 0 else []
+        run_cli("snapshot", "-r", repo_path, img, *[a for t in tags for a in ("--tag", t)])
+        out.append((snapshots(repo_path)[-1]["id"], bytes(data)))
+    img.unlink()
+    return out
+
+
+def test_copy_stores_only_what_the_destination_lacks_and_restores_identically(tmp_path, repo_path, series):
+    dst = tmp_path / "offsite"
+    run_cli("init", "-r", dst)
+    res = copy("-r", repo_path, "--to", dst)
+    assert [c["source_id"] for c in res["copied"]] == [sid for sid, _ in series] and not res["skipped"]
+    first, *later = res["copied"]
+    assert first["new_bytes"] >= 3 << 20  # the first copy holds every data chunk
+    for c in later:  # an incremental copy sends only the changed region's chunks (16 KiB average)
+        assert 0 < c["new_bytes"] <= 3 * (64 << 10), c
+    copies = {c["source_id"]: c["id"] for c in res["copied"]}
+    for sid, want in series:
+        out = tmp_path / f"{sid}.img"
+        run_cli("restore", "-r", dst, copies[sid], out)
+        assert out.read_bytes() == want
+        out.unlink()
+    src_meta = {s["id"]: s for s in snapshots(repo_path)}
+    for s in snapshots(dst):  # the record keeps time, host, source, tags and size
+        orig = next(o for o in src_meta.values() if o["time"] == s["time"])
+        assert (s["host"], s["source"], s["tags"], s["size"]) == (orig["host"], orig["source"], orig["tags"], orig["size"])
+    check = json.loads(run_cli("check", "-r", dst, "--read-data", "--json").stdout)
+    assert check["status"] == "sound"
+
+    again = copy("-r", repo_path, "--to", dst)  # idempotent
+    assert not again["copied"] and {s["source_id"] for s in again["skipped"]} == set(copies)
+    assert len(snapshots(dst)) == 3
+
+
+def test_copy_filters_names_and_dry_run(tmp_path, repo_path, series):
+    dst = tmp_path / "plain"
+    run_cli("init", "-r", dst, "--encryption", "none")
+    dry = copy("-r", repo_path, "--to", dst, "--dry-run")
+    assert dry["dry_run"] and len(dry["copied"]) == 3 and snapshots(dst) == []
+    assert "not encrypted" in dry["warnings"][0]
+    res = copy("-r", repo_path, "--to", dst, "--tag", "first")
+    assert [c["source_id"] for c in res["copied"]] == [series[0][0]]
+    res = copy("-r", repo_path, "--to", dst, "latest", series[0][0][:10])
+    assert [c["source_id"] for c in res["copied"]] == [series[2][0]]
+    assert [s["source_id"] for s in res["skipped"]] == [series[0][0]]
+    assert copy("-r", repo_path, "--to", dst, "--host", "elsewhere")["copied"] == []
+
+
+def test_copy_errors(tmp_path, repo_path, series):
+    one_line_error(run_cli("copy", "-r", repo_path, "--to", repo_path, check=False), EXIT_USAGE, "itself")
+    other = tmp_path / "other"
+    pw = tmp_path / "other.pw"
+    pw.write_text("another passphrase\n")
+    run_cli("init", "-r", other, "--password-file", pw)
+    one_line_error(run_cli("copy", "-r", repo_path, "--to", other, check=False), EXIT_PASSWORD,
+                   "wrong passphrase", "--to-password-file")
+    assert copy("-r", repo_path, "--to", other, "--to-password-file", pw, "latest")["copied"]
+    env = cli_env(DISKVAULT_TO_PASSWORD="another passphrase")
+    assert copy("-r", repo_path, "--to", other, env=env)["copied"]
+    one_line_error(run_cli("copy", "-r", repo_path, "--to", other, "nosuchsnapshot", "--to-password-file", pw,
+                           check=False), 4, "nosuchsnapshot")
+
+
+def test_a_damaged_source_chunk_stops_the_copy_of_that_snapshot(tmp_path, plain_repo_path):
+    img = tmp_path / "disk.img"
+    img.write_bytes(random_bytes(1 << 20, 3))
+    run_cli("snapshot", "-r", plain_repo_path, img)
+    (pack,) = (plain_repo_path / "packs").glob("*/*.pack")
+    good = pack.read_bytes()
+    raw = bytearray(good)
+    raw[len(raw) // 3] ^= 0xFF
+    pack.write_bytes(raw)
+    dst = tmp_path / "dst"
+    run_cli("init", "-r", dst)
+    one_line_error(run_cli("copy", "-r", plain_repo_path, "--to", dst, check=False), EXIT_DAMAGED, "damaged")
+    assert snapshots(dst) == []
+    assert_consistent(dst)
+    pack.write_bytes(good)  # the source as it was: a full read clears the damage the copy recorded
+    run_cli("check", "-r", plain_repo_path, "--read-data")
+
+
+def test_sigkill_during_copy_leaves_the_destination_consistent_and_the_next_run_finishes(tmp_path, repo_path):
+    img = tmp_path / "big.img"
+    img.write_bytes(random_bytes(24 << 20, 5))
+    run_cli("snapshot", "-r", repo_path, img)
+    img.write_bytes(random_bytes(24 << 20, 6))
+    run_cli("snapshot", "-r", repo_path, img)
+    img.unlink()
+    dst = tmp_path / "dst"
+    run_cli("init", "-r", dst)
+    t0 = time.monotonic()
+    trial = tmp_path / "trial"
+    run_cli("init", "-r", trial)
+    copy("-r", repo_path, "--to", trial)
+    full = time.monotonic() - t0
+    rng = random.Random(99)
+    done: list[str] = []
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-m", "diskvault", "copy", "-r", str(repo_path), "--to", str(dst)],
+                                env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.1, full))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert_consistent(dst)
+        now = [s["id"] for s in snapshots(dst)]
+        assert now[: len(done)] == done  # nothing copied earlier is lost
+        done = now
+    res = copy("-r", repo_path, "--to", dst)
+    assert len(res["copied"]) + len(res["skipped"]) == 2 and len(snapshots(dst)) == 2
+    for sid, seed in zip([s["id"] for s in snapshots(dst)], (5, 6)):
+        out = tmp_path / "out.img"
+        run_cli("restore", "-r", dst, sid, out, "--force")
+        assert out.read_bytes() == random_bytes(24 << 20, seed)
