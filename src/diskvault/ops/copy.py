@@ -51,9 +51,9 @@ class CopyResult:
         return dataclasses.asdict(self)
 
 
-def same_snapshot(a: SnapshotRecord, b: SnapshotRecord) -> bool:
-    """Whether ``b`` is a copy of ``a`` (or ``a`` itself): a copy keeps time, host, source and size."""
-    return (a.time, a.host, a.source, a.size) == (b.time, b.host, b.source, b.size)
+def _key(snap: SnapshotRecord) -> tuple:
+    """What a copy keeps of a snapshot and so identifies it in another repository."""
+    return snap.time, snap.host, snap.source, snap.size
 
 
 def select(repo: Repository, names: list[str] | None, host: str | None = None, source: str | None = None,
@@ -87,20 +87,23 @@ def copy(src: Repository, dst: Repository, names: list[str] | None = None, host:
         res.warnings.append(f"{dst.path} is not encrypted: the copies are stored there in the clear")
     with src.lock("shared", "copy"), dst.lock("shared", "copy"):
         wanted = select(src, names, host, source, tags)
-        have = dst.snapshots()
+        have = {_key(d): d for d in dst.snapshots()}
         todo = []
         for snap in wanted:
-            twin = next((d for d in have if same_snapshot(snap, d)), None)
+            twin = have.get(_key(snap))
             if twin is not None:
                 res.skipped.append({"source_id": snap.id, "id": twin.id})
             else:
                 todo.append(snap)
         progress.start(sum(s.size for s in todo), "copy")
+        pairs = [(s, have[_key(s)]) for s in src.snapshots() if _key(s) in have]  # copied before
         for snap in todo:
             if dry_run:
                 res.copied.append(_summary(snap, None))
                 continue
-            record, read = _copy_one(src, dst, snap, progress)
+            guide = _guide(src, dst, snap, pairs)
+            record, read = _copy_one(src, dst, snap, progress, guide)
+            pairs.append((snap, record))
             res.bytes_read += read
             res.copied.append(_summary(snap, record))
     res.duration = round(time.monotonic() - started, 3)
@@ -114,6 +117,42 @@ def _summary(snap: SnapshotRecord, copy: SnapshotRecord | None) -> dict:
         out.update(chunks=copy.chunks, new_chunks=copy.new_chunks, new_bytes=copy.new_bytes,
                    stored_bytes=copy.stored_bytes)
     return out
+
+
+class _Guide:
+    """What an earlier copy of the same source already mapped: the leaves of its source
+    snapshot beside those of its copy (one structure, so they pair up in order), consumed
+    in step with the snapshot being copied. A chunk at the same offset with the same source
+    id and length as there has the copy's id: it is neither read nor hashed again (the
+    chunk lists of a disk's snapshots mostly agree offset for offset)."""
+
+    def __init__(self, src: Repository, dst: Repository, parent: SnapshotRecord, twin: SnapshotRecord) -> None:
+        theirs = walk(src.load_tree_node, bytes.fromhex(parent.tree), parent.size)
+        ours = walk(dst.load_tree_node, bytes.fromhex(twin.tree), twin.size)
+        self._pairs = zip(theirs, ours)
+        self._at: tuple[Leaf | Lost, Leaf | Lost] | None = next(self._pairs, None)
+
+    def known(self, leaf: Leaf) -> bytes | None:
+        """The destination id of ``leaf`` (offsets only grow between calls), or None."""
+        while self._at is not None and self._at[0].offset < leaf.offset:
+            self._at = next(self._pairs, None)
+        if self._at is None:
+            return None
+        a, b = self._at
+        if isinstance(a, Leaf) and isinstance(b, Leaf) and a.offset == leaf.offset and a.id == leaf.id \
+                and a.length == leaf.length == b.length:
+            return b.id
+        return None
+
+
+def _guide(src: Repository, dst: Repository, snap: SnapshotRecord,
+           pairs: list[tuple[SnapshotRecord, SnapshotRecord]]) -> _Guide | None:
+    """A guide from the newest earlier-copied snapshot of the same host and source."""
+    same = [(s, d) for s, d in pairs if s.host == snap.host and s.source == snap.source]
+    if not same:
+        return None
+    parent, twin = max(same, key=lambda p: (p[0].seq, p[0].time))
+    return _Guide(src, dst, parent, twin)
 
 
 def _batches(leaves: Iterator[Leaf | Lost], snap: SnapshotRecord) -> Iterator[list[Leaf]]:
@@ -132,9 +171,10 @@ def _batches(leaves: Iterator[Leaf | Lost], snap: SnapshotRecord) -> Iterator[li
         yield batch
 
 
-def _copy_one(src: Repository, dst: Repository, snap: SnapshotRecord,
-              progress: Progress) -> tuple[SnapshotRecord, int]:
-    """Rebuild ``snap`` in ``dst``; returns the saved record and the stored bytes read."""
+def _copy_one(src: Repository, dst: Repository, snap: SnapshotRecord, progress: Progress,
+              guide: _Guide | None = None) -> tuple[SnapshotRecord, int]:
+    """Rebuild ``snap`` in ``dst`` (chunks the ``guide`` knows are taken from it); returns the
+    saved record and the stored bytes read."""
     started = time.monotonic()
     writer = dst.blob_writer()
     builder = TreeBuilder(writer.add_tree_node, dst.content_id)
@@ -142,7 +182,16 @@ def _copy_one(src: Repository, dst: Repository, snap: SnapshotRecord,
     read = 0
     try:
         for batch in _batches(walk(src.load_tree_node, bytes.fromhex(snap.tree), snap.size), snap):
-            need = {leaf.id for leaf in batch if leaf.id != ZERO_ID}
+            ids = {}  # source chunk id -> destination chunk id (a batch's: memory stays flat)
+            if guide is not None:
+                for leaf in batch:
+                    if leaf.id != ZERO_ID and leaf.id not in ids:
+                        did = guide.known(leaf)
+                        if did is not None:
+                            ids[leaf.id] = did
+                usable = dst.known(ids.values())  # never one known to be damaged: that is stored again
+                ids = {k: v for k, v in ids.items() if v in usable}
+            need = {leaf.id for leaf in batch if leaf.id != ZERO_ID and leaf.id not in ids}
             locs = src.locate(need)
             if len(locs) != len(need):
                 first = min(need - locs.keys())
@@ -153,7 +202,6 @@ def _copy_one(src: Repository, dst: Repository, snap: SnapshotRecord,
                 got.append((loc, payload, dst.content_id(raw)))
                 read += loc.stored_len
             known = dst.known(d for _, _, d in got)
-            ids = {}  # source chunk id -> destination chunk id (a batch's: memory stays flat)
             for loc, payload, did in got:
                 ids[loc.id] = did
                 if did not in known and not writer.has(did):
