@@ -15,4 +15,4 @@ bench: setup
 	@bash benchmarks/run.sh
 
 clean:
-	rm -rf .venv build *.egg-info .pytest_cache .hypothesis
+	rm -rf .venv build *.egg-info .pytest_cache .hypothesis demo-work
