@@ -81,5 +81,5 @@ if grep -rqa "changed configuration line" "$W/repo"; then
   echo "plaintext of the image found in the repository" >&2; exit 1
 fi
 echo "   wrong passphrase: exit 10; 'changed configuration line …' (in the image) is in no repository file"
-rm -f "$W"/disk.img "$W"/expected-*.img "$W"/restored-*.img   # 2.5 GB of sample images; the repository stays
-echo "demo OK (the repository stays in $W/repo to explore, passphrase in $W/passphrase; make clean removes it)"
+rm -f "$W"/expected-*.img "$W"/restored-*.img   # 2 GB of images; the repository and disk.img stay to explore
+echo "demo OK (to explore: the repository $W/repo, its passphrase $W/passphrase, the image $W/disk.img; make clean removes them)"
