@@ -12,7 +12,9 @@ repository's size: one LIST per 1,000 records and packs, then per pack not yet i
 a HEAD and three ranged GETs of its header, footer and table, per new record one GET;
 packs and records gone from the store are forgotten without a request. Records are listed
 before packs: a record is written only after every pack it needs is durable, so every pack
-a listed record needs is in the pack listing that follows.
+a listed record needs is in the pack listing that follows. The cache is read before both
+listings, so a pack or record another process of this machine adds meanwhile is never taken
+for one removed from the store; adding one twice is harmless (Catalog.add_pack, add_snapshot).
 """
 
 from __future__ import annotations
@@ -72,9 +74,11 @@ def sync(catalog: Catalog, storage: Storage, crypto: Crypto) -> SyncResult:
     module docstring). Raises the storage's errors (RemoteError…); a damaged pack or record
     is left out and named in the result."""
     out = SyncResult()
+    # the cache first: what it held before the listings is in them unless removed from the store
+    have = set(catalog.snapshot_ids_with_prefix(""))
+    known_packs = {p["name"]: p["id"] for p in catalog.packs()}
     records = {record_id(n): n for n in storage.list("snapshots") if n.endswith(".json")}
     packs = {n for n in storage.list("packs") if n.endswith(".pack")}
-    known_packs = {p["name"]: p["id"] for p in catalog.packs()}
     gone = [pid for name, pid in known_packs.items() if name not in packs]
     if gone:  # first: a pack that replaced them (prune's repacking) then takes their blobs
         catalog.delete_packs(gone)
@@ -90,7 +94,6 @@ def sync(catalog: Catalog, storage: Storage, crypto: Crypto) -> SyncResult:
             continue
         catalog.add_pack(name, size, entries)
         out.packs_added += 1
-    have = set(catalog.snapshot_ids_with_prefix(""))
     removed = have - records.keys()
     if removed:
         catalog.remove_snapshots(removed)

@@ -287,11 +287,16 @@ class Catalog:
 
     def _insert_pack(self, name: str, size: int, entries: list[Entry], repoint: bool) -> int:
         """Insert a pack row and its blob rows (inside a transaction); with ``repoint``, rows
-        of blobs already catalogued elsewhere are pointed at this pack, else they are kept."""
-        cur = self.conn.execute(
-            "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
-        )
-        pid = cur.lastrowid
+        of blobs already catalogued elsewhere are pointed at this pack, else they are kept.
+        A pack already recorded under ``name`` keeps its row (the cache of a remote repository
+        is shared by the processes of a machine: another one's sync may record it first)."""
+        row = self.conn.execute("SELECT id FROM packs WHERE name=?", (name,)).fetchone()
+        if row is not None:
+            pid = row[0]
+        else:
+            pid = self.conn.execute(
+                "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
+            ).lastrowid
         conflict = (" ON CONFLICT(id) DO UPDATE SET type=excluded.type, pack=excluded.pack, offset=excluded.offset, "
                     "stored_len=excluded.stored_len, raw_len=excluded.raw_len, flags=excluded.flags")
         self.conn.executemany(
@@ -465,7 +470,9 @@ class Catalog:
 
     # --- snapshots ---------------------------------------------------------------
     def add_snapshot(self, snap: SnapshotRecord) -> None:
-        """Insert a snapshot row (one statement: atomic); adds missing columns first."""
+        """Insert a snapshot row (one statement: atomic); adds missing columns first. A row
+        of the same id is replaced: ids are content ids, so it is the same snapshot, recorded
+        first by another process's sync of a remote repository's cache."""
         self.upgrade()
         row = snap.to_row()
         if self.crypto.encrypted:
@@ -474,7 +481,7 @@ class Catalog:
                    "tree": "", "data_bytes": 0, "zero_bytes": 0, "chunks": 0, "new_chunks": 0, "new_bytes": 0,
                    "stored_bytes": 0, "duration": 0.0, "sealed": sealed}
         self.conn.execute(
-            f"INSERT INTO snapshots ({','.join(row)}) VALUES ({','.join(':' + k for k in row)})", row)
+            f"INSERT OR REPLACE INTO snapshots ({','.join(row)}) VALUES ({','.join(':' + k for k in row)})", row)
 
     def upgrade(self) -> None:
         """Add the snapshot columns an older catalog lacks (ADDED_SNAPSHOT_COLUMNS); writes."""
