@@ -214,9 +214,9 @@ def test_locks_in_the_store_exclude_across_machines(remote, tmp_path):
             proc = run_cli("prune", "-r", url, env=other, check=False)
             assert proc.returncode == 7
             assert "is locked: shared lock of 'snapshot'" in one_line_error(proc)
-        # a lock of another host: live until not refreshed for STALE_AFTER, then ignored
+        # a lock of another host: live until not refreshed for REMOTE_STALE_AFTER, then ignored
         now = time.time()
-        for age, expect in ((60, 7), (locking.STALE_AFTER + 60, 0)):
+        for age, expect in ((locking.STALE_AFTER + 60, 7), (locking.REMOTE_STALE_AFTER + 60, 0)):
             info = locking.LockInfo("exclusive", "prune", 4242, f"not-{socket.gethostname()}", 0, now - age,
                                     "00000000000000aa.json")
             repo.storage.replace(f"locks/{info.name}", locking._body(info, repo.crypto))

@@ -25,8 +25,9 @@ and if a conflicting live lock appeared meanwhile it deletes its own and tries a
 read-after-write and list-after-write consistent, so the one that looks last sees the other:
 they never both go on (both may back off; the next try, after a random pause, settles it).
 A remote lock is stale when its process is gone (same host) or it was not refreshed for
-STALE_AFTER: six refresh periods, and twice the 15 minutes of clock skew an S3 server
-tolerates before refusing requests (docs/design.md, "Remote repositories").
+REMOTE_STALE_AFTER (an hour): the refresh period plus twice the 15 minutes of clock skew an
+S3 server tolerates before refusing requests, with a margin (docs/design.md, "Remote
+repositories").
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ from .crypto import PLAIN, Crypto
 
 LOCKS = "locks"
 STALE_AFTER = 30 * 60  # seconds without refresh
+# in an object store, locks of other machines, whose clocks may each be up to 15 minutes off
+# the server's (S3 refuses requests beyond that): REFRESH + 2 x 15 min + a margin
+REMOTE_STALE_AFTER = 60 * 60
 REFRESH = 5 * 60
 POLL = 0.2
 
@@ -96,16 +100,16 @@ def _pid_alive(pid: int, start: int) -> bool:
     return True
 
 
-def stale_reason(lock: LockInfo, now: float | None = None) -> str | None:
+def stale_reason(lock: LockInfo, now: float | None = None, after: float = STALE_AFTER) -> str | None:
     """Why ``lock`` is stale, or None when its holder may still run. On this host the
     process table decides (a stopped but living holder keeps its lock); for another host,
-    the age of the last refresh."""
+    the age of the last refresh (stale ``after`` seconds)."""
     now = time.time() if now is None else now
     if not lock.time:  # list_locks could not read it
         return "it cannot be read (damaged, or not sealed with this repository's key)"
     if lock.host == socket.gethostname() and lock.pid:
         return None if _pid_alive(lock.pid, lock.start) else f"process {lock.pid} is gone"
-    if now - lock.time > STALE_AFTER:
+    if now - lock.time > after:
         return f"not refreshed for {int(now - lock.time)} s"
     return None
 
@@ -263,12 +267,12 @@ def acquire(repo_path: str, kind: str, command: str, wait: float | None = None,
         raise os_error(exc, repo_path) from None  # e.g. ENOSPC: OutOfSpace
 
 
-def _live(others: list[LockInfo], remove: Callable[[str], object]) -> list[LockInfo]:
-    """The locks of ``others`` that are not stale; those of dead processes on this host are
-    removed (``remove(name)``): certainly safe."""
+def _live(others: list[LockInfo], remove: Callable[[str], object], after: float = STALE_AFTER) -> list[LockInfo]:
+    """The locks of ``others`` that are not stale (``stale_reason``); those of dead processes
+    on this host are removed (``remove(name)``): certainly safe."""
     live = []
     for other in others:
-        reason = stale_reason(other)
+        reason = stale_reason(other, after=after)
         if reason is None:
             live.append(other)
         elif other.host == socket.gethostname() and other.pid and reason.startswith("process"):
@@ -297,13 +301,13 @@ def _acquire_remote(storage: Storage, where: str, kind: str, command: str, wait:
     deadline = time.monotonic() + wait
     remove = lambda name: storage.delete(f"{LOCKS}/{name}")  # noqa: E731
     while True:
-        blocking = _conflicts(kind, _live(list_locks(where, crypto, storage), remove))
+        blocking = _conflicts(kind, _live(list_locks(where, crypto, storage), remove, REMOTE_STALE_AFTER))
         if not blocking:
             info = _new_info(kind, command)
             storage.put(f"{LOCKS}/{info.name}", _body(info, crypto))
             try:
                 others = [o for o in list_locks(where, crypto, storage) if o.name != info.name]
-                blocking = _conflicts(kind, _live(others, remove))
+                blocking = _conflicts(kind, _live(others, remove, REMOTE_STALE_AFTER))
             except BaseException:
                 remove(info.name)
                 raise
@@ -348,7 +352,7 @@ def unlock(repo_path: str, remove_all: bool = False, crypto: Crypto = PLAIN,
     kept: list[LockInfo] = []
     if storage is not None:
         for lock in list_locks(repo_path, crypto, storage):
-            reason = stale_reason(lock) or ("forced (--all)" if remove_all else None)
+            reason = stale_reason(lock, after=REMOTE_STALE_AFTER) or ("forced (--all)" if remove_all else None)
             if reason is None:
                 kept.append(lock)
             else:
