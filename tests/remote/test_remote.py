@@ -238,3 +238,6 @@ def test_wrong_credentials_and_missing_bucket_are_one_line_errors_exit_3(remote,
     absent = run_cli("snapshots", "-r", url + "-elsewhere", env=env, check=False)
     assert absent.returncode == 3
     assert "is not a diskvault repository" in one_line_error(absent)
+    again = run_cli("init", "-r", url, env=env, check=False)
+    assert again.returncode == 3
+    assert "is already a diskvault repository" in one_line_error(again)

@@ -255,6 +255,8 @@ class Repository:
         try:
             storage.put(CONFIG, json.dumps(config, indent=2).encode() + b"\n")
         except FileExistsError:
+            if key_id is not None:  # the other init's repository keeps only its own key
+                storage.delete(f"{keys.FOLDER}/{key_id}.json")
             raise RepositoryExists(f"{location} was made a repository meanwhile by another diskvault init: "
                                    "use it, or choose another prefix") from None
         return cls(location, config, crypto=Crypto(master), key_id=key_id, storage=storage)
