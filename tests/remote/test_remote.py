@@ -241,3 +241,38 @@ def test_wrong_credentials_and_missing_bucket_are_one_line_errors_exit_3(remote,
     again = run_cli("init", "-r", url, env=env, check=False)
     assert again.returncode == 3
     assert "is already a diskvault repository" in one_line_error(again)
+
+
+def test_concurrent_takers_never_both_hold_an_exclusive_lock(remote):
+    """Look, write, look again (locking.py): four threads taking the exclusive lock of one
+    store over and over; never two inside at once, and every one gets its turns."""
+    import threading
+
+    url, _ = remote
+    store = repository_module.remote_storage(url)
+    inside, most, turns, errors = [0], [0], [0], []
+    guard = threading.Lock()
+
+    def taker():
+        try:
+            for _ in range(4):
+                held = locking.acquire(url, "exclusive", "prune", wait=120, storage=store)
+                with guard:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+                time.sleep(0.01)
+                with guard:
+                    inside[0] -= 1
+                    turns[0] += 1
+                held.release()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=taker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert most[0] == 1 and turns[0] == 16
+    assert not any(True for _ in store.list("locks"))
