@@ -18,7 +18,7 @@ RepoOpt = Annotated[
     str,
     typer.Option(
         "--repo", "-r", envvar="DISKVAULT_REPO", show_envvar=True,
-        help="Repository directory.", metavar="PATH",
+        help="Repository: a directory, or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX] (docs/remote.md).", metavar="PATH|URL",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]

@@ -6,9 +6,9 @@ chunker; hashing and compression. Below it, ``diskvault.storage`` holds the file
 
 from .catalog import CATALOG
 from .config import CONFIG, ENCRYPTIONS, FORMAT_VERSION, READ_VERSIONS, check_config, encryption_of, load_config
-from .repository import CATALOG_FILES, Repository, storage_at, unlock
+from .repository import CATALOG_FILES, Repository, remote_storage, storage_at, unlock
 from .writable import repository_errors, require_writable
 from .writer import BlobWriter, pack_target_size
 
 __all__ = ["Repository", "BlobWriter", "check_config", "pack_target_size", "repository_errors", "require_writable",
-           "storage_at", "unlock", "encryption_of", "load_config", "CATALOG", "CATALOG_FILES", "CONFIG", "ENCRYPTIONS", "FORMAT_VERSION", "READ_VERSIONS"]
+           "remote_storage", "storage_at", "unlock", "encryption_of", "load_config", "CATALOG", "CATALOG_FILES", "CONFIG", "ENCRYPTIONS", "FORMAT_VERSION", "READ_VERSIONS"]

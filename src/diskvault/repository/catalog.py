@@ -10,9 +10,8 @@ returned is durable. Raises sqlite3 errors only for a broken file (``catalog_err
 them). A catalog that must not be written (read-only repository, full disk) is opened
 read-only, immutable where nothing can change it (``read_only_uri``).
 
-sqlite-utils serves the whole-repository commands (``packs``); the statements every command
-runs (meta, snapshot rows, lookups) use sqlite3 directly, because importing sqlite-utils
-(click, dateutil, ...) takes ~0.1 s, a third of a command's start-up.
+Every statement uses the standard sqlite3 module: sqlite-utils, used at first, took ~0.1 s to
+import (click, dateutil, ...), up to a third of a command's start-up.
 """
 
 from __future__ import annotations
@@ -279,11 +278,16 @@ class Catalog:
 
     def _insert_pack(self, name: str, size: int, entries: list[Entry], repoint: bool) -> int:
         """Insert a pack row and its blob rows (inside a transaction); with ``repoint``, rows
-        of blobs already catalogued elsewhere are pointed at this pack, else they are kept."""
-        cur = self.conn.execute(
-            "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
-        )
-        pid = cur.lastrowid
+        of blobs already catalogued elsewhere are pointed at this pack, else they are kept.
+        A pack already recorded under ``name`` keeps its row (the cache of a remote repository
+        is shared by the processes of a machine: another one's sync may record it first)."""
+        row = self.conn.execute("SELECT id FROM packs WHERE name=?", (name,)).fetchone()
+        if row is not None:
+            pid = row[0]
+        else:
+            pid = self.conn.execute(
+                "INSERT INTO packs(name, size, entries) VALUES (?,?,?)", (name, size, len(entries))
+            ).lastrowid
         conflict = (" ON CONFLICT(id) DO UPDATE SET type=excluded.type, pack=excluded.pack, offset=excluded.offset, "
                     "stored_len=excluded.stored_len, raw_len=excluded.raw_len, flags=excluded.flags")
         self.conn.executemany(
@@ -457,7 +461,9 @@ class Catalog:
 
     # --- snapshots ---------------------------------------------------------------
     def add_snapshot(self, snap: SnapshotRecord) -> None:
-        """Insert a snapshot row (one statement: atomic); adds missing columns first."""
+        """Insert a snapshot row (one statement: atomic); adds missing columns first. A row
+        of the same id is replaced: ids are content ids, so it is the same snapshot, recorded
+        first by another process's sync of a remote repository's cache."""
         self.upgrade()
         row = snap.to_row()
         if self.crypto.encrypted:
@@ -466,7 +472,7 @@ class Catalog:
                    "tree": "", "data_bytes": 0, "zero_bytes": 0, "chunks": 0, "new_chunks": 0, "new_bytes": 0,
                    "stored_bytes": 0, "duration": 0.0, "sealed": sealed}
         self.conn.execute(
-            f"INSERT INTO snapshots ({','.join(row)}) VALUES ({','.join(':' + k for k in row)})", row)
+            f"INSERT OR REPLACE INTO snapshots ({','.join(row)}) VALUES ({','.join(':' + k for k in row)})", row)
 
     def upgrade(self) -> None:
         """Add the snapshot columns an older catalog lacks (ADDED_SNAPSHOT_COLUMNS); writes."""

@@ -72,7 +72,7 @@ def load_config(path: str) -> dict:
     chunker sizes), FormatVersionError (a version this diskvault does not read)."""
     try:
         with open(os.path.join(path, CONFIG), "rb") as f:
-            config = json.load(f)
+            data = f.read()
     except FileNotFoundError:
         raise RepositoryNotFound(
             f"{path} is not a diskvault repository (no {CONFIG}): create one with diskvault init -r {path}"
@@ -80,7 +80,28 @@ def load_config(path: str) -> dict:
     except PermissionError:
         raise RepositoryError(f"permission denied reading {path}/{CONFIG}: run diskvault as a user who may "
                               "read the repository") from None
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
+        raise RepositoryNotFound(f"{path}/{CONFIG} is unreadable ({exc})") from None
+    return parse_config(path, data)
+
+
+def load_remote_config(location: str, storage) -> dict:
+    """The checked ``config.json`` of the repository in the object store ``storage`` (named
+    ``location`` in messages); raises as ``load_config``, and the storage's RemoteError classes."""
+    try:
+        data = storage.read(CONFIG)
+    except FileNotFoundError:
+        raise RepositoryNotFound(
+            f"{location} is not a diskvault repository (no {CONFIG}): create one with diskvault init -r {location}"
+        ) from None
+    return parse_config(location, data)
+
+
+def parse_config(path: str, data: bytes) -> dict:
+    """``data``, the ``config.json`` of the repository at ``path``, parsed and checked (as ``load_config``)."""
+    try:
+        config = json.loads(data)
+    except ValueError as exc:
         raise RepositoryNotFound(f"{path}/{CONFIG} is unreadable ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != "diskvault":
         raise RepositoryNotFound(f"{path}/{CONFIG} is not a diskvault configuration")

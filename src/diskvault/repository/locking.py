@@ -15,6 +15,19 @@ removed when a lock is taken; other stale locks are ignored and removed by
 waiting up to ``wait`` seconds (``DISKVAULT_LOCK_WAIT``) for it to go away. A lock that
 cannot be written raises RepositoryReadOnly (read-only file system, permission) or OutOfSpace;
 a reading command then goes on without it (Repository.lock).
+
+In an object store (an ``s3:`` repository, ``storage`` given) there is no flock and no
+rename: a lock is the object ``locks/<random>.json``, created with a create-only PUT and
+refreshed by overwriting it. Taking one is "look, write mine, look again": a taker first
+lists the locks and stops at a conflicting live one; else it writes its own and lists again,
+and if a conflicting live lock appeared meanwhile it deletes its own and tries again (until
+``wait``). Of two conflicting takers each writes before its second look, and the store is
+read-after-write and list-after-write consistent, so the one that looks last sees the other:
+they never both go on (both may back off; the next try, after a random pause, settles it).
+A remote lock is stale when its process is gone (same host) or it was not refreshed for
+REMOTE_STALE_AFTER (an hour): the refresh period plus twice the 15 minutes of clock skew an
+S3 server tolerates before refusing requests, with a margin (docs/design.md, "Remote
+repositories").
 """
 
 from __future__ import annotations
@@ -23,21 +36,26 @@ import errno
 import fcntl
 import json
 import os
+import random
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from ..errors import DamagedData, RepositoryLocked, RepositoryReadOnly, UsageError, os_error
+from ..errors import DamagedData, DiskvaultError, RepositoryLocked, RepositoryReadOnly, UsageError, os_error
+from ..storage import Storage
 from ..storage.local import private_dir, private_file
 from .crypto import PLAIN, Crypto
 
 LOCKS = "locks"
 STALE_AFTER = 30 * 60  # seconds without refresh
+# in an object store, locks of other machines, whose clocks may each be up to 15 minutes off
+# the server's (S3 refuses requests beyond that): REFRESH + 2 x 15 min + a margin
+REMOTE_STALE_AFTER = 60 * 60
 REFRESH = 5 * 60
 POLL = 0.2
 
@@ -82,16 +100,16 @@ def _pid_alive(pid: int, start: int) -> bool:
     return True
 
 
-def stale_reason(lock: LockInfo, now: float | None = None) -> str | None:
+def stale_reason(lock: LockInfo, now: float | None = None, after: float = STALE_AFTER) -> str | None:
     """Why ``lock`` is stale, or None when its holder may still run. On this host the
     process table decides (a stopped but living holder keeps its lock); for another host,
-    the age of the last refresh."""
+    the age of the last refresh (stale ``after`` seconds)."""
     now = time.time() if now is None else now
     if not lock.time:  # list_locks could not read it
         return "it cannot be read (damaged, or not sealed with this repository's key)"
     if lock.host == socket.gethostname() and lock.pid:
         return None if _pid_alive(lock.pid, lock.start) else f"process {lock.pid} is gone"
-    if now - lock.time > STALE_AFTER:
+    if now - lock.time > after:
         return f"not refreshed for {int(now - lock.time)} s"
     return None
 
@@ -102,15 +120,25 @@ def _dir(repo_path: str) -> str:
     return path
 
 
-def list_locks(repo_path: str, crypto: Crypto = PLAIN) -> list[LockInfo]:
-    folder = _dir(repo_path)
+def list_locks(repo_path: str, crypto: Crypto = PLAIN, storage: Storage | None = None) -> list[LockInfo]:
+    """Every lock of the repository at ``repo_path`` (in the object store ``storage`` when
+    given); an unreadable one is listed as an old stale exclusive lock."""
+    if storage is not None:
+        names = [n.rpartition("/")[2] for n in storage.list(LOCKS)]
+        read = lambda name: storage.read(f"{LOCKS}/{name}")  # noqa: E731
+    else:
+        folder = _dir(repo_path)
+        names = sorted(os.listdir(folder))
+
+        def read(name: str) -> bytes:
+            with open(os.path.join(folder, name), "rb") as f:
+                return f.read()
     out = []
-    for name in sorted(os.listdir(folder)):
+    for name in names:
         if not name.endswith(".json") or ".tmp-" in name:
             continue
         try:
-            with open(os.path.join(folder, name), "rb") as f:
-                d = json.loads(crypto.open(f"{LOCKS}/{name}".encode(), f.read()))
+            d = json.loads(crypto.open(f"{LOCKS}/{name}".encode(), read(name)))
             out.append(LockInfo(d["kind"], d["command"], int(d["pid"]), d["host"], int(d.get("start", 0)),
                                 float(d["time"]), name))
         except FileNotFoundError:
@@ -121,13 +149,17 @@ def list_locks(repo_path: str, crypto: Crypto = PLAIN) -> list[LockInfo]:
     return out
 
 
+def _body(lock: LockInfo, crypto: Crypto) -> bytes:
+    body = json.dumps({k: v for k, v in lock.to_json().items() if k != "name"}).encode()
+    return crypto.seal(f"{LOCKS}/{lock.name}".encode(), body)
+
+
 def _write(folder: str, lock: LockInfo, crypto: Crypto) -> None:
     path = os.path.join(folder, lock.name)
     tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    body = json.dumps({k: v for k, v in lock.to_json().items() if k != "name"}).encode()
     try:
         with os.fdopen(private_file(tmp), "wb") as f:
-            f.write(crypto.seal(f"{LOCKS}/{lock.name}".encode(), body))
+            f.write(_body(lock, crypto))
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, path)
@@ -168,10 +200,12 @@ def _conflicts(kind: str, others: list[LockInfo]) -> list[LockInfo]:
 
 
 class RepositoryLock:
-    """A held lock; ``release`` removes its file. A daemon thread refreshes it."""
+    """A held lock; ``release`` removes its file (its object in ``storage``). A daemon thread
+    refreshes it."""
 
-    def __init__(self, repo_path: str, info: LockInfo, crypto: Crypto) -> None:
-        self.folder = _dir(repo_path)
+    def __init__(self, repo_path: str, info: LockInfo, crypto: Crypto, storage: Storage | None = None) -> None:
+        self.storage = storage
+        self.folder = _dir(repo_path) if storage is None else ""
         self.info = info
         self.crypto = crypto
         self._stop = threading.Event()
@@ -182,13 +216,19 @@ class RepositoryLock:
         while not self._stop.wait(REFRESH):
             self.info.time = time.time()
             try:
-                _write(self.folder, self.info, self.crypto)
-            except OSError:
-                pass
+                if self.storage is not None:
+                    self.storage.replace(f"{LOCKS}/{self.info.name}", _body(self.info, self.crypto))
+                else:
+                    _write(self.folder, self.info, self.crypto)
+            except (OSError, DiskvaultError):
+                pass  # tried again at the next period; stale only after STALE_AFTER without one
 
     def release(self) -> None:
         self._stop.set()
         self._thread.join()  # no refresh may re-create the file after it is removed
+        if self.storage is not None:
+            self.storage.delete(f"{LOCKS}/{self.info.name}")
+            return
         with _guard(self.folder):
             _remove(self.folder, self.info.name)
 
@@ -207,12 +247,15 @@ def lock_wait() -> float:
 
 
 def acquire(repo_path: str, kind: str, command: str, wait: float | None = None,
-            crypto: Crypto = PLAIN) -> RepositoryLock:
+            crypto: Crypto = PLAIN, storage: Storage | None = None) -> RepositoryLock:
     """Take a lock or raise RepositoryLocked naming the holder (after ``wait`` seconds);
-    ``crypto``: the repository's (its lock files are sealed when it is encrypted)."""
+    ``crypto``: the repository's (its lock files are sealed when it is encrypted);
+    ``storage``: the object store of a remote repository (lock objects, see above)."""
     assert kind in ("shared", "exclusive")
     if wait is None:
         wait = lock_wait()
+    if storage is not None:
+        return _acquire_remote(storage, repo_path, kind, command, wait, crypto)
     try:
         return _acquire(repo_path, kind, command, wait, crypto)
     except OSError as exc:
@@ -224,52 +267,99 @@ def acquire(repo_path: str, kind: str, command: str, wait: float | None = None,
         raise os_error(exc, repo_path) from None  # e.g. ENOSPC: OutOfSpace
 
 
+def _live(others: list[LockInfo], remove: Callable[[str], object], after: float = STALE_AFTER) -> list[LockInfo]:
+    """The locks of ``others`` that are not stale (``stale_reason``); those of dead processes
+    on this host are removed (``remove(name)``): certainly safe."""
+    live = []
+    for other in others:
+        reason = stale_reason(other, after=after)
+        if reason is None:
+            live.append(other)
+        elif other.host == socket.gethostname() and other.pid and reason.startswith("process"):
+            remove(other.name)
+    return live
+
+
+def _locked_error(repo_path: str, blocking: list[LockInfo]) -> RepositoryLocked:
+    holder = min(blocking, key=lambda lock: lock.time)
+    more = f" and {len(blocking) - 1} more" if len(blocking) > 1 else ""
+    return RepositoryLocked(
+        f"repository {repo_path} is locked: {holder.describe()}{more}; wait for it to finish, or "
+        f"if that process is gone run diskvault unlock -r {repo_path}"
+    )
+
+
+def _new_info(kind: str, command: str) -> LockInfo:
+    pid = os.getpid()
+    return LockInfo(kind, command, pid, socket.gethostname(), _proc_start(pid), time.time(),
+                    f"{secrets.token_hex(8)}.json")
+
+
+def _acquire_remote(storage: Storage, where: str, kind: str, command: str, wait: float,
+                    crypto: Crypto) -> RepositoryLock:
+    """Look, write mine (create-only), look again; see the module docstring."""
+    deadline = time.monotonic() + wait
+    remove = lambda name: storage.delete(f"{LOCKS}/{name}")  # noqa: E731
+    while True:
+        blocking = _conflicts(kind, _live(list_locks(where, crypto, storage), remove, REMOTE_STALE_AFTER))
+        if not blocking:
+            info = _new_info(kind, command)
+            storage.put(f"{LOCKS}/{info.name}", _body(info, crypto))
+            try:
+                others = [o for o in list_locks(where, crypto, storage) if o.name != info.name]
+                blocking = _conflicts(kind, _live(others, remove, REMOTE_STALE_AFTER))
+            except BaseException:
+                remove(info.name)
+                raise
+            if not blocking:
+                return RepositoryLock(where, info, crypto, storage)
+            remove(info.name)
+        if time.monotonic() >= deadline:
+            raise _locked_error(where, blocking)
+        time.sleep(POLL * (1 + random.random()))  # two takers that both backed off try again apart
+
+
 def _acquire(repo_path: str, kind: str, command: str, wait: float, crypto: Crypto) -> RepositoryLock:
     folder = _dir(repo_path)
     deadline = time.monotonic() + wait
-    pid = os.getpid()
     while True:
         with _guard(folder):
-            live = []
-            for other in list_locks(repo_path, crypto):
-                reason = stale_reason(other)
-                if reason is None:
-                    live.append(other)
-                elif other.host == socket.gethostname() and other.pid and reason.startswith("process"):
-                    _remove(folder, other.name)  # its process is gone: certainly safe
-            blocking = _conflicts(kind, live)
+            blocking = _conflicts(kind, _live(list_locks(repo_path, crypto), lambda name: _remove(folder, name)))
             if not blocking:
-                info = LockInfo(kind, command, pid, socket.gethostname(), _proc_start(pid), time.time(),
-                                f"{secrets.token_hex(8)}.json")
+                info = _new_info(kind, command)
                 _write(folder, info, crypto)
                 return RepositoryLock(repo_path, info, crypto)
         if time.monotonic() >= deadline:
-            holder = min(blocking, key=lambda lock: lock.time)
-            more = f" and {len(blocking) - 1} more" if len(blocking) > 1 else ""
-            raise RepositoryLocked(
-                f"repository {repo_path} is locked: {holder.describe()}{more}; wait for it to finish, or "
-                f"if that process is gone run diskvault unlock -r {repo_path}"
-            )
+            raise _locked_error(repo_path, blocking)
         time.sleep(POLL)
 
 
 @contextmanager
 def locked(repo_path: str, kind: str, command: str, wait: float | None = None,
-           crypto: Crypto = PLAIN) -> Iterator[RepositoryLock]:
-    lock = acquire(repo_path, kind, command, wait, crypto)
+           crypto: Crypto = PLAIN, storage: Storage | None = None) -> Iterator[RepositoryLock]:
+    lock = acquire(repo_path, kind, command, wait, crypto, storage)
     try:
         yield lock
     finally:
         lock.release()
 
 
-def unlock(repo_path: str, remove_all: bool = False,
-           crypto: Crypto = PLAIN) -> tuple[list[tuple[LockInfo, str]], list[LockInfo]]:
-    """Remove stale locks (every lock with ``remove_all``). Returns ``(removed with reason,
-    kept)``."""
-    folder = _dir(repo_path)
+def unlock(repo_path: str, remove_all: bool = False, crypto: Crypto = PLAIN,
+           storage: Storage | None = None) -> tuple[list[tuple[LockInfo, str]], list[LockInfo]]:
+    """Remove stale locks (every lock with ``remove_all``; in the object store ``storage``
+    when given). Returns ``(removed with reason, kept)``."""
     removed: list[tuple[LockInfo, str]] = []
     kept: list[LockInfo] = []
+    if storage is not None:
+        for lock in list_locks(repo_path, crypto, storage):
+            reason = stale_reason(lock, after=REMOTE_STALE_AFTER) or ("forced (--all)" if remove_all else None)
+            if reason is None:
+                kept.append(lock)
+            else:
+                storage.delete(f"{LOCKS}/{lock.name}")
+                removed.append((lock, reason))
+        return removed, kept
+    folder = _dir(repo_path)
     with _guard(folder):
         for lock in list_locks(repo_path, crypto):
             reason = stale_reason(lock) or ("forced (--all)" if remove_all else None)

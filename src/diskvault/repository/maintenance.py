@@ -22,8 +22,8 @@ from ..errors import DamagedData
 from ..storage import Storage
 from ..storage.local import TMP_MARK, private_file
 from .catalog import DAMAGED_TABLE, BlobLocation, Catalog
-from .record import SnapshotRecord, record_checksum, record_file
-from .hashing import content_id, short
+from .record import _COUNT_FIELDS, _HEX, _TIME, SnapshotRecord, _is_text, parse_record, record_file, record_id
+from .hashing import short
 from .pack import Entry, pack_id, read_pack_index
 from .crypto import PLAIN, Crypto
 from .repository import Repository, verify_blob
@@ -182,75 +182,7 @@ def read_verified(storage: Storage, crypto: Crypto, loc: BlobLocation) -> bytes 
 
 # --- snapshot records ------------------------------------------------------------------------
 
-_HEX = re.compile(r"^[0-9a-f]+$")
-_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-_TEXT_FIELDS = ("time", "host", "source")
-# the figures of a record: every count it has beside its size (data_bytes, chunks, ...)
-_COUNT_FIELDS = tuple(k for k, f in SnapshotRecord.__dataclass_fields__.items()
-                      if type(f.default) is int and k != "size")
-
-
-def record_id(name: str) -> str:
-    """The snapshot id a record file is named after (``snapshots/<id>.json``)."""
-    return name.rsplit("/", 1)[-1].removesuffix(".json")
-
-
-def _is_text(v: object) -> bool:
-    if not isinstance(v, str):
-        return False
-    try:
-        v.encode()
-    except UnicodeEncodeError:  # a lone surrogate: not UTF-8 text
-        return False
-    return True
-
-
-def parse_record(name: str, data: bytes, crypto: Crypto = PLAIN) -> SnapshotRecord:
-    """The snapshot record in file ``name`` holding ``data``; raises DamagedData saying why
-    it cannot be read: its authentication fails (encrypted), not UTF-8 JSON, a required field (id matching the file name, time,
-    host, source, size, tags, tree) missing or of the wrong kind. Unknown fields are
-    ignored (written by a newer diskvault), missing figures are 0."""
-    data = crypto.open(name.encode(), data)
-    try:
-        d = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise DamagedData("it is not UTF-8 text") from None
-    except ValueError as exc:
-        raise DamagedData(f"it is not valid JSON ({exc})") from None
-    if not isinstance(d, dict):
-        raise DamagedData("it is not a JSON object")
-    sid = d.get("id")
-    if sid != record_id(name):
-        raise DamagedData("its id does not match its file name")
-    for k in _TEXT_FIELDS:
-        if not _is_text(d.get(k)):
-            raise DamagedData(f"its {k} is missing or not UTF-8 text")
-    tree = d.get("tree")
-    if not isinstance(tree, str) or len(tree) != 64 or not _HEX.match(tree):
-        raise DamagedData("its tree root is missing or not a 64-digit hex id")
-    for k in ("size", *_COUNT_FIELDS):
-        v = d.get(k, 0)
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 63:
-            raise DamagedData(f"its {k} is not a count")
-    tags = d.get("tags")
-    if not isinstance(tags, list) or not all(_is_text(t) for t in tags):
-        raise DamagedData("its tags are not a list of UTF-8 texts")
-    duration = d.get("duration", 0.0)
-    if not isinstance(duration, (int, float)) or isinstance(duration, bool):
-        raise DamagedData("its duration is not a number")
-    if "checksum" in d:
-        if d["checksum"] != record_checksum(d):
-            raise DamagedData("its checksum does not match its content (it was changed after it was written)")
-    elif crypto.encrypted or d["id"] != content_id(json.dumps({**d, "id": ""}, sort_keys=True).encode()).hex()[:32]:
-        raise DamagedData("its content does not match its id (it was changed after it was written)")
-    try:
-        datetime.fromisoformat(d["time"].replace("Z", "+00:00"))
-    except ValueError:
-        raise DamagedData("its time is not an ISO 8601 date and time") from None
-    try:
-        return SnapshotRecord.from_json(d)
-    except (TypeError, ValueError) as exc:
-        raise DamagedData(f"it does not describe a snapshot ({exc})") from None
+# parse_record, record_id: record.py (the remote catalog cache reads records too)
 
 
 def disagrees(rec: SnapshotRecord, row: SnapshotRecord) -> bool:

@@ -117,9 +117,10 @@ class PackWriter:
         self._w.abort()
 
 
-def read_pack_index(storage: Storage, name: str, crypto: Crypto) -> list[Entry]:
+def read_pack_index(storage: Storage, name: str, crypto: Crypto, size: int | None = None) -> list[Entry]:
     """A pack's entries (in file order), parsed from its trailer and checked; raises
-    DamagedData naming the pack, FileNotFoundError, OSError.
+    DamagedData naming the pack, FileNotFoundError, OSError. ``size``: the pack's size in
+    bytes when the caller knows it (one request less).
 
     Every documented field is checked: header magic, version and flags (HEADER_ENCRYPTED
     exactly when the repository is encrypted: a plaintext pack is never taken into an
@@ -129,7 +130,8 @@ def read_pack_index(storage: Storage, name: str, crypto: Crypto) -> list[Entry]:
     and the offsets: the payloads lie back to back from the end of the header to the table,
     so every byte of the pack belongs to exactly one field or payload."""
     pid = pack_id(name)
-    size = storage.size(name)
+    if size is None:
+        size = storage.size(name)
     if size < HEADER.size + FOOTER.size:
         raise DamagedData(f"pack {pid} is truncated ({size} bytes)")
     magic, version, flags = HEADER.unpack(storage.read_range(name, 0, HEADER.size))

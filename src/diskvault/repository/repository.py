@@ -6,6 +6,11 @@ On disk (docs/design.md): ``config.json`` (format version, chunker parameters, e
 a pack is sealed and durable before the catalog records it; a snapshot's record file and
 catalog row are written only after every pack it needs is recorded. Reads re-hash every
 blob and raise DamagedData naming it when the bytes are wrong or missing.
+
+A repository's location is a local folder or an object store URL (``s3:…``, a "remote"
+repository): there the store holds config.json, keys/, packs/, snapshots/ and locks/, and
+the catalog is a local cache (cache.py), brought up to date from the store when the
+repository is opened and whenever a lock is taken (docs/remote.md).
 """
 
 from __future__ import annotations
@@ -23,10 +28,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-from . import compression, keys, locking
+from . import cache, compression, keys, locking
 from .catalog import CATALOG, BlobLocation, Catalog, catalog_error
 from .record import SnapshotRecord, record_file
-from .config import CONFIG, ENCRYPTIONS, FORMAT_VERSION, enclosing_repository, load_config
+from .config import CONFIG, ENCRYPTIONS, FORMAT_VERSION, enclosing_repository, load_config, load_remote_config
 from .crypto import MODE, PLAIN, Crypto
 from .chunking import Chunker, ChunkerParams
 from ..errors import (
@@ -44,6 +49,7 @@ from ..errors import (
 from ..rawnames import readable
 from .hashing import short
 from .pack import TYPE_CHUNK, TYPE_TREE, pack_id
+from ..storage import Storage, is_remote, open_storage
 from ..storage.local import LocalStorage, private_dir, private_file
 from .tree import TreeReader
 from .writer import BlobWriter
@@ -66,6 +72,13 @@ def storage_at(path: str) -> LocalStorage:
     return LocalStorage(path, NAMES)
 
 
+def remote_storage(location: str) -> Storage:
+    """The object store of the remote repository at ``location`` (``s3:…``), holding only
+    the repository's own names. Raises UsageError for a malformed URL, RemoteAuthError
+    when no credentials are set."""
+    return open_storage(location, NAMES)
+
+
 _DAMAGE_LOCK = threading.Lock()  # guards every repository's record of damage found (rarely taken)
 
 
@@ -81,10 +94,12 @@ class Repository:
     # ``known`` reads it without a lock. ``_damage_found``: found here, not yet recorded.
     _damaged_ids: frozenset[bytes] | None = None
     _damage_found: dict[bytes, str] | None = None
+    last_sync: cache.SyncResult | None = None  # a remote repository's last ``sync``
 
     def __init__(self, path: str, config: dict, write: bool = True, lock: bool = True,
-                 crypto: Crypto = PLAIN, key_id: str | None = None) -> None:
+                 crypto: Crypto = PLAIN, key_id: str | None = None, storage: Storage | None = None) -> None:
         self.path = path
+        self.remote = storage is not None  # ``storage``: the object store of a remote repository
         self.config = config
         self.crypto = crypto
         self.key_id = key_id  # the key file that opened it (encrypted)
@@ -94,6 +109,18 @@ class Repository:
         self.writing = write
         self.locking = lock
         self.note: Callable[[str], None] = lambda message: None
+        self._nodes: OrderedDict[bytes, bytes] = OrderedDict()
+        self._nodes_lock = threading.Lock()
+        if storage is not None:
+            self.read_only_reason, self.read_only = None, False
+            self.storage = storage
+            self.catalog = _cached_catalog(str(config["id"]), crypto)
+            try:
+                self.sync()
+            except BaseException:
+                self.catalog.close()
+                raise
+            return
         self.read_only_reason = unwritable(path)
         self.read_only = self.read_only_reason is not None
         if self.read_only and write:
@@ -132,8 +159,16 @@ class Repository:
             ) from None
         except OSError as exc:  # a private copy of a catalog with a WAL (read_only_uri)
             raise os_error(exc, None if exc.filename and not inside(exc.filename, path) else path) from None
-        self._nodes: OrderedDict[bytes, bytes] = OrderedDict()
-        self._nodes_lock = threading.Lock()
+
+    def sync(self) -> cache.SyncResult | None:
+        """Bring a remote repository's cached catalog up to date with its store (cache.sync;
+        None for a local repository); a pack or record it cannot read is noted (``note``)."""
+        if not self.remote:
+            return None
+        result = self.last_sync = cache.sync(self.catalog, self.storage, self.crypto)
+        for name, why in sorted(result.unreadable.items()):
+            self.note(f"{name} cannot be read ({why}): left out; run diskvault check -r {self.path}")
+        return result
 
     def read_only_error(self) -> DiskvaultError:
         """What a command that writes meets here (see ``read_only_error``)."""
@@ -152,6 +187,8 @@ class Repository:
         missing parent, PasswordError when an encrypted one has no passphrase."""
         if encryption not in ENCRYPTIONS:
             raise ValueError(f"encryption {encryption!r} is not one of {', '.join(ENCRYPTIONS)}")
+        if is_remote(path):
+            return cls._init_remote(path, params, now, passphrase, encryption)
         path = os.path.abspath(path)
         if os.path.exists(os.path.join(path, CONFIG)):
             raise RepositoryExists(f"{path} is already a diskvault repository: use it, or choose another path")
@@ -177,15 +214,7 @@ class Repository:
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"
         private_dir(tmp, adopt=False)  # root's repository stays root's, wherever it is made
         try:
-            now = now or datetime.now(timezone.utc)
-            config = {
-                "format": "diskvault",
-                "version": FORMAT_VERSION,
-                "id": secrets.token_hex(16),
-                "created": now.isoformat().replace("+00:00", "Z"),
-                "chunker": params.to_dict(),
-                "encryption": encryption,
-            }
+            config = _new_config(params, encryption, now)
             for sub in FOLDERS:
                 if sub != keys.FOLDER or master is not None:
                     private_dir(os.path.join(tmp, sub))
@@ -206,6 +235,35 @@ class Repository:
         return cls(path, config, crypto=crypto, key_id=key_id)
 
     @classmethod
+    def _init_remote(cls, location: str, params: ChunkerParams, now: datetime | None,
+                     passphrase: Callable[[], str] | None, encryption: str) -> Repository:
+        """``init`` in an object store: the key first, config.json last and create-only, so
+        the repository exists once config.json is there and two inits cannot both succeed;
+        a prefix that holds any of a repository's names is refused (RepositoryExists)."""
+        storage = remote_storage(location)
+        if storage.exists(CONFIG):
+            raise RepositoryExists(f"{location} is already a diskvault repository: use it, or choose another prefix")
+        if any(True for _ in storage.list("")):
+            raise RepositoryExists(f"{location} holds objects of a repository but no {CONFIG} (an interrupted init?): "
+                                   "delete them, or choose another prefix")
+        master = secret = None
+        if encryption == MODE:
+            if passphrase is None:
+                raise PasswordError(f"creating the encrypted repository {location} needs a passphrase")
+            secret = passphrase()
+            master = keys.new_master_key()
+        config = _new_config(params, encryption, now)
+        key_id = keys.add_key(storage, master, secret, config["id"]) if master is not None else None
+        try:
+            storage.put(CONFIG, json.dumps(config, indent=2).encode() + b"\n")
+        except FileExistsError:
+            if key_id is not None:  # the other init's repository keeps only its own key
+                storage.delete(f"{keys.FOLDER}/{key_id}.json")
+            raise RepositoryExists(f"{location} was made a repository meanwhile by another diskvault init: "
+                                   "use it, or choose another prefix") from None
+        return cls(location, config, crypto=Crypto(master), key_id=key_id, storage=storage)
+
+    @classmethod
     def open(cls, path: str, write: bool = True, lock: bool = True,
              passphrase: Callable[[], str] | None = None) -> Repository:
         """Open the repository at ``path``. ``write``: the caller changes it, so a read-only
@@ -213,7 +271,13 @@ class Repository:
         (``write=False``) works on either, and skips a lock it cannot take. ``lock=False``
         (``--no-lock``): take no lock at all. ``passphrase()`` is asked for only when the
         repository is encrypted, before anything is written. Raises RepositoryError (not
-        found, damaged, unreadable), FormatVersionError, PasswordError."""
+        found, damaged, unreadable), FormatVersionError, PasswordError; for a remote
+        repository (``s3:…``) the storage's RemoteError classes too."""
+        if is_remote(path):
+            storage = remote_storage(path)
+            config = load_remote_config(path, storage)
+            crypto, key_id = unlock(path, config, passphrase, storage)
+            return cls(path, config, write, lock, crypto, key_id, storage)
         path = os.path.abspath(path)
         if not os.path.isdir(path):
             raise RepositoryNotFound(f"repository {path} does not exist: create it with diskvault init -r {path}")
@@ -225,7 +289,10 @@ class Repository:
     def mode_problems(self) -> list[str]:
         """Warnings (one line each, empty when none) about files and folders of the repository
         that others than its owner may read or change: wider than 0600 (files) or 0700 (folders),
-        e.g. made by an older diskvault. Nothing is changed (docs/security.md)."""
+        e.g. made by an older diskvault. Nothing is changed (docs/security.md). None for a
+        remote repository (the store's access rules decide)."""
+        if self.remote:
+            return []
         wide = self.storage.mode_problems()
         if not wide:
             return []
@@ -271,13 +338,16 @@ class Repository:
                 self.note(f"{why}: reading without a lock")
             else:
                 try:
-                    held = locking.acquire(self.path, kind, command, wait, self.crypto)
+                    held = locking.acquire(self.path, kind, command, wait, self.crypto,
+                                           self.storage if self.remote else None)
                 except (RepositoryReadOnly, OutOfSpace) as exc:
                     if self.writing:
                         raise
                     why = NOTES[FULL] if isinstance(exc, OutOfSpace) else "the repository lock cannot be written"
                     self.note(f"{why}: reading without a lock")
         try:
+            if self.remote and held is not None:
+                self.sync()  # what others stored before the lock was taken
             yield held
         finally:
             if held is not None:
@@ -596,14 +666,56 @@ def _blob_name(loc: BlobLocation) -> str:
     return f"{'tree node' if loc.type == TYPE_TREE else 'chunk'} {short(loc.id)} in pack {pack_id(loc.pack)}"
 
 
-def unlock(path: str, config: dict, passphrase: Callable[[], str] | None) -> tuple[Crypto, str | None]:
+def _new_config(params: ChunkerParams, encryption: str, now: datetime | None) -> dict:
+    """The config.json of a new repository (a new random id)."""
+    now = now or datetime.now(timezone.utc)
+    return {
+        "format": "diskvault",
+        "version": FORMAT_VERSION,
+        "id": secrets.token_hex(16),
+        "created": now.isoformat().replace("+00:00", "Z"),
+        "chunker": params.to_dict(),
+        "encryption": encryption,
+    }
+
+
+def _cached_catalog(repository_id: str, crypto: Crypto) -> Catalog:
+    """The cached catalog of the remote repository ``repository_id`` (cache.py), made empty
+    when missing (the sync that follows fills it). Raises RepositoryError when it cannot be
+    opened (``repair`` rebuilds it)."""
+    cat_path = cache.catalog_path(repository_id)
+    try:
+        if not os.path.exists(cat_path):
+            os.close(private_file(cat_path))
+        cat = Catalog(cat_path, crypto=crypto)
+        try:
+            try:
+                fresh = "schema_version" not in cat.meta()
+            except sqlite3.OperationalError:  # a new file: no tables yet
+                fresh = True
+            if fresh:
+                cat.create({"repository_id": repository_id})
+        except BaseException:
+            cat.close()
+            raise
+    except sqlite3.Error as exc:
+        raise catalog_error(exc, os.path.dirname(cat_path)) or RepositoryError(
+            f"the cached catalog {cat_path} cannot be read ({exc}): delete it, or rebuild it with diskvault repair"
+        ) from None
+    except OSError as exc:
+        raise os_error(exc, os.path.dirname(cat_path)) from None
+    return cat
+
+
+def unlock(path: str, config: dict, passphrase: Callable[[], str] | None,
+           storage: Storage | None = None) -> tuple[Crypto, str | None]:
     """The Crypto of the repository at ``path`` (configured by ``config``) and the id of the
     key file that opened it. Raises RepositoryError for an unknown encryption or an
     unencrypted configuration beside key files (an edited config.json), PasswordError
     (exit 10) for a missing or wrong passphrase; reads only, so a wrong passphrase writes
-    nothing."""
+    nothing. ``storage``: the repository's (a remote one's object store), else the folder ``path``."""
     mode = config.get("encryption", "none")
-    storage = storage_at(path)
+    storage = storage if storage is not None else storage_at(path)
     if mode not in ENCRYPTIONS:
         raise RepositoryError(f"{path}/{CONFIG} names encryption {mode!r}, which this diskvault does not know: "
                               "use a matching diskvault release")

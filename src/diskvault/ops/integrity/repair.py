@@ -48,7 +48,11 @@ from ...repository.pack import TARGET_PACK_SIZE, Entry, PackWriter, pack_id, rea
 from ...repository import (
     CATALOG, CATALOG_FILES, CONFIG, Repository, load_config, repository_errors, require_writable, storage_at, unlock,
 )
+from ...repository import cache
+from ...repository.config import load_remote_config
 from ...repository.crypto import Crypto
+from ...repository.repository import remote_storage
+from ...storage import is_remote
 from ...storage.local import LocalStorage
 from ...repository.tree import parse
 from .check import check_unlocked
@@ -82,7 +86,11 @@ def repair(path: str, rebuild: bool = False, passphrase: Callable[[], str] | Non
     """Rebuild the catalog under the exclusive repository lock: no other command runs.
     A read-only repository raises RepositoryReadOnly, a full disk OutOfSpace (nothing changed:
     the new catalog replaces the old one only once complete). An encrypted repository needs
-    ``passphrase()`` (its key reads trailers and records); PasswordError before anything is written."""
+    ``passphrase()`` (its key reads trailers and records); PasswordError before anything is written.
+    A remote repository (``s3:…``): its cached catalog is deleted and rebuilt from the store
+    (``_repair_remote``); nothing in the store changes."""
+    if is_remote(path):
+        return _repair_remote(path, passphrase)
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise RepositoryNotFound(f"repository {path} does not exist")
@@ -93,6 +101,41 @@ def repair(path: str, rebuild: bool = False, passphrase: Callable[[], str] | Non
         crypto, kid = unlock(path, config, passphrase)
         with locking.locked(path, "exclusive", "repair", crypto=crypto):
             return _repair_locked(path, rebuild, config, crypto, kid)
+
+
+def _repair_remote(location: str, passphrase: Callable[[], str] | None) -> RepairResult:
+    """Delete the cached catalog of the remote repository at ``location`` and build it anew
+    from the store's pack trailers and records, under a shared lock (the store is only read,
+    but prune must not remove packs meanwhile). Damaged packs and records are reported."""
+    started = time.monotonic()
+    storage = remote_storage(location)
+    config = load_remote_config(location, storage)
+    crypto, kid = unlock(location, config, passphrase, storage)
+    cat_path = cache.catalog_path(str(config["id"]))
+    res = RepairResult(location, "ignored (the cache of a remote repository is rebuilt from the store)"
+                       if os.path.exists(cat_path) else "missing")
+    with locking.locked(location, "shared", "repair", crypto=crypto, storage=storage):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(cat_path + suffix)
+            except FileNotFoundError:
+                pass
+        with Repository(location, config, crypto=crypto, key_id=kid, storage=storage) as r:
+            synced = r.last_sync
+            assert synced is not None
+            totals = r.catalog.blob_totals()
+            res.packs = totals["packs"]
+            res.blobs = sum(1 for _ in r.catalog.blob_rows())
+            res.snapshots = len(r.catalog.snapshot_ids_with_prefix(""))
+            for name, why in sorted(synced.unreadable.items()):
+                if name.startswith("packs/"):
+                    res.damaged_packs.append({"pack": pack_id(name), "reason": why})
+                else:
+                    res.unreadable_records.append({"record": name, "reason": why})
+            report = check_unlocked(r)
+    res.status_after = "sound" if report.sound else "damaged"
+    res.duration = round(time.monotonic() - started, 3)
+    return res
 
 
 def _repair_locked(path: str, rebuild: bool, config: dict, crypto: Crypto, kid: str | None) -> RepairResult:

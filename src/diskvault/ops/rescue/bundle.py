@@ -8,8 +8,8 @@ Python at all (docs/rescue.md, "The diskvault executable"):
   loader included, so not even the target's C library is used;
 - ``lib/python3.X/``: the standard library (without tests, IDLE, tkinter, ensurepip),
   byte-compiled, and ``site-packages`` with diskvault (the code that runs this build) and
-  every installed distribution it requires (blake3, lz4, zstandard, pyfastcdc, sqlite-utils,
-  typer, rich, ..., and cryptography / argon2-cffi when installed);
+  every installed distribution it requires (blake3, lz4, zstandard, pyfastcdc, typer, rich,
+  ..., and cryptography / argon2-cffi when installed);
 - ``bin/diskvault``: a ``sh`` launcher that starts the interpreter through the bundled
   loader with PYTHONHOME set to the tree.
 
@@ -39,7 +39,7 @@ OPTIONAL = ("cryptography", "argon2-cffi")
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
                "site-packages", "distutils", "venv", "__pycache__", "unittest", "turtle.py"}
 STDLIB_SKIP_PREFIX = ("config-", "_tkinter", "_test", "xxlimited", "_xxtest", "_ctypes_test")
-#: requirements of requirements a rescue system never runs (sqlite-utils requires pip)
+#: requirements of requirements a rescue system never runs (packaging tools)
 DIST_SKIP = {"pip", "setuptools", "wheel"}
 LAUNCHER = """#!/bin/sh
 # diskvault, self-contained: this tree's Python, started by this tree's dynamic loader.
