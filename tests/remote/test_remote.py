@@ -276,3 +276,33 @@ def test_concurrent_takers_never_both_hold_an_exclusive_lock(remote):
     assert not errors, errors
     assert most[0] == 1 and turns[0] == 16
     assert not any(True for _ in store.list("locks"))
+
+
+def test_copy_local_first_then_offsite_and_back(remote, tmp_path):
+    """Issue 14's 3-2-1 flow: snapshots into a local repository, copied to S3 (only new
+    chunks the second time), restored from S3 on a fresh machine; and copied back into a
+    second local repository."""
+    url, env = remote
+    local, back = tmp_path / "local", tmp_path / "back"
+    run_cli("init", "-r", local, env=env)
+    run_cli("init", "-r", url, env=env)
+    img = tmp_path / "disk.img"
+    first = random_bytes(4 << 20, 31)
+    img.write_bytes(first)
+    run_cli("snapshot", "-r", local, img, env=env)
+    res = json.loads(run_cli("copy", "-r", local, "--to", url, "--json", env=env).stdout)
+    assert len(res["copied"]) == 1 and res["copied"][0]["new_bytes"] >= 4 << 20
+    second = bytearray(first)
+    second[0 : 256 << 10] = random_bytes(256 << 10, 32)
+    img.write_bytes(second)
+    run_cli("snapshot", "-r", local, img, env=env)
+    res = json.loads(run_cli("copy", "-r", local, "--to", url, "--json", env=env).stdout)
+    assert [len(res["copied"]), len(res["skipped"])] == [1, 1]
+    assert res["copied"][0]["new_bytes"] < 1 << 20 and res["bytes_read"] < 1 << 20  # the change, not the image
+    env2 = dict(env, DISKVAULT_CACHE_DIR=str(tmp_path / "cache2"))
+    assert restored(url, "latest", tmp_path / "out", env2) == bytes(second)
+    run_cli("init", "-r", back, env=env)
+    res = json.loads(run_cli("copy", "-r", url, "--to", back, "--json", env=env2).stdout)
+    assert len(res["copied"]) == 2
+    assert restored(back, res["copied"][0]["id"], tmp_path / "out", env) == first
+    run_cli("check", "-r", url, "--read-data", env=env)
