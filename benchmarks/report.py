@@ -377,6 +377,7 @@ def write(raw: dict, docs: Path) -> None:
           "made holes: partial blocks at their edges and metadata are written, the zeros are not).")
         a("")
     L.extend(encryption_section())
+    L.extend(remote_section())
     rescue = HERE / "rescue.json"
     if rescue.exists():
         r = json.loads(rescue.read_text())
@@ -403,6 +404,36 @@ def write(raw: dict, docs: Path) -> None:
         a("")
     (docs / "benchmarks.md").write_text("\n".join(L) + "\n")
     chart(raw, ext4, ntfs, vm, docs / "benchmarks.png")
+
+
+def remote_section() -> list[str]:
+    """A repository on SeaweedFS (loopback) against one on the local disk (benchmarks/remote.py),
+    with the issue 14 goals (snapshot and restore at >= 70% of the local speed, memory flat)."""
+    path = HERE / "remote.json"
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    size = r["image"]["size"]
+    res = r["results"]
+    out = ["## Remote repository: S3 against the local disk (issue 14)", "",
+           f"{r['date']}, {r['machine']}; median of {r['reps']} runs, order alternated; the ext4 image "
+           f"({size / MIB:,.0f} MiB, {r['image']['allocated'] / MIB:,.0f} MiB allocated) and its changed copy "
+           f"({r['change']}), each into a new encrypted repository: a local directory, and a prefix of a bucket on "
+           f"{r['server']} started on this machine (loopback: the server shares the 2 cores). Wall time plus "
+           "sync; restores verified. Produced by `benchmarks/remote.py` (part of `make bench`).", "",
+           "| step | local MB/s | S3 MB/s | S3 / local | local peak RSS (MiB) | S3 peak RSS (MiB) | goal |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    for name, key in (("full snapshot", "full"), ("incremental", "incr"), ("restore", "restore")):
+        loc, s3 = med(res["local"], f"{key}_s"), med(res["s3"], f"{key}_s")
+        if loc is None or s3 is None:
+            continue
+        ratio = loc / s3
+        goal = "n/a" if key == "incr" else ("met" if ratio >= 0.7 else "NOT met")
+        out.append(f"| {name} | {size / loc / MB:,.0f} | {size / s3 / MB:,.0f} | {ratio:.0%} | "
+                   f"{med(res['local'], f'{key}_rss') / MIB:.0f} | {med(res['s3'], f'{key}_rss') / MIB:.0f} | {goal} |")
+    out += ["", "Goal (issue 14): snapshot and restore to SeaweedFS on loopback at least 70% of the local speed, "
+            "memory flat (docs/remote.md explains what bounds it here).", ""]
+    return out
 
 
 def encryption_section() -> list[str]:

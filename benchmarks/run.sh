@@ -44,4 +44,5 @@ rm -rf /var/tmp/dvaccess /var/tmp/dv-integrity-bench /var/tmp/dv-delta-bench/rep
 "$PY" benchmarks/integrity.py /var/tmp/dv-integrity-bench 1024 5 benchmarks/integrity.json
 "$PY" benchmarks/delta_restore.py /var/tmp/dv-delta-bench 2048 3 benchmarks/delta.json
 "$PY" benchmarks/encryption.py --reps 3
+"$PY" benchmarks/remote.py --reps 3
 .venv-bench/bin/python benchmarks/report.py docs
