@@ -176,3 +176,19 @@ def test_a_chunk_known_damaged_in_the_destination_is_stored_again_not_mapped(tmp
         out = tmp_path / "out.img"
         run_cli("restore", "-r", dst, c["id"], out, "--force")
         assert out.read_bytes() == want
+
+
+def test_copies_keep_their_order_whatever_order_they_are_copied_in(tmp_path, repo_path, series):
+    """latest and forget in the destination follow the source's order: the newest snapshot
+    copied first, the older ones after, is still latest there, and --keep-last 1 keeps it."""
+    dst = tmp_path / "dst"
+    run_cli("init", "-r", dst)
+    copy("-r", repo_path, "--to", dst, "latest")
+    copy("-r", repo_path, "--to", dst)
+    out = tmp_path / "out.img"
+    run_cli("restore", "-r", dst, "latest", out)
+    assert out.read_bytes() == series[-1][1]
+    run_cli("forget", "-r", dst, "--keep-last", "1")
+    (kept,) = snapshots(dst)
+    run_cli("restore", "-r", dst, kept["id"], out, "--force")
+    assert out.read_bytes() == series[-1][1]

@@ -11,7 +11,9 @@ anew under the destination's key), never recompressed. The chunk boundaries stay
 the source repository's chunker: copies of one source deduplicate against each other in
 the destination, not against snapshots the destination took itself with its own seeded
 chunker (restic without ``--copy-chunker-params`` behaves alike). The record keeps time,
-host, source, tags, partitions and filesystems; sizes and counts describe the copy.
+host, source, tags, partitions, filesystems and sequence number (so ``latest`` and ``forget``
+order the copies of a source as the source did, whatever order they were copied in); sizes
+and counts describe the copy.
 
 Crash safety is a snapshot's: packs are sealed and catalogued before the record is saved,
 so a copy interrupted at any point leaves the destination consistent, and the next run
@@ -223,7 +225,7 @@ def _copy_one(src: Repository, dst: Repository, snap: SnapshotRecord, progress: 
     except BaseException:
         writer.abort()
         raise
-    record = dataclasses.replace(snap, id="", seq=0, tree=root.hex(), duration=round(time.monotonic() - started, 3),
+    record = dataclasses.replace(snap, id="", tree=root.hex(), duration=round(time.monotonic() - started, 3),
                                  warnings=[], **stats)
-    dst.save_snapshot(record)
+    dst.save_snapshot(record, keep_seq=True)  # latest and forget order the copies as the source did
     return record, read

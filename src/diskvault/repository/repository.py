@@ -353,16 +353,18 @@ class Repository:
             if held is not None:
                 held.release()
 
-    def save_snapshot(self, record: SnapshotRecord) -> None:
+    def save_snapshot(self, record: SnapshotRecord, keep_seq: bool = False) -> None:
         """Record a snapshot whose blobs are all durable and catalogued: gives it the next
-        repository-wide sequence number (``seq``) and its id (the (keyed) content id of its JSON),
+        repository-wide sequence number (``seq``; ``keep_seq``: a copy keeps its source's, so
+        copies order as they did there) and its id (the (keyed) content id of its JSON),
         then writes the record file (so ``repair`` can find it) and the catalog row that
         makes it visible, in one catalog transaction. Anything failing on the way removes
         the record file again: a snapshot that is not saved leaves no record."""
         written = False
         try:
             with self.catalog.transaction():
-                record.seq = self.catalog.next_seq()
+                if not (keep_seq and record.seq):
+                    record.seq = self.catalog.next_seq()
                 record.id = ""
                 record.id = self.content_id(json.dumps(record.to_json(), sort_keys=True).encode()).hex()[:32]
                 self.storage.write_atomic(*record_file(self.crypto, record))
