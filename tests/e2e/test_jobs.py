@@ -365,3 +365,53 @@ def test_a_job_of_an_encrypted_repository_needs_a_passphrase_source(tmp_path, re
     add(env, "x", "-r", repo_path, "--source", tmp_path / "a.img", "--password-command", "pass show backup")
     config = (tmp_path / "jobs" / "x.toml").read_text()
     assert "pass show backup" in config and PASSPHRASE not in config
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 64 KiB tmpfs (root only) at tmp_path/tiny, unmounted when the test ends."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def fill(folder: Path) -> None:
+    """Fill ``folder``'s file system until it has no byte left."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_a_full_state_folder_costs_warnings_not_the_backup(tmp_path, jobs, tiny_fs, repo_path):
+    """Found by the hostile pass: with /var full, the first line written to the run's log
+    stopped the whole run (exit 6, no snapshot, no hook). The run goes on: its snapshot is
+    taken, the hook runs, the exit code is the steps', and the log and the record that
+    cannot be written are warnings."""
+    jobs_dir = tiny_fs / "jobs"
+    env = dict(jobs, DISKVAULT_JOBS_DIR=str(jobs_dir))
+    image = tmp_path / "a.img"
+    image.write_bytes(random_bytes(300_000, 5))
+    hooked = tmp_path / "hook ran"
+    job(env, "add", "full", "-r", repo_path, "--source", image, "--keep-last", "2", "--print",
+        "--on-success", f"touch '{hooked}'")
+    (jobs_dir / "state").mkdir()
+    fill(tiny_fs)
+    proc = job(env, "run", "full", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "its log" in err and "cannot be written (no space left on device)" in err
+    assert "this run could not be recorded" in err and "Traceback" not in err
+    assert hooked.exists()
+    with Repository.open(str(repo_path), write=False, passphrase=secret) as r:
+        assert len(r.snapshots()) == 1
+    (tiny_fs / "filler").unlink()  # space again: the next run is recorded as usual
+    job(env, "run", "full")
+    assert [r["result"] for r in state(env, "full")["runs"]] == ["success"]
+    image.unlink()

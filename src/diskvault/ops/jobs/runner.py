@@ -74,7 +74,7 @@ def run_job(scope: Scope, job: Job, echo: Callable[[str], None], step_done: Call
                      "failed_step": None, "error": None, "snapshot": None, "bytes_added": None, "steps": [], "hook": None}
         log_path = job_state.log_path(scope, job.name)
         env = step_env(job)
-        with open(log_path, "w", encoding="utf-8", errors="replace") as log:
+        with RunLog(log_path, job.name, echo) as log:
             step = None
             try:
                 for step, args in plan(job, int(state.get("check_next", 0))):
@@ -93,7 +93,7 @@ def run_job(scope: Scope, job: Job, echo: Callable[[str], None], step_done: Call
                 _finish(scope, job, state, run, started, echo)
                 raise
         run["exit_code"] = run["exit_code"] or 0
-        _finish(scope, job, state, run, started, echo)
+        recorded = _finish(scope, job, state, run, started, echo)
         hook = job.on_success if run["exit_code"] == 0 else job.on_failure
         if hook:
             name = "on_success" if run["exit_code"] == 0 else "on_failure"
@@ -101,14 +101,14 @@ def run_job(scope: Scope, job: Job, echo: Callable[[str], None], step_done: Call
             run["hook"] = {"name": name, "exit_code": code}
             if code != 0:
                 echo(f"warning: job {job.name}: the {name.replace('_', '-')} command exited {code}")
-            _finish(scope, job, state, run, started, echo, again=True)
+            _finish(scope, job, state, run, started, echo if recorded else lambda line: None, again=True)
         return run
 
 
 def _finish(scope: Scope, job: Job, state: dict, run: dict, started: float, echo: Callable[[str], None],
-            again: bool = False) -> None:
+            again: bool = False) -> bool:
     """Complete ``run`` (unless ``again``) and save the state; a state that cannot be saved
-    (a full disk) is a warning: the hook still runs and the exit code stays the steps'."""
+    (a full disk) is a warning (and False): the hook still runs and the exit code stays the steps'."""
     if not again:
         run["end"] = now()
         run["duration"] = round(time.monotonic() - started, 3)
@@ -116,8 +116,53 @@ def _finish(scope: Scope, job: Job, state: dict, run: dict, started: float, echo
         state["runs"].append(run)
     try:
         job_state.save(scope, job.name, state)
+        return True
     except OSError as exc:
         echo(f"warning: job {job.name}: this run could not be recorded ({exc.strerror or exc}: {exc.filename or scope.state_dir})")
+        return False
+
+
+class RunLog:
+    """The run's log file (``DISKVAULT_JOB_LOG``), written as the run goes. A log that
+    cannot be written (a full or read-only state folder) costs one warning, never the run:
+    the steps, their record and the hook go on without it."""
+
+    def __init__(self, path: str, name: str, echo: Callable[[str], None]) -> None:
+        self.path, self.name, self.echo = path, name, echo
+        self.file = None
+        try:
+            self.file = open(path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
+        except OSError as exc:
+            self._lost(exc)
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+
+    def write(self, text: str) -> None:
+        if self.file is None:
+            return
+        try:
+            self.file.write(text)
+            self.file.flush()
+        except OSError as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: OSError) -> None:
+        self.echo(f"warning: job {self.name}: its log {self.path} cannot be written "
+                  f"({(exc.strerror or str(exc)).lower()}): the run goes on without it")
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+        self.file = None
 
 
 def hook_env(job: Job, run: dict, log_path: str) -> dict[str, str]:
@@ -138,7 +183,7 @@ def hook_env(job: Job, run: dict, log_path: str) -> dict[str, str]:
     return env
 
 
-def _run_step(step: str, args: list[str], env: dict[str, str], log, echo: Callable[[str], None]) -> dict:
+def _run_step(step: str, args: list[str], env: dict[str, str], log: RunLog, echo: Callable[[str], None]) -> dict:
     """Run one step; its record: ``{"step", "command", "start", "duration", "exit_code",
     "error", ...}`` plus what its JSON says (snapshot: ``snapshot``, ``bytes_added``,
     ``new_bytes``; forget: ``forgot``, ``reclaimed``; check: ``subset``, ``packs_read``,
@@ -148,14 +193,12 @@ def _run_step(step: str, args: list[str], env: dict[str, str], log, echo: Callab
     started = time.monotonic()
     last_error = ""
     log.write(f"--- {rec['start']} diskvault {' '.join(args)}\n")
-    log.flush()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env=env, text=True, errors="replace")
         try:
             for line in proc.stderr:
                 line = line.rstrip("\n")
                 log.write(line + "\n")
-                log.flush()
                 echo(line)
                 if line.strip():
                     last_error = line.strip()

@@ -71,8 +71,11 @@ class RunLock:
             os.close(self.fd)
             raise RepositoryLocked(f"job {self.name} is already running (pid {holder}): wait for it to finish "
                                    f"(diskvault job status {self.name})") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        try:  # the pid only helps the message above: a full state folder must not stop the run
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        except OSError:
+            pass
         return self
 
     def __exit__(self, *exc: object) -> None:
