@@ -415,3 +415,27 @@ def test_a_full_state_folder_costs_warnings_not_the_backup(tmp_path, jobs, tiny_
     job(env, "run", "full")
     assert [r["result"] for r in state(env, "full")["runs"]] == ["success"]
     image.unlink()
+
+
+@pytest.mark.parametrize("edit", [
+    ("check_subset", "5"), ("keep_daily", '"seven"'), ("keep_daily", "true"), ("tags", '"abc"'), ("tags", "[1]"),
+    ("on_calendar", "5"), ("repository", "7"), ("created", '"yesterday"'), ("name", '"other"'),
+])
+def test_a_hand_edited_job_file_is_checked_and_can_be_removed(tmp_path, jobs, repo_path, edit):
+    """Found by the hostile pass: a job file edited by hand with a value of the wrong type
+    was an internal error (exit 1) in status and run, or silently wrong (``tags = "abc"``
+    tagged the snapshots a, b and c); a broken job could not be removed at all. Each is one
+    line naming the file and the value (exit 2), and ``job remove`` removes it."""
+    image = tmp_path / "a.img"
+    image.write_bytes(random_bytes(100_000, 6))
+    add(jobs, "hand", "-r", repo_path, "--source", image, "--keep-daily", "7", "--tag", "t")
+    path = Path(jobs["DISKVAULT_JOBS_DIR"]) / "hand.toml"
+    key, value = edit
+    path.write_text(re.sub(rf"^{key} = .*$", f"{key} = {value}", path.read_text(), flags=re.M))
+    for command in ("status", "run"):
+        err = one_line_error(job(jobs, command, "hand", check=False), EXIT_USAGE)
+        assert f"job file {path} is not a job's" in err, err
+    assert not (Path(jobs["DISKVAULT_JOBS_DIR"]) / "state" / "hand.json").exists()
+    assert not os.listdir(repo_path / "snapshots")
+    assert f"removed {path}" in job(jobs, "remove", "hand").stderr.decode()
+    assert not path.exists()

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from ...errors import UsageError
 from ...repository import encryption_of
 from . import state as job_state
-from .config import JOBS_DIR_ENV, Job, Scope, check_name, load, new_job, save
+from .config import JOBS_DIR_ENV, Job, Scope, check_name, config_file, load, new_job, save
 from .runner import run_job
 from .units import (Calendar, calendar, check_installable, check_timespan, crontab_line, install, systemd_running, timer_next,
                     uninstall, unit_dir, units)
@@ -76,12 +76,13 @@ def add(scope: Scope, job: Job, force: bool = False, print_only: bool = False) -
 
 def remove(scope: Scope, name: str) -> list[str]:
     """Remove job ``name``: disable and delete its units, its config and its state; returns
-    the files deleted. UsageError for an unknown job."""
-    job = load(scope, name)
-    gone = uninstall(job.name, scope)
-    os.unlink(scope.config_path(job.name))
-    job_state.remove(scope, job.name)
-    return [*gone, scope.config_path(job.name)]
+    the files deleted. UsageError for an unknown job; a job file that no longer reads as a
+    job's (edited by hand) is removed all the same."""
+    path = config_file(scope, name)
+    gone = uninstall(name, scope)
+    os.unlink(path)
+    job_state.remove(scope, name)
+    return [*gone, path]
 
 
 def run(scope: Scope, name: str, echo: Callable[[str], None], step_done: Callable[[dict], None]) -> dict:

@@ -150,26 +150,49 @@ def new_job(**values: object) -> Job:
     return job
 
 
-def load(scope: Scope, name: str) -> Job:
-    """The job ``name`` of ``scope``; raises UsageError for an unknown job or a file that
-    is not a job's."""
+def config_file(scope: Scope, name: str) -> str:
+    """The path of job ``name``'s file; raises UsageError for a bad name or an unknown job."""
     check_name(name)
     path = scope.config_path(name)
+    if not os.path.isfile(path):
+        where = "--user " if scope.user else ""
+        raise UsageError(f"no job {name!r} in {scope.config_dir}: see diskvault job list {where}"
+                         f"(or add it with diskvault job add {where}{name} ...)")
+    return path
+
+
+_TYPES = {"str": (str, "text"), "int": (int, "an integer"), "bool": (bool, "true or false"),
+          "list[str]": (list, "a list of texts")}
+
+
+def load(scope: Scope, name: str) -> Job:
+    """The job ``name`` of ``scope``; raises UsageError for an unknown job or a file that
+    is not a job's (not TOML, a value of the wrong type, another job's name, a bad
+    check subset or creation time: a hand-edited file is checked as ``job add`` checks)."""
+    path = config_file(scope, name)
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
-    except FileNotFoundError:
-        where = "--user " if scope.user else ""
-        raise UsageError(f"no job {name!r} in {scope.config_dir}: see diskvault job list {where}"
-                         f"(or add it with diskvault job add {where}{name} ...)") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"job file {path} is not valid TOML ({exc}): fix it, or replace the job "
                          f"(diskvault job add --force {name} ...)") from None
-    known = {f.name for f in fields(Job)}
+    known = {f.name: f for f in fields(Job)}
     try:
+        missing = [k for k in ("name", "repository", "source") if k not in data]
+        if missing:
+            raise UsageError(f"no {' or '.join(missing)}")
+        for key, value in data.items():
+            want, what = _TYPES[known[key].type] if key in known else (object, "")
+            if (not isinstance(value, want) or (want is int and isinstance(value, bool))
+                    or (want is list and not all(isinstance(v, str) for v in value))):
+                raise UsageError(f"{key} = {value!r} is not {what}")
         job = Job(**{k: v for k, v in data.items() if k in known})
+        if job.name != name:
+            raise UsageError(f"it names the job {job.name!r}")
         check_subset(job.check_subset)
-    except (TypeError, UsageError) as exc:
+        if job.created:
+            datetime.fromisoformat(job.created)
+    except (TypeError, ValueError, UsageError) as exc:
         raise UsageError(f"job file {path} is not a job's ({exc}): replace the job "
                          f"(diskvault job add --force {name} ...)") from None
     return job
