@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -439,3 +440,32 @@ def test_a_hand_edited_job_file_is_checked_and_can_be_removed(tmp_path, jobs, re
     assert not os.listdir(repo_path / "snapshots")
     assert f"removed {path}" in job(jobs, "remove", "hand").stderr.decode()
     assert not path.exists()
+
+
+def test_a_run_killed_outright_is_recorded_as_a_failure(tmp_path, jobs, repo_path):
+    """Found by the hostile pass: ``job run`` killed with SIGKILL (with its step: the OOM
+    killer, a power cut) left no trace, and ``job status`` said "never" run. The run is
+    recorded as a failure of the step it was in (exit_code null, "killed" in the table),
+    the repository stays consistent (the fixture checks it) and the next run succeeds."""
+    image = tmp_path / "a.img"
+    image.write_bytes(random_bytes(8 << 20, 7))
+    add(jobs, "doomed", "-r", repo_path, "--source", image, "--keep-last", "2")
+    argv = [sys.executable, "-m", "diskvault", "job", "run", "doomed"]
+    proc = subprocess.Popen(argv, env=jobs, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    state_file = Path(jobs["DISKVAULT_JOBS_DIR"]) / "state" / "doomed.json"
+    while not (state_file.exists() and "current" in json.loads(state_file.read_text())):
+        assert proc.poll() is None, "the run ended before its first step was recorded"
+        time.sleep(0.01)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    row = json.loads(job(jobs, "status", "doomed", "--json").stdout)
+    assert row["result"] == "failure" and row["exit_code"] is None and row["failed_step"] == "snapshot"
+    assert "without ending" in row["error"] and row["running"] is False and row["last_run"]
+    assert "failure (killed, snapshot)" in job(jobs, "list").stdout.decode()
+    assert "exit -" in job(jobs, "status", "doomed").stdout.decode()
+    job(jobs, "run", "doomed")
+    runs = state(jobs, "doomed")["runs"]
+    assert [(r["result"], r["exit_code"]) for r in runs] == [("failure", None), ("success", 0)]
+    assert "current" not in state(jobs, "doomed")
+    image.unlink()

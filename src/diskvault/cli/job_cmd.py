@@ -144,7 +144,8 @@ def status(name: NameArg, user: UserOpt = False, json_out: JsonOpt = False) -> N
     for run in r["runs"][:10]:
         added = human(run["bytes_added"]) if run.get("bytes_added") is not None else "-"
         steps = ", ".join(f"{s['step']} {s['exit_code']}" for s in run["steps"])
-        typer.echo(f"  {_when(run['start'])}  {run['result']:<7}  exit {run['exit_code']:<3}  {run['duration'] or 0:7.1f} s  "
+        code = "-" if run["exit_code"] is None else run["exit_code"]
+        typer.echo(f"  {_when(run['start'])}  {run['result']:<7}  exit {code:<3}  {run['duration'] or 0:7.1f} s  "
                    f"{added:>10} added  ({steps})")
     if r["warning"]:
         typer.echo(f"warning: {r['warning']}", err=True)
@@ -195,7 +196,7 @@ def _when(iso: str | None) -> str:
 
 def _result(r: dict) -> str:
     if r["result"] == "failure":
-        return f"failure (exit {r['exit_code']}, {r['failed_step']})"
+        return f"failure ({'killed' if r['exit_code'] is None else 'exit %s' % r['exit_code']}, {r['failed_step']})"
     return r["result"]
 
 

@@ -100,7 +100,9 @@ def health(scope: Scope, name: str, now: datetime | None = None) -> dict:
     check_name(name)
     job = load(scope, name)
     now = now or datetime.now(timezone.utc)
-    runs = job_state.load(scope, name)["runs"]
+    st = job_state.load(scope, name)
+    running = job_state.running(scope, name)
+    runs = st["runs"] + ([job_state.unfinished(st["current"])] if st.get("current") and not running else [])
     last = runs[-1] if runs else None
     success = next((r for r in reversed(runs) if r.get("result") == "success"), None)
     try:
@@ -124,7 +126,7 @@ def health(scope: Scope, name: str, now: datetime | None = None) -> dict:
         "error": last["error"] if last else None,
         "last_success": success["end"] if success else None, "last_success_age": round(age) if age is not None else None,
         "next_run": next_run.isoformat() if next_run else None, "period": period,
-        "running": job_state.running(scope, name), "warning": warning,
+        "running": running, "warning": warning,
         "runs": list(reversed(runs)), "job": job.to_json(),
     }
 

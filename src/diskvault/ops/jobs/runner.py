@@ -69,6 +69,8 @@ def run_job(scope: Scope, job: Job, echo: Callable[[str], None], step_done: Call
     (``_run_step``) when it ends."""
     with job_state.RunLock(scope, job.name):
         state = job_state.load(scope, job.name)
+        if state.get("current"):  # the last run never ended: record it as the failure it was
+            state["runs"].append(job_state.unfinished(state.pop("current")))
         started = time.monotonic()
         run: dict = {"start": now(), "end": None, "duration": None, "result": None, "exit_code": None,
                      "failed_step": None, "error": None, "snapshot": None, "bytes_added": None, "steps": [], "hook": None}
@@ -78,6 +80,8 @@ def run_job(scope: Scope, job: Job, echo: Callable[[str], None], step_done: Call
             step = None
             try:
                 for step, args in plan(job, int(state.get("check_next", 0))):
+                    state["current"] = dict(run, failed_step=step)  # what a killed run leaves behind
+                    _save(scope, job, state, lambda line: None)
                     rec = _run_step(step, args, env, log, echo)
                     run["steps"].append(rec)
                     if step == "snapshot" and rec["exit_code"] == 0:
@@ -114,6 +118,12 @@ def _finish(scope: Scope, job: Job, state: dict, run: dict, started: float, echo
         run["duration"] = round(time.monotonic() - started, 3)
         run["result"] = "success" if run["exit_code"] == 0 else "failure"
         state["runs"].append(run)
+        state.pop("current", None)
+    return _save(scope, job, state, echo)
+
+
+def _save(scope: Scope, job: Job, state: dict, echo: Callable[[str], None]) -> bool:
+    """Save the state; False (and a warning) when it cannot be saved."""
     try:
         job_state.save(scope, job.name, state)
         return True

@@ -1,7 +1,8 @@
 """A job's state: its last runs and the next check slice, in ``STATE_DIR/NAME.json``.
 
-``{"job": NAME, "check_next": K, "runs": [RUN, ...]}``, oldest run first, at most ``KEEP_RUNS``
-of them; replaced whole on every change (``write_file``: a crash leaves the old or the new
+``{"job": NAME, "check_next": K, "runs": [RUN, ...], "current": RUN}``, oldest run first, at
+most ``KEEP_RUNS`` of them; ``current`` is the run going on (saved as each step starts: a
+run killed outright leaves it, and it counts as a failure, ``unfinished``); replaced whole on every change (``write_file``: a crash leaves the old or the new
 file). ``STATE_DIR/NAME.lock`` is held (flock) while a run goes on, so two runs of one job
 never overlap; ``STATE_DIR/NAME.log`` holds the last run's output (``DISKVAULT_JOB_LOG``).
 """
@@ -43,6 +44,15 @@ def save(scope: Scope, name: str, state: dict) -> None:
     """Write the state (the newest ``KEEP_RUNS`` runs) crash-safely; OSError as raised."""
     state["runs"] = state["runs"][-KEEP_RUNS:]
     write_file(_path(scope, name, "json"), json.dumps(state, indent=2).encode() + b"\n", mode=0o600)
+
+
+def unfinished(current: dict) -> dict:
+    """The record of a run that never ended (``current`` in the state: the run as it was
+    when its last step started, killed with it: kill -9, out of memory, a power cut): a
+    failure of that step with no exit code."""
+    return dict(current, result="failure", exit_code=None,
+                error=f"the run stopped during its {current.get('failed_step')} step without ending "
+                      "(killed, out of memory or a power cut): see the system log")
 
 
 def remove(scope: Scope, name: str) -> None:
