@@ -19,9 +19,12 @@ def _size(text: str) -> int:
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     unit = t[-1:] if t[-1:] in UNITS else ""
     try:
-        return int(float(t[: len(t) - len(unit)]) * UNITS[unit])
-    except ValueError:
-        raise UsageError(f"--size {text!r} is not a size: give e.g. 256M or 1G") from None
+        size = int(float(t[: len(t) - len(unit)]) * UNITS[unit])
+    except (ValueError, OverflowError):  # OverflowError: inf, 1e400
+        size = -1
+    if size < 0:
+        raise UsageError(f"--size {text!r} is not a size: give e.g. 256M or 1G")
+    return size
 
 
 def _password(password_file: str | None, password_command: str | None) -> bytes | None:

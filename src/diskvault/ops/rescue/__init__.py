@@ -115,6 +115,9 @@ def _check_out(out: Path, force: bool) -> None:
         raise TargetError(f"{out} exists and is not empty: pass --force to replace it")
     if not out.parent.is_dir():
         raise TargetError(f"{out.parent} is not a directory: create it first")
+    if not os.access(out.parent, os.W_OK):  # at once, not after the build's minute
+        raise TargetError(f"{out.parent} is not writable (a read-only file system or no permission): "
+                          "choose a writable place for the image")
 
 
 def build(out: Path, size: int | None = None, repo_hints: list[str] | None = None,
@@ -143,8 +146,7 @@ def build(out: Path, size: int | None = None, repo_hints: list[str] | None = Non
     busybox = debian.package("busybox-static", cache) / "bin/busybox"
     shim = debian.package("shim-signed", cache) / "usr/lib/shim/shimx64.efi.signed"
     grub = debian.package("grub-efi-amd64-signed", cache) / "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
-    with tempfile.TemporaryDirectory(prefix="diskvault-rescue-") as tmp:
-        t = Path(tmp)
+    with image.workdir(Path(tempfile.gettempdir()), "diskvault-rescue-") as t:
         root = t / "root"
         for d in ("bin", "dev", "proc", "sys", "mnt", "tmp", "run", "root", "etc/diskvault", "usr/bin",
                   "usr/sbin", "usr/lib/diskvault", "lib/modules"):
