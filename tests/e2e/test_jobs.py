@@ -469,3 +469,20 @@ def test_a_run_killed_outright_is_recorded_as_a_failure(tmp_path, jobs, repo_pat
     assert [(r["result"], r["exit_code"]) for r in runs] == [("failure", None), ("success", 0)]
     assert "current" not in state(jobs, "doomed")
     image.unlink()
+
+
+@pytest.mark.parametrize("source", ["--password-file", "--password-command"])
+def test_the_jobs_passphrase_source_wins_over_the_callers_variables(tmp_path, jobs, repo_path, source):
+    """Found by the hostile pass: ``job run`` by hand from a shell that exports the other
+    passphrase variable failed (exit 2, "both given"), while the timer's clean environment
+    worked. The job's own source is the one its steps get, whatever the caller exports."""
+    image = tmp_path / "a.img"
+    image.write_bytes(random_bytes(100_000, 8))
+    right = jobs["TEST_PASSWORD_FILE"]
+    add(jobs, "mine", "-r", repo_path, "--source", image, source, right if source == "--password-file" else f"cat {right}")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase")
+    env = dict(jobs, DISKVAULT_PASSWORD_COMMAND=f"cat {wrong}", DISKVAULT_PASSWORD_FILE=str(wrong),
+               DISKVAULT_PASSWORD="not the passphrase")
+    run = json.loads(job(env, "run", "mine", "--json").stdout)
+    assert run["result"] == "success" and len(run["snapshot"]) == 32

@@ -6,7 +6,8 @@ source and tags (skipped when the job has no keep rule); ``check --read-data-sub
 the next of the job's N fixed slices (N = ceil(100 / check_subset)), so N runs read every
 pack once. Each step is ``sys.executable -m diskvault ... --json``: its exit code is the
 command's (docs/cli.md), its stderr goes to ours and to the run's log. The passphrase
-source is handed to the steps as ``DISKVAULT_PASSWORD_FILE``/``DISKVAULT_PASSWORD_COMMAND``;
+source is handed to the steps as ``DISKVAULT_PASSWORD_FILE``/``DISKVAULT_PASSWORD_COMMAND``
+(replacing any passphrase variable of the caller's environment);
 ``DISKVAULT_LOCK_WAIT`` defaults to ``LOCK_WAIT`` seconds, so a run waits for a command that
 holds the repository instead of failing. Then ``on_success`` or ``on_failure`` runs through
 /bin/sh with ``DISKVAULT_JOB*`` variables (``hook_env``).
@@ -30,6 +31,7 @@ from . import state as job_state
 from .config import Job, Scope
 
 LOCK_WAIT = "3600"  # seconds a step waits for a repository lock unless DISKVAULT_LOCK_WAIT says otherwise
+PASSWORD_VARIABLES = ("DISKVAULT_PASSWORD", "DISKVAULT_PASSWORD_FILE", "DISKVAULT_PASSWORD_COMMAND")
 EXIT_SIGNALLED = 128  # a step killed by signal S exits 128 + S, as a shell reports it
 
 
@@ -54,6 +56,9 @@ def plan(job: Job, check_next: int) -> list[tuple[str, list[str]]]:
 def step_env(job: Job) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("DISKVAULT_LOCK_WAIT", LOCK_WAIT)
+    if job.password_file or job.password_command:  # the job's source, not one left in the caller's shell
+        for key in PASSWORD_VARIABLES:
+            env.pop(key, None)
     if job.password_file:
         env["DISKVAULT_PASSWORD_FILE"] = job.password_file
     if job.password_command:
