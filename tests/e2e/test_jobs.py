@@ -363,9 +363,27 @@ def test_a_job_of_an_encrypted_repository_needs_a_passphrase_source(tmp_path, re
     env = cli_env(DISKVAULT_JOBS_DIR=str(tmp_path / "jobs"))
     err = one_line_error(add(env, "x", "-r", repo_path, "--source", tmp_path / "a.img", check=False), EXIT_USAGE)
     assert "--password-file" in err and not (tmp_path / "jobs" / "x.toml").exists()
-    add(env, "x", "-r", repo_path, "--source", tmp_path / "a.img", "--password-command", "pass show backup")
+    pw = tmp_path / "pw"
+    pw.write_text(PASSPHRASE)
+    add(env, "x", "-r", repo_path, "--source", tmp_path / "a.img", "--password-command", f"cat '{pw}'")
     config = (tmp_path / "jobs" / "x.toml").read_text()
-    assert "pass show backup" in config and PASSPHRASE not in config
+    assert f"cat '{pw}'" in config and PASSPHRASE not in config
+
+
+def test_a_passphrase_source_that_does_not_open_the_repository_is_refused_at_add(tmp_path, repo_path):
+    """Found by the hostile pass: a wrong passphrase file, a missing one or a failing command
+    was saved without a word and failed at the first run, in the night. ``job add`` reads
+    the source now (exit 10, nothing saved); a repository that is not there (an unplugged
+    disk) is not checked."""
+    env = cli_env(DISKVAULT_JOBS_DIR=str(tmp_path / "jobs"))
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase")
+    base = ["-r", repo_path, "--source", tmp_path / "a.img"]
+    for source in (["--password-file", wrong], ["--password-file", tmp_path / "missing"],
+                   ["--password-command", "false"], ["--password-command", f"cat {wrong}"]):
+        one_line_error(add(env, "x", *base, *source, check=False), 10)
+        assert not (tmp_path / "jobs" / "x.toml").exists()
+    add(env, "x", "-r", tmp_path / "unplugged" / "repo", "--source", tmp_path / "a.img", "--password-file", wrong)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..policy import parse_duration
-from .common import JsonOpt, RepoOpt, human, plural, print_json
+from .common import JsonOpt, RepoOpt, human, passphrase, plural, print_json
 from .forget_cmd import KeepTagOpt, KeepWithinOpt, check_count, keep_count_option
 
 if TYPE_CHECKING:
@@ -78,7 +78,8 @@ def add(
                   randomized_delay=randomized_delay, keep_within=keep_within or "", keep_tag=keep_tag,
                   check_subset=check_subset, password_file=password_file or "", password_command=password_command or "",
                   on_failure=on_failure or "", on_success=on_success or "", **counts)
-    res = add_op(_scope(user), job, force=force, print_only=print_units)
+    res = add_op(_scope(user), job, force=force, print_only=print_units,
+                 passphrase=passphrase(job.password_file, job.password_command, env=False))
     if json_out:
         print_json(res.to_json())
         return

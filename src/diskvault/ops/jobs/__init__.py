@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ...errors import UsageError
-from ...repository import encryption_of
+from ...repository import Repository, encryption_of
 from . import state as job_state
 from .config import JOBS_DIR_ENV, Job, Scope, check_name, config_file, load, new_job, save
 from .runner import run_job
@@ -46,16 +46,22 @@ class AddResult:
                 "job": self.job.to_json()}
 
 
-def add(scope: Scope, job: Job, force: bool = False, print_only: bool = False) -> AddResult:
-    """Check ``job`` (schedule, delay), save its config and schedule it: install and enable
-    its units when systemd runs, else compute its crontab line; ``print_only`` saves and
-    returns the units without installing them. UsageError for what is wrong (exists
-    without ``force``, a system-wide job without root), OSError as raised."""
+def add(scope: Scope, job: Job, force: bool = False, print_only: bool = False,
+        passphrase: Callable[[], str] | None = None) -> AddResult:
+    """Check ``job`` (schedule, delay, and for an encrypted repository that is there, that
+    ``passphrase()``, read from the job's own source, opens it), save its config and schedule
+    it: install and enable its units when systemd runs, else compute its crontab line;
+    ``print_only`` saves and returns the units without installing them. UsageError for what
+    is wrong (exists without ``force``, a system-wide job without root), PasswordError (exit
+    10) for a passphrase source that fails or opens no key, OSError as raised."""
     cal = calendar(job.on_calendar)
     check_timespan(job.randomized_delay)
-    if encryption_of(job.repository) not in (None, "none") and not (job.password_file or job.password_command):
-        raise UsageError(f"{job.repository} is encrypted and a timer has no terminal to ask on: give the job "
-                         "--password-file FILE or --password-command COMMAND (the passphrase itself is never stored)")
+    if encryption_of(job.repository) not in (None, "none"):
+        if not (job.password_file or job.password_command):
+            raise UsageError(f"{job.repository} is encrypted and a timer has no terminal to ask on: give the job "
+                             "--password-file FILE or --password-command COMMAND (the passphrase itself is never stored)")
+        if passphrase is not None:  # now, not at the first run in the night
+            Repository.open(job.repository, write=False, lock=False, passphrase=passphrase).close()
     if not scope.user and os.geteuid() != 0 and not os.environ.get(JOBS_DIR_ENV):
         raise UsageError("a system-wide job needs root: run as root, or add --user for a job of your own")
     if not print_only and systemd_running():
