@@ -263,9 +263,10 @@ def test_add_remove_and_usage_errors(tmp_path, jobs, repo_path):
                        check=False), EXIT_USAGE)
     assert not (Path(jobs["DISKVAULT_JOBS_DIR"]) / "x.toml").exists()
 
-    add(jobs, "x", *base, "--password-file", "secret.txt", "--keep-last", "3")
+    relative = os.path.relpath(jobs["TEST_PASSWORD_FILE"])
+    add(jobs, "x", *base, "--password-file", relative, "--keep-last", "3")
     config = tomllib.loads((Path(jobs["DISKVAULT_JOBS_DIR"]) / "x.toml").read_text())
-    assert config["password_file"] == os.path.abspath("secret.txt") and config["password_command"] == ""
+    assert config["password_file"] == os.path.abspath(relative) and config["password_command"] == ""
     err = one_line_error(add(jobs, "x", *base, check=False), EXIT_USAGE)
     assert "exists" in err and "--force" in err
     add(jobs, "x", *base, "--keep-last", "5", "--force")
@@ -504,3 +505,22 @@ def test_the_jobs_passphrase_source_wins_over_the_callers_variables(tmp_path, jo
                DISKVAULT_PASSWORD="not the passphrase")
     run = json.loads(job(env, "run", "mine", "--json").stdout)
     assert run["result"] == "success" and len(run["snapshot"]) == 32
+
+
+def test_a_running_job_is_not_removed(tmp_path, jobs, repo_path):
+    """Found by the hostile pass: ``job remove`` during a run deleted the job, then the run
+    wrote its state back: a later job of that name inherited the old runs. A running job
+    is refused (exit 7) and stays whole; once it ends, remove takes everything."""
+    add(jobs, "busy", "-r", repo_path, "--source", tmp_path / "a.img")
+    folder = Path(jobs["DISKVAULT_JOBS_DIR"])
+    lock = folder / "state" / "busy.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as f:
+        f.write("4242")
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert "job busy is already running (pid 4242)" in one_line_error(job(jobs, "remove", "busy", check=False),
+                                                                         EXIT_LOCKED)
+        assert (folder / "busy.toml").exists()
+    job(jobs, "remove", "busy")
+    assert not (folder / "busy.toml").exists() and not os.listdir(folder / "state")

@@ -82,12 +82,14 @@ def add(scope: Scope, job: Job, force: bool = False, print_only: bool = False,
 
 def remove(scope: Scope, name: str) -> list[str]:
     """Remove job ``name``: disable and delete its units, its config and its state; returns
-    the files deleted. UsageError for an unknown job; a job file that no longer reads as a
-    job's (edited by hand) is removed all the same."""
+    the files deleted. UsageError for an unknown job, RepositoryLocked (exit 7) while it
+    runs (its run would record itself again afterwards); a job file that no longer reads as
+    a job's (edited by hand) is removed all the same."""
     path = config_file(scope, name)
-    gone = uninstall(name, scope)
-    os.unlink(path)
-    job_state.remove(scope, name)
+    with job_state.RunLock(scope, name):
+        gone = uninstall(name, scope)
+        os.unlink(path)
+        job_state.remove(scope, name)
     return [*gone, path]
 
 
