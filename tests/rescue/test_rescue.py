@@ -424,3 +424,25 @@ def test_a_build_killed_outright_leaves_no_image_and_its_leftovers_go_at_the_nex
     run_cli("rescue", "build", out, env=env, timeout=900)
     assert os.listdir(out.parent) == ["r.img"] and not os.listdir(tmp)
     out.unlink()
+
+
+def test_an_unattended_job_without_the_passphrase_fails_and_powers_off(world):
+    """Found by the hostile pass: an image built for an unattended restore without a
+    passphrase source, booted with an encrypted repository, stopped at a passphrase prompt
+    on the console (echoing what was typed) and never powered off. The job has no input: it
+    fails with the passphrase error (exit 10), says the target is not restored, powers off."""
+    tmp, _, _, _ = world
+    env = {k: v for k, v in _env().items() if not k.startswith("DISKVAULT_PASSWORD")}
+    image = tmp / "bare.img"
+    res = run_cli("rescue", "build", image, "--unattended", "LABEL=BACKUP:/repo:latest:/dev/vdc", env=env, timeout=900)
+    assert b"warning: the image holds" not in res.stderr
+    assert b"note: no passphrase was given: the unattended job fails (exit 10) if the repository is encrypted" in res.stderr
+    target = _blank(tmp / "target3.img", 192 * MiB)
+    with VM(image, tmp / "repo.img", target) as vm:
+        log = vm.wait_off(BOOT + JOB)
+    assert "DISKVAULT-RESCUE-OK" not in log and "the repository is encrypted and no passphrase was given" in log, log[-3000:]
+    assert "DISKVAULT-RESCUE-FAILED restore of latest onto /dev/vdc exited 10; /dev/vdc is not restored" in log
+    with open(target, "rb") as f:
+        assert not any(f.read())
+    target.unlink()
+    image.unlink()
