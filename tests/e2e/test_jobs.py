@@ -261,6 +261,9 @@ def test_add_remove_and_usage_errors(tmp_path, jobs, repo_path):
         one_line_error(add(jobs, "x", *base, "--tag", bad_tag, check=False), EXIT_USAGE)
     one_line_error(add(jobs, "x", *base, "--password-file", "/p", "--password-command", "pass x",
                        check=False), EXIT_USAGE)
+    # found by the hostile pass: '' was the current folder, - a file named "-" there
+    for repo, source in (("", tmp_path / "a.img"), (repo_path, ""), (repo_path, "-")):
+        one_line_error(add(jobs, "x", "-r", repo, "--source", source, check=False), EXIT_USAGE)
     assert not (Path(jobs["DISKVAULT_JOBS_DIR"]) / "x.toml").exists()
 
     relative = os.path.relpath(jobs["TEST_PASSWORD_FILE"])

@@ -134,6 +134,11 @@ def new_job(**values: object) -> Job:
     job = Job(**values, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     check_name(job.name)
     check_subset(job.check_subset)
+    for option, value in (("--repo", job.repository), ("--source", job.source)):
+        if not value.strip():  # abspath("") would be the current folder
+            raise UsageError(f"{option} is empty: give a path")
+    if job.source == "-":
+        raise UsageError("--source -: a job has no standard input to read: give an image file or a block device")
     job.repository = os.path.abspath(job.repository)
     job.source = os.path.abspath(job.source)
     if job.password_file:
