@@ -133,7 +133,8 @@ def _save(scope: Scope, job: Job, state: dict, echo: Callable[[str], None]) -> b
         job_state.save(scope, job.name, state)
         return True
     except OSError as exc:
-        echo(f"warning: job {job.name}: this run could not be recorded ({exc.strerror or exc}: {exc.filename or scope.state_dir})")
+        echo(f"warning: job {job.name}: this run could not be recorded "
+             f"({exc.strerror or exc}: {exc.filename or scope.state_dir})")
         return False
 
 

@@ -2,8 +2,8 @@
 
 ``{"job": NAME, "check_next": K, "runs": [RUN, ...], "current": RUN}``, oldest run first, at
 most ``KEEP_RUNS`` of them; ``current`` is the run going on (saved as each step starts: a
-run killed outright leaves it, and it counts as a failure, ``unfinished``); replaced whole on every change (``write_file``: a crash leaves the old or the new
-file). ``STATE_DIR/NAME.lock`` is held (flock) while a run goes on, so two runs of one job
+run killed outright leaves it, and it counts as a failure, ``unfinished``); replaced whole
+on every change (``write_file``: a crash leaves the old or the new file). ``STATE_DIR/NAME.lock`` is held (flock) while a run goes on, so two runs of one job
 never overlap; ``STATE_DIR/NAME.log`` holds the last run's output (``DISKVAULT_JOB_LOG``).
 """
 
