@@ -527,3 +527,23 @@ def test_a_running_job_is_not_removed(tmp_path, jobs, repo_path):
         assert (folder / "busy.toml").exists()
     job(jobs, "remove", "busy")
     assert not (folder / "busy.toml").exists() and not os.listdir(folder / "state")
+
+
+@pytest.mark.parametrize("damaged", ['{"runs": [1], "check_next": "x"}', '{"runs": [{"start": 5}]}', "[1, 2]",
+                                     '{"runs": [{"start": "2026-11-30T00:00:00+00:00", "end": "soon", '
+                                     '"result": "success", "steps": [], "exit_code": 0, "duration": 1}]}'])
+def test_a_damaged_state_file_never_stops_a_run_nor_list(tmp_path, jobs, repo_path, damaged):
+    """Found by the hostile pass: a state file holding something else than run records
+    (a disk error, an edit) made ``job status``, ``job list`` and even ``job run`` an
+    internal error (exit 1): no backup. What is not a run record is left out."""
+    image = tmp_path / "a.img"
+    image.write_bytes(random_bytes(100_000, 9))
+    add(jobs, "dented", "-r", repo_path, "--source", image)
+    path = Path(jobs["DISKVAULT_JOBS_DIR"]) / "state" / "dented.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(damaged)
+    assert json.loads(job(jobs, "status", "dented", "--json").stdout)["result"] == "never"
+    assert "never" in job(jobs, "list").stdout.decode()
+    run = json.loads(job(jobs, "run", "dented", "--json").stdout)
+    assert run["result"] == "success"
+    assert [r["result"] for r in state(jobs, "dented")["runs"]] == ["success"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from datetime import datetime
 
 from ...errors import RepositoryLocked
 from .config import Scope
@@ -29,15 +30,46 @@ def log_path(scope: Scope, name: str) -> str:
 
 
 def load(scope: Scope, name: str) -> dict:
-    """The job's state; an empty one when it never ran (or its file is unreadable)."""
+    """The job's state; an empty one when it never ran (or its file is unreadable). What a
+    damaged or hand-edited file holds that is not a run record is left out (and gone at the
+    next save), so it never stops a run nor ``job list``."""
+    state: dict = {}
     try:
         with open(_path(scope, name, "json"), "rb") as f:
             state = json.load(f)
-        if isinstance(state, dict) and isinstance(state.get("runs"), list):
-            return state
     except (OSError, ValueError):
         pass
-    return {"job": name, "check_next": 0, "runs": []}
+    if not isinstance(state, dict):
+        state = {}
+    runs = state.get("runs")
+    state["runs"] = [r for r in runs if _is_run(r, finished=True)] if isinstance(runs, list) else []
+    if not _is_run(state.get("current"), finished=False):
+        state.pop("current", None)
+    check_next = state.get("check_next")
+    state["check_next"] = check_next if isinstance(check_next, int) and check_next >= 0 else 0
+    state["job"] = name
+    return state
+
+
+def _is_run(run: object, finished: bool) -> bool:
+    """True when ``run`` has the shape of a run record (runner.run_job) that list and status show."""
+    if not isinstance(run, dict) or not isinstance(run.get("steps"), list):
+        return False
+    if run.get("result") not in (("success", "failure") if finished else (None,)):
+        return False
+    number = (int, float, type(None))
+    if not all(isinstance(run.get(k), t) for k, t in (("exit_code", (int, type(None))), ("duration", number),
+                                                       ("bytes_added", (int, type(None))))):
+        return False
+    if not all(isinstance(s, dict) and isinstance(s.get("step"), str) for s in run["steps"]):
+        return False
+    try:
+        datetime.fromisoformat(run["start"])
+        if run.get("end") is not None:
+            datetime.fromisoformat(run["end"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def save(scope: Scope, name: str, state: dict) -> None:
