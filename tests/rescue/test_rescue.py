@@ -113,6 +113,19 @@ def test_rescue_build_refuses_bad_specs_and_existing_files(tmp_path):
     assert not (tmp_path / "new.img").exists()
 
 
+@pytest.mark.parametrize("args", [("--unattended", "LABEL=My Passport:/repo:latest:/dev/sda"),
+                                  ("--unattended-snapshot", "/dev/sda:LABEL=My Passport:/repo"),
+                                  ("--repo-hint", "LABEL=My Passport")])
+def test_a_label_with_spaces_is_refused_naming_the_way_out(tmp_path, args):
+    """Found by the hostile pass: "My Passport" (a common external disk's label) was "not
+    REPO_DEVICE:PATH:SNAPSHOT:TARGET", as if the syntax were wrong. The rescue system splits
+    at spaces, so such a label cannot work: the message says to use UUID= or the device."""
+    res = run_cli("rescue", "build", tmp_path / "r.img", *args, check=False, env=_env())
+    assert res.returncode == 2 and res.stderr.decode().count("\n") == 1
+    assert b"a label with spaces cannot be given: name the disk by UUID=" in res.stderr
+    assert not (tmp_path / "r.img").exists()
+
+
 def test_rescue_build_names_a_missing_tool(tmp_path):
     """Without mcopy (mtools) the build stops at once with one line naming the package."""
     bindir = tmp_path / "bin"

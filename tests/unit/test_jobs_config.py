@@ -33,8 +33,10 @@ def test_unsafe_names(name):
 
 
 def test_control_characters_and_raw_names_are_refused():
-    with pytest.raises(UsageError, match="control characters"):
+    with pytest.raises(UsageError, match="--on-success holds a control character"):
         new_job(name="j", repository="/r", source="/s", on_success="a\nb")
+    with pytest.raises(UsageError, match="--tag holds a control character"):
+        new_job(name="j", repository="/r", source="/s", tags=["a\tb"])
     with pytest.raises(UsageError, match="UTF-8"):
         new_job(name="j", repository="/r", source="/s\udcff")
 

@@ -129,6 +129,9 @@ def check_subset(spec: str) -> str:
     return spec.strip()
 
 
+_OPTION = {"tags": "tag", "repository": "repo"}  # a field's option, where their names differ
+
+
 def new_job(**values: object) -> Job:
     """A Job from ``job add``'s values, checked (UsageError) and with paths made absolute."""
     job = Job(**values, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -149,9 +152,11 @@ def new_job(**values: object) -> Job:
         value = getattr(job, f.name)
         for text in value if isinstance(value, list) else [value]:
             if isinstance(text, str) and is_raw(text):
-                raise UsageError(f"{f.name.replace('_', '-')}: give UTF-8 text (a job file is UTF-8 TOML)")
+                raise UsageError(f"--{_OPTION.get(f.name, f.name).replace('_', '-')} is not UTF-8 text: give it in UTF-8 (a job file is "
+                                 "UTF-8 TOML)")
             if isinstance(text, str) and any(ord(c) < 32 or c == "\x7f" for c in text):
-                raise UsageError(f"{f.name.replace('_', '-')}: control characters (a newline, a tab) are not allowed")
+                raise UsageError(f"--{_OPTION.get(f.name, f.name).replace('_', '-')} holds a control character (a newline, a tab): "
+                                 "give it on one line, without tabs")
     return job
 
 
