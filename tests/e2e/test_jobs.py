@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -260,11 +261,15 @@ def test_add_remove_and_usage_errors(tmp_path, jobs, repo_path):
         one_line_error(add(jobs, "x", *base, "--tag", bad_tag, check=False), EXIT_USAGE)
     one_line_error(add(jobs, "x", *base, "--password-file", "/p", "--password-command", "pass x",
                        check=False), EXIT_USAGE)
+    # found by the hostile pass: '' was the current folder, - a file named "-" there
+    for repo, source in (("", tmp_path / "a.img"), (repo_path, ""), (repo_path, "-")):
+        one_line_error(add(jobs, "x", "-r", repo, "--source", source, check=False), EXIT_USAGE)
     assert not (Path(jobs["DISKVAULT_JOBS_DIR"]) / "x.toml").exists()
 
-    add(jobs, "x", *base, "--password-file", "secret.txt", "--keep-last", "3")
+    relative = os.path.relpath(jobs["TEST_PASSWORD_FILE"])
+    add(jobs, "x", *base, "--password-file", relative, "--keep-last", "3")
     config = tomllib.loads((Path(jobs["DISKVAULT_JOBS_DIR"]) / "x.toml").read_text())
-    assert config["password_file"] == os.path.abspath("secret.txt") and config["password_command"] == ""
+    assert config["password_file"] == os.path.abspath(relative) and config["password_command"] == ""
     err = one_line_error(add(jobs, "x", *base, check=False), EXIT_USAGE)
     assert "exists" in err and "--force" in err
     add(jobs, "x", *base, "--keep-last", "5", "--force")
@@ -362,6 +367,183 @@ def test_a_job_of_an_encrypted_repository_needs_a_passphrase_source(tmp_path, re
     env = cli_env(DISKVAULT_JOBS_DIR=str(tmp_path / "jobs"))
     err = one_line_error(add(env, "x", "-r", repo_path, "--source", tmp_path / "a.img", check=False), EXIT_USAGE)
     assert "--password-file" in err and not (tmp_path / "jobs" / "x.toml").exists()
-    add(env, "x", "-r", repo_path, "--source", tmp_path / "a.img", "--password-command", "pass show backup")
+    pw = tmp_path / "pw"
+    pw.write_text(PASSPHRASE)
+    add(env, "x", "-r", repo_path, "--source", tmp_path / "a.img", "--password-command", f"cat '{pw}'")
     config = (tmp_path / "jobs" / "x.toml").read_text()
-    assert "pass show backup" in config and PASSPHRASE not in config
+    assert f"cat '{pw}'" in config and PASSPHRASE not in config
+
+
+def test_a_passphrase_source_that_does_not_open_the_repository_is_refused_at_add(tmp_path, repo_path):
+    """Found by the hostile pass: a wrong passphrase file, a missing one or a failing command
+    was saved without a word and failed at the first run, in the night. ``job add`` reads
+    the source now (exit 10, nothing saved); a repository that is not there (an unplugged
+    disk) is not checked."""
+    env = cli_env(DISKVAULT_JOBS_DIR=str(tmp_path / "jobs"))
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase")
+    base = ["-r", repo_path, "--source", tmp_path / "a.img"]
+    for source in (["--password-file", wrong], ["--password-file", tmp_path / "missing"],
+                   ["--password-command", "false"], ["--password-command", f"cat {wrong}"]):
+        one_line_error(add(env, "x", *base, *source, check=False), 10)
+        assert not (tmp_path / "jobs" / "x.toml").exists()
+    add(env, "x", "-r", tmp_path / "unplugged" / "repo", "--source", tmp_path / "a.img", "--password-file", wrong)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 64 KiB tmpfs (root only) at tmp_path/tiny, unmounted when the test ends."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def fill(folder: Path) -> None:
+    """Fill ``folder``'s file system until it has no byte left."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_a_full_state_folder_costs_warnings_not_the_backup(tmp_path, jobs, tiny_fs, repo_path):
+    """Found by the hostile pass: with /var full, the first line written to the run's log
+    stopped the whole run (exit 6, no snapshot, no hook). The run goes on: its snapshot is
+    taken, the hook runs, the exit code is the steps', and the log and the record that
+    cannot be written are warnings."""
+    jobs_dir = tiny_fs / "jobs"
+    env = dict(jobs, DISKVAULT_JOBS_DIR=str(jobs_dir))
+    image = tmp_path / "a.img"
+    image.write_bytes(random_bytes(300_000, 5))
+    hooked = tmp_path / "hook ran"
+    job(env, "add", "full", "-r", repo_path, "--source", image, "--keep-last", "2", "--print",
+        "--on-success", f"touch '{hooked}'")
+    (jobs_dir / "state").mkdir()
+    fill(tiny_fs)
+    proc = job(env, "run", "full", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "its log" in err and "cannot be written (no space left on device)" in err
+    assert "this run could not be recorded" in err and "Traceback" not in err
+    assert hooked.exists()
+    with Repository.open(str(repo_path), write=False, passphrase=secret) as r:
+        assert len(r.snapshots()) == 1
+    (tiny_fs / "filler").unlink()  # space again: the next run is recorded as usual
+    job(env, "run", "full")
+    assert [r["result"] for r in state(env, "full")["runs"]] == ["success"]
+    image.unlink()
+
+
+@pytest.mark.parametrize("edit", [
+    ("check_subset", "5"), ("keep_daily", '"seven"'), ("keep_daily", "true"), ("tags", '"abc"'), ("tags", "[1]"),
+    ("on_calendar", "5"), ("repository", "7"), ("created", '"yesterday"'), ("name", '"other"'),
+])
+def test_a_hand_edited_job_file_is_checked_and_can_be_removed(tmp_path, jobs, repo_path, edit):
+    """Found by the hostile pass: a job file edited by hand with a value of the wrong type
+    was an internal error (exit 1) in status and run, or silently wrong (``tags = "abc"``
+    tagged the snapshots a, b and c); a broken job could not be removed at all. Each is one
+    line naming the file and the value (exit 2), and ``job remove`` removes it."""
+    image = tmp_path / "a.img"
+    image.write_bytes(random_bytes(100_000, 6))
+    add(jobs, "hand", "-r", repo_path, "--source", image, "--keep-daily", "7", "--tag", "t")
+    path = Path(jobs["DISKVAULT_JOBS_DIR"]) / "hand.toml"
+    key, value = edit
+    path.write_text(re.sub(rf"^{key} = .*$", f"{key} = {value}", path.read_text(), flags=re.M))
+    for command in ("status", "run"):
+        err = one_line_error(job(jobs, command, "hand", check=False), EXIT_USAGE)
+        assert f"job file {path} is not a job's" in err, err
+    assert not (Path(jobs["DISKVAULT_JOBS_DIR"]) / "state" / "hand.json").exists()
+    assert not os.listdir(repo_path / "snapshots")
+    assert f"removed {path}" in job(jobs, "remove", "hand").stderr.decode()
+    assert not path.exists()
+
+
+def test_a_run_killed_outright_is_recorded_as_a_failure(tmp_path, jobs, repo_path):
+    """Found by the hostile pass: ``job run`` killed with SIGKILL (with its step: the OOM
+    killer, a power cut) left no trace, and ``job status`` said "never" run. The run is
+    recorded as a failure of the step it was in (exit_code null, "killed" in the table),
+    the repository stays consistent (the fixture checks it) and the next run succeeds."""
+    image = tmp_path / "a.img"
+    image.write_bytes(random_bytes(8 << 20, 7))
+    add(jobs, "doomed", "-r", repo_path, "--source", image, "--keep-last", "2")
+    argv = [sys.executable, "-m", "diskvault", "job", "run", "doomed"]
+    proc = subprocess.Popen(argv, env=jobs, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    state_file = Path(jobs["DISKVAULT_JOBS_DIR"]) / "state" / "doomed.json"
+    while not (state_file.exists() and "current" in json.loads(state_file.read_text())):
+        assert proc.poll() is None, "the run ended before its first step was recorded"
+        time.sleep(0.01)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    row = json.loads(job(jobs, "status", "doomed", "--json").stdout)
+    assert row["result"] == "failure" and row["exit_code"] is None and row["failed_step"] == "snapshot"
+    assert "without ending" in row["error"] and row["running"] is False and row["last_run"]
+    assert "failure (killed, snapshot)" in job(jobs, "list").stdout.decode()
+    assert "exit -" in job(jobs, "status", "doomed").stdout.decode()
+    job(jobs, "run", "doomed")
+    runs = state(jobs, "doomed")["runs"]
+    assert [(r["result"], r["exit_code"]) for r in runs] == [("failure", None), ("success", 0)]
+    assert "current" not in state(jobs, "doomed")
+    image.unlink()
+
+
+@pytest.mark.parametrize("source", ["--password-file", "--password-command"])
+def test_the_jobs_passphrase_source_wins_over_the_callers_variables(tmp_path, jobs, repo_path, source):
+    """Found by the hostile pass: ``job run`` by hand from a shell that exports the other
+    passphrase variable failed (exit 2, "both given"), while the timer's clean environment
+    worked. The job's own source is the one its steps get, whatever the caller exports."""
+    image = tmp_path / "a.img"
+    image.write_bytes(random_bytes(100_000, 8))
+    right = jobs["TEST_PASSWORD_FILE"]
+    add(jobs, "mine", "-r", repo_path, "--source", image, source, right if source == "--password-file" else f"cat {right}")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase")
+    env = dict(jobs, DISKVAULT_PASSWORD_COMMAND=f"cat {wrong}", DISKVAULT_PASSWORD_FILE=str(wrong),
+               DISKVAULT_PASSWORD="not the passphrase")
+    run = json.loads(job(env, "run", "mine", "--json").stdout)
+    assert run["result"] == "success" and len(run["snapshot"]) == 32
+
+
+def test_a_running_job_is_not_removed(tmp_path, jobs, repo_path):
+    """Found by the hostile pass: ``job remove`` during a run deleted the job, then the run
+    wrote its state back: a later job of that name inherited the old runs. A running job
+    is refused (exit 7) and stays whole; once it ends, remove takes everything."""
+    add(jobs, "busy", "-r", repo_path, "--source", tmp_path / "a.img")
+    folder = Path(jobs["DISKVAULT_JOBS_DIR"])
+    lock = folder / "state" / "busy.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as f:
+        f.write("4242")
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert "job busy is already running (pid 4242)" in one_line_error(job(jobs, "remove", "busy", check=False),
+                                                                         EXIT_LOCKED)
+        assert (folder / "busy.toml").exists()
+    job(jobs, "remove", "busy")
+    assert not (folder / "busy.toml").exists() and not os.listdir(folder / "state")
+
+
+@pytest.mark.parametrize("damaged", ['{"runs": [1], "check_next": "x"}', '{"runs": [{"start": 5}]}',
+                                     '{"runs": [{"start": "2026-11-30T00:00:00+00:00", "end": "soon", '
+                                     '"result": "success", "steps": [], "exit_code": 0, "duration": 1}]}'])
+def test_a_damaged_state_file_never_stops_a_run_nor_list(tmp_path, jobs, repo_path, damaged):
+    """Found by the hostile pass: a state file holding something else than run records
+    (a disk error, an edit) made ``job status``, ``job list`` and even ``job run`` an
+    internal error (exit 1): no backup. What is not a run record is left out."""
+    image = tmp_path / "a.img"
+    image.write_bytes(random_bytes(100_000, 9))
+    add(jobs, "dented", "-r", repo_path, "--source", image)
+    path = Path(jobs["DISKVAULT_JOBS_DIR"]) / "state" / "dented.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(damaged)
+    assert json.loads(job(jobs, "status", "dented", "--json").stdout)["result"] == "never"
+    assert "never" in job(jobs, "list").stdout.decode()
+    run = json.loads(job(jobs, "run", "dented", "--json").stdout)
+    assert run["result"] == "success"
+    assert [r["result"] for r in state(jobs, "dented")["runs"]] == ["success"]

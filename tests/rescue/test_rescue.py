@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,19 @@ def test_rescue_build_refuses_bad_specs_and_existing_files(tmp_path):
     res = run_cli("rescue", "build", out, check=False, env=_env())
     assert res.returncode == 5 and b"pass --force" in res.stderr and out.read_bytes() == b"x"
     assert not (tmp_path / "new.img").exists()
+
+
+@pytest.mark.parametrize("args", [("--unattended", "LABEL=My Passport:/repo:latest:/dev/sda"),
+                                  ("--unattended-snapshot", "/dev/sda:LABEL=My Passport:/repo"),
+                                  ("--repo-hint", "LABEL=My Passport")])
+def test_a_label_with_spaces_is_refused_naming_the_way_out(tmp_path, args):
+    """Found by the hostile pass: "My Passport" (a common external disk's label) was "not
+    REPO_DEVICE:PATH:SNAPSHOT:TARGET", as if the syntax were wrong. The rescue system splits
+    at spaces, so such a label cannot work: the message says to use UUID= or the device."""
+    res = run_cli("rescue", "build", tmp_path / "r.img", *args, check=False, env=_env())
+    assert res.returncode == 2 and res.stderr.decode().count("\n") == 1
+    assert b"a label with spaces cannot be given: name the disk by UUID=" in res.stderr
+    assert not (tmp_path / "r.img").exists()
 
 
 def test_rescue_build_names_a_missing_tool(tmp_path):
@@ -366,3 +380,82 @@ def test_a_passphrase_is_stored_only_for_an_unattended_job(tmp_path):
     assert not json.loads(res.stdout)["password_stored"] and b"passphrase" not in res.stderr
     assert "etc/diskvault/password" not in _initramfs_files(tmp_path / "m.img", tmp_path)
     (tmp_path / "m.img").unlink()
+
+
+def _tmpfs(path: Path, *options: str) -> Path:
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)], check=True)
+    return path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_bad_size_or_an_unwritable_full_folder_is_one_line_with_its_exit_code(tmp_path):
+    """Found by the hostile pass: ``--size inf`` was an internal error (exit 1); a read-only
+    output folder was found only after the whole build (naming a temporary folder); a full
+    one was exit 5 with mcopy's words. Now: exit 2, exit 5 at once before anything is built,
+    exit 6 naming the folder, and nothing is left in it."""
+    for size in ("inf", "1e400", "nan"):
+        res = run_cli("rescue", "build", tmp_path / "r.img", "--size", size, check=False, env=_env())
+        assert res.returncode == 2 and res.stderr.decode().count("\n") == 1, res.stderr
+        assert b"is not a size" in res.stderr
+    ro = _tmpfs(tmp_path / "ro", "ro", "size=1m")
+    full = _tmpfs(tmp_path / "full", "size=30m")
+    try:
+        res = run_cli("rescue", "build", ro / "r.img", check=False, env=_env())
+        assert res.returncode == 5 and res.stderr.decode() == (
+            f"diskvault: error: {ro} is not writable (a read-only file system or no permission): "
+            "choose a writable place for the image\n")
+        res = run_cli("rescue", "build", full / "r.img", check=False, env=_env(), timeout=900)
+        err = res.stderr.decode().splitlines()
+        assert res.returncode == 6 and err[-1].startswith(f"diskvault: error: {full} has ") and "MiB free" in err[-1]
+        assert not [line for line in err if line.startswith("diskvault:")][:-1] and not os.listdir(full)
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+        subprocess.run(["umount", str(full)], check=True)
+
+
+def test_a_build_killed_outright_leaves_no_image_and_its_leftovers_go_at_the_next(tmp_path):
+    """kill -9 while the disk image is written: OUT does not exist (a half-written image never
+    looks finished). Found by the hostile pass: the build left a ``tmpXXXXXXXX`` folder of
+    ~50 MB beside OUT and its ~110 MB work tree (with the passphrase of an unattended
+    build) in /tmp for ever; the next build deletes what a dead build left."""
+    out, tmp = tmp_path / "out" / "r.img", tmp_path / "tmp"
+    out.parent.mkdir()
+    tmp.mkdir()
+    env = {**_env(), "TMPDIR": str(tmp)}
+    argv = [sys.executable, "-m", "diskvault", "rescue", "build", str(out)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    while not any(p.name.startswith(".r.img.partial-") for p in out.parent.iterdir()):
+        assert proc.poll() is None, "the build ended before it wrote the disk image"
+        time.sleep(0.05)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    assert not out.exists()
+    assert [p.name.split("-")[1] for p in out.parent.iterdir()] == [str(proc.pid)]
+    assert [p.name for p in tmp.iterdir()][0].startswith(f"diskvault-rescue-{proc.pid}-")
+    run_cli("rescue", "build", out, env=env, timeout=900)
+    assert os.listdir(out.parent) == ["r.img"] and not os.listdir(tmp)
+    out.unlink()
+
+
+def test_an_unattended_job_without_the_passphrase_fails_and_powers_off(world):
+    """Found by the hostile pass: an image built for an unattended restore without a
+    passphrase source, booted with an encrypted repository, stopped at a passphrase prompt
+    on the console (echoing what was typed) and never powered off. The job has no input: it
+    fails with the passphrase error (exit 10), says the target is not restored, powers off."""
+    tmp, _, _, _ = world
+    env = {k: v for k, v in _env().items() if not k.startswith("DISKVAULT_PASSWORD")}
+    image = tmp / "bare.img"
+    res = run_cli("rescue", "build", image, "--unattended", "LABEL=BACKUP:/repo:latest:/dev/vdc", env=env, timeout=900)
+    assert b"warning: the image holds" not in res.stderr
+    assert b"note: no passphrase was given: the unattended job fails (exit 10) if the repository is encrypted" in res.stderr
+    target = _blank(tmp / "target3.img", 192 * MiB)
+    with VM(image, tmp / "repo.img", target) as vm:
+        log = vm.wait_off(BOOT + JOB)
+    assert "DISKVAULT-RESCUE-OK" not in log and "the repository is encrypted and no passphrase was given" in log, log[-3000:]
+    assert "DISKVAULT-RESCUE-FAILED restore of latest onto /dev/vdc exited 10; /dev/vdc is not restored" in log
+    with open(target, "rb") as f:
+        assert not any(f.read())
+    target.unlink()
+    image.unlink()

@@ -33,8 +33,10 @@ def test_unsafe_names(name):
 
 
 def test_control_characters_and_raw_names_are_refused():
-    with pytest.raises(UsageError, match="control characters"):
+    with pytest.raises(UsageError, match="--on-success holds a control character"):
         new_job(name="j", repository="/r", source="/s", on_success="a\nb")
+    with pytest.raises(UsageError, match="--tag holds a control character"):
+        new_job(name="j", repository="/r", source="/s", tags=["a\tb"])
     with pytest.raises(UsageError, match="UTF-8"):
         new_job(name="j", repository="/r", source="/s\udcff")
 
@@ -96,9 +98,10 @@ def test_state_keeps_the_last_50_runs_and_replaces_its_file_whole(tmp_path):
     st = state.load(scope, "j")
     assert st == {"job": "j", "check_next": 0, "runs": []}
     for i in range(60):
-        st["runs"].append({"start": str(i)})
+        st["runs"].append({"start": f"2026-11-30T00:{i:02d}:00+00:00", "end": None, "duration": 1.0, "result": "success",
+                           "exit_code": 0, "bytes_added": None, "steps": []})
         state.save(scope, "j", st)
-    assert [r["start"] for r in state.load(scope, "j")["runs"]] == [str(i) for i in range(10, 60)]
+    assert [r["start"][14:16] for r in state.load(scope, "j")["runs"]] == [f"{i:02d}" for i in range(10, 60)]
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["j.json"]  # no temporary file left
     (tmp_path / "state" / "j.json").write_text('{"runs": ')  # torn by hand: read as never run
     assert state.load(scope, "j")["runs"] == []

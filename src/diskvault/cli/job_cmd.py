@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..policy import parse_duration
-from .common import JsonOpt, RepoOpt, human, plural, print_json
+from .common import JsonOpt, RepoOpt, human, passphrase, plural, print_json
 from .forget_cmd import KeepTagOpt, KeepWithinOpt, check_count, keep_count_option
 
 if TYPE_CHECKING:
@@ -78,7 +78,8 @@ def add(
                   randomized_delay=randomized_delay, keep_within=keep_within or "", keep_tag=keep_tag,
                   check_subset=check_subset, password_file=password_file or "", password_command=password_command or "",
                   on_failure=on_failure or "", on_success=on_success or "", **counts)
-    res = add_op(_scope(user), job, force=force, print_only=print_units)
+    res = add_op(_scope(user), job, force=force, print_only=print_units,
+                 passphrase=passphrase(job.password_file, job.password_command, env=False))
     if json_out:
         print_json(res.to_json())
         return
@@ -144,7 +145,8 @@ def status(name: NameArg, user: UserOpt = False, json_out: JsonOpt = False) -> N
     for run in r["runs"][:10]:
         added = human(run["bytes_added"]) if run.get("bytes_added") is not None else "-"
         steps = ", ".join(f"{s['step']} {s['exit_code']}" for s in run["steps"])
-        typer.echo(f"  {_when(run['start'])}  {run['result']:<7}  exit {run['exit_code']:<3}  {run['duration'] or 0:7.1f} s  "
+        code = "-" if run["exit_code"] is None else run["exit_code"]
+        typer.echo(f"  {_when(run['start'])}  {run['result']:<7}  exit {code:<3}  {run['duration'] or 0:7.1f} s  "
                    f"{added:>10} added  ({steps})")
     if r["warning"]:
         typer.echo(f"warning: {r['warning']}", err=True)
@@ -195,7 +197,7 @@ def _when(iso: str | None) -> str:
 
 def _result(r: dict) -> str:
     if r["result"] == "failure":
-        return f"failure (exit {r['exit_code']}, {r['failed_step']})"
+        return f"failure ({'killed' if r['exit_code'] is None else 'exit %s' % r['exit_code']}, {r['failed_step']})"
     return r["result"]
 
 

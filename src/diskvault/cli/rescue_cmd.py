@@ -19,9 +19,12 @@ def _size(text: str) -> int:
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     unit = t[-1:] if t[-1:] in UNITS else ""
     try:
-        return int(float(t[: len(t) - len(unit)]) * UNITS[unit])
-    except ValueError:
-        raise UsageError(f"--size {text!r} is not a size: give e.g. 256M or 1G") from None
+        size = int(float(t[: len(t) - len(unit)]) * UNITS[unit])
+    except (ValueError, OverflowError):  # OverflowError: inf, 1e400
+        size = -1
+    if size < 0:
+        raise UsageError(f"--size {text!r} is not a size: give e.g. 256M or 1G")
+    return size
 
 
 def _password(password_file: str | None, password_command: str | None) -> bytes | None:
@@ -50,6 +53,9 @@ def build(
     password = _password(password_file, password_command) if (unattended or unattended_snapshot) else None
     res = build_op(Path(out), _size(size) if size else None, repo_hint, unattended, unattended_snapshot,
                    password, force, step=lambda s: None if json_out else typer.echo(f"  {s}", err=True))
+    if (unattended or unattended_snapshot) and password is None:
+        typer.echo("note: no passphrase was given: the unattended job fails (exit 10) if the repository is encrypted; "
+                   "then build again with --password-file FILE or --password-command COMMAND", err=True)
     if res.password_stored:
         typer.echo("warning: the image holds the repository's passphrase (/etc/diskvault/password): "
                    "keep it, and every stick written from it, as secret as the passphrase", err=True)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ...errors import UsageError
-from ...repository import encryption_of
+from ...repository import Repository, encryption_of
 from . import state as job_state
-from .config import JOBS_DIR_ENV, Job, Scope, check_name, load, new_job, save
+from .config import JOBS_DIR_ENV, Job, Scope, check_name, config_file, load, new_job, save
 from .runner import run_job
 from .units import (Calendar, calendar, check_installable, check_timespan, crontab_line, install, systemd_running, timer_next,
                     uninstall, unit_dir, units)
@@ -46,16 +46,22 @@ class AddResult:
                 "job": self.job.to_json()}
 
 
-def add(scope: Scope, job: Job, force: bool = False, print_only: bool = False) -> AddResult:
-    """Check ``job`` (schedule, delay), save its config and schedule it: install and enable
-    its units when systemd runs, else compute its crontab line; ``print_only`` saves and
-    returns the units without installing them. UsageError for what is wrong (exists
-    without ``force``, a system-wide job without root), OSError as raised."""
+def add(scope: Scope, job: Job, force: bool = False, print_only: bool = False,
+        passphrase: Callable[[], str] | None = None) -> AddResult:
+    """Check ``job`` (schedule, delay, and for an encrypted repository that is there, that
+    ``passphrase()``, read from the job's own source, opens it), save its config and schedule
+    it: install and enable its units when systemd runs, else compute its crontab line;
+    ``print_only`` saves and returns the units without installing them. UsageError for what
+    is wrong (exists without ``force``, a system-wide job without root), PasswordError (exit
+    10) for a passphrase source that fails or opens no key, OSError as raised."""
     cal = calendar(job.on_calendar)
     check_timespan(job.randomized_delay)
-    if encryption_of(job.repository) not in (None, "none") and not (job.password_file or job.password_command):
-        raise UsageError(f"{job.repository} is encrypted and a timer has no terminal to ask on: give the job "
-                         "--password-file FILE or --password-command COMMAND (the passphrase itself is never stored)")
+    if encryption_of(job.repository) not in (None, "none"):
+        if not (job.password_file or job.password_command):
+            raise UsageError(f"{job.repository} is encrypted and a timer has no terminal to ask on: give the job "
+                             "--password-file FILE or --password-command COMMAND (the passphrase itself is never stored)")
+        if passphrase is not None:  # now, not at the first run in the night
+            Repository.open(job.repository, write=False, lock=False, passphrase=passphrase).close()
     if not scope.user and os.geteuid() != 0 and not os.environ.get(JOBS_DIR_ENV):
         raise UsageError("a system-wide job needs root: run as root, or add --user for a job of your own")
     if not print_only and systemd_running():
@@ -76,12 +82,15 @@ def add(scope: Scope, job: Job, force: bool = False, print_only: bool = False) -
 
 def remove(scope: Scope, name: str) -> list[str]:
     """Remove job ``name``: disable and delete its units, its config and its state; returns
-    the files deleted. UsageError for an unknown job."""
-    job = load(scope, name)
-    gone = uninstall(job.name, scope)
-    os.unlink(scope.config_path(job.name))
-    job_state.remove(scope, job.name)
-    return [*gone, scope.config_path(job.name)]
+    the files deleted. UsageError for an unknown job, RepositoryLocked (exit 7) while it
+    runs (its run would record itself again afterwards); a job file that no longer reads as
+    a job's (edited by hand) is removed all the same."""
+    path = config_file(scope, name)
+    with job_state.RunLock(scope, name):
+        gone = uninstall(name, scope)
+        os.unlink(path)
+        job_state.remove(scope, name)
+    return [*gone, path]
 
 
 def run(scope: Scope, name: str, echo: Callable[[str], None], step_done: Callable[[dict], None]) -> dict:
@@ -99,7 +108,9 @@ def health(scope: Scope, name: str, now: datetime | None = None) -> dict:
     check_name(name)
     job = load(scope, name)
     now = now or datetime.now(timezone.utc)
-    runs = job_state.load(scope, name)["runs"]
+    st = job_state.load(scope, name)
+    running = job_state.running(scope, name)
+    runs = st["runs"] + ([job_state.unfinished(st["current"])] if st.get("current") and not running else [])
     last = runs[-1] if runs else None
     success = next((r for r in reversed(runs) if r.get("result") == "success"), None)
     try:
@@ -123,7 +134,7 @@ def health(scope: Scope, name: str, now: datetime | None = None) -> dict:
         "error": last["error"] if last else None,
         "last_success": success["end"] if success else None, "last_success_age": round(age) if age is not None else None,
         "next_run": next_run.isoformat() if next_run else None, "period": period,
-        "running": job_state.running(scope, name), "warning": warning,
+        "running": running, "warning": warning,
         "runs": list(reversed(runs)), "job": job.to_json(),
     }
 

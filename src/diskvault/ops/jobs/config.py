@@ -129,11 +129,19 @@ def check_subset(spec: str) -> str:
     return spec.strip()
 
 
+_OPTION = {"tags": "tag", "repository": "repo"}  # a field's option, where their names differ
+
+
 def new_job(**values: object) -> Job:
     """A Job from ``job add``'s values, checked (UsageError) and with paths made absolute."""
     job = Job(**values, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     check_name(job.name)
     check_subset(job.check_subset)
+    for option, value in (("--repo", job.repository), ("--source", job.source)):
+        if not value.strip():  # abspath("") would be the current folder
+            raise UsageError(f"{option} is empty: give a path")
+    if job.source == "-":
+        raise UsageError("--source -: a job has no standard input to read: give an image file or a block device")
     job.repository = os.path.abspath(job.repository)
     job.source = os.path.abspath(job.source)
     if job.password_file:
@@ -144,32 +152,57 @@ def new_job(**values: object) -> Job:
         value = getattr(job, f.name)
         for text in value if isinstance(value, list) else [value]:
             if isinstance(text, str) and is_raw(text):
-                raise UsageError(f"{f.name.replace('_', '-')}: give UTF-8 text (a job file is UTF-8 TOML)")
+                raise UsageError(f"--{_OPTION.get(f.name, f.name).replace('_', '-')} is not UTF-8 text: give it in UTF-8 (a job file is "
+                                 "UTF-8 TOML)")
             if isinstance(text, str) and any(ord(c) < 32 or c == "\x7f" for c in text):
-                raise UsageError(f"{f.name.replace('_', '-')}: control characters (a newline, a tab) are not allowed")
+                raise UsageError(f"--{_OPTION.get(f.name, f.name).replace('_', '-')} holds a control character (a newline, a tab): "
+                                 "give it on one line, without tabs")
     return job
+
+
+def config_file(scope: Scope, name: str) -> str:
+    """The path of job ``name``'s file; raises UsageError for a bad name or an unknown job."""
+    check_name(name)
+    path = scope.config_path(name)
+    if not os.path.isfile(path):
+        where = "--user " if scope.user else ""
+        raise UsageError(f"no job {name!r} in {scope.config_dir}: see diskvault job list {where}"
+                         f"(or add it with diskvault job add {where}{name} ...)")
+    return path
+
+
+_TYPES = {"str": (str, "text"), "int": (int, "an integer"), "bool": (bool, "true or false"),
+          "list[str]": (list, "a list of texts")}
 
 
 def load(scope: Scope, name: str) -> Job:
     """The job ``name`` of ``scope``; raises UsageError for an unknown job or a file that
-    is not a job's."""
-    check_name(name)
-    path = scope.config_path(name)
+    is not a job's (not TOML, a value of the wrong type, another job's name, a bad
+    check subset or creation time: a hand-edited file is checked as ``job add`` checks)."""
+    path = config_file(scope, name)
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
-    except FileNotFoundError:
-        where = "--user " if scope.user else ""
-        raise UsageError(f"no job {name!r} in {scope.config_dir}: see diskvault job list {where}"
-                         f"(or add it with diskvault job add {where}{name} ...)") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"job file {path} is not valid TOML ({exc}): fix it, or replace the job "
                          f"(diskvault job add --force {name} ...)") from None
-    known = {f.name for f in fields(Job)}
+    known = {f.name: f for f in fields(Job)}
     try:
+        missing = [k for k in ("name", "repository", "source") if k not in data]
+        if missing:
+            raise UsageError(f"no {' or '.join(missing)}")
+        for key, value in data.items():
+            want, what = _TYPES[known[key].type] if key in known else (object, "")
+            if (not isinstance(value, want) or (want is int and isinstance(value, bool))
+                    or (want is list and not all(isinstance(v, str) for v in value))):
+                raise UsageError(f"{key} = {value!r} is not {what}")
         job = Job(**{k: v for k, v in data.items() if k in known})
+        if job.name != name:
+            raise UsageError(f"it names the job {job.name!r}")
         check_subset(job.check_subset)
-    except (TypeError, UsageError) as exc:
+        if job.created:
+            datetime.fromisoformat(job.created)
+    except (TypeError, ValueError, UsageError) as exc:
         raise UsageError(f"job file {path} is not a job's ({exc}): replace the job "
                          f"(diskvault job add --force {name} ...)") from None
     return job

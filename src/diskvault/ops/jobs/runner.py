@@ -6,7 +6,8 @@ source and tags (skipped when the job has no keep rule); ``check --read-data-sub
 the next of the job's N fixed slices (N = ceil(100 / check_subset)), so N runs read every
 pack once. Each step is ``sys.executable -m diskvault ... --json``: its exit code is the
 command's (docs/cli.md), its stderr goes to ours and to the run's log. The passphrase
-source is handed to the steps as ``DISKVAULT_PASSWORD_FILE``/``DISKVAULT_PASSWORD_COMMAND``;
+source is handed to the steps as ``DISKVAULT_PASSWORD_FILE``/``DISKVAULT_PASSWORD_COMMAND``
+(replacing any passphrase variable of the caller's environment);
 ``DISKVAULT_LOCK_WAIT`` defaults to ``LOCK_WAIT`` seconds, so a run waits for a command that
 holds the repository instead of failing. Then ``on_success`` or ``on_failure`` runs through
 /bin/sh with ``DISKVAULT_JOB*`` variables (``hook_env``).
@@ -30,6 +31,7 @@ from . import state as job_state
 from .config import Job, Scope
 
 LOCK_WAIT = "3600"  # seconds a step waits for a repository lock unless DISKVAULT_LOCK_WAIT says otherwise
+PASSWORD_VARIABLES = ("DISKVAULT_PASSWORD", "DISKVAULT_PASSWORD_FILE", "DISKVAULT_PASSWORD_COMMAND")
 EXIT_SIGNALLED = 128  # a step killed by signal S exits 128 + S, as a shell reports it
 
 
@@ -54,6 +56,9 @@ def plan(job: Job, check_next: int) -> list[tuple[str, list[str]]]:
 def step_env(job: Job) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("DISKVAULT_LOCK_WAIT", LOCK_WAIT)
+    if job.password_file or job.password_command:  # the job's source, not one left in the caller's shell
+        for key in PASSWORD_VARIABLES:
+            env.pop(key, None)
     if job.password_file:
         env["DISKVAULT_PASSWORD_FILE"] = job.password_file
     if job.password_command:
@@ -69,15 +74,19 @@ def run_job(scope: Scope, job: Job, echo: Callable[[str], None], step_done: Call
     (``_run_step``) when it ends."""
     with job_state.RunLock(scope, job.name):
         state = job_state.load(scope, job.name)
+        if state.get("current"):  # the last run never ended: record it as the failure it was
+            state["runs"].append(job_state.unfinished(state.pop("current")))
         started = time.monotonic()
         run: dict = {"start": now(), "end": None, "duration": None, "result": None, "exit_code": None,
                      "failed_step": None, "error": None, "snapshot": None, "bytes_added": None, "steps": [], "hook": None}
         log_path = job_state.log_path(scope, job.name)
         env = step_env(job)
-        with open(log_path, "w", encoding="utf-8", errors="replace") as log:
+        with RunLog(log_path, job.name, echo) as log:
             step = None
             try:
                 for step, args in plan(job, int(state.get("check_next", 0))):
+                    state["current"] = dict(run, failed_step=step)  # what a killed run leaves behind
+                    _save(scope, job, state, lambda line: None)
                     rec = _run_step(step, args, env, log, echo)
                     run["steps"].append(rec)
                     if step == "snapshot" and rec["exit_code"] == 0:
@@ -93,7 +102,7 @@ def run_job(scope: Scope, job: Job, echo: Callable[[str], None], step_done: Call
                 _finish(scope, job, state, run, started, echo)
                 raise
         run["exit_code"] = run["exit_code"] or 0
-        _finish(scope, job, state, run, started, echo)
+        recorded = _finish(scope, job, state, run, started, echo)
         hook = job.on_success if run["exit_code"] == 0 else job.on_failure
         if hook:
             name = "on_success" if run["exit_code"] == 0 else "on_failure"
@@ -101,23 +110,75 @@ def run_job(scope: Scope, job: Job, echo: Callable[[str], None], step_done: Call
             run["hook"] = {"name": name, "exit_code": code}
             if code != 0:
                 echo(f"warning: job {job.name}: the {name.replace('_', '-')} command exited {code}")
-            _finish(scope, job, state, run, started, echo, again=True)
+            _finish(scope, job, state, run, started, echo if recorded else lambda line: None, again=True)
         return run
 
 
 def _finish(scope: Scope, job: Job, state: dict, run: dict, started: float, echo: Callable[[str], None],
-            again: bool = False) -> None:
+            again: bool = False) -> bool:
     """Complete ``run`` (unless ``again``) and save the state; a state that cannot be saved
-    (a full disk) is a warning: the hook still runs and the exit code stays the steps'."""
+    (a full disk) is a warning (and False): the hook still runs and the exit code stays the steps'."""
     if not again:
         run["end"] = now()
         run["duration"] = round(time.monotonic() - started, 3)
         run["result"] = "success" if run["exit_code"] == 0 else "failure"
         state["runs"].append(run)
+        state.pop("current", None)
+    return _save(scope, job, state, echo)
+
+
+def _save(scope: Scope, job: Job, state: dict, echo: Callable[[str], None]) -> bool:
+    """Save the state; False (and a warning) when it cannot be saved."""
     try:
         job_state.save(scope, job.name, state)
+        return True
     except OSError as exc:
-        echo(f"warning: job {job.name}: this run could not be recorded ({exc.strerror or exc}: {exc.filename or scope.state_dir})")
+        echo(f"warning: job {job.name}: this run could not be recorded "
+             f"({exc.strerror or exc}: {exc.filename or scope.state_dir})")
+        return False
+
+
+class RunLog:
+    """The run's log file (``DISKVAULT_JOB_LOG``), written as the run goes. A log that
+    cannot be written (a full or read-only state folder) costs one warning, never the run:
+    the steps, their record and the hook go on without it."""
+
+    def __init__(self, path: str, name: str, echo: Callable[[str], None]) -> None:
+        self.path, self.name, self.echo = path, name, echo
+        self.file = None
+        try:
+            self.file = open(path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
+        except OSError as exc:
+            self._lost(exc)
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+
+    def write(self, text: str) -> None:
+        if self.file is None:
+            return
+        try:
+            self.file.write(text)
+            self.file.flush()
+        except OSError as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: OSError) -> None:
+        self.echo(f"warning: job {self.name}: its log {self.path} cannot be written "
+                  f"({(exc.strerror or str(exc)).lower()}): the run goes on without it")
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+        self.file = None
 
 
 def hook_env(job: Job, run: dict, log_path: str) -> dict[str, str]:
@@ -138,7 +199,7 @@ def hook_env(job: Job, run: dict, log_path: str) -> dict[str, str]:
     return env
 
 
-def _run_step(step: str, args: list[str], env: dict[str, str], log, echo: Callable[[str], None]) -> dict:
+def _run_step(step: str, args: list[str], env: dict[str, str], log: RunLog, echo: Callable[[str], None]) -> dict:
     """Run one step; its record: ``{"step", "command", "start", "duration", "exit_code",
     "error", ...}`` plus what its JSON says (snapshot: ``snapshot``, ``bytes_added``,
     ``new_bytes``; forget: ``forgot``, ``reclaimed``; check: ``subset``, ``packs_read``,
@@ -148,14 +209,12 @@ def _run_step(step: str, args: list[str], env: dict[str, str], log, echo: Callab
     started = time.monotonic()
     last_error = ""
     log.write(f"--- {rec['start']} diskvault {' '.join(args)}\n")
-    log.flush()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, env=env, text=True, errors="replace")
         try:
             for line in proc.stderr:
                 line = line.rstrip("\n")
                 log.write(line + "\n")
-                log.flush()
                 echo(line)
                 if line.strip():
                     last_error = line.strip()

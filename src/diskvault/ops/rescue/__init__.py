@@ -81,9 +81,19 @@ class BuildResult:
         return dict(self.__dict__)
 
 
+def _no_spaced_label(option: str, spec: str) -> None:
+    """UsageError naming the way out when ``spec`` holds a ``LABEL=`` with white space (the
+    rescue system splits its settings and the kernel command line at spaces)."""
+    m = re.search(r"LABEL=[^:]*\s", spec)
+    if m:
+        raise UsageError(f"{option} {spec!r}: a label with spaces cannot be given: name the disk by "
+                         "UUID=... (blkid shows it) or by its device name instead")
+
+
 def parse_unattended(spec: str) -> tuple[str, str, str, str]:
     """``REPO_DEVICE:PATH:SNAPSHOT:TARGET`` -> its four parts (SNAPSHOT may hold ':', as
     ``latest:TAG``); raises UsageError."""
+    _no_spaced_label("--unattended", spec)
     f = spec.split(":")
     if len(f) < 4 or not all(f) or not REPO_DEVICE.fullmatch(f[0]) or not DEVICE.fullmatch(f[-1]):
         raise UsageError(f"--unattended {spec!r} is not REPO_DEVICE:PATH:SNAPSHOT:TARGET: give e.g. "
@@ -93,6 +103,7 @@ def parse_unattended(spec: str) -> tuple[str, str, str, str]:
 
 def parse_unattended_snapshot(spec: str) -> tuple[str, str, str]:
     """``SOURCE:REPO_DEVICE:PATH`` -> its three parts; raises UsageError."""
+    _no_spaced_label("--unattended-snapshot", spec)
     f = spec.split(":")
     if len(f) < 3 or not all(f) or not DEVICE.fullmatch(f[0]) or not REPO_DEVICE.fullmatch(f[1]):
         raise UsageError(f"--unattended-snapshot {spec!r} is not SOURCE:REPO_DEVICE:PATH: give e.g. "
@@ -115,6 +126,9 @@ def _check_out(out: Path, force: bool) -> None:
         raise TargetError(f"{out} exists and is not empty: pass --force to replace it")
     if not out.parent.is_dir():
         raise TargetError(f"{out.parent} is not a directory: create it first")
+    if not os.access(out.parent, os.W_OK):  # at once, not after the build's minute
+        raise TargetError(f"{out.parent} is not writable (a read-only file system or no permission): "
+                          "choose a writable place for the image")
 
 
 def build(out: Path, size: int | None = None, repo_hints: list[str] | None = None,
@@ -127,6 +141,7 @@ def build(out: Path, size: int | None = None, repo_hints: list[str] | None = Non
     start = time.monotonic()
     hints = repo_hints or []
     for h in hints:
+        _no_spaced_label("--repo-hint", h)
         if not REPO_DEVICE.fullmatch(h):
             raise UsageError(f"--repo-hint {h!r} is not LABEL=..., UUID=... or a device name: give e.g. LABEL=BACKUP")
     if unattended and unattended_snapshot:
@@ -143,8 +158,7 @@ def build(out: Path, size: int | None = None, repo_hints: list[str] | None = Non
     busybox = debian.package("busybox-static", cache) / "bin/busybox"
     shim = debian.package("shim-signed", cache) / "usr/lib/shim/shimx64.efi.signed"
     grub = debian.package("grub-efi-amd64-signed", cache) / "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
-    with tempfile.TemporaryDirectory(prefix="diskvault-rescue-") as tmp:
-        t = Path(tmp)
+    with image.workdir(Path(tempfile.gettempdir()), "diskvault-rescue-") as t:
         root = t / "root"
         for d in ("bin", "dev", "proc", "sys", "mnt", "tmp", "run", "root", "etc/diskvault", "usr/bin",
                   "usr/sbin", "usr/lib/diskvault", "lib/modules"):

@@ -5,19 +5,24 @@ kept, zstd level 10: CONFIG_RD_ZSTD is on in Debian's kernels). ``disk(out, esp_
 size)`` writes a GPT disk holding one EFI System Partition with ``esp_files`` (path on the
 ESP -> local file), made with ``mkfs.vfat`` and ``mcopy``/``mmd`` (no loop device, no
 mount) and partitioned with ``sgdisk``; the file is written beside ``out`` and renamed over
-it when complete. Raises RescueBuildError when a tool fails or is missing.
+it when complete. Raises RescueBuildError when a tool fails or is missing, OutOfSpace when
+the image's folder is full.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import secrets
+import shutil
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from ...errors import RescueBuildError
+from ...errors import OutOfSpace, RescueBuildError
 
 MiB = 1 << 20
 
@@ -52,6 +57,9 @@ def _run(*cmd: str | Path) -> None:
         raise RescueBuildError(f"rescue build needs {cmd[0]}: install it") from None
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["failed"])[-1]
+        if "No space left on device" in done.stderr:
+            raise OutOfSpace(f"rescue build: {cmd[0]} ran out of space ({last}): free some space where the "
+                             "image is written, then build again")
         raise RescueBuildError(f"rescue build: {cmd[0]} failed: {last}")
 
 
@@ -61,12 +69,50 @@ def fat_size(esp_files: dict[str, Path]) -> int:
     return max(40 * MiB, (need * 105 // 100 + 4 * MiB + MiB - 1) // MiB * MiB)
 
 
+@contextlib.contextmanager
+def workdir(folder: Path, prefix: str) -> Iterator[Path]:
+    """A new folder ``folder/PREFIX<pid>-XXXXXXXX`` for one build, deleted when it ends.
+    Folders of ``prefix`` that a build killed outright left behind (its pid is gone) are
+    deleted first, so a kill -9 costs no space for long (and leaves no passphrase behind)."""
+    for old in folder.glob(f"{glob.escape(prefix)}*-*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and old.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(dir=folder, prefix=f"{prefix}{os.getpid()}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def check_space(folder: Path, need: int) -> None:
+    """OutOfSpace when ``folder``'s file system has less than ``need`` bytes free."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise OutOfSpace(f"{folder} has {free // MiB} MiB free and writing the rescue image there needs "
+                         f"{-(-need // MiB)} MiB: free some space, or write the image elsewhere")
+
+
 def disk(out: Path, esp_files: dict[str, Path], size: int, volume_id: str, secret: bool = False) -> None:
     """Write the GPT disk image ``out`` of ``size`` bytes: partition 1, the ESP, from 1 MiB to
     1 MiB before the end, FAT32 (volume id ``volume_id``, 8 hex digits) holding ``esp_files``;
-    mode 0600 when ``secret`` (it holds a passphrase)."""
+    mode 0600 when ``secret`` (it holds a passphrase). It is made in ``.OUT.partial-PID-XXXX``
+    beside ``out`` (twice the files' size while it is made: OutOfSpace when that is not free)
+    and renamed over ``out`` when complete, so ``out`` is never a half-written image."""
     esp_bytes = size - 2 * MiB
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    check_space(out.parent, 2 * fat_size(esp_files))
+    with workdir(out.parent, f".{out.name}.partial-") as tmp:
         esp = Path(tmp) / "esp.img"
         with open(esp, "wb") as f:
             f.truncate(esp_bytes)
@@ -100,6 +146,11 @@ def disk(out: Path, esp_files: dict[str, Path], size: int, volume_id: str, secre
         if secret:
             img.chmod(0o600)
         os.replace(img, out)
+        dir_fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)  # the rename survives a power cut
+        finally:
+            os.close(dir_fd)
 
 
 def volume_id() -> str:

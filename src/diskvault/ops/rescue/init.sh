@@ -105,10 +105,10 @@ to_consoles() { while IFS= read -r line; do say "$line"; done; }
 
 if [ -n "$UNATTENDED$UNATTENDED_SNAPSHOT" ]; then
   sleep 1  # let the disks appear
-  {
+  {  # no input: nobody is there to type (an encrypted repository without a stored passphrase fails, exit 10)
     if [ -n "$UNATTENDED" ]; then unattended_restore "$UNATTENDED"; else unattended_snapshot "$UNATTENDED_SNAPSHOT"; fi
     echo "diskvault rescue: powering off"
-  } 2>&1 | to_consoles
+  } </dev/null 2>&1 | to_consoles
   sync; sleep 1; poweroff -f
 fi
 
