@@ -106,6 +106,18 @@ def test_copy_errors(tmp_path, repo_path, series):
                            check=False), 4, "nosuchsnapshot")
 
 
+def test_a_wrong_destination_passphrase_names_the_destination_options(tmp_path, repo_path):
+    other = tmp_path / "other"
+    pw, wrong = tmp_path / "other.pw", tmp_path / "wrong.pw"
+    pw.write_text("another passphrase\n")
+    wrong.write_text("not it\n")
+    run_cli("init", "-r", other, "--password-file", pw)
+    for args, env in ((["--to-password-file", wrong], None), ([], cli_env(DISKVAULT_TO_PASSWORD="not it"))):
+        res = run_cli("copy", "-r", repo_path, "--to", other, *args, check=False, env=env)
+        one_line_error(res, EXIT_PASSWORD, "wrong passphrase", "--to-password-file", "DISKVAULT_TO_PASSWORD")
+        assert b"--password-file/" not in res.stderr  # the source's options are not the ones to check
+
+
 def test_a_damaged_source_chunk_stops_the_copy_of_that_snapshot(tmp_path, plain_repo_path):
     img = tmp_path / "disk.img"
     img.write_bytes(random_bytes(1 << 20, 3))
