@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from consistency import assert_consistent
-from helpers import cli_env, one_line_error, random_bytes, run_cli
+from helpers import cli_env, one_line_error, random_bytes, run_cli, secret
 
 from diskvault.errors import EXIT_DAMAGED, EXIT_PASSWORD, EXIT_USAGE
 
@@ -203,4 +203,36 @@ def test_copies_keep_their_order_whatever_order_they_are_copied_in(tmp_path, rep
     run_cli("forget", "-r", dst, "--keep-last", "1")
     (kept,) = snapshots(dst)
     run_cli("restore", "-r", dst, kept["id"], out, "--force")
+    assert out.read_bytes() == series[-1][1]
+
+
+def test_two_copies_into_one_destination_at_once_record_each_snapshot_once(tmp_path, repo_path, series):
+    """A second copy runs to its end while the first is half way through the same snapshot
+    (started from the first's progress: deterministic); the first then finds the snapshot
+    recorded and skips it instead of recording it twice."""
+    from diskvault.ops.copy import copy as copy_op
+    from diskvault.ops.progress import NoProgress
+    from diskvault.repository import Repository
+
+    dst = tmp_path / "offsite"
+    run_cli("init", "-r", dst)
+    latest = series[-1][0]
+
+    class OtherCopyMidway(NoProgress):
+        other = None
+
+        def advance(self, n: int) -> None:
+            if self.other is None:
+                self.other = copy("-r", repo_path, "--to", dst, latest)
+
+    with Repository.open(str(repo_path), write=False, passphrase=secret) as src, \
+            Repository.open(str(dst), passphrase=secret) as to:
+        progress = OtherCopyMidway()
+        res = copy_op(src, to, [latest], progress=progress)
+    assert [c["source_id"] for c in progress.other["copied"]] == [latest]
+    assert res.copied == [] and res.skipped == [{"source_id": latest, "id": progress.other["copied"][0]["id"]}]
+    assert [s["id"] for s in snapshots(dst)] == [progress.other["copied"][0]["id"]]
+    run_cli("check", "-r", dst)
+    out = tmp_path / "restored.img"
+    run_cli("restore", "-r", dst, "latest", out)
     assert out.read_bytes() == series[-1][1]

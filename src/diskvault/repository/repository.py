@@ -353,16 +353,27 @@ class Repository:
             if held is not None:
                 held.release()
 
-    def save_snapshot(self, record: SnapshotRecord, keep_seq: bool = False) -> None:
+    def save_snapshot(self, record: SnapshotRecord, keep_seq: bool = False,
+                      same: Callable[[SnapshotRecord], object] | None = None) -> SnapshotRecord | None:
         """Record a snapshot whose blobs are all durable and catalogued: gives it the next
         repository-wide sequence number (``seq``; ``keep_seq``: a copy keeps its source's, so
         copies order as they did there) and its id (the (keyed) content id of its JSON),
         then writes the record file (so ``repair`` can find it) and the catalog row that
         makes it visible, in one catalog transaction. Anything failing on the way removes
-        the record file again: a snapshot that is not saved leaves no record."""
+        the record file again: a snapshot that is not saved leaves no record. ``same``: what
+        identifies a record (a copy's time, host, source, size); when a snapshot recorded
+        meanwhile (another process's copy) has the same, nothing is saved and that one is
+        returned, else None. On a remote repository the catalog is brought up to date first
+        (other machines' records), so the check there narrows the race rather than closes it."""
         written = False
+        if same is not None:
+            self.sync()
         try:
             with self.catalog.transaction():
+                if same is not None:
+                    twin = next((s for s in self.catalog.snapshots() if same(s) == same(record)), None)
+                    if twin is not None:
+                        return twin
                 if not (keep_seq and record.seq):
                     record.seq = self.catalog.next_seq()
                 record.id = ""
@@ -377,6 +388,7 @@ class Repository:
                 except OSError:
                     pass  # left for check/repair to report, as an interrupted snapshot's
             raise
+        return None
 
     def save_meta(self, key: str, value: str) -> str | None:
         """Keep ``key`` = ``value`` in the catalog's meta table for a later run; returns None,
