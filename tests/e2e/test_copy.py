@@ -236,3 +236,23 @@ def test_two_copies_into_one_destination_at_once_record_each_snapshot_once(tmp_p
     out = tmp_path / "restored.img"
     run_cli("restore", "-r", dst, "latest", out)
     assert out.read_bytes() == series[-1][1]
+
+
+def test_a_full_destination_says_what_to_do_and_stays_sound(tmp_path, repo_path, series):
+    """Copying into a repository on a full disk (a real 2 MiB tmpfs; the snapshots need
+    3 MiB) exits 6 with one line "WHAT IS WRONG: WHAT TO DO"; the destination stays sound,
+    holds no part of the snapshot and no temporary file."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        dst = mnt / "repo"
+        run_cli("init", "-r", dst)
+        proc = run_cli("copy", "-r", repo_path, "--to", dst, check=False)
+        err = one_line_error(proc, 6, "no space left")
+        assert "free some space" in err, err
+        assert snapshots(dst) == []
+        run_cli("check", "-r", dst)
+        assert not [p for p in dst.rglob("*") if ".tmp" in p.name]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
