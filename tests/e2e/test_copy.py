@@ -116,6 +116,9 @@ def test_a_wrong_destination_passphrase_names_the_destination_options(tmp_path, 
         res = run_cli("copy", "-r", repo_path, "--to", other, *args, check=False, env=env)
         one_line_error(res, EXIT_PASSWORD, "wrong passphrase", "--to-password-file", "DISKVAULT_TO_PASSWORD")
         assert b"--password-file/" not in res.stderr  # the source's options are not the ones to check
+    both = run_cli("copy", "-r", repo_path, "--to", other, "--to-password-file", pw, "--to-password-command",
+                   "echo x", check=False)
+    one_line_error(both, EXIT_USAGE, "--to-password-file and --to-password-command", "choose one")
 
 
 def test_a_damaged_source_chunk_stops_the_copy_of_that_snapshot(tmp_path, plain_repo_path):
