@@ -259,3 +259,15 @@ def test_a_full_destination_says_what_to_do_and_stays_sound(tmp_path, repo_path,
         assert not [p for p in dst.rglob("*") if ".tmp" in p.name]
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_an_empty_location_is_a_usage_error_not_the_current_directory(tmp_path, repo_path):
+    """``--to "$DEST"`` or ``-r "$REPO"`` with the variable unset: exit 2 naming the empty
+    location, never "create one with diskvault init -r $PWD" (nor, for init, a repository
+    made in the current directory)."""
+    for args in (["copy", "-r", repo_path, "--to", ""], ["copy", "-r", " ", "--to", repo_path],
+                 ["init", "-r", ""]):
+        proc = subprocess.run([sys.executable, "-m", "diskvault", *map(str, args)], cwd=tmp_path,
+                              capture_output=True, env=cli_env())
+        one_line_error(proc, EXIT_USAGE, "location is empty")
+    assert not (tmp_path / "config.json").exists()

@@ -44,6 +44,7 @@ from ..errors import (
     RepositoryNotFound,
     RepositoryReadOnly,
     SnapshotError,
+    UsageError,
     os_error,
 )
 from ..rawnames import readable
@@ -80,6 +81,13 @@ def remote_storage(location: str) -> Storage:
 
 
 _DAMAGE_LOCK = threading.Lock()  # guards every repository's record of damage found (rarely taken)
+
+
+def _not_empty(path: str) -> None:
+    """Raises UsageError for an empty location (an unset variable in ``-r "$REPO"``): it
+    would otherwise name the current directory."""
+    if not path.strip():
+        raise UsageError("the repository location is empty (an unset variable?): give a path or an s3: URL")
 
 
 class Repository:
@@ -183,10 +191,11 @@ class Repository:
         outright leaves the temporary sibling ``path.tmp-xxxxxxxx``). Every file is 0600 and every
         folder 0700 (docs/security.md). ``encryption``: MODE (a new random master key, wrapped
         by the passphrase ``passphrase()`` returns, in keys/) or "none". Raises RepositoryExists
-        for a non-empty path or a path inside another repository, RepositoryNotFound for a
+        for a non-empty path or a path inside another repository, UsageError for an empty one, RepositoryNotFound for a
         missing parent, PasswordError when an encrypted one has no passphrase."""
         if encryption not in ENCRYPTIONS:
             raise ValueError(f"encryption {encryption!r} is not one of {', '.join(ENCRYPTIONS)}")
+        _not_empty(path)
         if is_remote(path):
             return cls._init_remote(path, params, now, passphrase, encryption)
         path = os.path.abspath(path)
@@ -273,6 +282,7 @@ class Repository:
         repository is encrypted, before anything is written. Raises RepositoryError (not
         found, damaged, unreadable), FormatVersionError, PasswordError; for a remote
         repository (``s3:…``) the storage's RemoteError classes too."""
+        _not_empty(path)
         if is_remote(path):
             storage = remote_storage(path)
             config = load_remote_config(path, storage)
