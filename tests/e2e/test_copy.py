@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from consistency import assert_consistent
-from helpers import cli_env, one_line_error, random_bytes, run_cli
+from helpers import cli_env, one_line_error, random_bytes, run_cli, secret
 
 from diskvault.errors import EXIT_DAMAGED, EXIT_PASSWORD, EXIT_USAGE
 
@@ -106,6 +106,21 @@ def test_copy_errors(tmp_path, repo_path, series):
                            check=False), 4, "nosuchsnapshot")
 
 
+def test_a_wrong_destination_passphrase_names_the_destination_options(tmp_path, repo_path):
+    other = tmp_path / "other"
+    pw, wrong = tmp_path / "other.pw", tmp_path / "wrong.pw"
+    pw.write_text("another passphrase\n")
+    wrong.write_text("not it\n")
+    run_cli("init", "-r", other, "--password-file", pw)
+    for args, env in ((["--to-password-file", wrong], None), ([], cli_env(DISKVAULT_TO_PASSWORD="not it"))):
+        res = run_cli("copy", "-r", repo_path, "--to", other, *args, check=False, env=env)
+        one_line_error(res, EXIT_PASSWORD, "wrong passphrase", "--to-password-file", "DISKVAULT_TO_PASSWORD")
+        assert b"--password-file/" not in res.stderr  # the source's options are not the ones to check
+    both = run_cli("copy", "-r", repo_path, "--to", other, "--to-password-file", pw, "--to-password-command",
+                   "echo x", check=False)
+    one_line_error(both, EXIT_USAGE, "--to-password-file and --to-password-command", "choose one")
+
+
 def test_a_damaged_source_chunk_stops_the_copy_of_that_snapshot(tmp_path, plain_repo_path):
     img = tmp_path / "disk.img"
     img.write_bytes(random_bytes(1 << 20, 3))
@@ -192,3 +207,67 @@ def test_copies_keep_their_order_whatever_order_they_are_copied_in(tmp_path, rep
     (kept,) = snapshots(dst)
     run_cli("restore", "-r", dst, kept["id"], out, "--force")
     assert out.read_bytes() == series[-1][1]
+
+
+def test_two_copies_into_one_destination_at_once_record_each_snapshot_once(tmp_path, repo_path, series):
+    """A second copy runs to its end while the first is half way through the same snapshot
+    (started from the first's progress: deterministic); the first then finds the snapshot
+    recorded and skips it instead of recording it twice."""
+    from diskvault.ops.copy import copy as copy_op
+    from diskvault.ops.progress import NoProgress
+    from diskvault.repository import Repository
+
+    dst = tmp_path / "offsite"
+    run_cli("init", "-r", dst)
+    latest = series[-1][0]
+
+    class OtherCopyMidway(NoProgress):
+        other = None
+
+        def advance(self, n: int) -> None:
+            if self.other is None:
+                self.other = copy("-r", repo_path, "--to", dst, latest)
+
+    with Repository.open(str(repo_path), write=False, passphrase=secret) as src, \
+            Repository.open(str(dst), passphrase=secret) as to:
+        progress = OtherCopyMidway()
+        res = copy_op(src, to, [latest], progress=progress)
+    assert [c["source_id"] for c in progress.other["copied"]] == [latest]
+    assert res.copied == [] and res.skipped == [{"source_id": latest, "id": progress.other["copied"][0]["id"]}]
+    assert [s["id"] for s in snapshots(dst)] == [progress.other["copied"][0]["id"]]
+    run_cli("check", "-r", dst)
+    out = tmp_path / "restored.img"
+    run_cli("restore", "-r", dst, "latest", out)
+    assert out.read_bytes() == series[-1][1]
+
+
+def test_a_full_destination_says_what_to_do_and_stays_sound(tmp_path, repo_path, series):
+    """Copying into a repository on a full disk (a real 2 MiB tmpfs; the snapshots need
+    3 MiB) exits 6 with one line "WHAT IS WRONG: WHAT TO DO"; the destination stays sound,
+    holds no part of the snapshot and no temporary file."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        dst = mnt / "repo"
+        run_cli("init", "-r", dst)
+        proc = run_cli("copy", "-r", repo_path, "--to", dst, check=False)
+        err = one_line_error(proc, 6, "no space left")
+        assert "free some space" in err, err
+        assert snapshots(dst) == []
+        run_cli("check", "-r", dst)
+        assert not [p for p in dst.rglob("*") if ".tmp" in p.name]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_an_empty_location_is_a_usage_error_not_the_current_directory(tmp_path, repo_path):
+    """``--to "$DEST"`` or ``-r "$REPO"`` with the variable unset: exit 2 naming the empty
+    location, never "create one with diskvault init -r $PWD" (nor, for init, a repository
+    made in the current directory)."""
+    for args in (["copy", "-r", repo_path, "--to", ""], ["copy", "-r", " ", "--to", repo_path],
+                 ["init", "-r", ""]):
+        proc = subprocess.run([sys.executable, "-m", "diskvault", *map(str, args)], cwd=tmp_path,
+                              capture_output=True, env=cli_env())
+        one_line_error(proc, EXIT_USAGE, "location is empty")
+    assert not (tmp_path / "config.json").exists()

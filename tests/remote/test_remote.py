@@ -440,3 +440,24 @@ def test_server_killed_5_times_during_snapshots(tmp_path, monkeypatch):
         snapshot(url, img, env)
     finally:
         srv.stop()
+
+
+def test_a_read_only_cache_directory_is_named_with_what_to_do(remote, tmp_path):
+    """A cache directory on a read-only mount (a real tmpfs, remounted read-only after a first
+    sync filled it): every command names the cache folder and DISKVAULT_CACHE_DIR (exit 3),
+    not an SQLite "unable to open database file" about permissions and ulimit -n."""
+    url, env = remote
+    run_cli("init", "-r", url, env=env)
+    cache = tmp_path / "ro-cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(cache)], check=True)
+    try:
+        renv = dict(env, DISKVAULT_CACHE_DIR=str(cache))
+        run_cli("snapshots", "-r", url, env=renv)
+        subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
+        for args in (["snapshots", "-r", url], ["copy", "-r", url, "--to", tmp_path / "elsewhere"]):
+            proc = run_cli(*args, env=renv, check=False)
+            err = one_line_error(proc)
+            assert proc.returncode == 3 and "read-only file system" in err and "DISKVAULT_CACHE_DIR" in err, err
+    finally:
+        subprocess.run(["umount", str(cache)], check=True)

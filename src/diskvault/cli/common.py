@@ -68,8 +68,9 @@ def passphrase(password_file: str | None = None, password_command: str | None = 
         if got:
             return got[0]
         if password_file and password_command:  # only when a passphrase is needed (as the rest)
-            raise UsageError("--password-file and --password-command (or their DISKVAULT_ variables) both given: "
-                             "choose one")
+            flag = "--" + variable.removeprefix("DISKVAULT_").lower().replace("_", "-")  # --to-password for copy's
+            raise UsageError(f"{flag}-file and {flag}-command (or {variable}_FILE and {variable}_COMMAND) both "
+                             "given: choose one")
         if password_command:
             secret = _run_password_command(password_command)
         elif password_file:

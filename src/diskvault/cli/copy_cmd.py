@@ -48,10 +48,13 @@ def copy(
         try:
             dst = open_repo(to, write=not dry_run, secret=to_secret)
         except PasswordError as exc:
+            what = str(exc).split(": check DISKVAULT_PASSWORD", 1)[0]  # it names the source's options
             if own:
-                raise
-            raise PasswordError(f"{exc} (the destination was tried with the source's passphrase: give its own with "
-                                "--to-password-file, --to-password-command or DISKVAULT_TO_PASSWORD)") from None
+                raise PasswordError(f"{what}: check --to-password-file, --to-password-command, "
+                                    "DISKVAULT_TO_PASSWORD_FILE, DISKVAULT_TO_PASSWORD_COMMAND or "
+                                    "DISKVAULT_TO_PASSWORD") from None
+            raise PasswordError(f"{what} (the destination was tried with the source's passphrase): give its own with "
+                                "--to-password-file, --to-password-command or DISKVAULT_TO_PASSWORD") from None
         with dst, Bar(progress and not json_out) as bar:
             res = copy_op(src, dst, snapshots, host, source, tag, dry_run, progress=bar)
     for w in res.warnings:

@@ -104,10 +104,13 @@ def copy(src: Repository, dst: Repository, names: list[str] | None = None, host:
                 res.copied.append(_summary(snap, None))
                 continue
             guide = _guide(src, dst, snap, pairs)
-            record, read = _copy_one(src, dst, snap, progress, guide)
+            record, read, twin = _copy_one(src, dst, snap, progress, guide)
             pairs.append((snap, record))
             res.bytes_read += read
-            res.copied.append(_summary(snap, record))
+            if twin:  # another copy recorded it meanwhile: its chunks are shared, ours are left to prune
+                res.skipped.append({"source_id": snap.id, "id": record.id})
+            else:
+                res.copied.append(_summary(snap, record))
     res.duration = round(time.monotonic() - started, 3)
     return res
 
@@ -174,9 +177,10 @@ def _batches(leaves: Iterator[Leaf | Lost], snap: SnapshotRecord) -> Iterator[li
 
 
 def _copy_one(src: Repository, dst: Repository, snap: SnapshotRecord, progress: Progress,
-              guide: _Guide | None = None) -> tuple[SnapshotRecord, int]:
+              guide: _Guide | None = None) -> tuple[SnapshotRecord, int, bool]:
     """Rebuild ``snap`` in ``dst`` (chunks the ``guide`` knows are taken from it); returns the
-    saved record and the stored bytes read."""
+    saved record, the stored bytes read and whether the record is instead one another copy
+    saved meanwhile (two copies into one destination at once record each snapshot once)."""
     started = time.monotonic()
     writer = dst.blob_writer()
     builder = TreeBuilder(writer.add_tree_node, dst.content_id)
@@ -227,5 +231,5 @@ def _copy_one(src: Repository, dst: Repository, snap: SnapshotRecord, progress: 
         raise
     record = dataclasses.replace(snap, id="", tree=root.hex(), duration=round(time.monotonic() - started, 3),
                                  warnings=[], **stats)
-    dst.save_snapshot(record, keep_seq=True)  # latest and forget order the copies as the source did
-    return record, read
+    twin = dst.save_snapshot(record, keep_seq=True, same=_key)  # keep_seq: latest and forget order as the source
+    return twin or record, read, twin is not None

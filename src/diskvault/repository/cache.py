@@ -19,6 +19,7 @@ for one removed from the store; adding one twice is harmless (Catalog.add_pack, 
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 
@@ -44,17 +45,28 @@ def cache_root() -> str:
 
 def catalog_path(repository_id: str) -> str:
     """Where the cached catalog of the repository ``repository_id`` lives (its folder is
-    made, mode 0700, when missing). Raises RepositoryError when it cannot be made."""
+    made, mode 0700, when missing). Raises RepositoryError when it cannot be made or
+    written (every command syncs the cache: a read-only one serves none)."""
     if not repository_id or any(c not in "0123456789abcdef" for c in repository_id):
         raise RepositoryError(f"the repository id {repository_id!r} in config.json is not an id: "
                               "restore config.json from a copy")
     folder = os.path.join(cache_root(), repository_id)
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):  # a read-only mount, another user's folder
+            code = errno.EROFS if _read_only_mount(folder) else errno.EACCES
+            raise OSError(code, os.strerror(code))
     except OSError as exc:
-        raise RepositoryError(f"cannot make the cache folder {folder} ({(exc.strerror or str(exc)).lower()}): "
+        raise RepositoryError(f"cannot make or write the cache folder {folder} ({(exc.strerror or str(exc)).lower()}): "
                               f"set {CACHE_ENV} to a folder this user may write") from None
     return os.path.join(folder, CATALOG)
+
+
+def _read_only_mount(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 @dataclass

@@ -44,6 +44,7 @@ from ..errors import (
     RepositoryNotFound,
     RepositoryReadOnly,
     SnapshotError,
+    UsageError,
     os_error,
 )
 from ..rawnames import readable
@@ -80,6 +81,13 @@ def remote_storage(location: str) -> Storage:
 
 
 _DAMAGE_LOCK = threading.Lock()  # guards every repository's record of damage found (rarely taken)
+
+
+def _not_empty(path: str) -> None:
+    """Raises UsageError for an empty location (an unset variable in ``-r "$REPO"``): it
+    would otherwise name the current directory."""
+    if not path.strip():
+        raise UsageError("the repository location is empty (an unset variable?): give a path or an s3: URL")
 
 
 class Repository:
@@ -183,10 +191,11 @@ class Repository:
         outright leaves the temporary sibling ``path.tmp-xxxxxxxx``). Every file is 0600 and every
         folder 0700 (docs/security.md). ``encryption``: MODE (a new random master key, wrapped
         by the passphrase ``passphrase()`` returns, in keys/) or "none". Raises RepositoryExists
-        for a non-empty path or a path inside another repository, RepositoryNotFound for a
+        for a non-empty path or a path inside another repository, UsageError for an empty one, RepositoryNotFound for a
         missing parent, PasswordError when an encrypted one has no passphrase."""
         if encryption not in ENCRYPTIONS:
             raise ValueError(f"encryption {encryption!r} is not one of {', '.join(ENCRYPTIONS)}")
+        _not_empty(path)
         if is_remote(path):
             return cls._init_remote(path, params, now, passphrase, encryption)
         path = os.path.abspath(path)
@@ -273,6 +282,7 @@ class Repository:
         repository is encrypted, before anything is written. Raises RepositoryError (not
         found, damaged, unreadable), FormatVersionError, PasswordError; for a remote
         repository (``s3:…``) the storage's RemoteError classes too."""
+        _not_empty(path)
         if is_remote(path):
             storage = remote_storage(path)
             config = load_remote_config(path, storage)
@@ -353,16 +363,27 @@ class Repository:
             if held is not None:
                 held.release()
 
-    def save_snapshot(self, record: SnapshotRecord, keep_seq: bool = False) -> None:
+    def save_snapshot(self, record: SnapshotRecord, keep_seq: bool = False,
+                      same: Callable[[SnapshotRecord], object] | None = None) -> SnapshotRecord | None:
         """Record a snapshot whose blobs are all durable and catalogued: gives it the next
         repository-wide sequence number (``seq``; ``keep_seq``: a copy keeps its source's, so
         copies order as they did there) and its id (the (keyed) content id of its JSON),
         then writes the record file (so ``repair`` can find it) and the catalog row that
         makes it visible, in one catalog transaction. Anything failing on the way removes
-        the record file again: a snapshot that is not saved leaves no record."""
+        the record file again: a snapshot that is not saved leaves no record. ``same``: what
+        identifies a record (a copy's time, host, source, size); when a snapshot recorded
+        meanwhile (another process's copy) has the same, nothing is saved and that one is
+        returned, else None. On a remote repository the catalog is brought up to date first
+        (other machines' records), so the check there narrows the race rather than closes it."""
         written = False
+        if same is not None:
+            self.sync()
         try:
             with self.catalog.transaction():
+                if same is not None:
+                    twin = next((s for s in self.catalog.snapshots() if same(s) == same(record)), None)
+                    if twin is not None:
+                        return twin
                 if not (keep_seq and record.seq):
                     record.seq = self.catalog.next_seq()
                 record.id = ""
@@ -377,6 +398,7 @@ class Repository:
                 except OSError:
                     pass  # left for check/repair to report, as an interrupted snapshot's
             raise
+        return None
 
     def save_meta(self, key: str, value: str) -> str | None:
         """Keep ``key`` = ``value`` in the catalog's meta table for a later run; returns None,

@@ -186,7 +186,8 @@ class LocalFileWriter:
         if isinstance(exc, FileExistsError):
             return exc
         if _no_space(exc):
-            return OutOfSpace(f"no space left on the repository's disk ({self.dir})")
+            return OutOfSpace(f"no space left on the repository's disk ({self.dir}): free some space, then run "
+                              "the command again")
         return exc
 
     def abort(self) -> None:
