@@ -17,77 +17,41 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import secrets
-import shutil
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-from . import cache, compression, keys, locking
+from . import cache, compression, locking
 from .catalog import CATALOG, BlobLocation, Catalog, catalog_error
 from .record import SnapshotRecord, record_file
-from .config import CONFIG, ENCRYPTIONS, FORMAT_VERSION, enclosing_repository, load_config, load_remote_config
+from .config import CONFIG, ENCRYPTIONS, FORMAT_VERSION, load_config, load_remote_config
 from .crypto import MODE, PLAIN, Crypto
 from .chunking import Chunker, ChunkerParams
 from ..errors import (
     DamagedData,
     DiskvaultError,
     OutOfSpace,
-    PasswordError,
     RepositoryError,
-    RepositoryExists,
     RepositoryNotFound,
     RepositoryReadOnly,
     SnapshotError,
-    UsageError,
     os_error,
 )
 from ..rawnames import readable
 from .hashing import short
 from .pack import TYPE_CHUNK, TYPE_TREE, pack_id
-from ..storage import Storage, is_remote, open_storage
-from ..storage.local import LocalStorage, private_dir, private_file
+from ..storage import Storage, is_remote
 from .tree import TreeReader
 from .writer import BlobWriter
 from .writable import FULL, NOTES, inside, read_only_error, translate, unwritable
-
-FOLDERS = ("packs", "snapshots", "locks", keys.FOLDER)
-CATALOG_FILES = (CATALOG, CATALOG + "-wal", CATALOG + "-shm", CATALOG + "-journal")
-# every name the repository stores: its storage lists, deletes and cleans up only these
-NAMES = re.compile(
-    r"config\.json|catalog\.sqlite"
-    r"|packs/(?P<dir>[0-9a-f]{2})/(?P=dir)[0-9a-f]{30}\.pack"  # pack.new_pack_name
-    r"|snapshots/[0-9a-f]{32}\.json"  # a snapshot record (ops/snapshot.py: 32 hex digits)
-    r"|locks/[0-9a-f]{16}\.json"  # locking.py
-    r"|keys/[0-9a-f]{16}\.json"  # keys.py
+from .location import (
+    CATALOG_FILES, FOLDERS, cached_catalog, create_local, create_remote, not_empty, remote_storage, storage_at, unlock,
 )
 
-
-def storage_at(path: str) -> LocalStorage:
-    """The storage of the repository at ``path``, holding only the repository's own names."""
-    return LocalStorage(path, NAMES)
-
-
-def remote_storage(location: str) -> Storage:
-    """The object store of the remote repository at ``location`` (``s3:…``), holding only
-    the repository's own names. Raises UsageError for a malformed URL, RemoteAuthError
-    when no credentials are set."""
-    return open_storage(location, NAMES)
-
-
 _DAMAGE_LOCK = threading.Lock()  # guards every repository's record of damage found (rarely taken)
-
-
-def _not_empty(path: str) -> None:
-    """Raises UsageError for an empty location (an unset variable in ``-r "$REPO"``): it
-    would otherwise name the current directory."""
-    if not path.strip():
-        raise UsageError("the repository location is empty (an unset variable?): give a path or an s3: URL")
 
 
 class Repository:
@@ -122,7 +86,7 @@ class Repository:
         if storage is not None:
             self.read_only_reason, self.read_only = None, False
             self.storage = storage
-            self.catalog = _cached_catalog(str(config["id"]), crypto)
+            self.catalog = cached_catalog(str(config["id"]), crypto)
             try:
                 self.sync()
             except BaseException:
@@ -195,82 +159,13 @@ class Repository:
         missing parent, PasswordError when an encrypted one has no passphrase."""
         if encryption not in ENCRYPTIONS:
             raise ValueError(f"encryption {encryption!r} is not one of {', '.join(ENCRYPTIONS)}")
-        _not_empty(path)
+        not_empty(path)
         if is_remote(path):
-            return cls._init_remote(path, params, now, passphrase, encryption)
-        path = os.path.abspath(path)
-        if os.path.exists(os.path.join(path, CONFIG)):
-            raise RepositoryExists(f"{path} is already a diskvault repository: use it, or choose another path")
-        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-            raise RepositoryExists(f"{path} exists and is not empty: give a new or empty directory")
-        parent = os.path.dirname(path)
-        if not os.path.isdir(parent):
-            raise RepositoryNotFound(f"parent directory {parent} does not exist: create it first")
-        outer = enclosing_repository(parent)
-        if outer is not None:
-            raise RepositoryExists(
-                f"{path} is inside the diskvault repository {outer}, whose commands would take the new "
-                "repository's files for their own: choose a path outside it"
-            )
-        master = None
-        if encryption == MODE:
-            if passphrase is None:
-                raise PasswordError(f"creating the encrypted repository {path} needs a passphrase")
-            secret = passphrase()
-            master = keys.new_master_key()
-        crypto = Crypto(master)
-        _remove_stale_init_dirs(path)
-        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-        private_dir(tmp, adopt=False)  # root's repository stays root's, wherever it is made
-        try:
-            config = _new_config(params, encryption, now)
-            for sub in FOLDERS:
-                if sub != keys.FOLDER or master is not None:
-                    private_dir(os.path.join(tmp, sub))
-            key_id = keys.add_key(storage_at(tmp), master, secret, config["id"]) if master is not None else None
-            os.close(private_file(os.path.join(tmp, CATALOG)))  # SQLite gives its -wal, -shm this mode
-            cat = Catalog(os.path.join(tmp, CATALOG))
-            cat.create({"repository_id": config["id"]})
-            cat.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            cat.close()
-            storage_at(tmp).write_atomic(CONFIG, json.dumps(config, indent=2).encode() + b"\n")
-            os.rename(tmp, path)  # replaces an empty directory atomically
-            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-            os.fsync(fd)
-            os.close(fd)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            storage = remote_storage(path)
+            config, crypto, key_id = create_remote(path, storage, params, now, passphrase, encryption)
+            return cls(path, config, crypto=crypto, key_id=key_id, storage=storage)
+        path, config, crypto, key_id = create_local(path, params, now, passphrase, encryption)
         return cls(path, config, crypto=crypto, key_id=key_id)
-
-    @classmethod
-    def _init_remote(cls, location: str, params: ChunkerParams, now: datetime | None,
-                     passphrase: Callable[[], str] | None, encryption: str) -> Repository:
-        """``init`` in an object store: the key first, config.json last and create-only, so
-        the repository exists once config.json is there and two inits cannot both succeed;
-        a prefix that holds any of a repository's names is refused (RepositoryExists)."""
-        storage = remote_storage(location)
-        if storage.exists(CONFIG):
-            raise RepositoryExists(f"{location} is already a diskvault repository: use it, or choose another prefix")
-        if any(True for _ in storage.list("")):
-            raise RepositoryExists(f"{location} holds objects of a repository but no {CONFIG} (an interrupted init?): "
-                                   "delete them, or choose another prefix")
-        master = secret = None
-        if encryption == MODE:
-            if passphrase is None:
-                raise PasswordError(f"creating the encrypted repository {location} needs a passphrase")
-            secret = passphrase()
-            master = keys.new_master_key()
-        config = _new_config(params, encryption, now)
-        key_id = keys.add_key(storage, master, secret, config["id"]) if master is not None else None
-        try:
-            storage.put(CONFIG, json.dumps(config, indent=2).encode() + b"\n")
-        except FileExistsError:
-            if key_id is not None:  # the other init's repository keeps only its own key
-                storage.delete(f"{keys.FOLDER}/{key_id}.json")
-            raise RepositoryExists(f"{location} was made a repository meanwhile by another diskvault init: "
-                                   "use it, or choose another prefix") from None
-        return cls(location, config, crypto=Crypto(master), key_id=key_id, storage=storage)
 
     @classmethod
     def open(cls, path: str, write: bool = True, lock: bool = True,
@@ -282,7 +177,7 @@ class Repository:
         repository is encrypted, before anything is written. Raises RepositoryError (not
         found, damaged, unreadable), FormatVersionError, PasswordError; for a remote
         repository (``s3:…``) the storage's RemoteError classes too."""
-        _not_empty(path)
+        not_empty(path)
         if is_remote(path):
             storage = remote_storage(path)
             config = load_remote_config(path, storage)
@@ -641,26 +536,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-STALE_INIT = 600  # seconds: an init takes about one; an older PATH.tmp-XXXXXXXX was left by a killed one
-
-
-def _remove_stale_init_dirs(path: str) -> None:
-    """Remove what a killed ``init`` of ``path`` left beside it (``PATH.tmp-`` and 8 hex
-    digits, untouched for STALE_INIT seconds: never a running init's)."""
-    parent, name = os.path.split(os.path.abspath(path))
-    pattern = re.compile(re.escape(name) + r"\.tmp-[0-9a-f]{8}")
-    try:
-        leftovers = [e for e in os.scandir(parent) if pattern.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return
-    for e in leftovers:
-        try:
-            if time.time() - e.stat(follow_symlinks=False).st_mtime > STALE_INIT:
-                shutil.rmtree(e.path, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def _filters(want: dict) -> str:
     """`` of host H, of source S, tagged T`` for the filters given (for messages)."""
     parts = []
@@ -688,70 +563,6 @@ def verify_blob(crypto: Crypto, loc: BlobLocation, stored: bytes | memoryview) -
 
 def _blob_name(loc: BlobLocation) -> str:
     return f"{'tree node' if loc.type == TYPE_TREE else 'chunk'} {short(loc.id)} in pack {pack_id(loc.pack)}"
-
-
-def _new_config(params: ChunkerParams, encryption: str, now: datetime | None) -> dict:
-    """The config.json of a new repository (a new random id)."""
-    now = now or datetime.now(timezone.utc)
-    return {
-        "format": "diskvault",
-        "version": FORMAT_VERSION,
-        "id": secrets.token_hex(16),
-        "created": now.isoformat().replace("+00:00", "Z"),
-        "chunker": params.to_dict(),
-        "encryption": encryption,
-    }
-
-
-def _cached_catalog(repository_id: str, crypto: Crypto) -> Catalog:
-    """The cached catalog of the remote repository ``repository_id`` (cache.py), made empty
-    when missing (the sync that follows fills it). Raises RepositoryError when it cannot be
-    opened (``repair`` rebuilds it)."""
-    cat_path = cache.catalog_path(repository_id)
-    try:
-        if not os.path.exists(cat_path):
-            os.close(private_file(cat_path))
-        cat = Catalog(cat_path, crypto=crypto)
-        try:
-            try:
-                fresh = "schema_version" not in cat.meta()
-            except sqlite3.OperationalError:  # a new file: no tables yet
-                fresh = True
-            if fresh:
-                cat.create({"repository_id": repository_id})
-        except BaseException:
-            cat.close()
-            raise
-    except sqlite3.Error as exc:
-        raise catalog_error(exc, os.path.dirname(cat_path)) or RepositoryError(
-            f"the cached catalog {cat_path} cannot be read ({exc}): delete it, or rebuild it with diskvault repair"
-        ) from None
-    except OSError as exc:
-        raise os_error(exc, os.path.dirname(cat_path)) from None
-    return cat
-
-
-def unlock(path: str, config: dict, passphrase: Callable[[], str] | None,
-           storage: Storage | None = None) -> tuple[Crypto, str | None]:
-    """The Crypto of the repository at ``path`` (configured by ``config``) and the id of the
-    key file that opened it. Raises RepositoryError for an unknown encryption or an
-    unencrypted configuration beside key files (an edited config.json), PasswordError
-    (exit 10) for a missing or wrong passphrase; reads only, so a wrong passphrase writes
-    nothing. ``storage``: the repository's (a remote one's object store), else the folder ``path``."""
-    mode = config.get("encryption", "none")
-    storage = storage if storage is not None else storage_at(path)
-    if mode not in ENCRYPTIONS:
-        raise RepositoryError(f"{path}/{CONFIG} names encryption {mode!r}, which this diskvault does not know: "
-                              "use a matching diskvault release")
-    if mode == "none":
-        if any(True for _ in keys.key_names(storage)):
-            raise RepositoryError(f"{path}/{CONFIG} says the repository is not encrypted, but it has key files "
-                                  f"in {keys.FOLDER}/: config.json was changed; restore it from a copy")
-        return PLAIN, None
-    if passphrase is None:
-        raise PasswordError(f"{path} is encrypted: give its passphrase")
-    master, kid = keys.unlock(storage, passphrase(), path, str(config.get("id")))
-    return Crypto(master), kid
 
 
 __all__ = ["Repository", "FORMAT_VERSION", "TYPE_CHUNK", "TYPE_TREE"]

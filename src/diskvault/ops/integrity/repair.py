@@ -51,7 +51,7 @@ from ...repository import (
 from ...repository import cache
 from ...repository.config import load_remote_config
 from ...repository.crypto import Crypto
-from ...repository.repository import remote_storage
+from ...repository.location import remote_storage
 from ...storage import is_remote
 from ...storage.local import LocalStorage
 from ...repository.tree import parse
