@@ -94,9 +94,14 @@ class RepositoryReadOnly(RepositoryError):
 
 class PasswordError(DiskvaultError):
     """An encrypted repository and no passphrase, or one that opens none of its key files
-    (exit 10); nothing has been written."""
+    (exit 10); nothing has been written. ``what``: the message without its advice on where
+    the passphrase comes from (a caller with other sources, e.g. copy's destination, gives its own)."""
 
     exit_code = EXIT_PASSWORD
+
+    def __init__(self, message: str, what: str | None = None) -> None:
+        super().__init__(message)
+        self.what = what or message
 
 
 class FileAccessError(DiskvaultError):

@@ -48,7 +48,7 @@ def copy(
         try:
             dst = open_repo(to, write=not dry_run, secret=to_secret)
         except PasswordError as exc:
-            what = str(exc).split(": check DISKVAULT_PASSWORD", 1)[0]  # it names the source's options
+            what = exc.what  # without its advice, which names the source's options
             if own:
                 raise PasswordError(f"{what}: check --to-password-file, --to-password-command, "
                                     "DISKVAULT_TO_PASSWORD_FILE, DISKVAULT_TO_PASSWORD_COMMAND or "

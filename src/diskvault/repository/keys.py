@@ -175,8 +175,9 @@ def unlock(storage: Storage, passphrase: str, repo: str, repository: str) -> tup
         raise RepositoryError(f"{repo} is encrypted but has no usable key file in {FOLDER}/{why}: "
                               "restore the keys folder from a copy of the repository")
     note = f" ({len(refused)} key file{'s' if len(refused) > 1 else ''} refused: {refused[0]})" if refused else ""
-    raise PasswordError(f"wrong passphrase for {repo}: no key file opens with it{note}: check DISKVAULT_PASSWORD, "
-                        "DISKVAULT_PASSWORD_FILE or --password-file/--password-command")
+    what = f"wrong passphrase for {repo}: no key file opens with it{note}"
+    raise PasswordError(f"{what}: check DISKVAULT_PASSWORD, DISKVAULT_PASSWORD_FILE or --password-file/--password-command",
+                        what)
 
 
 def list_keys(storage: Storage, current: str | None = None, repository: str | None = None) -> list[KeyInfo]:
