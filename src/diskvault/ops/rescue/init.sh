@@ -103,8 +103,17 @@ unattended_snapshot() {  # SOURCE:REPO_DEVICE:PATH
 
 to_consoles() { while IFS= read -r line; do say "$line"; done; }
 
+settle() {  # until the disks and their partitions stop appearing (a disk's partitions come after it; at most 15 s)
+  prev=; i=0
+  while [ $i -lt 15 ]; do
+    now=$(cat /proc/partitions)
+    [ -n "$prev" ] && [ "$now" = "$prev" ] && return 0
+    prev=$now; i=$((i+1)); sleep 1
+  done
+}
+settle
+
 if [ -n "$UNATTENDED$UNATTENDED_SNAPSHOT" ]; then
-  sleep 1  # let the disks appear
   {  # no input: nobody is there to type (an encrypted repository without a stored passphrase fails, exit 10)
     if [ -n "$UNATTENDED" ]; then unattended_restore "$UNATTENDED"; else unattended_snapshot "$UNATTENDED_SNAPSHOT"; fi
     echo "diskvault rescue: powering off"
