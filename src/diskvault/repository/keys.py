@@ -38,17 +38,12 @@ from datetime import datetime, timezone
 import blake3
 
 from ..errors import PasswordError, RepositoryError
+from ..kdf import DEFAULT_PARAMS, MAX_PARAMS, MIN_PARAMS, derive
 from ..storage import Storage
 
 FOLDER = "keys"
 NAME = re.compile(r"keys/([0-9a-f]{16})\.json")
 MASTER_LEN = 32
-# RFC 9106 §4, second recommended option (64 MiB, 3 passes, 4 lanes): ~0.15 s here
-DEFAULT_PARAMS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 4}
-MIN_PARAMS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 1}
-# at most 16 times the default's work and 1 GiB (~3 s here): a key file edited to absurd costs
-# would make every command spend minutes and gigabytes before finding it fails authentication
-MAX_PARAMS = {"time_cost": 16, "memory_cost": 1024 * 1024, "parallelism": 16}
 _opened: dict[tuple[bytes, bytes], bytes] = {}
 _AD = "diskvault key file v1 {id} repository={repository} argon2id t={time_cost} m={memory_cost} p={parallelism}"
 
@@ -73,13 +68,6 @@ def _memo(data: bytes, passphrase: str) -> tuple[bytes, bytes]:
     return blake3.blake3(data).digest(), blake3.blake3(passphrase.encode("utf-8", "surrogateescape")).digest()
 
 
-def _kek(passphrase: str, salt: bytes, params: dict) -> bytes:
-    from argon2.low_level import Type, hash_secret_raw
-
-    return hash_secret_raw(passphrase.encode("utf-8", "surrogateescape"), salt, params["time_cost"], params["memory_cost"],
-                           params["parallelism"], 32, Type.ID)
-
-
 def _aesgcm(key: bytes):
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -96,7 +84,7 @@ def add_key(storage: Storage, master: bytes, passphrase: str, repository: str, p
     params = dict(params or DEFAULT_PARAMS)
     kid = secrets.token_hex(8)
     salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
-    sealed = _aesgcm(_kek(passphrase, salt, params)).encrypt(
+    sealed = _aesgcm(derive(passphrase, salt, params)).encrypt(
         nonce, master, _AD.format(id=kid, repository=repository, **params).encode())
     try:
         user = getpass.getuser()
@@ -164,7 +152,7 @@ def unlock(storage: Storage, passphrase: str, repo: str, repository: str) -> tup
         if memo in _opened:
             return _opened[memo], kid
         try:
-            master = _aesgcm(_kek(passphrase, doc["salt"], params)).decrypt(
+            master = _aesgcm(derive(passphrase, doc["salt"], params)).decrypt(
                 doc["nonce"], doc["key"], _AD.format(id=kid, repository=repository, **params).encode())
         except Exception:  # InvalidTag: another passphrase's key file
             continue

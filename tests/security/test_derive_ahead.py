@@ -1,0 +1,136 @@
+"""Deriving the key ahead (kdf.py): the command line's entry point starts Argon2id for the
+repository and passphrase it can read without side effects; opening then uses that result
+only for exactly its inputs, and a wrong guess changes nothing but the work it cost."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import PASSPHRASE, cli_env, run_cli
+
+from diskvault import kdf
+from diskvault.errors import EXIT_PASSWORD
+from diskvault.repository import Repository, storage_at
+from diskvault.repository import keys
+from diskvault.repository.chunking import ChunkerParams
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    Repository.init(str(path), ChunkerParams.for_average(16 << 10), passphrase=lambda: PASSPHRASE).close()
+    keys._opened.clear()  # what init opened would answer before any derivation
+    kdf._ahead.clear()
+    yield path
+    kdf._ahead.clear()
+
+
+def _key_doc(repo: Path) -> dict:
+    (name,) = (repo / "keys").iterdir()
+    return json.loads(name.read_text())
+
+
+def _unlock(repo: Path, passphrase: str) -> bytes:
+    keys._opened.clear()
+    config = json.loads((repo / "config.json").read_text())
+    return keys.unlock(storage_at(str(repo)), passphrase, str(repo), config["id"])[0]
+
+
+def test_a_derivation_started_ahead_is_the_one_unlock_uses(repo, monkeypatch):
+    master = _unlock(repo, PASSPHRASE)
+    assert kdf.derive_ahead(["snapshot", "-r", str(repo), "disk.img"], {"DISKVAULT_PASSWORD": f" {PASSPHRASE}\n"})
+    assert len(kdf._ahead) == 1
+    calls = []
+    real = kdf._argon2id
+    monkeypatch.setattr(kdf, "_argon2id", lambda *a: calls.append(a) or real(*a))
+    assert _unlock(repo, PASSPHRASE) == master
+    assert calls == [] and kdf._ahead == {}  # waited for, not derived again
+
+
+@pytest.mark.parametrize("argv, env", [
+    (["check", "--repo", "{repo}"], {"DISKVAULT_PASSWORD": PASSPHRASE}),
+    (["check", "--repo={repo}"], {"DISKVAULT_PASSWORD": PASSPHRASE}),
+    (["check", "-r{repo}"], {"DISKVAULT_PASSWORD": PASSPHRASE}),
+    (["check"], {"DISKVAULT_REPO": "{repo}", "DISKVAULT_PASSWORD": PASSPHRASE}),
+    (["check", "-r", "{repo}", "--password-file", "{pwfile}"], {"DISKVAULT_PASSWORD": "another"}),
+    (["check", "-r", "{repo}"], {"DISKVAULT_PASSWORD_FILE": "{pwfile}", "DISKVAULT_PASSWORD": "another"}),
+])
+def test_the_repository_and_passphrase_are_read_as_the_command_line_reads_them(repo, tmp_path, argv, env):
+    pwfile = tmp_path / "pw"
+    pwfile.write_text(PASSPHRASE + "\n")
+    fill = {"repo": str(repo), "pwfile": str(pwfile)}
+    assert kdf.derive_ahead([a.format(**fill) for a in argv], {k: v.format(**fill) for k, v in env.items()})
+    ((secret, salt, *_params),) = kdf._ahead
+    assert secret == PASSPHRASE.encode() and salt == base64.b64decode(_key_doc(repo)["salt"])
+    assert _unlock(repo, PASSPHRASE)
+
+
+@pytest.mark.parametrize("argv, env", [
+    (["check", "-r", "{repo}"], {"DISKVAULT_PASSWORD": PASSPHRASE, "DISKVAULT_PASSWORD_COMMAND": "echo x"}),
+    (["check", "-r", "{repo}", "--password-command", "echo x"], {"DISKVAULT_PASSWORD": PASSPHRASE}),
+    (["check", "-r", "{repo}"], {}),  # no passphrase: the command line would prompt
+    (["check", "-r", "s3:http://127.0.0.1:1/bucket"], {"DISKVAULT_PASSWORD": PASSPHRASE}),
+    (["check", "-r", "{repo}/missing"], {"DISKVAULT_PASSWORD": PASSPHRASE}),
+    (["init", "-r"], {"DISKVAULT_PASSWORD": PASSPHRASE}),
+    (["check", "-r", "{repo}", "--password-file", "{repo}/none"], {"DISKVAULT_PASSWORD": PASSPHRASE}),
+])
+def test_no_guess_without_a_side_effect_free_source(repo, argv, env):
+    fill = {"repo": str(repo)}
+    assert not kdf.derive_ahead([a.format(**fill) for a in argv], {k: v.format(**fill) for k, v in env.items()})
+    assert kdf._ahead == {}
+
+
+def test_no_guess_for_a_key_file_outside_the_parameter_bounds(repo):
+    (name,) = (repo / "keys").iterdir()
+    doc = json.loads(name.read_text())
+    name.write_text(json.dumps({**doc, "memory_cost": kdf.MAX_PARAMS["memory_cost"] * 2}))
+    assert not kdf.derive_ahead(["check", "-r", str(repo)], {"DISKVAULT_PASSWORD": PASSPHRASE})
+
+
+def test_no_guess_for_an_unencrypted_repository(tmp_path):
+    path = tmp_path / "plain"
+    Repository.init(str(path), ChunkerParams.for_average(16 << 10), encryption="none").close()
+    assert not kdf.derive_ahead(["check", "-r", str(path)], {"DISKVAULT_PASSWORD": PASSPHRASE})
+
+
+def test_a_wrong_guess_is_not_used(repo):
+    master = _unlock(repo, PASSPHRASE)
+    assert kdf.derive_ahead(["check", "-r", str(repo)], {"DISKVAULT_PASSWORD": "not the passphrase"})
+    assert _unlock(repo, PASSPHRASE) == master
+    assert len(kdf._ahead) == 1  # the other passphrase's derivation is left unused
+    with pytest.raises(Exception) as info:
+        _unlock(repo, "not the passphrase")
+    assert getattr(info.value, "exit_code", None) == EXIT_PASSWORD
+
+
+def test_the_command_line_opens_with_the_guess_and_refuses_a_wrong_passphrase(repo, tmp_path):
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"data" * 100_000)
+    run_cli("snapshot", "-r", repo, img)
+    assert run_cli("restore", "-r", repo, "latest", tmp_path / "out.img").returncode == 0
+    assert (tmp_path / "out.img").read_bytes() == img.read_bytes()
+    env = {**cli_env(), "DISKVAULT_PASSWORD": "wrong"}
+    assert run_cli("snapshots", "-r", repo, env=env, check=False).returncode == EXIT_PASSWORD
+
+
+def test_the_entry_point_derives_once_ahead_of_the_command(repo, monkeypatch, capsys):
+    import threading
+
+    from diskvault import entry
+
+    threads = []
+    real = kdf._argon2id
+    monkeypatch.setattr(kdf, "_argon2id", lambda *a: threads.append(threading.current_thread().name) or real(*a))
+    monkeypatch.setattr("sys.argv", ["diskvault", "snapshots", "-r", str(repo), "--json"])
+    monkeypatch.setenv("DISKVAULT_PASSWORD", PASSPHRASE)
+    for name in ("DISKVAULT_PASSWORD_FILE", "DISKVAULT_PASSWORD_COMMAND", "DISKVAULT_REPO"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit) as done:
+        entry.main()
+    assert done.value.code in (0, None)
+    assert json.loads(capsys.readouterr().out) == []
+    assert threads == ["derive-ahead"]
