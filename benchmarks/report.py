@@ -454,7 +454,8 @@ def encryption_section() -> list[str]:
            f"{e['date']}, {e['machine']}; median of {e['reps']} runs, order rotated; the ext4 image "
            f"({size / MIB:,.0f} MiB, {e['image']['allocated'] / MIB:,.0f} MiB allocated) and its copy changed "
            f"in place ({e['change']}). `diskvault` is the default (AES-256-GCM, keyed ids, seeded chunker, "
-           "Argon2id key file: every command pays one Argon2id, ~0.15 s); `diskvault-none` the same with "
+           "Argon2id key file: every command derives one key, ~0.15 s of CPU, started while the program loads "
+           "(docs/design.md, \"Deriving ahead\"): ~0.03 s of its wall time); `diskvault-none` the same with "
            f"`init --encryption none`; restic {e['versions'].get('restic', '?')} always encrypts. Produced by `benchmarks/encryption.py` "
            "(part of `make bench`).", "",
            "| step | diskvault | diskvault-none | restic | encrypted / none | encrypted / restic | goals |",
