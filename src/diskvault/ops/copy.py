@@ -101,26 +101,27 @@ def copy(src: Repository, dst: Repository, names: list[str] | None = None, host:
         pairs = [(s, have[_key(s)]) for s in src.snapshots() if _key(s) in have]  # copied before
         for snap in todo:
             if dry_run:
-                res.copied.append(_summary(snap, None))
+                res.copied.append(_summary(snap, None, None))
                 continue
             guide = _guide(src, dst, snap, pairs)
-            record, read, twin = _copy_one(src, dst, snap, progress, guide)
+            record, read, twin, stats = _copy_one(src, dst, snap, progress, guide)
             pairs.append((snap, record))
             res.bytes_read += read
             if twin:  # another copy recorded it meanwhile: its chunks are shared, ours are left to prune
                 res.skipped.append({"source_id": snap.id, "id": record.id})
             else:
-                res.copied.append(_summary(snap, record))
+                res.copied.append(_summary(snap, record, stats))
     res.duration = round(time.monotonic() - started, 3)
     return res
 
 
-def _summary(snap: SnapshotRecord, copy: SnapshotRecord | None) -> dict:
+def _summary(snap: SnapshotRecord, copy: SnapshotRecord | None, stats: dict | None) -> dict:
+    """What ``copy --json`` lists for one snapshot; ``stats``: what copying it stored (the
+    record keeps the source's figures)."""
     out = {"source_id": snap.id, "id": copy.id if copy else None, "time": snap.time, "host": snap.host,
            "source": snap.source, "tags": snap.tags, "size": snap.size}
-    if copy is not None:
-        out.update(chunks=copy.chunks, new_chunks=copy.new_chunks, new_bytes=copy.new_bytes,
-                   stored_bytes=copy.stored_bytes)
+    if stats is not None:
+        out.update({k: stats[k] for k in ("chunks", "new_chunks", "new_bytes", "stored_bytes")})
     return out
 
 
@@ -177,10 +178,11 @@ def _batches(leaves: Iterator[Leaf | Lost], snap: SnapshotRecord) -> Iterator[li
 
 
 def _copy_one(src: Repository, dst: Repository, snap: SnapshotRecord, progress: Progress,
-              guide: _Guide | None = None) -> tuple[SnapshotRecord, int, bool]:
+              guide: _Guide | None = None) -> tuple[SnapshotRecord, int, bool, dict]:
     """Rebuild ``snap`` in ``dst`` (chunks the ``guide`` knows are taken from it); returns the
-    saved record, the stored bytes read and whether the record is instead one another copy
-    saved meanwhile (two copies into one destination at once record each snapshot once)."""
+    saved record, the stored bytes read, whether the record is instead one another copy
+    saved meanwhile (two copies into one destination at once record each snapshot once),
+    and what this copy stored (``chunks``, ``new_chunks``, ``new_bytes``, ``stored_bytes``, ...)."""
     started = time.monotonic()
     writer = dst.blob_writer()
     builder = TreeBuilder(writer.add_tree_node, dst.content_id)
@@ -229,7 +231,9 @@ def _copy_one(src: Repository, dst: Repository, snap: SnapshotRecord, progress: 
     except BaseException:
         writer.abort()
         raise
-    record = dataclasses.replace(snap, id="", tree=root.hex(), duration=round(time.monotonic() - started, 3),
-                                 warnings=[], **stats)
+    # the source's record with the tree replaced (its sizes and duration as the source recorded
+    # them), so two machines copying this snapshot at once save one record with one id
+    record = dataclasses.replace(snap, id="", tree=root.hex(), warnings=[])
     twin = dst.save_snapshot(record, keep_seq=True, same=_key)  # keep_seq: latest and forget order as the source
-    return twin or record, read, twin is not None
+    stats["seconds"] = round(time.monotonic() - started, 3)
+    return twin or record, read, twin is not None, stats

@@ -44,7 +44,7 @@ from ..rawnames import readable
 from .hashing import short
 from .pack import TYPE_CHUNK, TYPE_TREE, pack_id
 from ..storage import Storage, is_remote
-from .tree import TreeReader
+from .tree import TreeReader, parse
 from .writer import BlobWriter
 from .writable import FULL, NOTES, inside, read_only_error, translate, unwritable
 from .location import (
@@ -269,7 +269,9 @@ class Repository:
         identifies a record (a copy's time, host, source, size); when a snapshot recorded
         meanwhile (another process's copy) has the same, nothing is saved and that one is
         returned, else None. On a remote repository the catalog is brought up to date first
-        (other machines' records), so the check there narrows the race rather than closes it."""
+        (other machines' records); a record saved by another machine after that, with the same
+        content (a copy's record is its source's with the tree replaced, so two copies of one
+        snapshot are one record, one id), is found by the create-only write and returned."""
         written = False
         if same is not None:
             self.sync()
@@ -283,7 +285,14 @@ class Repository:
                     record.seq = self.catalog.next_seq()
                 record.id = ""
                 record.id = self.content_id(json.dumps(record.to_json(), sort_keys=True).encode()).hex()[:32]
-                self.storage.write_atomic(*record_file(self.crypto, record))
+                if same is None:
+                    self.storage.write_atomic(*record_file(self.crypto, record))
+                else:
+                    try:
+                        self.storage.put(*record_file(self.crypto, record))
+                    except FileExistsError:  # the same record (same content, same id), saved meanwhile
+                        self.catalog.add_snapshot(record)
+                        return record
                 written = True
                 self.catalog.add_snapshot(record)
         except BaseException:
@@ -473,11 +482,33 @@ class Repository:
         if loc is None:
             raise DamagedData(f"tree node {short(nid)} is not in the catalog")
         node = bytes(self.read_blob(loc))
+        self._keep_node(nid, node)
+        if self.remote:
+            self._prefetch_children(node, any_thread)
+        return node
+
+    def _keep_node(self, nid: bytes, node: bytes) -> None:
         with self._nodes_lock:
             self._nodes[nid] = node
             while len(self._nodes) > 1024:
                 self._nodes.popitem(last=False)
-        return node
+
+    def _prefetch_children(self, node: bytes, any_thread: bool) -> None:
+        """Read the children of an internal tree node (at most 256) into the node cache in a
+        few ranged GETs (nodes lie side by side in packs), before a walk asks for them one by
+        one: a remote restore of a 1 GiB image spent 0.7 s in one GET per node. A damaged
+        child is left for the walk to read and report."""
+        level, items = parse(node)
+        if level == 0:
+            return
+        with self._nodes_lock:
+            want = {i for i, _ in items if i not in self._nodes}
+        locs = self.catalog.locate(want, any_thread)
+        try:
+            for loc, raw in self.read_ranges(list(locs.values())):
+                self._keep_node(loc.id, bytes(raw))
+        except DamagedData:
+            pass
 
     def tree(self) -> TreeReader:
         return TreeReader(self.load_tree_node)
