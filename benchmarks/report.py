@@ -419,7 +419,8 @@ def remote_section() -> list[str]:
            f"{r['date']}, {r['machine']}; median of {r['reps']} runs, order alternated; the ext4 image "
            f"({size / MIB:,.0f} MiB, {r['image']['allocated'] / MIB:,.0f} MiB allocated) and its changed copy "
            f"({r['change']}), each into a new encrypted repository: a local directory, and a prefix of a bucket on "
-           f"{r['server']} started on this machine (loopback: the server shares the 2 cores). Wall time plus "
+           f"{r['server']} started on this machine" + (f" with {r['volume_mb']} MiB volumes" if r.get("volume_mb") else "")
+           + " (loopback: the server shares the 2 cores). Wall time plus "
            "sync; restores verified. Produced by `benchmarks/remote.py` (part of `make bench`).", "",
            "| step | local MB/s | S3 MB/s | S3 / local | local peak RSS (MiB) | S3 peak RSS (MiB) | goal |",
            "|---|---:|---:|---:|---:|---:|---|"]
