@@ -6,7 +6,8 @@ on a 2 GiB image. Argon2 releases the GIL, so the command line's entry point
 (``diskvault.entry``) starts that derivation in a background thread before it imports the
 rest of diskvault (~0.15 s), whenever the repository and the passphrase can be read from the
 command line and the environment without side effects: a local repository (``-r``/``--repo``
-or DISKVAULT_REPO), its passphrase from ``--password-file``/DISKVAULT_PASSWORD_FILE or
+or DISKVAULT_REPO), its passphrase from ``--password-file``/DISKVAULT_PASSWORD_FILE (a
+regular file: a pipe such as ``<(pass show backup)`` can be read only once, by the command) or
 DISKVAULT_PASSWORD (never a ``--password-command``, never a prompt), and the first key file
 in ``keys/`` whose parameters are within MIN_PARAMS..MAX_PARAMS. ``derive`` then waits for a
 derivation started ahead with the same passphrase, salt and parameters instead of starting its
@@ -23,6 +24,7 @@ import base64
 import json
 import os
 import re
+import stat
 import threading
 
 # RFC 9106 §4, second recommended option (64 MiB, 3 passes, 4 lanes): ~0.1 s here
@@ -103,21 +105,32 @@ def _guess(argv: list[str], environ) -> tuple[bytes, bytes, dict] | None:
         return None
     password_file = _option(argv, "--password-file") or environ.get("DISKVAULT_PASSWORD_FILE")
     if password_file:
-        with open(password_file, "rb") as f:
-            text = f.read(1 << 16).decode("utf-8", "surrogateescape")
+        data = _read_regular(password_file)  # a pipe (<(pass show x), /dev/stdin) is read once, by the command
+        if data is None:
+            return None
+        text = data.decode("utf-8", "surrogateescape")
     else:
         text = environ.get("DISKVAULT_PASSWORD", "")
     secret = text.strip().encode("utf-8", "surrogateescape")  # as the command line reads it (cli/common.py)
     if not secret:
         return None
-    with open(os.path.join(repo, "config.json"), "rb") as f:
-        if json.load(f).get("encryption", "none") == "none":
-            return None
+    config = _read_regular(os.path.join(repo, "config.json"))
+    if config is None or json.loads(config).get("encryption", "none") == "none":
+        return None
     folder = os.path.join(repo, "keys")
-    first = min(n for n in os.listdir(folder) if _KEY_FILE.fullmatch(n))
-    with open(os.path.join(folder, first), "rb") as f:
-        doc = json.load(f)
+    key_file = _read_regular(os.path.join(folder, min(n for n in os.listdir(folder) if _KEY_FILE.fullmatch(n))))
+    if key_file is None:
+        return None
+    doc = json.loads(key_file)
     params = {k: doc[k] for k in DEFAULT_PARAMS}
     if not all(type(v) is int and MIN_PARAMS[k] <= v <= MAX_PARAMS[k] for k, v in params.items()):
         return None
     return secret, base64.b64decode(doc["salt"], validate=True), params
+
+
+def _read_regular(path: str, limit: int = 1 << 16) -> bytes | None:
+    """The first ``limit`` bytes of ``path`` when it is a regular file, else None (never
+    waiting on a pipe or a device, never consuming what the command will read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        return f.read(limit) if stat.S_ISREG(os.fstat(fd).st_mode) else None

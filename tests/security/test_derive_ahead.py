@@ -134,3 +134,19 @@ def test_the_entry_point_derives_once_ahead_of_the_command(repo, monkeypatch, ca
     assert done.value.code in (0, None)
     assert json.loads(capsys.readouterr().out) == []
     assert threads == ["derive-ahead"]
+
+
+def test_a_password_file_that_is_a_pipe_is_left_for_the_command(repo, tmp_path):
+    """``--password-file <(pass show backup)`` or /dev/stdin: a pipe can be read once, so the
+    guess leaves it alone and the command reads the passphrase."""
+    import os
+
+    r, w = os.pipe()
+    os.write(w, PASSPHRASE.encode() + b"\n")
+    assert not kdf.derive_ahead(["check", "-r", str(repo), "--password-file", f"/dev/fd/{r}"], {})
+    assert os.read(r, 100) == PASSPHRASE.encode() + b"\n"
+    os.close(r), os.close(w)
+    env = {k: v for k, v in cli_env().items() if k != "DISKVAULT_PASSWORD"}
+    proc = run_cli("snapshots", "-r", repo, "--password-file", "/dev/stdin", "--json", env=env,
+                   input=PASSPHRASE.encode() + b"\n")
+    assert json.loads(proc.stdout) == []
