@@ -33,7 +33,7 @@ MIN_PARAMS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 1}
 # at most 16 times the default's work and 1 GiB (~3 s here): a key file edited to absurd costs
 # would make every command spend minutes and gigabytes before finding it fails authentication
 MAX_PARAMS = {"time_cost": 16, "memory_cost": 1024 * 1024, "parallelism": 16}
-KEY_LEN = 32
+KEY_LEN = 32  # bytes of a derived key, and of the master key a key file wraps
 
 _ahead: dict[tuple, tuple[threading.Thread, list]] = {}
 _KEY_FILE = re.compile(r"[0-9a-f]{16}\.json")
@@ -57,6 +57,31 @@ def _inputs(secret: bytes, salt: bytes, params: dict) -> tuple:
     return secret, salt, params["time_cost"], params["memory_cost"], params["parallelism"]
 
 
+def load_key_file(data: bytes) -> dict:
+    """A key file's JSON (format: repository/keys.py), its fields checked, ``salt``, ``nonce``
+    and ``key`` decoded; raises ValueError saying what is wrong (also for bad JSON)."""
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or doc.get("version") != 1 or doc.get("kdf") != "argon2id":
+        raise ValueError("it is not a version 1 argon2id key file")
+    if not isinstance(doc.get("repository"), str):
+        raise ValueError("it names no repository (made by a development version before key files named theirs)")
+    for k, low in MIN_PARAMS.items():
+        v = doc.get(k)
+        if type(v) is not int:
+            raise ValueError(f"its {k} is not a whole number")
+        if v < low:
+            raise ValueError(f"its Argon2 {k} {v} is below the minimum {low} (the file was weakened)")
+        if v > MAX_PARAMS[k]:
+            raise ValueError(f"its Argon2 {k} {v} is above the maximum {MAX_PARAMS[k]}")
+    for k in ("salt", "nonce", "key"):
+        if not isinstance(doc.get(k, ""), str):
+            raise ValueError(f"its {k} is not base64 text")
+        doc[k] = base64.b64decode(doc.get(k, ""), validate=True)
+    if len(doc["salt"]) < 16 or len(doc["nonce"]) != 12 or len(doc["key"]) != KEY_LEN + 16:
+        raise ValueError("its salt, nonce or sealed key has the wrong length")
+    return doc
+
+
 def _argon2id(secret: bytes, salt: bytes, params: dict) -> bytes:
     from argon2.low_level import Type, hash_secret_raw
 
@@ -75,8 +100,13 @@ def derive_ahead(argv: list[str], environ: dict[str, str] | os._Environ) -> bool
             return False
         secret, salt, params = guess
         result: list[bytes] = []
-        thread = threading.Thread(target=lambda: result.append(_argon2id(secret, salt, params)),
-                                  name="derive-ahead", daemon=True)
+        def run() -> None:
+            try:
+                result.append(_argon2id(secret, salt, params))
+            except Exception:  # noqa: BLE001 - e.g. out of memory: ``derive`` derives again and reports it
+                pass
+
+        thread = threading.Thread(target=run, name="derive-ahead", daemon=True)
         _ahead[_inputs(secret, salt, params)] = (thread, result)
         thread.start()
         return True
@@ -114,23 +144,32 @@ def _guess(argv: list[str], environ) -> tuple[bytes, bytes, dict] | None:
     secret = text.strip().encode("utf-8", "surrogateescape")  # as the command line reads it (cli/common.py)
     if not secret:
         return None
-    config = _read_regular(os.path.join(repo, "config.json"))
-    if config is None or json.loads(config).get("encryption", "none") == "none":
+    config = _read_regular(os.path.join(repo, "config.json"), follow=False)
+    if config is None:
+        return None
+    config = json.loads(config)
+    if config.get("encryption", "none") == "none":
         return None
     folder = os.path.join(repo, "keys")
-    key_file = _read_regular(os.path.join(folder, min(n for n in os.listdir(folder) if _KEY_FILE.fullmatch(n))))
-    if key_file is None:
-        return None
-    doc = json.loads(key_file)
-    params = {k: doc[k] for k in DEFAULT_PARAMS}
-    if not all(type(v) is int and MIN_PARAMS[k] <= v <= MAX_PARAMS[k] for k, v in params.items()):
-        return None
-    return secret, base64.b64decode(doc["salt"], validate=True), params
+    for name in sorted(n for n in os.listdir(folder) if _KEY_FILE.fullmatch(n)):  # as keys.unlock tries them
+        data = _read_regular(os.path.join(folder, name), follow=False)
+        try:
+            doc = load_key_file(data) if data is not None else None
+        except (ValueError, TypeError):
+            continue
+        if doc is not None and doc["repository"] == str(config.get("id")):
+            return secret, doc["salt"], {k: doc[k] for k in DEFAULT_PARAMS}
+    return None
 
 
-def _read_regular(path: str, limit: int = 1 << 16) -> bytes | None:
-    """The first ``limit`` bytes of ``path`` when it is a regular file, else None (never
-    waiting on a pipe or a device, never consuming what the command will read)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with open(fd, "rb") as f:
-        return f.read(limit) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+def _read_regular(path: str, follow: bool = True, limit: int = 1 << 16) -> bytes | None:
+    """The first ``limit`` bytes of ``path`` when it is a regular file (``follow``: through
+    symbolic links; the repository's own files are never links), else None: a pipe or device
+    is never opened (opening a FIFO would wake its writer and lose what it writes)."""
+    info = os.stat(path) if follow else os.lstat(path)
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced meanwhile
+            return None
+        return f.read(limit)

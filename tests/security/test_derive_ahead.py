@@ -150,3 +150,65 @@ def test_a_password_file_that_is_a_pipe_is_left_for_the_command(repo, tmp_path):
     proc = run_cli("snapshots", "-r", repo, "--password-file", "/dev/stdin", "--json", env=env,
                    input=PASSPHRASE.encode() + b"\n")
     assert json.loads(proc.stdout) == []
+
+
+def test_a_fifo_with_a_writer_waiting_is_never_opened(repo, tmp_path):
+    """Opening a FIFO wakes a writer that waits on it and loses what it writes: the guess
+    does not open it, and the passphrase is still there for the command."""
+    import os
+    import threading
+
+    fifo = tmp_path / "pw.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(PASSPHRASE.encode() + b"\n"), daemon=True)
+    writer.start()
+    assert not kdf.derive_ahead(["snapshots", "-r", str(repo), "--password-file", str(fifo)], {})
+    writer.join(0.3)
+    assert writer.is_alive()  # still waiting for a reader
+    assert fifo.read_bytes() == PASSPHRASE.encode() + b"\n"
+    writer.join(5)
+
+
+def test_a_refused_key_file_is_not_derived_and_the_next_one_is(repo):
+    """The guess checks key files as opening does: one that opening refuses (damaged, for
+    another repository, dear parameters with a broken nonce) is skipped, never derived."""
+    (real,) = (repo / "keys").iterdir()
+    doc = json.loads(real.read_text())
+    bad = [{**doc, "salt": ""},
+           {**doc, "repository": "another", "time_cost": kdf.MAX_PARAMS["time_cost"]},
+           {**doc, "nonce": "AAAA", "memory_cost": kdf.MAX_PARAMS["memory_cost"]}]
+    for i, d in enumerate(bad):
+        (repo / "keys" / f"{i:016x}.json").write_text(json.dumps(d))
+    assert kdf.derive_ahead(["snapshots", "-r", str(repo)], {"DISKVAULT_PASSWORD": PASSPHRASE})
+    ((_secret, salt, *params),) = kdf._ahead
+    assert salt == base64.b64decode(doc["salt"]) and params == [doc["time_cost"], doc["memory_cost"], doc["parallelism"]]
+    assert _unlock(repo, PASSPHRASE)
+
+
+def test_the_guess_reads_no_repository_file_through_a_symbolic_link(repo, tmp_path):
+    config = repo / "config.json"
+    outside = tmp_path / "config-elsewhere.json"
+    outside.write_bytes(config.read_bytes())
+    config.unlink()
+    config.symlink_to(outside)
+    assert not kdf.derive_ahead(["snapshots", "-r", str(repo)], {"DISKVAULT_PASSWORD": PASSPHRASE})
+
+
+def test_an_interrupt_or_no_memory_while_deriving_is_not_a_wrong_passphrase(repo, monkeypatch):
+    from argon2.exceptions import HashingError
+
+    from diskvault.errors import Interrupted, RepositoryError
+
+    def interrupted(*_a):
+        raise Interrupted("interrupted")
+
+    monkeypatch.setattr(keys, "derive", interrupted)
+    with pytest.raises(Interrupted):
+        _unlock(repo, PASSPHRASE)
+
+    def no_memory(*_a):
+        raise HashingError("Memory allocation error")
+
+    monkeypatch.setattr(keys, "derive", no_memory)
+    with pytest.raises(RepositoryError, match="cannot derive the key .*Memory allocation error"):
+        _unlock(repo, PASSPHRASE)

@@ -38,12 +38,12 @@ from datetime import datetime, timezone
 import blake3
 
 from ..errors import PasswordError, RepositoryError
-from ..kdf import DEFAULT_PARAMS, MAX_PARAMS, MIN_PARAMS, derive
+from ..kdf import DEFAULT_PARAMS, KEY_LEN, MAX_PARAMS, MIN_PARAMS, derive, load_key_file
 from ..storage import Storage
 
 FOLDER = "keys"
 NAME = re.compile(r"keys/([0-9a-f]{16})\.json")
-MASTER_LEN = 32
+MASTER_LEN = KEY_LEN
 _opened: dict[tuple[bytes, bytes], bytes] = {}
 _AD = "diskvault key file v1 {id} repository={repository} argon2id t={time_cost} m={memory_cost} p={parallelism}"
 
@@ -101,26 +101,7 @@ def add_key(storage: Storage, master: bytes, passphrase: str, repository: str, p
     return kid
 
 
-def _load(data: bytes) -> dict:
-    """A key file's JSON, its fields checked; raises ValueError saying what is wrong."""
-    doc = json.loads(data)
-    if not isinstance(doc, dict) or doc.get("version") != 1 or doc.get("kdf") != "argon2id":
-        raise ValueError("it is not a version 1 argon2id key file")
-    if not isinstance(doc.get("repository"), str):
-        raise ValueError("it names no repository (made by a development version before key files named theirs)")
-    for k, low in MIN_PARAMS.items():
-        v = doc.get(k)
-        if type(v) is not int:
-            raise ValueError(f"its {k} is not a whole number")
-        if v < low:
-            raise ValueError(f"its Argon2 {k} {v} is below the minimum {low} (the file was weakened)")
-        if v > MAX_PARAMS[k]:
-            raise ValueError(f"its Argon2 {k} {v} is above the maximum {MAX_PARAMS[k]}")
-    for k in ("salt", "nonce", "key"):
-        doc[k] = base64.b64decode(doc.get(k, ""), validate=True)
-    if len(doc["salt"]) < 16 or len(doc["nonce"]) != 12 or len(doc["key"]) != MASTER_LEN + 16:
-        raise ValueError("its salt, nonce or sealed key has the wrong length")
-    return doc
+_load = load_key_file  # kdf.py: the entry point checks a key file as opening does
 
 
 def key_names(storage: Storage) -> list[str]:
@@ -151,10 +132,16 @@ def unlock(storage: Storage, passphrase: str, repo: str, repository: str) -> tup
         memo = _memo(data, passphrase)
         if memo in _opened:
             return _opened[memo], kid
+        from argon2.exceptions import HashingError
+        from cryptography.exceptions import InvalidTag
+
         try:
-            master = _aesgcm(derive(passphrase, doc["salt"], params)).decrypt(
-                doc["nonce"], doc["key"], _AD.format(id=kid, repository=repository, **params).encode())
-        except Exception:  # InvalidTag: another passphrase's key file
+            kek = derive(passphrase, doc["salt"], params)  # an interrupt, or no memory for Argon2, is not a wrong passphrase
+        except HashingError as exc:
+            raise RepositoryError(f"cannot derive the key of {name} ({exc}): free memory and run the command again") from None
+        try:
+            master = _aesgcm(kek).decrypt(doc["nonce"], doc["key"], _AD.format(id=kid, repository=repository, **params).encode())
+        except InvalidTag:  # another passphrase's key file
             continue
         _opened[memo] = master
         return master, kid
