@@ -9,7 +9,8 @@ command line and the environment without side effects: a local repository (``-r`
 or DISKVAULT_REPO), its passphrase from ``--password-file``/DISKVAULT_PASSWORD_FILE (a
 regular file: a pipe such as ``<(pass show backup)`` can be read only once, by the command) or
 DISKVAULT_PASSWORD (never a ``--password-command``, never a prompt), and the first key file
-in ``keys/`` whose parameters are within MIN_PARAMS..MAX_PARAMS. ``derive`` then waits for a
+in ``keys/`` that opening would accept (``load_key_file``, made for this repository), the
+repository's files read only as regular files, never through a link. ``derive`` then waits for a
 derivation started ahead with the same passphrase, salt and parameters instead of starting its
 own. A guess that turns out wrong (another key file opens, an option the entry point read
 otherwise than the command line) only costs that derivation: a result is used only for
@@ -100,6 +101,7 @@ def derive_ahead(argv: list[str], environ: dict[str, str] | os._Environ) -> bool
             return False
         secret, salt, params = guess
         result: list[bytes] = []
+
         def run() -> None:
             try:
                 result.append(_argon2id(secret, salt, params))

@@ -183,7 +183,6 @@ def _copy_one(src: Repository, dst: Repository, snap: SnapshotRecord, progress: 
     saved record, the stored bytes read, whether the record is instead one another copy
     saved meanwhile (two copies into one destination at once record each snapshot once),
     and what this copy stored (``chunks``, ``new_chunks``, ``new_bytes``, ``stored_bytes``, ...)."""
-    started = time.monotonic()
     writer = dst.blob_writer()
     builder = TreeBuilder(writer.add_tree_node, dst.content_id)
     stats = dict(data_bytes=0, zero_bytes=0, chunks=0, new_chunks=0, new_bytes=0, stored_bytes=0)
@@ -235,5 +234,4 @@ def _copy_one(src: Repository, dst: Repository, snap: SnapshotRecord, progress: 
     # them), so two machines copying this snapshot at once save one record with one id
     record = dataclasses.replace(snap, id="", tree=root.hex(), warnings=[])
     twin = dst.save_snapshot(record, keep_seq=True, same=_key)  # keep_seq: latest and forget order as the source
-    stats["seconds"] = round(time.monotonic() - started, 3)
     return twin or record, read, twin is not None, stats

@@ -101,9 +101,6 @@ def add_key(storage: Storage, master: bytes, passphrase: str, repository: str, p
     return kid
 
 
-_load = load_key_file  # kdf.py: the entry point checks a key file as opening does
-
-
 def key_names(storage: Storage) -> list[str]:
     return sorted(n for n in storage.list(FOLDER) if NAME.fullmatch(n))
 
@@ -121,7 +118,7 @@ def unlock(storage: Storage, passphrase: str, repo: str, repository: str) -> tup
         kid = NAME.fullmatch(name).group(1)
         try:
             data = storage.read(name)
-            doc = _load(data)
+            doc = load_key_file(data)
             if doc["repository"] != repository:
                 raise ValueError(f"it belongs to repository {doc['repository'][:32]}, not to this one ({repository})")
         except (ValueError, TypeError, OSError) as exc:
@@ -167,7 +164,7 @@ def list_keys(storage: Storage, current: str | None = None, repository: str | No
         try:
             data = storage.read(name)
             doc = json.loads(data)
-            found = _load(data)
+            found = load_key_file(data)
             if repository is not None and found["repository"] != repository:
                 raise ValueError(f"it belongs to repository {found['repository'][:32]}")
         except OSError as exc:
