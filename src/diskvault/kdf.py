@@ -31,8 +31,9 @@ import threading
 # RFC 9106 §4, second recommended option (64 MiB, 3 passes, 4 lanes): ~0.1 s here
 DEFAULT_PARAMS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 4}
 MIN_PARAMS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 1}
-# at most 16 times the default's work and 1 GiB (~3 s here): a key file edited to absurd costs
-# would make every command spend minutes and gigabytes before finding it fails authentication
+# at most 16 passes over 1 GiB (~85 times the default's work: ~12 s and 1 GiB here, per such
+# key file tried): a key file edited to absurd costs would make every command spend minutes
+# and gigabytes before finding it fails authentication
 MAX_PARAMS = {"time_cost": 16, "memory_cost": 1024 * 1024, "parallelism": 16}
 KEY_LEN = 32  # bytes of a derived key, and of the master key a key file wraps
 

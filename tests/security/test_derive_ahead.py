@@ -212,3 +212,82 @@ def test_an_interrupt_or_no_memory_while_deriving_is_not_a_wrong_passphrase(repo
     monkeypatch.setattr(keys, "derive", no_memory)
     with pytest.raises(RepositoryError, match="cannot derive the key .*Memory allocation error"):
         _unlock(repo, PASSPHRASE)
+
+
+def _as_nobody(fn) -> str:
+    """Run ``fn`` in a forked child as user nobody; returns what it returned or raised (str)."""
+    import os
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, run, report, exit without cleanup
+        try:
+            os.setgroups([])
+            os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
+            os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+            out = f"ok {fn()}"
+        except BaseException as exc:  # noqa: BLE001
+            out = f"{type(exc).__name__} exit {getattr(exc, 'exit_code', None)}: {exc}"
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        got = f.read().decode()
+    os.waitpid(pid, 0)
+    return got
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="drops from root to nobody")
+def test_keys_another_user_may_not_read_are_reported_as_permission_denied():
+    """A user who may read the repository but not its keys/ folder, or not its key files
+    (0600, as init makes them), is told so, not that the repository has no key file."""
+    import os
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(dir="/var/tmp")
+    try:
+        path = os.path.join(root, "repo")
+        Repository.init(path, ChunkerParams.for_average(16 << 10), passphrase=lambda: PASSPHRASE).close()
+        for d, _dirs, files in os.walk(root):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        keys_dir = os.path.join(path, "keys")
+
+        def open_repo():
+            keys._opened.clear()
+            Repository.open(path, write=False, passphrase=lambda: PASSPHRASE).close()
+
+        os.chmod(keys_dir, 0o700)
+        got = _as_nobody(open_repo)
+        assert got.startswith("RepositoryError exit 3: permission denied reading") and keys_dir in got, got
+        os.chmod(keys_dir, 0o755)
+        for name in os.listdir(keys_dir):
+            os.chmod(os.path.join(keys_dir, name), 0o600)
+        got = _as_nobody(open_repo)
+        assert got.startswith("RepositoryError exit 3: permission denied reading") and "restore" not in got, got
+    finally:
+        shutil.rmtree(root)
+
+
+def test_an_interrupt_while_starting_exits_130_with_one_line(repo):
+    """SIGINT or SIGTERM before the command line has loaded (its handlers not yet set)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "diskvault", "snapshots", "-r", str(repo)],
+                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=cli_env())
+        while b"diskvault.kdf" not in proc.stderr.readline():  # the entry point is running
+            pass
+        time.sleep(0.01)
+        proc.send_signal(sig)
+        err = proc.stderr.read().decode()
+        assert proc.wait() == 130, err
+        lines = [line for line in err.splitlines() if not line.startswith("import time:")]
+        assert len(lines) == 1 and "interrupted" in lines[0], err

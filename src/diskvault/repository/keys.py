@@ -118,6 +118,9 @@ def unlock(storage: Storage, passphrase: str, repo: str, repository: str) -> tup
         kid = NAME.fullmatch(name).group(1)
         try:
             data = storage.read(name)
+        except PermissionError:
+            raise RepositoryError(f"permission denied reading {repo}/{name}: run diskvault as a user who may read it") from None
+        try:
             doc = load_key_file(data)
             if doc["repository"] != repository:
                 raise ValueError(f"it belongs to repository {doc['repository'][:32]}, not to this one ({repository})")

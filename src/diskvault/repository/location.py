@@ -21,7 +21,7 @@ from .chunking import ChunkerParams
 from .config import CONFIG, ENCRYPTIONS, FORMAT_VERSION, enclosing_repository
 from .crypto import MODE, PLAIN, Crypto
 from ..errors import PasswordError, RepositoryError, RepositoryExists, RepositoryNotFound, UsageError, os_error
-from ..storage import Storage, open_storage
+from ..storage import Storage, is_remote, open_storage
 from ..storage.local import LocalStorage, private_dir, private_file
 
 FOLDERS = ("packs", "snapshots", "locks", keys.FOLDER)
@@ -212,6 +212,10 @@ def unlock(path: str, config: dict, passphrase: Callable[[], str] | None,
             raise RepositoryError(f"{path}/{CONFIG} says the repository is not encrypted, but it has key files "
                                   f"in {keys.FOLDER}/: config.json was changed; restore it from a copy")
         return PLAIN, None
+    folder = os.path.join(path, keys.FOLDER)
+    if not is_remote(path) and os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
+        # a folder listing skips what it may not read: say so rather than "no key file"
+        raise RepositoryError(f"permission denied reading {folder}: run diskvault as a user who may read it")
     if passphrase is None:
         raise PasswordError(f"{path} is encrypted: give its passphrase")
     master, kid = keys.unlock(storage, passphrase(), path, str(config.get("id")))
