@@ -36,8 +36,14 @@ part_note() {  # partition device, fs type -> a line explaining Windows specific
     return
   fi
   if [ "$2" = ntfs ]; then
-    ntfs-3g.probe --readwrite "$1" >/dev/null 2>&1
-    case $? in
+    # the other console's menu may be probing the same volume, which a read-write probe opens
+    # exclusively: the loser exits 16 or 18 (measured: 6 probes at once, 4 exited 18); ask again
+    for try in 1 2 3 4 5; do
+      ntfs-3g.probe --readwrite "$1" >/dev/null 2>&1
+      rc=$?
+      case $rc in 16|18) sleep 1;; *) break;; esac
+    done
+    case $rc in
       14) echo "NTFS left hibernated (Windows Fast Startup or hibernation): an image is consistent but Windows resumes from it; to change files, boot Windows and shut down with Shift+Shutdown, or turn Fast Startup off";;
       15) echo "NTFS not cleanly unmounted: run chkdsk from Windows before trusting a snapshot";;
     esac
