@@ -84,3 +84,54 @@ def test_free_ranges_are_the_free_bits(bitmap, free_bit) -> None:
     assert got == normalise(got)
     assert {(s - 1000) // UNIT + i for s, e in got for i in range((e - s) // UNIT)} == want
     assert total(got) == len(want) * UNIT
+
+
+def _fat_reference(table: bytes, width: int, count: int) -> tuple[list[tuple[int, int]], int] | str:
+    """The FAT read entry by entry, as the specification says (free runs, free count, or the
+    error message): what ``fat._scan`` computes with the regular-expression engine."""
+    top = 0x0FFFFFF7 if width == 4 else 0xFFF7
+    runs: list[tuple[int, int]] = []
+    nfree = 0
+    for n in range(2, count + 2):
+        e = int.from_bytes(table[n * width:(n + 1) * width], "little") & (0x0FFFFFFF if width == 4 else 0xFFFF)
+        if e == 0:
+            nfree += 1
+            if runs and runs[-1][1] == n:
+                runs[-1] = (runs[-1][0], n + 1)
+            else:
+                runs.append((n, n + 1))
+        elif e < top and not 2 <= e < count + 2:
+            return f"FAT entry {n} points to cluster {e}, which does not exist"
+    return runs, nfree
+
+
+@st.composite
+def fat_tables(draw):
+    width = draw(st.sampled_from([2, 4]))
+    count = draw(st.integers(1, 300))
+    top = 0x0FFFFFF7 if width == 4 else 0xFFF7
+    entry = st.one_of(
+        st.just(0), st.just(0), st.integers(2, count + 1),  # free (often), a cluster that exists
+        st.integers(top, 0x0FFFFFFF if width == 4 else 0xFFFF),  # bad cluster, end of chain
+        st.just(1), st.integers(1, 0x0FFFFFFF if width == 4 else 0xFFFF),  # clusters that do not exist
+    )
+    entries = [draw(st.integers(0, 0xFFFFFFFF if width == 4 else 0xFFFF))] * 2
+    entries += draw(st.lists(entry, min_size=count, max_size=count))
+    if width == 4:  # the reserved top 4 bits, which readers must ignore
+        entries = [e | draw(st.sampled_from([0, 0, 0x10000000, 0xF0000000])) for e in entries]
+    table = b"".join(e.to_bytes(width, "little") for e in entries) + draw(st.binary(max_size=8))
+    return table, width, count
+
+
+@given(fat_tables())
+def test_fat_scan_equals_the_entry_by_entry_reading(case) -> None:
+    from diskvault.images.filesystems.common import Inconsistent
+    from diskvault.images.filesystems.fat import _scan
+
+    table, width, count = case
+    want = _fat_reference(table, width, count)
+    try:
+        got = _scan(table, width, count)
+    except Inconsistent as exc:
+        got = str(exc)
+    assert got == want

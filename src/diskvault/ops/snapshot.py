@@ -9,7 +9,8 @@ Pipeline, with reading, cutting, hashing and compressing spread over the worker 
 2. two worker threads each read a window (``preadv``, so the bytes are still in the CPU's
    cache for what follows), cut it with FastCDC *speculatively*, as if a chunk started at
    the window's first byte, hash (blake3) its chunks, spot all-zero chunks (see _Zeros),
-   ask the catalog in one query which are new and compress those (codec: see _Codec);
+   ask the catalog in one query which are new and compress those no other window of the
+   snapshot has claimed (a repeat is compressed once; codec and claims: see _Codec);
    a window of zeros only (one memcmp) is not cut or hashed at all: the writer knows how
    FastCDC cuts zeros and emits them as one zero extent (see _stitch_zeros);
 3. one writer thread takes the windows in source order and *stitches* them: it carries the
@@ -20,7 +21,7 @@ Pipeline, with reading, cutting, hashing and compressing spread over the worker 
    window is cut here). Boundaries are therefore exactly those of ``Chunker.stream``
    over the extent. The writer appends new chunks to packs in source order (compressing
    any new chunk the workers left to it: a speculative window's first chunks, and a repeat
-   whose first occurrence the stitch replaced) and builds the snapshot's chunk-list tree,
+   whose claimed occurrence comes later or was replaced by the stitch) and builds the snapshot's chunk-list tree,
    then gives the buffer back to the pool.
 
 The calling thread blocks when all BUFFERS buffers are in flight, so memory is bounded by buffer
@@ -41,6 +42,7 @@ snapshot of the same host and source gives a warning (order is by sequence numbe
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import queue
@@ -116,6 +118,7 @@ class _Codec:
     AUTO_NEW_SHARE = 1 / 8
     AUTO_PRIOR = 64 << 20
     AUTO_BULK = ("zstd", 1)
+    CLAIMS = 1 << 15  # new chunk ids remembered (~3 MiB): ~2 GiB of new data, many packs' worth
 
     def __init__(self, mode: str, expect_known: bool) -> None:
         if mode not in ("auto", *compression.CODECS):
@@ -124,6 +127,27 @@ class _Codec:
         self.data = self.AUTO_PRIOR if expect_known else 0
         self.new = 0
         self._lock = threading.Lock()
+        self._claims: set[bytes] = set()
+        self._order: collections.deque[bytes] = collections.deque()
+
+    def claim(self, items: list[_Item]) -> list[_Item]:
+        """The ``items`` (new chunks) no window of this snapshot has claimed yet, now claimed:
+        only they are compressed by the workers. A repeat of a chunk, in the same window or
+        another (a disk holds many copies of some files), is left to the writer, which
+        stores the first occurrence and compresses one itself only when the claimed one
+        comes later in the source or was replaced by the stitch. The oldest claims are
+        forgotten past CLAIMS: their chunks are in the catalog by then (a pack is sealed
+        every TARGET_PACK_SIZE stored bytes), where ``Repository.known`` finds them."""
+        mine = []
+        with self._lock:
+            for it in items:
+                if it.id not in self._claims:
+                    self._claims.add(it.id)
+                    self._order.append(it.id)
+                    mine.append(it)
+            while len(self._order) > self.CLAIMS:
+                self._claims.discard(self._order.popleft())
+        return mine
 
     def choose(self, data: int, new: int) -> tuple[str, int]:
         """Account one window's data and new bytes; (codec, zstd level) for its new chunks."""
@@ -144,7 +168,8 @@ def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], ze
     given, is cut k's id already: a parent's chunk, never all-zero), and compress the new
     ones, except the first ``defer`` (a speculative window's first chunks are usually
     replaced by the stitch: the writer compresses them if they survive) and repeats of a
-    chunk (the writer stores the first occurrence that survives, see ``consume``)."""
+    chunk anywhere in the snapshot (``_Codec.claim``; the writer stores the first occurrence
+    that survives, compressing it itself when it has no payload, see ``consume``)."""
     items: list[_Item] = []
     for k, (off, n) in enumerate(cuts):
         ident = ids[k] if ids else None
@@ -153,7 +178,6 @@ def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], ze
             ident = ZERO_ID if zeros.test(piece) else repo.content_id(piece)
         items.append(_Item(ident, n))
     known = repo.known({it.id for it in items if it.id != ZERO_ID})
-    seen: set[bytes] = set()
     fresh: list[_Item] = []
     data = 0
     for i, (it, (off, n)) in enumerate(zip(items, cuts)):
@@ -163,9 +187,9 @@ def _process(repo: Repository, view: memoryview, cuts: list[tuple[int, int]], ze
         if it.id in known:
             continue
         it.new, it.data = True, view[off : off + n]
-        if i >= defer and it.id not in seen:
-            seen.add(it.id)
+        if i >= defer:
             fresh.append(it)
+    fresh = codec.claim(fresh)
     name, level = codec.choose(data, sum(it.length for it in fresh))
     for it in fresh:
         it.payload, it.flags = compression.compress(it.data, name, level)
