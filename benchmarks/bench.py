@@ -442,6 +442,11 @@ def main() -> int:
         warm(changed)
         add(ceil, "incr_s", ceiling_mod.ceiling(str(changed), compress=False))
         print(f"  ceiling full {ceil['full_s'][-1]:.2f}s incr {ceil['incr_s'][-1]:.2f}s", flush=True)
+        for name in ("ntfs", "vm", *(p.name for p in wide)):  # every image's full-snapshot bound
+            if name in imgs:
+                warm(imgs[name])
+                add(ceil.setdefault("images", {}).setdefault(name, {}), "full_s",
+                    ceiling_mod.ceiling(str(imgs[name]), compress=True))
 
     print("huge sparse image (diskvault only, peak RSS) ...", flush=True)
     huge_rec: dict = {}
