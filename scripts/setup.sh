@@ -33,6 +33,7 @@ have mount.exfat-fuse || need+=(exfat-fuse)               # used-blocks tests: w
 have dumpe2fs || need+=(e2fsprogs)                        # used-blocks tests: cross-check ext4 bitmaps
 have ntfscluster || need+=(ntfs-3g)                       # used-blocks tests: cross-check NTFS $Bitmap
 have fsck.fat || need+=(dosfstools)                       # used-blocks tests: cross-check the FAT
+have mkfs.xfs || need+=(xfsprogs)                         # used-blocks tests: XFS images, xfs_db, xfs_repair
 # S3 storage tests (tests/storage): a one-node Ceph with the RADOS gateway (tests/servers/s3servers.py)
 have radosgw  || need+=(radosgw)
 have ceph-mon || need+=(ceph-mon)

@@ -1,7 +1,8 @@
 """Real filesystem images for the used-blocks tests: made by mkfs, filled with real files
 (Python's standard library and a binary), then 40% of the files deleted (their blocks keep
 the old bytes). Each builder returns the files still present ({relative path: bytes}); each
-reader reads them back with the filesystem's own tool (debugfs rdump, ntfscat, mcopy)."""
+reader reads them back with the filesystem's own tool (debugfs rdump, ntfscat, mcopy, a
+read-only mount)."""
 
 from __future__ import annotations
 
@@ -108,6 +109,20 @@ def make_exfat(path: Path, size_mb: int, work: Path) -> dict[str, bytes]:
     return {n: d for n, d in files.items() if n not in deleted(files)}
 
 
+def make_xfs(path: Path, size_mb: int, work: Path, *mkfs: str) -> dict[str, bytes]:
+    """``size_mb`` at least 300 (mkfs.xfs's minimum); ``mkfs``: more mkfs.xfs options."""
+    blank(path, size_mb)
+    run(tool("mkfs.xfs"), "-q", "-f", "-K", *mkfs, path)  # -K: no discard, free space keeps the old bytes
+    files = real_files(work / "xfs-content")
+    with mounted(["mount", "-o", "loop", str(path)], work / "xfs-mnt") as mnt:
+        for n, d in files.items():
+            (mnt / n).write_bytes(d)
+        for n in deleted(files):
+            (mnt / n).unlink()
+    shutil.rmtree(work / "xfs-content")
+    return {n: d for n, d in files.items() if n not in deleted(files)}
+
+
 def read_ext4(path: Path) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as out:
         run(tool("debugfs"), "-R", f"rdump / {out}", path)
@@ -133,20 +148,28 @@ def read_exfat(path: Path) -> dict[str, bytes]:
         run("losetup", "-d", loop)
 
 
+def read_xfs(path: Path) -> dict[str, bytes]:
+    with tempfile.TemporaryDirectory() as d, mounted(["mount", "-o", "ro,loop", str(path)], Path(d)) as mnt:
+        return {p.name: p.read_bytes() for p in mnt.iterdir() if p.is_file()}
+
+
 def read_files(kind: str, path: Path, names: list[str]) -> dict[str, bytes]:
     """The files of the filesystem image ``path``, read by its own tools."""
     if kind == "ext4":
         return read_ext4(path)
     if kind == "ntfs":
         return read_ntfs(path, names)
+    if kind == "xfs":
+        return read_xfs(path)
     return read_fat(path) if kind == "fat32" else read_exfat(path)
 
 
-MAKE = {"ext4": make_ext4, "ntfs": make_ntfs, "fat32": make_fat32, "exfat": make_exfat}
+MAKE = {"ext4": make_ext4, "ntfs": make_ntfs, "fat32": make_fat32, "exfat": make_exfat, "xfs": make_xfs}
+SIZE_MB = {"xfs": 300}  # mkfs.xfs's minimum; the others: 40
 
 
 def fsck(kind: str, path: Path) -> subprocess.CompletedProcess:
     """The filesystem's own check, read-only; returns the finished process."""
     argv = {"ext4": [tool("e2fsck"), "-fn"], "ntfs": [tool("ntfsfix"), "-n"], "fat32": [tool("fsck.fat"), "-n"],
-            "exfat": [tool("fsck.exfat"), "-n"]}[kind]
+            "exfat": [tool("fsck.exfat"), "-n"], "xfs": [tool("xfs_repair"), "-n"]}[kind]
     return subprocess.run([*argv, str(path)], capture_output=True)

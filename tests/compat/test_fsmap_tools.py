@@ -1,17 +1,21 @@
 """The allocation readers (images/filesystems) against the filesystems' own tools: dumpe2fs's
-free block ranges, ntfscluster's free space, fsck.fat's and dump.exfat's cluster counts, on
-real images with 40% of their files deleted; and damaged maps refused."""
+free block ranges, ntfscluster's free space, fsck.fat's and dump.exfat's cluster counts,
+xfs_db's free extents, on real images with 40% of their files deleted; and damaged maps (and
+an XFS log left dirty) refused."""
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from fsimages import make_exfat, make_ext4, make_fat32, make_ntfs
+from fsimages import make_exfat, make_ext4, make_fat32, make_ntfs, make_xfs, mounted, run
 from helpers import tool
 
 from diskvault.images.filesystems import read_map
@@ -93,6 +97,100 @@ def test_exfat_free_clusters_equal_dump_exfat(tmp_path: Path) -> None:
     free = int(re.search(r"Free Clusters:\s*(\d+)", out).group(1))
     assert m.filesystem == "exfat" and m.notes == []
     assert total(m.free) == free * m.block_size
+    img.unlink()
+
+
+SMALL_XFS = dict(os.environ, TEST_DIR="1", TEST_DEV="1", QA_CHECK_FS="1")  # mkfs.xfs allows < 300 MB, logs < 64 MB
+
+
+def _xfs_db(img: Path, *commands: str) -> str:
+    argv = [tool("xfs_db"), "-r"] + [a for c in commands for a in ("-c", c)] + [str(img)]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def _assert_xfs_free_equals_xfs_db(img: Path, m) -> None:
+    """``m.free`` is xfs_db's free extents (``freesp -d``) less the AG free lists' blocks."""
+    sb = _xfs_db(img, "sb 0", "p blocksize agblocks agcount")
+    bs, agblocks, agcount = (int(re.search(rf"^{k} = (\d+)", sb, re.M).group(1)) for k in ("blocksize", "agblocks", "agcount"))
+    theirs = normalise([((int(a) * agblocks + int(b)) * bs, (int(a) * agblocks + int(b) + int(n)) * bs) for a, b, n in
+                        re.findall(r"^\s*(\d+)\s+(\d+)\s+(\d+)$", _xfs_db(img, "freesp -d"), re.M)])
+    on_free_lists = sum(int(re.search(r"flcount = (\d+)", _xfs_db(img, f"agf {ag}", "p flcount")).group(1))
+                        for ag in range(agcount))
+    assert m.filesystem == "xfs" and m.notes == [] and m.block_size == bs
+    assert all(any(s <= a and b <= e for s, e in theirs) for a, b in m.free)
+    assert total(theirs) - total(m.free) == on_free_lists * bs
+
+
+@pytest.mark.parametrize("kind", ["default", "1k-blocks", "v4"])
+def test_xfs_free_extents_equal_xfs_db(tmp_path: Path, kind: str) -> None:
+    img = tmp_path / "x.img"
+    if kind == "default":  # v5 (CRCs), 4 KiB blocks, 4 AGs, files written through the kernel
+        make_xfs(img, 300, tmp_path)
+    elif kind == "1k-blocks":  # free space in ~800 pieces: two-level btrees (a leaf holds 121 records)
+        make_xfs(img, 300, tmp_path, "-b", "size=1024", "-d", "agcount=2")
+        with mounted(["mount", "-o", "loop", str(img)], tmp_path / "mnt") as mnt:
+            for i in range(1600):
+                (mnt / f"t{i}").write_bytes(os.urandom(1000))
+            os.sync()
+            for i in range(0, 1600, 2):
+                (mnt / f"t{i}").unlink()
+        assert "bnolevel = 2" in _xfs_db(img, "agf 0", "p bnolevel")
+    else:  # v4, no CRCs (this kernel no longer mounts it: as mkfs.xfs made it)
+        img.write_bytes(b"OLDDATA!" * (300 << 17))
+        run(tool("mkfs.xfs"), "-q", "-f", "-K", "-m", "crc=0", img)
+    _assert_xfs_free_equals_xfs_db(img, _map(img))
+    img.unlink()
+
+
+def _fsync_loop(img: Path, mnt_dir: Path, rounds: int, dirty: bool) -> None:
+    """Write and fsync small files ``rounds`` times (each fsync is a log write), then unmount
+    (``dirty``: shut the filesystem down first, leaving its log unreplayed)."""
+    with mounted(["mount", "-o", "loop", str(img)], mnt_dir) as mnt:
+        for i in range(rounds):
+            fd = os.open(mnt / f"f{i % 300}", os.O_WRONLY | os.O_CREAT)
+            os.write(fd, b"x" * (i % 7000))
+            os.fsync(fd)
+            os.close(fd)
+        (mnt / "last").write_bytes(b"y" * 100_000)
+        if dirty:
+            run(tool("xfs_io"), "-x", "-c", "shutdown -f", mnt)
+
+
+@pytest.mark.parametrize("dirty", [False, True], ids=["clean", "dirty"])
+@pytest.mark.parametrize("rounds", [50, 6000], ids=["first-pass", "wrapped"])
+def test_xfs_log_must_end_with_an_unmount_record(tmp_path: Path, rounds: int, dirty: bool) -> None:
+    """A 64 MiB XFS with the smallest log (5.3 MiB): 6000 fsyncs wrap it (cycle 2 or more);
+    shut down before unmounting, its log holds changes xfs_repair calls valuable."""
+    img = tmp_path / "x.img"
+    img.write_bytes(b"OLDDATA!" * (64 << 17))
+    subprocess.run([tool("mkfs.xfs"), "-q", "-f", "-K", "-l", "size=1368b", str(img)], env=SMALL_XFS, check=True)
+    _fsync_loop(img, tmp_path / "mnt", rounds, dirty)
+    data = img.read_bytes()
+    logstart = int(re.search(r"logstart = (\d+)", _xfs_db(img, "sb 0", "p logstart")).group(1))
+    at = int(re.search(r"0x([0-9a-f]+)", _xfs_db(img, f"convert fsblock {logstart} byte")).group(1), 16)
+    first_cycle = struct.unpack_from(">II", data, at)[1]  # the first log record's header: its cycle
+    assert first_cycle == (1 if rounds == 50 else 2) or (rounds > 50 and first_cycle > 2)
+    repair = subprocess.run([tool("xfs_repair"), "-n", str(img)], capture_output=True, text=True)
+    assert ("valuable metadata changes in a log" in repair.stdout + repair.stderr) == dirty
+    m = _map(img)
+    if dirty:
+        assert m.free == [] and m.notes == [
+            "its allocation map cannot be trusted (its log holds changes not yet written back (it was not cleanly "
+            "unmounted)): all blocks read"]
+    else:
+        _assert_xfs_free_equals_xfs_db(img, m)
+    img.unlink()
+
+
+def test_damaged_xfs_btree_is_not_trusted(tmp_path: Path) -> None:
+    img = tmp_path / "x.img"
+    make_xfs(img, 300, tmp_path)
+    root = int(re.search(r"bnoroot = (\d+)", _xfs_db(img, "agf 1", "p bnoroot")).group(1))
+    agblocks = int(re.search(r"agblocks = (\d+)", _xfs_db(img, "sb 0", "p agblocks")).group(1))
+    _flip(img, (agblocks + root) * 4096 + 64, 8)  # AG 1's first free extent
+    m = _map(img)
+    assert m.free == [] and m.notes == [
+        "its allocation map cannot be trusted (block %d of allocation group 1 fails its checksum): all blocks read" % root]
     img.unlink()
 
 
@@ -181,3 +279,55 @@ def test_overlapping_partitions_are_read_whole(tmp_path: Path) -> None:
     (area,), _ = disk_plan(lambda o, n: bytes(disk[o:o + n]), len(disk))
     assert area.map.filesystem == "ext4" and area.map.free
     fs.unlink()
+
+
+@pytest.fixture(scope="module", params=["v5", "v4"])
+def small_xfs(request, tmp_path_factory) -> tuple[bytes, list[tuple[int, int]], list[list[int]]]:
+    """A clean 64 MiB XFS (v5: with files written through the kernel; v4, which this kernel
+    no longer mounts: as mkfs.xfs made it), its free ranges, and where its metadata lies: each
+    AG's first four sectors (superblock, AGF, AGI, AGFL), the fields of its btree records,
+    the log's first blocks."""
+    work = tmp_path_factory.mktemp("xfs")
+    img = work / "x.img"
+    img.write_bytes(b"OLDDATA!" * (64 << 17))
+    crc = ["-m", "crc=0"] if request.param == "v4" else []
+    subprocess.run([tool("mkfs.xfs"), "-q", "-f", "-K", *crc, "-l", "size=1368b", str(img)], env=SMALL_XFS, check=True)
+    if request.param == "v5":
+        _fsync_loop(img, work / "mnt", 300, dirty=False)
+    data = img.read_bytes()
+    img.unlink()
+    m = read_map(lambda o, n: data[o:o + n], len(data))
+    from diskvault.images.filesystems.xfs import _Fs
+
+    fs = _Fs(lambda o, n: data[o:o + n], len(data))
+    headers, records = [], []
+    for ag in range(fs.agcount):
+        base = ag * fs.agblocks * fs.bs
+        headers += range(base, base + 2048)
+        for root, _levels in fs.agf(ag)[:2]:
+            n = struct.unpack_from(">H", data, base + root * fs.bs + 6)[0]
+            records += range(base + root * fs.bs + fs.hdr, base + root * fs.bs + fs.hdr + 8 * n)
+    log = (fs.logstart >> fs.agblklog) * fs.agblocks * fs.bs + (fs.logstart & ((1 << fs.agblklog) - 1)) * fs.bs
+    assert m.notes == [] and m.free and records
+    return data, m.free, [headers, records, list(range(log, log + 8192))]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_flipped_xfs_metadata_never_frees_a_used_block(small_xfs, data) -> None:
+    """Bytes of the superblock and AG headers, of the free-space btrees' records, or of the
+    log changed at random: the reader never raises, and whatever it still calls free was free
+    (on v4, without checksums, the two btrees and the free counts must catch it)."""
+    image, free, groups = small_xfs
+    spots = data.draw(st.sampled_from(groups))
+    flips = {data.draw(st.sampled_from(spots)): data.draw(st.integers(1, 255)) for _ in range(data.draw(st.integers(1, 3)))}
+
+    def read(o: int, n: int) -> bytes:
+        b = bytearray(image[o:o + n])
+        for at, x in flips.items():
+            if o <= at < o + n:
+                b[at - o] ^= x
+        return bytes(b)
+
+    m = read_map(read, len(image))
+    assert all(any(s <= a and b <= e for s, e in free) for a, b in m.free)
