@@ -34,6 +34,7 @@ have dumpe2fs || need+=(e2fsprogs)                        # used-blocks tests: c
 have ntfscluster || need+=(ntfs-3g)                       # used-blocks tests: cross-check NTFS $Bitmap
 have fsck.fat || need+=(dosfstools)                       # used-blocks tests: cross-check the FAT
 have mkfs.xfs || need+=(xfsprogs)                         # used-blocks tests: XFS images, xfs_db, xfs_repair
+have mkfs.btrfs || need+=(btrfs-progs)                    # used-blocks tests: Btrfs images, check, scrub
 # S3 storage tests (tests/storage): a one-node Ceph with the RADOS gateway (tests/servers/s3servers.py)
 have radosgw  || need+=(radosgw)
 have ceph-mon || need+=(ceph-mon)

@@ -123,6 +123,21 @@ def make_xfs(path: Path, size_mb: int, work: Path, *mkfs: str) -> dict[str, byte
     return {n: d for n, d in files.items() if n not in deleted(files)}
 
 
+def make_btrfs(path: Path, size_mb: int, work: Path, *mkfs: str) -> dict[str, bytes]:
+    """``mkfs``: more mkfs.btrfs options."""
+    blank(path, size_mb)
+    run(tool("mkfs.btrfs"), "-q", "-f", "-K", *mkfs, path)  # -K: no discard, free space keeps the old bytes
+    files = real_files(work / "btrfs-content")
+    with mounted(["mount", "-o", "loop", str(path)], work / "btrfs-mnt") as mnt:
+        for n, d in files.items():
+            (mnt / n).write_bytes(d)
+        os.sync()  # committed before the deletions: their extents become free space holding old bytes
+        for n in deleted(files):
+            (mnt / n).unlink()
+    shutil.rmtree(work / "btrfs-content")
+    return {n: d for n, d in files.items() if n not in deleted(files)}
+
+
 def read_ext4(path: Path) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as out:
         run(tool("debugfs"), "-R", f"rdump / {out}", path)
@@ -148,7 +163,8 @@ def read_exfat(path: Path) -> dict[str, bytes]:
         run("losetup", "-d", loop)
 
 
-def read_xfs(path: Path) -> dict[str, bytes]:
+def read_mounted(path: Path) -> dict[str, bytes]:
+    """The files of an XFS or Btrfs image, through a read-only loop mount."""
     with tempfile.TemporaryDirectory() as d, mounted(["mount", "-o", "ro,loop", str(path)], Path(d)) as mnt:
         return {p.name: p.read_bytes() for p in mnt.iterdir() if p.is_file()}
 
@@ -159,17 +175,18 @@ def read_files(kind: str, path: Path, names: list[str]) -> dict[str, bytes]:
         return read_ext4(path)
     if kind == "ntfs":
         return read_ntfs(path, names)
-    if kind == "xfs":
-        return read_xfs(path)
+    if kind in ("xfs", "btrfs"):
+        return read_mounted(path)
     return read_fat(path) if kind == "fat32" else read_exfat(path)
 
 
-MAKE = {"ext4": make_ext4, "ntfs": make_ntfs, "fat32": make_fat32, "exfat": make_exfat, "xfs": make_xfs}
-SIZE_MB = {"xfs": 300}  # mkfs.xfs's minimum; the others: 40
+MAKE = {"ext4": make_ext4, "ntfs": make_ntfs, "fat32": make_fat32, "exfat": make_exfat, "xfs": make_xfs,
+        "btrfs": make_btrfs}
+SIZE_MB = {"xfs": 300, "btrfs": 256}  # mkfs.xfs's minimum, and room for Btrfs's chunks; the others: 40
 
 
 def fsck(kind: str, path: Path) -> subprocess.CompletedProcess:
     """The filesystem's own check, read-only; returns the finished process."""
     argv = {"ext4": [tool("e2fsck"), "-fn"], "ntfs": [tool("ntfsfix"), "-n"], "fat32": [tool("fsck.fat"), "-n"],
-            "exfat": [tool("fsck.exfat"), "-n"], "xfs": [tool("xfs_repair"), "-n"]}[kind]
+            "exfat": [tool("fsck.exfat"), "-n"], "xfs": [tool("xfs_repair"), "-n"], "btrfs": [tool("btrfs"), "check", "--readonly"]}[kind]
     return subprocess.run([*argv, str(path)], capture_output=True)

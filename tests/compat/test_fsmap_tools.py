@@ -1,7 +1,7 @@
 """The allocation readers (images/filesystems) against the filesystems' own tools: dumpe2fs's
 free block ranges, ntfscluster's free space, fsck.fat's and dump.exfat's cluster counts,
-xfs_db's free extents, on real images with 40% of their files deleted; and damaged maps (and
-an XFS log left dirty) refused."""
+xfs_db's free extents, Btrfs's scrub of the image with its free space zeroed, on real images with 40% of their files deleted; and damaged maps (and
+an XFS or Btrfs log left to replay) refused."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsimages import make_exfat, make_ext4, make_fat32, make_ntfs, make_xfs, mounted, run
+from fsimages import make_btrfs, make_exfat, make_ext4, make_fat32, make_ntfs, make_xfs, mounted, read_mounted, run
 from helpers import tool
 
 from diskvault.images.filesystems import read_map
@@ -191,6 +191,97 @@ def test_damaged_xfs_btree_is_not_trusted(tmp_path: Path) -> None:
     m = _map(img)
     assert m.free == [] and m.notes == [
         "its allocation map cannot be trusted (block %d of allocation group 1 fails its checksum): all blocks read" % root]
+    img.unlink()
+
+
+def _super(img: Path, field: str) -> int:
+    out = subprocess.run([tool("btrfs"), "inspect-internal", "dump-super", str(img)], capture_output=True, text=True,
+                         check=True).stdout
+    return int(re.search(rf"^{re.escape(field)}\s+(\d+)", out, re.M).group(1))
+
+
+@pytest.mark.parametrize("mkfs", [[], ["-m", "single", "-n", "4096"], ["--mixed"], ["-d", "dup"]],
+                         ids=["default", "single-metadata-4k-nodes", "mixed", "dup-data"])
+def test_btrfs_free_space_zeroed_passes_scrub(tmp_path: Path, mkfs: list[str]) -> None:
+    """The image with every byte the map calls free zeroed: `btrfs check` is clean, a scrub
+    (every data and metadata checksum) finds no error, every file is there; and the map
+    skipped more than the unallocated device space (the deleted files' extents), except where
+    data chunks are kept whole (mixed data and metadata, two copies of the data)."""
+    img = tmp_path / "b.img"
+    files = make_btrfs(img, 256, tmp_path, *mkfs)
+    if mkfs == ["-m", "single", "-n", "4096"]:  # 4 KiB nodes: trees of two levels and more
+        with mounted(["mount", "-o", "loop", str(img)], tmp_path / "mnt") as mnt:
+            for i in range(3000):
+                (mnt / f"t{i}").write_bytes(os.urandom(3000 + i))
+            os.sync()
+            for i in range(0, 3000, 2):
+                (mnt / f"t{i}").unlink()
+                files[f"t{i + 1}"] = (mnt / f"t{i + 1}").read_bytes()
+    m = _map(img)
+    assert m.filesystem == "btrfs" and m.notes == [] and m.block_size == 4096
+    unallocated = _super(img, "dev_item.total_bytes") - _super(img, "dev_item.bytes_used")
+    if mkfs in (["--mixed"], ["-d", "dup"]):
+        assert unallocated - (2 << 20) < total(m.free) <= unallocated
+    else:
+        assert total(m.free) > unallocated + 8 * (1 << 20)
+    with open(img, "r+b") as f:
+        for a, b in m.free:
+            f.seek(a)
+            f.write(bytes(b - a))
+    check = subprocess.run([tool("btrfs"), "check", "--readonly", str(img)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    with mounted(["mount", "-o", "ro,loop", str(img)], tmp_path / "mnt") as mnt:
+        scrub = subprocess.run([tool("btrfs"), "scrub", "start", "-B", "-r", str(mnt)], capture_output=True, text=True)
+        assert "no errors found" in scrub.stdout, scrub.stdout + scrub.stderr
+    assert read_mounted(img) == files
+    img.unlink()
+
+
+@pytest.mark.parametrize("case", ["log-tree", "xxhash", "two-devices", "damaged-extent-tree"])
+def test_btrfs_map_not_trusted(tmp_path: Path, case: str) -> None:
+    img = tmp_path / "b.img"
+    if case == "log-tree":  # fsynced, copied before the transaction commits: the log must be replayed
+        make_btrfs(img, 256, tmp_path)
+        copy = tmp_path / "copy.img"
+        with mounted(["mount", "-o", "loop,commit=300", str(img)], tmp_path / "mnt") as mnt:
+            os.sync()
+            fd = os.open(mnt / "fsynced", os.O_WRONLY | os.O_CREAT)
+            os.write(fd, os.urandom(200_000))
+            os.fsync(fd)
+            os.close(fd)
+            run("cp", img, copy)
+        assert _super(copy, "log_root") != 0
+        img.unlink()
+        img = copy
+        why = "its log tree holds fsynced changes not yet committed (it was not cleanly unmounted)"
+    elif case == "xxhash":
+        make_btrfs(img, 256, tmp_path, "--csum", "xxhash")
+        why = "its checksums are of type 1 (only CRC32C is checked here)"
+    elif case == "two-devices":
+        other = tmp_path / "b2.img"
+        for p in (img, other):
+            p.write_bytes(bytes(256 << 20))
+        run(tool("mkfs.btrfs"), "-q", "-f", "-d", "single", "-m", "single", img, other)
+        other.unlink()
+        why = "it spans 2 devices"
+    else:
+        make_btrfs(img, 256, tmp_path)
+        out = subprocess.run([tool("btrfs"), "inspect-internal", "dump-tree", "-t", "extent", str(img)],
+                             capture_output=True, text=True, check=True).stdout
+        leaf = int(re.search(r"^(?:leaf|node) (\d+) ", out, re.M).group(1))  # the extent tree's root, logical
+        chunks = subprocess.run([tool("btrfs"), "inspect-internal", "dump-tree", "-t", "chunk", str(img)],
+                                capture_output=True, text=True, check=True).stdout
+        for logical, length, stripe in re.findall(r"CHUNK_ITEM (\d+)\).*?length (\d+).*?stripe 0 devid 1 offset (\d+)",
+                                                  chunks, re.S):
+            if int(logical) <= leaf < int(logical) + int(length):
+                _flip(img, int(stripe) + leaf - int(logical) + 200, 8)
+                break
+        else:
+            raise AssertionError("no chunk holds the extent tree's root")
+        why = f"tree block {leaf} fails its checksum"
+    m = _map(img)
+    assert m.filesystem == "btrfs" and m.free == []
+    assert m.notes == [f"its allocation map cannot be trusted ({why}): all blocks read"]
     img.unlink()
 
 

@@ -72,7 +72,7 @@ def _kept_and_zeroed(restored: bytes, source: bytes, free: list[tuple[int, int]]
         pos = e
 
 
-@pytest.mark.parametrize("kind", ["ext4", "ntfs", "fat32", "exfat", "xfs"])
+@pytest.mark.parametrize("kind", ["ext4", "ntfs", "fat32", "exfat", "xfs", "btrfs"])
 def test_filesystem_image_stores_its_used_blocks_only(tmp_path: Path, default_repo: Path, kind: str) -> None:
     repo_path = default_repo
     img = tmp_path / f"{kind}.img"

@@ -3,17 +3,18 @@ repository.
 
 ``read_map(read, size)`` recognises the filesystem at the start of ``read`` (a partition, or
 a source that is itself a filesystem) and reads its allocation map: ext2/3/4 (block bitmaps),
-NTFS ($Bitmap), FAT12/16/32 (the FAT), exFAT (allocation bitmap), XFS (free-space btrees). A
-BitLocker volume is recognised and kept whole (its free space is ciphertext). A map that fails
-any consistency check gives no free ranges and a note (every block is then read): see each
-reader's docstring. ``disk_plan(read, size)`` does this per partition of a GPT/MBR disk (or
-for the whole source when it has no partition table) and returns one Area per filesystem.
+NTFS ($Bitmap), FAT12/16/32 (the FAT), exFAT (allocation bitmap), XFS (free-space btrees),
+Btrfs on one device (chunk and extent trees). A BitLocker volume is recognised and kept whole
+(its free space is ciphertext). A map that fails any consistency check gives no free ranges
+and a note (every block is then read): see each reader's docstring. ``disk_plan(read,
+size)`` does this per partition of a GPT/MBR disk (or for the whole source when it has no
+partition table) and returns one Area per filesystem.
 
 Why no library: pytsk3 (The Sleuth Kit) and libfsntfs read files, not allocation maps (TSK's
 block walk is not in its Python binding), e2fsprogs and ntfs-3g have no Python bindings,
-xfsprogs has no library, and all are C builds that must match each Python; the on-disk maps
-are small, documented structures, parsed here and tested against dumpe2fs, ntfscluster,
-fsck.fat, dump.exfat and xfs_db.
+xfsprogs and btrfs-progs no library at all, and all are C builds that must match each
+Python; the on-disk maps are small, documented structures, parsed here and tested against
+dumpe2fs, ntfscluster, fsck.fat, dump.exfat, xfs_db and btrfs scrub.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import struct
 from dataclasses import dataclass
 
 from ..partitions import PartitionError, read_table
-from . import ext, fat, ntfs, xfs
+from . import btrfs, ext, fat, ntfs, xfs
 from .common import FsMap, Inconsistent, Reader
 from .ranges import Ranges
 
@@ -40,7 +41,8 @@ def read_map(read: Reader, size: int) -> FsMap:
     if boot[3:11] == b"-FVE-FS-":
         return FsMap("bitlocker", notes=["BitLocker volume: its free space is ciphertext, so it is imaged whole"])
     sb = read(1024, 1024)
-    probes = [(xfs.probe(boot), "xfs", xfs.read_map), (ntfs.probe(boot), "ntfs", ntfs.read_map), (fat.probe_exfat(boot), "exfat", fat.read_exfat),
+    probes = [(xfs.probe(boot), "xfs", xfs.read_map), (btrfs.probe(read, size), "btrfs", btrfs.read_map),
+              (ntfs.probe(boot), "ntfs", ntfs.read_map), (fat.probe_exfat(boot), "exfat", fat.read_exfat),
               (ext.probe(sb), ext.fs_name(sb) if ext.probe(sb) else "", ext.read_map),
               (fat.probe_fat(boot), "fat32" if boot[0x16:0x18] == b"\0\0" else "fat", fat.read_fat)]
     for hit, name, reader in probes:
