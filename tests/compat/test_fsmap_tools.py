@@ -422,3 +422,15 @@ def test_flipped_xfs_metadata_never_frees_a_used_block(small_xfs, data) -> None:
 
     m = read_map(read, len(image))
     assert all(any(s <= a and b <= e for s, e in free) for a, b in m.free)
+
+
+@pytest.mark.parametrize("kind", ["xfs", "btrfs"])
+def test_image_shorter_than_its_filesystem_is_read_whole(tmp_path: Path, kind: str) -> None:
+    img = tmp_path / "t.img"
+    (make_xfs if kind == "xfs" else make_btrfs)(img, 300, tmp_path)
+    os.truncate(img, 200 << 20)
+    m = _map(img)
+    assert m.filesystem == kind and m.free == []
+    assert m.notes == [f"its allocation map cannot be trusted (the filesystem is {300 << 20} bytes, longer than the "
+                       f"{200 << 20} bytes that hold it): all blocks read"]
+    img.unlink()

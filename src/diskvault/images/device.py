@@ -1,7 +1,7 @@
 """Block device helpers: is it mounted or held, zero a range of it or of a file.
 
-``mount_holder`` reads /proc/self/mountinfo and /sys/dev/block to tell whether a device or
-any of its partitions is mounted (or held by device-mapper, md, …); ``loop_holder`` tells
+``mountinfo`` lists the mounts of /proc/self/mountinfo with their devices; ``mount_holder``
+reads it and /sys/dev/block to tell whether a device or any of its partitions is mounted (or held by device-mapper, md, …); ``loop_holder`` tells
 whether an image file backs a loop device that is mounted or held. ``zero_range`` uses the
 BLKZEROOUT ioctl on a device, ``punch_hole`` fallocate(PUNCH_HOLE) on a file; both fall
 back to writing zeros (``punch_hole`` on a block device zeroes with discard, where it can).
@@ -47,17 +47,57 @@ def _related(rdev: int) -> set[str]:
     return out
 
 
+def _unescape(field: str) -> str:
+    """Mountinfo writes space, tab, newline and backslash as octal escapes (``\\040``)."""
+    out = bytearray()
+    raw = os.fsencode(field)
+    i = 0
+    while i < len(raw):
+        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit() and len(raw[i + 1 : i + 4]) == 3:
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def mountinfo() -> list[dict]:
+    """Every mount of this process's namespace: ``{"devs", "device", "mountpoint", "mode"}``,
+    ``devs`` the set of ``"M:m"`` device numbers it stands for: the mount's own and, when its
+    source is a block device, that device's (a Btrfs mount shows an anonymous device number,
+    ``0:NN``, never its disk's). ``mode`` is ``"ro"`` or ``"rw"``."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        fields = os.fsdecode(line).split(" ")
+        if len(fields) < 10 or "-" not in fields[6:]:
+            continue
+        sep = fields.index("-", 6)
+        source = _unescape(fields[sep + 2])
+        devs = {fields[2]}
+        if source.startswith("/dev/"):
+            try:
+                st = os.stat(source)
+                if stat.S_ISBLK(st.st_mode):
+                    devs.add(f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+            except OSError:
+                pass
+        out.append({"devs": devs, "device": source, "mountpoint": _unescape(fields[4]),
+                    "mode": "ro" if "ro" in fields[5].split(",") else "rw"})
+    return out
+
+
 def mount_holder(rdev: int) -> str | None:
     """Where the device (or a partition of it) is mounted or who holds it, else None."""
     devs = _related(rdev)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 4 and parts[2] in devs:
-                    return f"mounted on {parts[4]}"
-    except OSError:
-        pass
+    for m in mountinfo():
+        if m["devs"] & devs:
+            return f"mounted on {m['mountpoint']}"
     name = _dev_name(rdev)
     if name:
         try:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..errors import SourceError
+from .device import mountinfo
 
 HOLE_MERGE = 1 << 20  # holes shorter than this are read as zeros: fewer, longer extents
 
@@ -99,7 +100,7 @@ class Source:
         devices: set[str] = set()
         for root in roots:
             _add_related(root, devices)
-        return [{k: v for k, v in m.items() if k != "dev"} for m in _mountinfo() if m["dev"] in devices]
+        return [{k: v for k, v in m.items() if k != "devs"} for m in mountinfo() if m["devs"] & devices]
 
     def finish(self, read: int | None = None) -> None:
         """After the last byte (``read`` bytes in all): raises SourceError when the producing
@@ -123,40 +124,6 @@ class Source:
             self.proc.wait()
         elif self.path != "-":  # never close the process's own stdin
             os.close(self.fd)
-
-
-def _unescape_mountinfo(field: str) -> str:
-    """Mountinfo writes space, tab, newline and backslash as octal escapes (``\\040``)."""
-    out = bytearray()
-    raw = os.fsencode(field)
-    i = 0
-    while i < len(raw):
-        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit() and len(raw[i + 1 : i + 4]) == 3:
-            out.append(int(raw[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return os.fsdecode(bytes(out))
-
-
-def _mountinfo() -> list[dict]:
-    """Every mount of this process's namespace: ``{"dev": "M:m", "device", "mountpoint", "mode"}``."""
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        fields = os.fsdecode(line).split(" ")
-        if len(fields) < 10 or "-" not in fields[6:]:
-            continue
-        sep = fields.index("-", 6)
-        opts = fields[5].split(",")
-        out.append({"dev": fields[2], "device": _unescape_mountinfo(fields[sep + 2]),
-                    "mountpoint": _unescape_mountinfo(fields[4]), "mode": "ro" if "ro" in opts else "rw"})
-    return out
 
 
 def _add_related(dev: str, out: set[str]) -> None:

@@ -73,6 +73,8 @@ class _Btrfs:
         if incompat & ~INCOMPAT_KNOWN:
             raise Inconsistent(f"it uses features diskvault does not read (incompat flags {incompat:#x})")
         ss, ns = self.sectorsize, self.nodesize
+        if self.dev_bytes > size:
+            raise Inconsistent(f"the filesystem is {self.dev_bytes} bytes, longer than the {size} bytes that hold it")
         if (not 4096 <= ss <= 65536 or ss & (ss - 1) or not ss <= ns <= 65536 or ns & (ns - 1)
                 or self.dev_bytes > size or self.dev_bytes < RESERVED or sys_size > 2048):
             raise Inconsistent(f"impossible geometry (device of {self.dev_bytes} bytes, sectors of {ss}, nodes of "

@@ -70,6 +70,8 @@ class _Fs:
             raise Inconsistent("mkfs.xfs did not finish it")
         self.sectsize = sectsize
         bs, agb = self.bs, self.agblocks
+        if 0 < self.dblocks * bs > size and 512 <= bs <= 65536:
+            raise Inconsistent(f"the filesystem is {self.dblocks * bs} bytes, longer than the {size} bytes that hold it")
         if (not 512 <= bs <= 65536 or bs & (bs - 1) or not agb or not self.agcount
                 or (self.agcount - 1) * agb >= self.dblocks or self.dblocks > self.agcount * agb
                 or self.dblocks * bs > size or agb > 1 << self.agblklog):
