@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,49 @@ def test_damaged_partition_table_reads_everything(tmp_path: Path, repo_path: Pat
     out = tmp_path / "restored.img"
     run_cli("restore", "-r", repo_path, "latest", out)
     assert out.read_bytes() == disk.read_bytes()
+
+
+def test_mounts_in_another_namespace_and_over_a_nested_loop_are_refused(tmp_path: Path, repo_path: Path) -> None:
+    """Not in this process's mount table: a mount in another mount namespace (a container)
+    is found by the kernel's exclusive claim on the device, a loop over a loop by following
+    the chain; both refused as snapshot sources and as restore targets."""
+    img = tmp_path / "ext4.img"
+    make_ext4(img, 40, tmp_path)
+    run_cli("snapshot", "-r", repo_path, img, "--json")
+    loop = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True, check=True).stdout.strip()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        ready = tmp_path / "ready"
+        ns = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                               f"mount {loop} {mnt} && touch {ready} && sleep 60"])
+        try:
+            for _ in range(100):
+                if ready.exists():
+                    break
+                time.sleep(0.1)
+            assert ready.exists() and not os.path.ismount(mnt)  # mounted there, not here
+            for source in (loop, img):
+                proc = run_cli("snapshot", "-r", repo_path, source, "--json", check=False)
+                assert proc.returncode == 5, proc.stderr
+                assert b"not in this mount namespace" in proc.stderr
+            proc = run_cli("restore", "-r", repo_path, "latest", img, "--force", "--no-progress", check=False)
+            assert proc.returncode == 5 and b"open exclusively" in proc.stderr, proc.stderr
+        finally:
+            ns.kill()
+            ns.wait()
+        nested = subprocess.run(["losetup", "-f", "--show", loop], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        try:
+            subprocess.run(["mount", nested, str(mnt)], check=True)
+            try:
+                for source in (loop, img):
+                    proc = run_cli("snapshot", "-r", repo_path, source, "--json", check=False)
+                    assert proc.returncode == 5 and f"{nested} on {mnt}".encode() in proc.stderr, proc.stderr
+            finally:
+                subprocess.run(["umount", str(mnt)], check=True)
+        finally:
+            subprocess.run(["losetup", "-d", nested], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+    img.unlink()

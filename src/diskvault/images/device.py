@@ -12,6 +12,7 @@ back to writing zeros (``punch_hole`` on a block device zeroes with discard, whe
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import glob
 import os
@@ -109,6 +110,23 @@ def mount_holder(rdev: int) -> str | None:
     return None
 
 
+def held_elsewhere(rdev: int) -> bool:
+    """Whether the block device ``rdev`` has no holder yet will not open exclusively (O_EXCL:
+    EBUSY): mounted in another mount namespace, used as swap or claimed by another program.
+    False when it opens, or cannot be tried."""
+    name = _dev_name(rdev)
+    if not name:
+        return False
+    try:
+        if os.listdir(f"/sys/class/block/{name}/holders"):
+            return False  # device-mapper or md: their own mounts are looked up
+        fd = os.open(f"/dev/{name}", os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc.errno == errno.EBUSY
+    os.close(fd)
+    return False
+
+
 def loop_holder(st: os.stat_result) -> str | None:
     """For an image file (its ``os.stat``): "LOOPDEV, which is mounted on X" (or held by …)
     when a loop device backed by it is mounted or held, else None."""
@@ -126,7 +144,8 @@ def loop_holder(st: os.stat_result) -> str | None:
             rdev = os.stat(f"/dev/{loop}").st_rdev
         except OSError:
             continue
-        holder = mount_holder(rdev)
+        holder = mount_holder(rdev) or ("open exclusively (mounted in another mount namespace?)"
+                                         if held_elsewhere(rdev) else None)
         if holder:
             return f"/dev/{loop}, which is {holder}"
     return None

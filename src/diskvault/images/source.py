@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..errors import SourceError
-from .device import mountinfo
+from .device import held_elsewhere, mountinfo
 
 HOLE_MERGE = 1 << 20  # holes shorter than this are read as zeros: fewer, longer extents
 
@@ -89,7 +89,10 @@ class Source:
     def mounts(self) -> list[dict]:
         """Where this source is mounted: ``[{"device", "mountpoint", "mode": "ro"|"rw"}]``
         for the device itself, its partitions and device-mapper holders (LVM, crypt), and,
-        for an image file, the loop devices over it and theirs; [] for a stream."""
+        for an image file, the loop devices over it and theirs (and loops over those); [] for a
+        stream. When no mount is found in this namespace but one of those devices cannot be
+        opened exclusively (O_EXCL: EBUSY), it is mounted elsewhere (another mount namespace,
+        a container) or used as swap: one entry, read-write, says so."""
         if self.size is None:
             return []
         st = os.fstat(self.fd)
@@ -100,7 +103,13 @@ class Source:
         devices: set[str] = set()
         for root in roots:
             _add_related(root, devices)
-        return [{k: v for k, v in m.items() if k != "devs"} for m in mountinfo() if m["devs"] & devices]
+        _add_loops_over(devices)
+        found = [{k: v for k, v in m.items() if k != "devs"} for m in mountinfo() if m["devs"] & devices]
+        busy = None if found else _open_exclusively(devices)
+        if busy:  # no mount here, yet the kernel holds it: a mount in another namespace (or swap)
+            found = [{"device": busy, "mountpoint": "(not in this mount namespace: it is open exclusively, as a "
+                      "mounted or swap device is)", "mode": "rw"}]
+        return found
 
     def finish(self, read: int | None = None) -> None:
         """After the last byte (``read`` bytes in all): raises SourceError when the producing
@@ -155,14 +164,49 @@ def _read_dev(folder: str) -> str:
         return ""
 
 
+def _add_loops_over(devices: set[str]) -> None:
+    """Add the loop devices backed by one of ``devices`` (a loop over a loop device), and
+    theirs, with their partitions and holders."""
+    while True:
+        more = set()
+        for name in _loop_names():
+            dev = _read_dev(f"/sys/block/{name}")
+            if dev in devices:
+                continue
+            try:
+                with open(f"/sys/block/{name}/loop/backing_file", "rb") as f:
+                    bst = os.stat(os.fsdecode(f.read().rstrip(b"\n")))
+            except OSError:
+                continue
+            if stat.S_ISBLK(bst.st_mode) and f"{os.major(bst.st_rdev)}:{os.minor(bst.st_rdev)}" in devices:
+                more.add(dev)
+        if not more:
+            return
+        for dev in more:
+            _add_related(dev, devices)
+
+
+def _open_exclusively(devices: set[str]) -> str | None:
+    """The first of ``devices`` the kernel holds with no holder to show for it
+    (``device.held_elsewhere``), as a path; None when there is none."""
+    for dev in sorted(devices):
+        major, _, minor = dev.partition(":")
+        if major.isdigit() and minor.isdigit() and held_elsewhere(os.makedev(int(major), int(minor))):
+            return f"/dev/{os.path.basename(os.path.realpath(f'/sys/dev/block/{dev}'))}"
+    return None
+
+
+def _loop_names() -> list[str]:
+    try:
+        return [n for n in os.listdir("/sys/block") if n.startswith("loop")]
+    except OSError:
+        return []
+
+
 def _loop_devices_over(st: os.stat_result) -> list[str]:
     """The loop devices (``"M:m"``) whose backing file is the file ``st`` describes."""
     out = []
-    try:
-        names = [n for n in os.listdir("/sys/block") if n.startswith("loop")]
-    except OSError:
-        return out
-    for name in names:
+    for name in _loop_names():
         try:
             with open(f"/sys/block/{name}/loop/backing_file", "rb") as f:
                 backing = os.fsdecode(f.read().rstrip(b"\n"))

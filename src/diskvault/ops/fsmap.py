@@ -71,7 +71,7 @@ def plan(source: Source, mounted: list[dict]) -> UsedPlan:
     if source.size is None or source.kind not in ("file", "device"):
         return UsedPlan()
     if any(m["mode"] == "rw" for m in mounted):
-        note = "mounted read-write: its allocation changes while it is read, so every block is read"
+        note = "mounted read-write: its allocation may change while it is read (unless frozen), so every block is read"
         return UsedPlan(filesystems=[_entry(None, 0, source.size, None, 0, None, [], "", [note])])
 
     def read(offset: int, length: int) -> bytes:

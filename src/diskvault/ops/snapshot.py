@@ -338,8 +338,8 @@ def take_snapshot(repo: Repository, source_path: str, *args, **kwargs) -> Snapsh
         return _take_snapshot(repo, source_path, *args, **kwargs)
 
 
-MOUNTED_HELP = ("snapshot an LVM or filesystem snapshot of it instead, freeze it with fsfreeze for a short read, "
-                "or boot rescue media; --allow-mounted takes it anyway")
+MOUNTED_HELP = ("snapshot an LVM or filesystem snapshot of it instead, or boot rescue media; or freeze it "
+                "(fsfreeze -f) and take it with --allow-mounted, which reads every block")
 
 
 def _check_mounted(source: Source, allow_mounted: bool) -> list[dict]:
