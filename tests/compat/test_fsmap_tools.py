@@ -175,8 +175,8 @@ def test_xfs_log_must_end_with_an_unmount_record(tmp_path: Path, rounds: int, di
     m = _map(img)
     if dirty:
         assert m.free == [] and m.notes == [
-            "its allocation map cannot be trusted (its log holds changes not yet written back (it was not cleanly "
-            "unmounted)): all blocks read"]
+            "its allocation map cannot be trusted (its log holds changes not yet written back; it was not cleanly "
+            "unmounted): all blocks read"]
     else:
         _assert_xfs_free_equals_xfs_db(img, m)
     img.unlink()
@@ -253,7 +253,7 @@ def test_btrfs_map_not_trusted(tmp_path: Path, case: str) -> None:
         assert _super(copy, "log_root") != 0
         img.unlink()
         img = copy
-        why = "its log tree holds fsynced changes not yet committed (it was not cleanly unmounted)"
+        why = "its log tree holds fsynced changes not yet committed; it was not cleanly unmounted"
     elif case == "xxhash":
         make_btrfs(img, 256, tmp_path, "--csum", "xxhash")
         why = "its checksums are of type 1 (only CRC32C is checked here)"

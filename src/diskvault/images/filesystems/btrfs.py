@@ -67,7 +67,7 @@ class _Btrfs:
         if self.num_devices != 1:
             raise Inconsistent(f"it spans {self.num_devices} devices")
         if log_root:
-            raise Inconsistent("its log tree holds fsynced changes not yet committed (it was not cleanly unmounted)")
+            raise Inconsistent("its log tree holds fsynced changes not yet committed; it was not cleanly unmounted")
         if compat_ro & COMPAT_RO_BLOCK_GROUP_TREE:
             raise Inconsistent("it keeps its block groups in their own tree, which diskvault does not read")
         if incompat & ~INCOMPAT_KNOWN:

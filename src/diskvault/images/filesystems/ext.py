@@ -62,7 +62,7 @@ def read_map(read: Reader, size: int) -> FsMap:
     if csum and crc32c_raw(0xFFFFFFFF, sb[:0x3FC]) != _u32(sb, 0x3FC):
         raise Inconsistent("the superblock fails its checksum")
     if incompat & INCOMPAT_RECOVER:
-        raise Inconsistent("its journal holds changes not yet written back (it was not cleanly unmounted)")
+        raise Inconsistent("its journal holds changes not yet written back; it was not cleanly unmounted")
     ratio = 1 << (_u32(sb, 0x1C) - log_block) if ro_compat & RO_BIGALLOC else 1
     blocks = _u32(sb, 0x4) | ((_u32(sb, 0x150) << 32) if incompat & INCOMPAT_64BIT else 0)
     free_sb = _u32(sb, 0xC) | ((_u32(sb, 0x158) << 32) if incompat & INCOMPAT_64BIT else 0)

@@ -188,7 +188,7 @@ def read_map(read: Reader, size: int) -> FsMap:
     if not fs.logstart:
         raise Inconsistent("its log is on another device, so whether it was cleanly unmounted cannot be checked")
     if not fs.log_is_clean():
-        raise Inconsistent("its log holds changes not yet written back (it was not cleanly unmounted)")
+        raise Inconsistent("its log holds changes not yet written back; it was not cleanly unmounted")
     bno_magic, cnt_magic = (b"AB3B", b"AB3C") if fs.v5 else (b"ABTB", b"ABTC")
     for ag in range(fs.agcount):
         bno, cnt, free = fs.agf(ag)
