@@ -11,7 +11,7 @@ the same invocation. Page cache: warm for every tool alike (each image is read o
 each step); the machine is shared, so caches are not dropped.
 
 The widened set (benchmarks/images.py ``widened``: ext4 and NTFS with deleted files, a fully
-allocated NTFS, FAT32, XFS, a GPT disk, each with a changed copy) runs the same series
+allocated NTFS, FAT32, XFS, Btrfs, a GPT disk, each with a changed copy) runs the same series
 (check only on the ext4 pair, to save time); ``--scale`` sizes it (default 0.25: 256 MiB to
 0.8 GiB images, meant to keep the run near 25 minutes on 2 quiet cores; it took 44 on a busy
 shared machine; 2.0 gives 2-6.5 GiB images), ``--quick`` is a small smoke run. The machine's write bound (``dd`` of the

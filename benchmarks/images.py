@@ -163,8 +163,8 @@ def build_vm(work: Path, size: int, ntfs: Path | None, name: str = "vm.img") -> 
 # --- the widened set (issue 18): more filesystems, fuller, deleted files, a GPT disk ----------
 # Every image is built from real files (a walk of /usr, each image from its own part of it)
 # and has a changed copy for the incremental, changed in place by the filesystem's own tools:
-# debugfs -w (ext4), ntfs-3g (NTFS, a FUSE mount), mtools (FAT32), the kernel (XFS, a loop
-# mount). "Deleted" images are filled, then files holding 40% of the bytes are deleted: the
+# debugfs -w (ext4), ntfs-3g (NTFS, a FUSE mount), mtools (FAT32), the kernel (XFS and Btrfs,
+# a loop mount). "Deleted" images are filled, then files holding 40% of the bytes are deleted: the
 # blocks keep the old bytes, as on a used disk. Sizes scale with ``scale`` (1.0: 1-3.3 GiB images).
 
 MiB = 1 << 20
@@ -349,7 +349,7 @@ def _used(image: Path, kind: str, work: Path) -> str:
 
 def mounted_fs(work: Path, name: str, kind: str, size: int, frac: float, skip: int, delete: float = 0.0,
                allocated: bool = False) -> Pair:
-    """An NTFS (ntfs-3g) or XFS (loop mount) image filled to ``frac`` of its free space with
+    """An NTFS (ntfs-3g), XFS or Btrfs (loop mount) image filled to ``frac`` of its free space with
     real files, ``delete`` of them deleted again, and its changed copy."""
     base, changed = work / f"{name}.img", work / f"{name}-changed.img"
     stamp = work / f"{name}-{size}-{frac}-{skip}-{delete}-{allocated}.done"
@@ -359,7 +359,7 @@ def mounted_fs(work: Path, name: str, kind: str, size: int, frac: float, skip: i
         if kind == "ntfs":
             subprocess.run([_sbin("mkntfs"), "-F", "-Q", "-q", str(base)], check=True, capture_output=True)
         else:
-            subprocess.run([_sbin("mkfs.xfs"), "-q", "-f", str(base)], check=True, capture_output=True)
+            subprocess.run([_sbin(f"mkfs.{kind}"), "-q", "-f", str(base)], check=True, capture_output=True)
         stage = work / f"stage-{name}"
         with _Mounted(base, kind, work) as root:
             st = os.statvfs(root)
@@ -373,7 +373,7 @@ def mounted_fs(work: Path, name: str, kind: str, size: int, frac: float, skip: i
             change = _change_mounted(root, rng, pick(fill // 50, skip + fill))
         stamp.write_text(json.dumps(dict(change=change, deleted=deleted, fill=fill)) + "\n")
     info = json.loads(stamp.read_text())
-    desc = (f"{'NTFS' if kind == 'ntfs' else 'XFS'}, {size / GiB:.2f} GiB"
+    desc = (f"{ {'ntfs': 'NTFS', 'xfs': 'XFS', 'btrfs': 'Btrfs'}[kind]}, {size / GiB:.2f} GiB"
             f"{', fully allocated (free space is zeros)' if allocated else ''}, {info['fill'] / 1e6:.0f} MB of files "
             "copied in" + (f", then files holding {delete:.0%} of that deleted ({info['deleted'] / 1e6:.0f} MB; their blocks "
                            "keep the old bytes)" if delete else ""))
@@ -502,6 +502,7 @@ def widened(work: Path, scale: float = 1.0) -> list[Pair]:
         mounted_fs(work, "ntfs-deleted", "ntfs", sz(2), 0.8, 2 << 30, delete=0.4, allocated=True),
         fat32_fs(work, "fat32", sz(1), int(sz(1) * 0.5), 3 << 30),
         mounted_fs(work, "xfs", "xfs", max(sz(2), 320 * MiB), 0.9, 512 << 20),
+        mounted_fs(work, "btrfs-deleted", "btrfs", max(sz(2), 320 * MiB), 0.8, 3584 << 20, delete=0.4),
     ]
     efi = fat32_fs(work, "gpt-efi", sz(0.25), int(sz(0.25) * 0.3), 4 << 30)
     win = mounted_fs(work, "gpt-ntfs", "ntfs", sz(1.5), 0.7, 1536 << 20, delete=0.4)

@@ -15,12 +15,13 @@ command -v restic >/dev/null 2>&1 || need+=(restic)
 command -v borg   >/dev/null 2>&1 || need+=(borgbackup)
 command -v casync >/dev/null 2>&1 || need+=(casync)
 [ -x /usr/bin/time ] || need+=(time)
-# the widened image set (benchmarks/images.py): XFS, FAT32 (mtools), NTFS (ntfs-3g), GPT
+# the widened image set (benchmarks/images.py): XFS, Btrfs, FAT32 (mtools), NTFS (ntfs-3g), GPT
 command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || [ -x /sbin/mkfs.xfs ] || need+=(xfsprogs)
 command -v mkfs.vfat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.vfat ] || [ -x /sbin/mkfs.vfat ] || need+=(dosfstools)
 command -v mcopy  >/dev/null 2>&1 || need+=(mtools)
 command -v ntfs-3g >/dev/null 2>&1 || need+=(ntfs-3g)
 command -v sgdisk >/dev/null 2>&1 || [ -x /usr/sbin/sgdisk ] || [ -x /sbin/sgdisk ] || need+=(gdisk)
+command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || [ -x /sbin/mkfs.btrfs ] || need+=(btrfs-progs)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "bench: need root to install: ${need[*]}" >&2; exit 1
