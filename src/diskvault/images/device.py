@@ -1,8 +1,10 @@
 """Block device helpers: is it mounted or held, zero a range of it or of a file.
 
 ``mountinfo`` lists the mounts of /proc/self/mountinfo with their devices; ``mount_holder``
-reads it and /sys/dev/block to tell whether a device or any of its partitions is mounted (or held by device-mapper, md, …); ``loop_holder`` tells
-whether an image file backs a loop device that is mounted or held. ``zero_range`` uses the
+reads it and /sys/dev/block to tell whether a device or any of its partitions is mounted (or
+held by device-mapper, md, …), ``held_elsewhere`` whether the kernel holds one this process
+cannot see mounted (another mount namespace); ``loop_holder`` tells whether an image file
+backs a loop device that is mounted or held. ``zero_range`` uses the
 BLKZEROOUT ioctl on a device, ``punch_hole`` fallocate(PUNCH_HOLE) on a file; both fall
 back to writing zeros (``punch_hole`` on a block device zeroes with discard, where it can).
 ``logical_sector_size`` asks a device its sector size. ``partition_path`` names partition N of a disk (``/dev/sdb2``,
@@ -111,15 +113,17 @@ def mount_holder(rdev: int) -> str | None:
 
 
 def held_elsewhere(rdev: int) -> bool:
-    """Whether the block device ``rdev`` has no holder yet will not open exclusively (O_EXCL:
-    EBUSY): mounted in another mount namespace, used as swap or claimed by another program.
-    False when it opens, or cannot be tried."""
+    """Whether the block device ``rdev``, with no holder and no partitions, will not open
+    exclusively (O_EXCL: EBUSY): mounted in another mount namespace, used as swap or claimed
+    by another program. False when it opens, or cannot be tried. (A disk whose partition is
+    claimed will not open exclusively either, so a disk with partitions is not tried: its
+    partitions are; nor is a device held by device-mapper or md: their mounts are looked up.)"""
     name = _dev_name(rdev)
-    if not name:
+    if not name or len(_related(rdev)) > 1:
         return False
     try:
         if os.listdir(f"/sys/class/block/{name}/holders"):
-            return False  # device-mapper or md: their own mounts are looked up
+            return False
         fd = os.open(f"/dev/{name}", os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
     except OSError as exc:
         return exc.errno == errno.EBUSY
@@ -144,8 +148,8 @@ def loop_holder(st: os.stat_result) -> str | None:
             rdev = os.stat(f"/dev/{loop}").st_rdev
         except OSError:
             continue
-        holder = mount_holder(rdev) or ("open exclusively (mounted in another mount namespace?)"
-                                         if held_elsewhere(rdev) else None)
+        busy = any(held_elsewhere(os.makedev(*map(int, dev.split(":")))) for dev in _related(rdev))
+        holder = mount_holder(rdev) or ("open exclusively (mounted in another mount namespace?)" if busy else None)
         if holder:
             return f"/dev/{loop}, which is {holder}"
     return None
