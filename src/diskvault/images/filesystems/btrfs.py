@@ -76,11 +76,12 @@ class _Btrfs:
         if self.dev_bytes > size:
             raise Inconsistent(f"the filesystem is {self.dev_bytes} bytes, longer than the {size} bytes that hold it")
         if (not 4096 <= ss <= 65536 or ss & (ss - 1) or not ss <= ns <= 65536 or ns & (ns - 1)
-                or self.dev_bytes > size or self.dev_bytes < RESERVED or sys_size > 2048):
+                or self.dev_bytes < RESERVED or sys_size > 2048):
             raise Inconsistent(f"impossible geometry (device of {self.dev_bytes} bytes, sectors of {ss}, nodes of "
                                f"{ns}) for {size} bytes")
         self.devid = devid
         self._chunks: dict[int, tuple[int, int, tuple[int, ...]]] = {}  # logical -> (length, type, stripes)
+        self._starts: list[int] = []  # the chunks' logical starts, sorted
         arr, p = sb[0x32B:0x32B + sys_size], 0
         while p < len(arr):
             _oid, kind, logical = struct.unpack_from("<QBQ", arr, p)
@@ -113,13 +114,18 @@ class _Btrfs:
             stripes.append(offset)
         if kind & PROFILES & ~DUP or (kind & DUP) != (DUP if n == 2 else 0) or n > 2 or not length:
             raise Inconsistent(f"chunk {logical} has a profile diskvault does not read (type {kind:#x})")
+        if logical not in self._chunks:
+            bisect.insort(self._starts, logical)
         if self._chunks.setdefault(logical, (length, kind, tuple(stripes))) != (length, kind, tuple(stripes)):
             raise Inconsistent(f"chunk {logical} is described twice, differently")
         return 48 + 32 * n
 
     def physical(self, logical: int, length: int) -> int:
-        for start, (n, _kind, stripes) in self._chunks.items():
-            if start <= logical and logical + length <= start + n:
+        i = bisect.bisect_right(self._starts, logical) - 1
+        if i >= 0:
+            start = self._starts[i]
+            n, _kind, stripes = self._chunks[start]
+            if logical + length <= start + n:
                 return stripes[0] + logical - start
         raise Inconsistent(f"no chunk holds logical address {logical}")
 

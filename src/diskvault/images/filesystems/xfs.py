@@ -28,6 +28,8 @@ AGF_MAGIC = b"XAGF"
 LOG_MAGIC = 0xFEEDBABE
 NULL_AGBLOCK = 0xFFFFFFFF
 INCOMPAT_META_UUID, INCOMPAT_NEEDSREPAIR = 0x4, 0x10
+INCOMPAT_KNOWN = 0xFF  # ftype, sparse inodes, meta UUID, bigtime, needsrepair, nrext64, exchange-range, parent
+# pointers; later ones (metadata directories, realtime groups, zoned) are read whole
 XLOG_UNMOUNT_TRANS = 0x20
 BB = 512  # the log's basic block
 LOG_WINDOW = 4096  # basic blocks around the head that must agree: 8 in-core logs of 256 KiB
@@ -64,6 +66,8 @@ class _Fs:
                 self.uuid = sb[0xF8:0x108]
             if incompat & INCOMPAT_NEEDSREPAIR:
                 raise Inconsistent("it is marked as needing xfs_repair")
+            if incompat & ~INCOMPAT_KNOWN:
+                raise Inconsistent(f"it uses features diskvault does not read (incompat flags {incompat:#x})")
         elif version & 0xF != 4:
             raise Inconsistent(f"superblock version {version & 0xF}")
         if sb[0x7E]:
