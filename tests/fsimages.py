@@ -69,15 +69,22 @@ def mounted(argv: list[str], target: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(target)], check=True)
 
 
+def _fill(mnt: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into the mounted filesystem, commit them (a Btrfs frees a deleted
+    file's extents only once they were committed), then delete ``deleted(files)``."""
+    for n, d in files.items():
+        (mnt / n).write_bytes(d)
+    os.sync()
+    for n in deleted(files):
+        (mnt / n).unlink()
+
+
 def make_ntfs(path: Path, size_mb: int, work: Path) -> dict[str, bytes]:
     blank(path, size_mb)
     run(tool("mkntfs"), "-F", "-Q", "-q", path)
     files = real_files(work / "ntfs-content")
     with mounted([tool("ntfs-3g"), str(path)], work / "ntfs-mnt") as mnt:
-        for n, d in files.items():
-            (mnt / n).write_bytes(d)
-        for n in deleted(files):
-            (mnt / n).unlink()
+        _fill(mnt, files)
     shutil.rmtree(work / "ntfs-content")
     return {n: d for n, d in files.items() if n not in deleted(files)}
 
@@ -99,43 +106,32 @@ def make_exfat(path: Path, size_mb: int, work: Path) -> dict[str, bytes]:
     loop = run("losetup", "-f", "--show", path).stdout.decode().strip()
     try:
         with mounted([tool("mount.exfat-fuse"), loop], work / "exfat-mnt") as mnt:
-            for n, d in files.items():
-                (mnt / n).write_bytes(d)
-            for n in deleted(files):
-                (mnt / n).unlink()
+            _fill(mnt, files)
     finally:
         run("losetup", "-d", loop)
     shutil.rmtree(work / "exfat-content")
     return {n: d for n, d in files.items() if n not in deleted(files)}
 
 
+def _make_loop_fs(kind: str, path: Path, size_mb: int, work: Path, *mkfs: str) -> dict[str, bytes]:
+    """An XFS or Btrfs made by mkfs.KIND with ``mkfs`` options, filled through a loop mount."""
+    blank(path, size_mb)
+    run(tool(f"mkfs.{kind}"), "-q", "-f", "-K", *mkfs, path)  # -K: no discard, free space keeps the old bytes
+    files = real_files(work / f"{kind}-content")
+    with mounted(["mount", "-o", "loop", str(path)], work / f"{kind}-mnt") as mnt:
+        _fill(mnt, files)
+    shutil.rmtree(work / f"{kind}-content")
+    return {n: d for n, d in files.items() if n not in deleted(files)}
+
+
 def make_xfs(path: Path, size_mb: int, work: Path, *mkfs: str) -> dict[str, bytes]:
     """``size_mb`` at least 300 (mkfs.xfs's minimum); ``mkfs``: more mkfs.xfs options."""
-    blank(path, size_mb)
-    run(tool("mkfs.xfs"), "-q", "-f", "-K", *mkfs, path)  # -K: no discard, free space keeps the old bytes
-    files = real_files(work / "xfs-content")
-    with mounted(["mount", "-o", "loop", str(path)], work / "xfs-mnt") as mnt:
-        for n, d in files.items():
-            (mnt / n).write_bytes(d)
-        for n in deleted(files):
-            (mnt / n).unlink()
-    shutil.rmtree(work / "xfs-content")
-    return {n: d for n, d in files.items() if n not in deleted(files)}
+    return _make_loop_fs("xfs", path, size_mb, work, *mkfs)
 
 
 def make_btrfs(path: Path, size_mb: int, work: Path, *mkfs: str) -> dict[str, bytes]:
     """``mkfs``: more mkfs.btrfs options."""
-    blank(path, size_mb)
-    run(tool("mkfs.btrfs"), "-q", "-f", "-K", *mkfs, path)  # -K: no discard, free space keeps the old bytes
-    files = real_files(work / "btrfs-content")
-    with mounted(["mount", "-o", "loop", str(path)], work / "btrfs-mnt") as mnt:
-        for n, d in files.items():
-            (mnt / n).write_bytes(d)
-        os.sync()  # committed before the deletions: their extents become free space holding old bytes
-        for n in deleted(files):
-            (mnt / n).unlink()
-    shutil.rmtree(work / "btrfs-content")
-    return {n: d for n, d in files.items() if n not in deleted(files)}
+    return _make_loop_fs("btrfs", path, size_mb, work, *mkfs)
 
 
 def read_ext4(path: Path) -> dict[str, bytes]:

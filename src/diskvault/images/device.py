@@ -131,19 +131,24 @@ def held_elsewhere(rdev: int) -> bool:
     return False
 
 
+def loop_backings() -> list[tuple[str, os.stat_result]]:
+    """Every attached loop device: ``(name, os.stat of its backing file or device)``."""
+    out = []
+    for backing in glob.glob("/sys/block/loop*/loop/backing_file"):
+        try:
+            with open(backing, "rb") as f:
+                out.append((backing.split("/")[3], os.stat(os.fsdecode(f.read().rstrip(b"\n")))))
+        except OSError:
+            continue
+    return out
+
+
 def loop_holder(st: os.stat_result) -> str | None:
     """For an image file (its ``os.stat``): "LOOPDEV, which is mounted on X" (or held by …)
     when a loop device backed by it is mounted or held, else None."""
-    for backing in glob.glob("/sys/block/loop*/loop/backing_file"):
-        try:
-            with open(backing) as f:
-                path = f.read().rstrip("\n")
-            bst = os.stat(path)
-        except OSError:
-            continue
+    for loop, bst in loop_backings():
         if (bst.st_dev, bst.st_ino) != (st.st_dev, st.st_ino):
             continue
-        loop = backing.split("/")[3]
         try:
             rdev = os.stat(f"/dev/{loop}").st_rdev
         except OSError:

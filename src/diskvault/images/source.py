@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..errors import SourceError
-from .device import held_elsewhere, mountinfo
+from .device import held_elsewhere, loop_backings, mountinfo
 
 HOLE_MERGE = 1 << 20  # holes shorter than this are read as zeros: fewer, longer extents
 
@@ -168,18 +168,8 @@ def _add_loops_over(devices: set[str]) -> None:
     """Add the loop devices backed by one of ``devices`` (a loop over a loop device), and
     theirs, with their partitions and holders."""
     while True:
-        more = set()
-        for name in _loop_names():
-            dev = _read_dev(f"/sys/block/{name}")
-            if dev in devices:
-                continue
-            try:
-                with open(f"/sys/block/{name}/loop/backing_file", "rb") as f:
-                    bst = os.stat(os.fsdecode(f.read().rstrip(b"\n")))
-            except OSError:
-                continue
-            if stat.S_ISBLK(bst.st_mode) and f"{os.major(bst.st_rdev)}:{os.minor(bst.st_rdev)}" in devices:
-                more.add(dev)
+        more = {_read_dev(f"/sys/block/{name}") for name, bst in loop_backings() if stat.S_ISBLK(bst.st_mode)
+                and f"{os.major(bst.st_rdev)}:{os.minor(bst.st_rdev)}" in devices} - devices
         if not more:
             return
         for dev in more:
@@ -196,26 +186,10 @@ def _open_exclusively(devices: set[str]) -> str | None:
     return None
 
 
-def _loop_names() -> list[str]:
-    try:
-        return [n for n in os.listdir("/sys/block") if n.startswith("loop")]
-    except OSError:
-        return []
-
-
 def _loop_devices_over(st: os.stat_result) -> list[str]:
     """The loop devices (``"M:m"``) whose backing file is the file ``st`` describes."""
-    out = []
-    for name in _loop_names():
-        try:
-            with open(f"/sys/block/{name}/loop/backing_file", "rb") as f:
-                backing = os.fsdecode(f.read().rstrip(b"\n"))
-            bst = os.stat(backing)
-        except OSError:
-            continue
-        if (bst.st_dev, bst.st_ino) == (st.st_dev, st.st_ino):
-            out.append(_read_dev(f"/sys/block/{name}"))
-    return out
+    return [_read_dev(f"/sys/block/{name}") for name, bst in loop_backings()
+            if (bst.st_dev, bst.st_ino) == (st.st_dev, st.st_ino)]
 
 
 def data_ranges(fd: int, offset: int, length: int) -> list[tuple[int, int]]:

@@ -176,7 +176,7 @@ def read_map(read: Reader, size: int) -> FsMap:
             if kind & DATA and not kind & (METADATA | SYSTEM | PROFILES)}  # single-profile data chunks
     starts = sorted(data)
     extent_root = fs.root_of(EXTENT_TREE)
-    cursor = dict.fromkeys(starts)  # per data chunk: the logical end of its last extent so far
+    cursor = {start: start for start in starts}  # per data chunk: the logical end of its last extent so far
     counted = dict.fromkeys(starts, 0)
     gaps: list[tuple[int, int]] = []  # logical ranges of data chunks that no extent uses
 
@@ -201,11 +201,11 @@ def read_map(read: Reader, size: int) -> FsMap:
         start = starts[i]
         if e > start + data[start][0]:
             raise Inconsistent(f"the extent at logical address {s} crosses its chunk's end")
-        gap(start if cursor[start] is None else cursor[start], s)
+        gap(cursor[start], s)
         cursor[start] = e
         counted[start] += n
     for start in starts:
-        gap(start if cursor[start] is None else cursor[start], start + data[start][0])
+        gap(cursor[start], start + data[start][0])
     for start in starts:
         if start not in groups:
             raise Inconsistent(f"the data chunk at logical address {start} has no block group")

@@ -78,7 +78,7 @@ class _Fs:
             raise Inconsistent(f"the filesystem is {self.dblocks * bs} bytes, longer than the {size} bytes that hold it")
         if (not 512 <= bs <= 65536 or bs & (bs - 1) or not agb or not self.agcount
                 or (self.agcount - 1) * agb >= self.dblocks or self.dblocks > self.agcount * agb
-                or self.dblocks * bs > size or agb > 1 << self.agblklog):
+                or agb > 1 << self.agblklog):
             raise Inconsistent(f"impossible geometry ({self.dblocks} blocks of {bs} B in {self.agcount} groups of "
                                f"{agb}) for {size} bytes")
         self.hdr = 56 if self.v5 else 16  # short-form btree block header
